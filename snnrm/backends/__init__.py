@@ -1,0 +1,1 @@
+"""Hardware backends: where chips, cores and their telemetry come from (simulated or real)."""

@@ -1,0 +1,108 @@
+"""The devices snnrm advertises to the kubelet, derived from topology and per-core health/capacity.
+
+Two extended resources:
+
+* ``snnrm.io/neuron-core``: one device per core; healthy when the core is.
+* ``snnrm.io/event-throughput``: one device per block of event throughput (KEPS). Blocks belong to a chip; a
+  chip's healthy blocks are as many as its *effective* capacity covers, so falling measured headroom shrinks
+  what the scheduler sees and recovery grows it back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from snnrm.core.topology import BoolArray, FloatArray, IntArray, Topology
+
+NEURON_CORE = "snnrm.io/neuron-core"
+EVENT_THROUGHPUT = "snnrm.io/event-throughput"
+MAX_DEVICES_PER_RESOURCE = 16384
+"""Kubelet copes with large lists, but node status and ListAndWatch messages grow with them; ~16k keeps a full
+list under a megabyte and the scheduler's per-node bookkeeping small."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class DeviceSet:
+    """The complete device list of one resource (ListAndWatch always sends the complete list)."""
+
+    resource: str
+    ids: tuple[str, ...]
+    healthy: BoolArray
+    numa: IntArray
+
+    def same_as(self, other: DeviceSet | None) -> bool:
+        """True if sending ``self`` after ``other`` would tell the kubelet nothing new."""
+        return (
+            other is not None
+            and self.ids == other.ids
+            and np.array_equal(self.healthy, other.healthy)
+            and np.array_equal(self.numa, other.numa)
+        )
+
+    @property
+    def healthy_count(self) -> int:
+        return int(np.count_nonzero(self.healthy))
+
+
+def neuron_core_devices(topology: Topology, core_healthy: BoolArray) -> DeviceSet:
+    """One device per core, NUMA node from the chip's attachment."""
+    return DeviceSet(
+        resource=NEURON_CORE,
+        ids=topology.ids,
+        healthy=np.asarray(core_healthy, dtype=np.bool_).copy(),
+        numa=topology.chip_numa[topology.chip_of],
+    )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ThroughputBlocks:
+    """Static layout of the event-throughput devices: which chip each block belongs to."""
+
+    block_keps: float
+    """Event throughput one device stands for, in KEPS."""
+    chip_of_block: IntArray
+    rank_in_chip: IntArray
+    """Position of each block within its chip: blocks 0..k-1 of a chip are the healthy ones."""
+    ids: tuple[str, ...]
+
+    @classmethod
+    def plan(
+        cls, topology: Topology, *, block_keps: float, max_devices: int = MAX_DEVICES_PER_RESOURCE
+    ) -> ThroughputBlocks:
+        """Cut each chip's nominal throughput into blocks; grow the block size if the count would pass the cap."""
+        if not block_keps > 0:
+            raise ValueError(f"event-throughput block size must be positive, got {block_keps}")
+        per_chip = np.bincount(topology.chip_of, weights=topology.core_nominal_keps, minlength=topology.n_chips)
+        counts = np.floor(per_chip / block_keps).astype(np.int64)
+        total = int(counts.sum())
+        if total > max_devices:
+            # Round the block size up so the whole node stays under the cap with the same size everywhere.
+            block_keps = float(np.ceil(per_chip.sum() / max_devices))
+            counts = np.floor(per_chip / block_keps).astype(np.int64)
+        chip_of_block = np.repeat(np.arange(topology.n_chips, dtype=np.int64), counts)
+        starts = np.repeat(np.cumsum(counts) - counts, counts)
+        rank = np.arange(len(chip_of_block), dtype=np.int64) - starts
+        ids = tuple(f"chip{c}-ev{r}" for c, r in zip(chip_of_block.tolist(), rank.tolist(), strict=True))
+        return cls(block_keps=block_keps, chip_of_block=chip_of_block, rank_in_chip=rank, ids=ids)
+
+
+def event_throughput_devices(
+    blocks: ThroughputBlocks, topology: Topology, core_capacity_keps: FloatArray
+) -> DeviceSet:
+    """Healthy blocks per chip = floor(effective chip capacity / block size).
+
+    ``core_capacity_keps`` is each core's effective capacity now (0 for unhealthy cores, measured headroom for
+    degraded ones); NaN counts as 0 so bad telemetry can only shrink what we promise.
+    """
+    cap = np.nan_to_num(np.asarray(core_capacity_keps, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    per_chip = np.bincount(topology.chip_of, weights=np.clip(cap, 0.0, None), minlength=topology.n_chips)
+    healthy_per_chip = np.floor(per_chip / blocks.block_keps + 1e-9).astype(np.int64)
+    healthy = blocks.rank_in_chip < healthy_per_chip[blocks.chip_of_block]
+    return DeviceSet(
+        resource=EVENT_THROUGHPUT,
+        ids=blocks.ids,
+        healthy=healthy,
+        numa=topology.chip_numa[blocks.chip_of_block],
+    )
