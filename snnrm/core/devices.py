@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from snnrm.core.topology import BoolArray, FloatArray, IntArray, Topology
+from snnrm.core.topology import BoolArray, IntArray, Topology
 
 NEURON_CORE = "snnrm.io/neuron-core"
 EVENT_THROUGHPUT = "snnrm.io/event-throughput"
@@ -88,18 +88,13 @@ class ThroughputBlocks:
         return cls(block_keps=block_keps, chip_of_block=chip_of_block, rank_in_chip=rank, ids=ids)
 
 
-def event_throughput_devices(
-    blocks: ThroughputBlocks, topology: Topology, core_capacity_keps: FloatArray
-) -> DeviceSet:
-    """Healthy blocks per chip = floor(effective chip capacity / block size).
+def event_throughput_devices(blocks: ThroughputBlocks, topology: Topology, healthy_per_chip: IntArray) -> DeviceSet:
+    """The first ``healthy_per_chip[c]`` blocks of each chip are Healthy, the rest Unhealthy.
 
-    ``core_capacity_keps`` is each core's effective capacity now (0 for unhealthy cores, measured headroom for
-    degraded ones); NaN counts as 0 so bad telemetry can only shrink what we promise.
+    Keeping the healthy ones at the low ranks means a shrinking chip always withdraws the same devices, so
+    the kubelet sees the smallest possible change.
     """
-    cap = np.nan_to_num(np.asarray(core_capacity_keps, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    per_chip = np.bincount(topology.chip_of, weights=np.clip(cap, 0.0, None), minlength=topology.n_chips)
-    healthy_per_chip = np.floor(per_chip / blocks.block_keps + 1e-9).astype(np.int64)
-    healthy = blocks.rank_in_chip < healthy_per_chip[blocks.chip_of_block]
+    healthy = blocks.rank_in_chip < np.asarray(healthy_per_chip, dtype=np.int64)[blocks.chip_of_block]
     return DeviceSet(
         resource=EVENT_THROUGHPUT,
         ids=blocks.ids,

@@ -195,4 +195,5 @@ class Topology:
         ca = self.chip_pos[self.chip_of[a_]]
         cb = self.chip_pos[self.chip_of[b_]]
         crossings = np.abs(ca - cb).sum(axis=-1)
-        return (on_mesh + (inter_chip_weight - 1.0) * crossings).astype(np.float64)
+        out: FloatArray = (on_mesh + (inter_chip_weight - 1.0) * crossings).astype(np.float64)
+        return out

@@ -1,0 +1,65 @@
+# snnrm: the two commands that matter are `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+RUNTIME_STAMP := $(VENV)/.runtime-installed
+DEV_STAMP := $(VENV)/.dev-installed
+# Heavy Go-built tools (kubelet device manager harness, etcd, kube-apiserver, ...) are cached outside the repo,
+# keyed by version, so a warm `make test` does not rebuild them.
+export SNNRM_TOOLS_CACHE ?= $(HOME)/.cache/snnrm-tools
+
+.PHONY: help install dev demo test unit lint fmt protos tools bench clean
+
+help:
+	@echo "make demo   run the daemon on simulated chips with an embedded kubelet stand-in (Ctrl-C to stop)"
+	@echo "make test   install everything the tests need and run lint + the whole suite"
+	@echo "make bench  run the benchmarks and print numbers against the targets"
+	@echo "make lint   ruff, mypy --strict, import-linter, generated-stub freshness"
+
+$(VENV)/bin/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(RUNTIME_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@ $(RUNTIME_STAMP)
+
+install: $(RUNTIME_STAMP)
+dev: $(DEV_STAMP)
+
+demo: $(RUNTIME_STAMP)
+	$(BIN)/snnrm demo
+
+protos: $(DEV_STAMP)
+	$(BIN)/python scripts/gen_protos.py
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/python scripts/gen_protos.py --check
+
+fmt: $(DEV_STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+tools:
+	bash scripts/build-tools.sh
+
+unit: $(DEV_STAMP)
+	$(BIN)/pytest tests/unit
+
+test: lint tools
+	$(BIN)/pytest
+
+bench: $(DEV_STAMP)
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache *.egg-info build

@@ -1,0 +1,102 @@
+"""The ``snnrm`` command line. Every flag also reads ``SNNRM_<FLAG>`` (e.g. ``SNNRM_KUBELET_DIR``)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from snnrm import __version__
+from snnrm.config import ConfigError, load_config
+from snnrm.obs.logging import configure_logging
+
+
+def _env(name: str) -> str:
+    return "SNNRM_" + name.upper().replace("-", "_")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _opt(name: str, **kw: Any) -> Callable[[F], F]:
+    """A flag that falls back to ``SNNRM_<FLAG>``."""
+    option: Callable[[F], F] = click.option(f"--{name}", envvar=_env(name), show_envvar=True, **kw)
+    return option
+
+
+def _install_stop(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="snnrm")
+def main() -> None:
+    """snnrm: telemetry-driven resource manager for neuromorphic (SNN) hardware on Kubernetes."""
+
+
+@main.command()
+@_opt("config", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="YAML config file; flags win.")
+@_opt("backend", type=click.Choice(["sim", "sysfs"]), default=None, help="Hardware backend [default: sim].")
+@_opt(
+    "kubelet-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory of kubelet.sock; plugin sockets go beside it [default: /var/lib/kubelet/device-plugins].",
+)
+@_opt("http", default=None, help="host:port for metrics, probes and the JSON API [default: 127.0.0.1:9400].")
+@_opt("sim-preset", default=None, help="Simulator preset: loihi2, spinnaker2, akida [default: loihi2].")
+@_opt("sim-chips", type=int, default=None, help="Simulated chips on this node [default: 4].")
+@_opt("sim-cores", type=int, default=None, help="Cores per simulated chip [default: the preset's, 128 for loihi2].")
+@_opt("sim-seed", type=int, default=None, help="Simulator seed [default: 0].")
+@_opt("sim-speed", type=float, default=None, help="Simulated seconds per wall second [default: 1].")
+@_opt("sysfs-root", type=click.Path(path_type=Path), default=None, help="Driver tree for --backend sysfs.")
+@_opt("sample-period", type=float, default=None, help="Seconds between telemetry frames [default: 0.1].")
+@_opt("block-keps", type=float, default=None, help="KEPS behind one event-throughput device [default: 1000].")
+@_opt("state-dir", type=click.Path(path_type=Path), default=None, help="Allocation files [default: /var/lib/snnrm].")
+@_opt("cdi-dir", type=click.Path(path_type=Path), default=None, help="CDI spec directory [default: /var/run/cdi].")
+@_opt("pre-start-required", type=bool, default=None, help="Ask for PreStartContainer calls [default: false].")
+@_opt("log-format", type=click.Choice(["console", "json"]), default=None, help="Log rendering [default: console].")
+def run(config: Path | None, **flags: Any) -> None:
+    """Run the node daemon: discover chips, stream telemetry, serve the device plugins and HTTP."""
+    try:
+        cfg = load_config(config, **flags)
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from None
+    configure_logging(cfg.log_format)
+
+    async def _main() -> None:
+        from snnrm.app import Daemon
+
+        stop = asyncio.Event()
+        _install_stop(stop)
+        daemon = await Daemon.create(cfg)
+        await daemon.run(stop=stop)
+
+    asyncio.run(_main())
+
+
+@main.command()
+@_opt("http", default="127.0.0.1:9400", help="host:port of the status page, metrics and probes.")
+@click.option(
+    "--seconds",
+    "demo_seconds",
+    envvar="SNNRM_DEMO_SECONDS",
+    show_envvar=True,
+    type=float,
+    default=None,
+    help="Stop after this many seconds with exit 0 [default: run until Ctrl-C].",
+)
+@_opt("sim-chips", type=int, default=4, help="Simulated chips.")
+@_opt("sim-seed", type=int, default=0, help="Simulator seed.")
+def demo(http: str, demo_seconds: float | None, sim_chips: int, sim_seed: int) -> None:
+    """Simulated chips, an embedded kubelet stand-in, a split-learning job, a fault and the answer to it."""
+    configure_logging("console")
+    from snnrm.demo import run_demo
+
+    asyncio.run(run_demo(http=http, seconds=demo_seconds, chips=sim_chips, seed=sim_seed, install_stop=_install_stop))

@@ -1,0 +1,92 @@
+"""The daemon's configuration: one typed, validated object.
+
+Values come from, in rising priority: defaults here, a YAML file (``--config``), ``SNNRM_<FLAG>`` environment
+variables and command-line flags (the last two are merged by the CLI). Validation errors name the field and the
+bad value, and the daemon refuses to start rather than guess.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_KUBELET_DIR = Path("/var/lib/kubelet/device-plugins")
+
+
+class ConfigError(Exception):
+    """The configuration is unusable; the message lists every problem found."""
+
+
+class Config(BaseModel):
+    """Everything `snnrm run` needs to know."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: Literal["sim", "sysfs"] = "sim"
+    """Where chips come from: the in-process simulator, or a driver's sysfs-style tree."""
+    kubelet_dir: Path = DEFAULT_KUBELET_DIR
+    """Directory holding kubelet.sock; our plugin sockets are created beside it (the kubelet only dials there)."""
+    http: str = "127.0.0.1:9400"
+    """host:port of the HTTP server (metrics, probes, JSON API, status page)."""
+    sim_preset: str = "loihi2"
+    """sim_hw preset: loihi2, spinnaker2 or akida."""
+    sim_chips: int = Field(default=4, ge=1, le=4096)
+    """Chips on the simulated node; 4 Loihi-2-like chips is a Kapoho-Point-sized board."""
+    sim_cores: int | None = Field(default=None, ge=1, le=4096)
+    """Cores per simulated chip; default is the preset's (128 for loihi2)."""
+    sim_seed: int = 0
+    """Seed of the simulator: the same seed and the same faults give the same telemetry."""
+    sim_speed: float = Field(default=1.0, gt=0.0, le=1000.0)
+    """Simulated seconds per wall-clock second (1 = real time)."""
+    sysfs_root: Path = Path("/sys/class/snn")
+    """Root of the driver's device tree for --backend sysfs (docs/sysfs-interface.md)."""
+    sample_period: float = Field(default=0.1, gt=0.0, le=60.0)
+    """Seconds between telemetry frames; 100 ms resolves queue build-up long before an SLO of seconds breaks."""
+    block_keps: float = Field(default=1000.0, gt=0.0)
+    """KEPS behind one snnrm.io/event-throughput device: 1 MEPS is about half a Loihi-2-like core, so a
+    128-core chip is ~256 devices and a 16k-core node stays well under the 16k-device cap."""
+    state_dir: Path = Path("/var/lib/snnrm")
+    """Where per-allocation files and the allocation ledger live (survives daemon restarts)."""
+    cdi_dir: Path = Path("/var/run/cdi")
+    """Where the generated CDI spec is written (read by containerd/CRI-O)."""
+    pre_start_required: bool = False
+    """Ask the kubelet to call PreStartContainer (device reset) before every container start."""
+    log_format: Literal["console", "json"] = "console"
+
+    @field_validator("http")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected host:port, got {v!r}")
+        return v
+
+    @property
+    def http_host(self) -> str:
+        return self.http.rpartition(":")[0].strip("[]")
+
+    @property
+    def http_port(self) -> int:
+        return int(self.http.rpartition(":")[2])
+
+
+def load_config(file: Path | None = None, **overrides: Any) -> Config:
+    """Merge a YAML file and explicit overrides (flags/env, ``None`` means unset) into a validated Config."""
+    data: dict[str, Any] = {}
+    if file is not None:
+        try:
+            loaded = yaml.safe_load(file.read_text())
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"cannot read config file {file}: {e}") from e
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {file} must hold a mapping, got {type(loaded).__name__}")
+        data.update({str(k).replace("-", "_"): v for k, v in (loaded or {}).items()})
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"invalid configuration: {problems}") from None

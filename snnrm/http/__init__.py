@@ -1,0 +1,1 @@
+"""The daemon's HTTP face: metrics, probes, JSON API, status page, simulator control."""

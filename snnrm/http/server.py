@@ -1,0 +1,157 @@
+"""aiohttp application: ``/metrics``, ``/healthz``, ``/readyz``, ``/api/v1/node``, ``/sim/faults``.
+
+Every request body is untrusted: bodies are capped, JSON is validated, and a bad request gets a 4xx with a
+message that says what was wrong; nothing is changed by a rejected request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from snnrm.backends.sim import SimBackend
+from snnrm.core.health import Health, Reason
+from snnrm.node import NodeService
+
+NODE = web.AppKey("node", NodeService)
+SIM = web.AppKey("sim", SimBackend)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+READY_CHECKS = web.AppKey("ready_checks", list[Callable[[], str | None]])
+MAX_BODY = 64 * 1024
+"""Largest request body accepted: a fault or hook payload is a few hundred bytes; anything bigger is abuse."""
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the event loop answers. Deliberately checks nothing else, so a kubelet outage never kills us."""
+    return web.Response(text="ok\n")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: hardware discovered, telemetry flowing, every device plugin registered with the kubelet."""
+    problems = [p for check in request.app[READY_CHECKS] if (p := check()) is not None]
+    if problems:
+        return web.Response(status=503, text="not ready: " + "; ".join(problems) + "\n")
+    return web.Response(text="ready\n")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition, generated off the event loop (it can take milliseconds at 16k cores)."""
+    body = await asyncio.to_thread(generate_latest, request.app[REGISTRY])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def node_state(request: web.Request) -> web.Response:
+    """A JSON summary of the node: chips, health by core, devices by resource and state."""
+    node = request.app[NODE]
+    m = node.monitor
+    topo = node.topology
+    state = m.health.state
+    unhealthy = np.flatnonzero(state != Health.HEALTHY)
+    body: dict[str, Any] = {
+        "backend": node.backend.name,
+        "chips": topo.n_chips,
+        "cores": topo.n_cores,
+        "geometry": {"cols": topo.geometry.cols, "rows": topo.geometry.rows},
+        "frames": m.frames,
+        "telemetry_time": m.last_frame_time,
+        "resources": {res: {"total": len(d.ids), "healthy": d.healthy_count} for res, d in node.devices().items()},
+        "unhealthy_cores": [
+            {
+                "id": topo.ids[i],
+                "state": Health(int(state[i])).name.lower(),
+                "reasons": Reason.names(int(m.health.reasons[i])),
+            }
+            for i in unhealthy[:1000].tolist()
+        ],
+    }
+    return web.json_response(body)
+
+
+async def post_fault(request: web.Request) -> web.Response:
+    """Inject a simulator fault: ``{"kind": "core_failure", "cores": [..], "at"?: s, "duration"?: s}``."""
+    sim = request.app.get(SIM)
+    if sim is None:
+        return _error(404, "fault injection needs --backend sim")
+    try:
+        spec = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return _error(400, f"body is not JSON: {e}")
+    if not isinstance(spec, dict):
+        return _error(400, "body must be a JSON object")
+    try:
+        fault_id = sim.inject(spec)
+    except (ValueError, TypeError, KeyError, IndexError) as e:
+        return _error(400, f"bad fault: {e}")
+    return web.json_response({"id": fault_id}, status=201)
+
+
+async def list_faults(request: web.Request) -> web.Response:
+    """Faults injected and not yet cleared."""
+    sim = request.app.get(SIM)
+    if sim is None:
+        return _error(404, "fault injection needs --backend sim")
+    faults = [{**f, "status": sim.sim.fault_status(fid)} for fid, f in sim.faults.items()]
+    return web.json_response({"faults": faults, "sim_time": sim.sim.time})
+
+
+async def delete_fault(request: web.Request) -> web.Response:
+    """Reverse an injected fault by id."""
+    sim = request.app.get(SIM)
+    if sim is None:
+        return _error(404, "fault injection needs --backend sim")
+    try:
+        sim.clear(int(request.match_info["fault_id"]))
+    except ValueError:
+        return _error(400, "fault id must be an integer")
+    except KeyError:
+        return _error(404, f"no fault {request.match_info['fault_id']}")
+    return web.Response(status=204)
+
+
+def build_app(
+    node: NodeService,
+    *,
+    registry: CollectorRegistry,
+    ready_checks: list[Callable[[], str | None]],
+    sim: SimBackend | None = None,
+) -> web.Application:
+    """The aiohttp application; collaborators are injected (no globals), so tests build their own."""
+    app = web.Application(client_max_size=MAX_BODY)
+    app[NODE] = node
+    app[REGISTRY] = registry
+    app[READY_CHECKS] = ready_checks
+    if sim is not None:
+        app[SIM] = sim
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v1/node", node_state)
+    app.router.add_post("/sim/faults", post_fault)
+    app.router.add_get("/sim/faults", list_faults)
+    app.router.add_delete("/sim/faults/{fault_id}", delete_fault)
+    return app
+
+
+async def serve(app: web.Application, host: str, port: int, *, on_started: Callable[[int], None] | None = None) -> None:
+    """Serve ``app`` until cancelled, then shut the runner down; ``on_started`` gets the bound port."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        if on_started is not None:
+            on_started(int(runner.addresses[0][1]))
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,1 @@
+"""Observability adapters: logging, Prometheus collectors, tracing."""

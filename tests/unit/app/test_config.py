@@ -1,0 +1,60 @@
+"""Config: one validated object from file, env and flags, with clear errors."""
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from snnrm.cli import main
+from snnrm.config import Config, ConfigError, load_config
+
+
+def test_flags_override_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("sim-chips: 8\nhttp: 0.0.0.0:9500\nsample_period: 0.5\n")
+    cfg = load_config(f, sim_chips=2, http=None)
+    assert cfg.sim_chips == 2
+    assert (cfg.http_host, cfg.http_port) == ("0.0.0.0", 9500)
+    assert cfg.sample_period == 0.5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"http": "nonsense"}, "http: Value error, expected host:port"),
+        ({"sim_chips": 0}, "sim_chips: Input should be greater than or equal to 1"),
+        ({"backend": "gpu"}, "backend"),
+        ({"no_such_flag": 1}, "no_such_flag: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_values_are_named(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, **overrides)
+
+
+def test_a_file_that_is_not_a_mapping_is_rejected(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(f)
+
+
+def test_defaults_match_the_command_contract() -> None:
+    cfg = Config()
+    assert cfg.backend == "sim"
+    assert str(cfg.kubelet_dir) == "/var/lib/kubelet/device-plugins"
+
+
+def test_every_run_flag_reads_its_environment_variable() -> None:
+    """`snnrm run --help` documents SNNRM_<FLAG> for each flag, and a bad env value is a usage error."""
+    runner = CliRunner()
+    help_text = runner.invoke(main, ["run", "--help"]).output
+    for env in ("SNNRM_KUBELET_DIR", "SNNRM_HTTP", "SNNRM_SIM_CHIPS", "SNNRM_SIM_CORES", "SNNRM_BACKEND"):
+        assert env in help_text
+    result = runner.invoke(main, ["run"], env={"SNNRM_HTTP": "not-a-port"})
+    assert result.exit_code == 2
+    assert "expected host:port" in result.output
+
+
+def test_demo_reads_snnrm_demo_seconds() -> None:
+    assert "SNNRM_DEMO_SECONDS" in CliRunner().invoke(main, ["demo", "--help"]).output

@@ -1,0 +1,86 @@
+"""NodeMonitor: frames and pushed faults become device lists."""
+
+import numpy as np
+import pytest
+
+from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE, ThroughputBlocks
+from snnrm.core.monitor import NodeMonitor
+from snnrm.core.telemetry import FaultKind, HardFault, TelemetryFrame
+from snnrm.core.topology import ChipGeometry, Topology
+
+
+@pytest.fixture
+def monitor() -> NodeMonitor:
+    t = Topology.grid(chips=2, geometry=ChipGeometry(cols=4, rows=2), nominal_keps=1000.0, queue_capacity=100.0)
+    return NodeMonitor(t, ThroughputBlocks.plan(t, block_keps=1000.0))
+
+
+def frame(
+    m: NodeMonitor, t: float, *, depth: float = 0.0, failed: list[int] = (), link: float = 0.0, count: float = 0.0
+) -> TelemetryFrame:
+    n, links = m.topology.n_cores, m.topology.n_links
+    c = np.full(n, count)
+    f = np.zeros(n, dtype=bool)
+    f[list(failed)] = True
+    return TelemetryFrame(
+        t, np.full(n, depth), c, c, np.zeros(n), c, c, np.full(links, link), f, np.zeros(links, dtype=bool)
+    )
+
+
+def test_healthy_node_advertises_everything(monitor: NodeMonitor) -> None:
+    assert not monitor.observe(frame(monitor, 0.0))
+    d = monitor.devices()
+    assert d[NEURON_CORE].healthy_count == 16
+    assert d[EVENT_THROUGHPUT].healthy_count == 16
+
+
+def test_pushed_core_failure_changes_both_resources_at_once(monitor: NodeMonitor) -> None:
+    monitor.observe(frame(monitor, 0.0))
+    assert monitor.hard_fault(HardFault(FaultKind.CORE, 3, failed=True, timestamp=0.05))
+    d = monitor.devices()
+    assert not d[NEURON_CORE].healthy[3]
+    assert d[NEURON_CORE].healthy_count == 15
+    assert d[EVENT_THROUGHPUT].healthy_count == 15  # chip 0 lost one core's worth of throughput
+
+
+def test_link_failure_takes_the_routers_cores(monitor: NodeMonitor) -> None:
+    monitor.observe(frame(monitor, 0.0))
+    assert monitor.hard_fault(HardFault(FaultKind.LINK, 0, failed=True, timestamp=0.05))
+    src = monitor.topology.link_src[0]
+    assert not monitor.core_healthy[monitor.topology.router == src].any()
+
+
+def test_out_of_range_faults_are_ignored(monitor: NodeMonitor) -> None:
+    assert not monitor.hard_fault(HardFault(FaultKind.CORE, 999, failed=True, timestamp=0.0))
+    assert not monitor.hard_fault(HardFault(FaultKind.LINK, -1, failed=True, timestamp=0.0))
+    assert monitor.devices()[NEURON_CORE].healthy_count == 16
+
+
+def test_saturated_queues_shrink_capacity_after_the_dwell(monitor: NodeMonitor) -> None:
+    changed = [monitor.observe(frame(monitor, t / 10, depth=95.0, count=t * 10)) for t in range(10)]
+    assert any(changed)
+    assert monitor.devices()[NEURON_CORE].healthy_count == 0
+    assert monitor.devices()[EVENT_THROUGHPUT].healthy_count == 0
+
+
+def test_a_frame_of_the_wrong_shape_is_rejected(monitor: NodeMonitor) -> None:
+    f = frame(monitor, 0.0)
+    bad = TelemetryFrame(
+        0.0,
+        f.queue_depth[:3],
+        *(
+            getattr(f, x)
+            for x in (
+                "events_in",
+                "events_processed",
+                "events_dropped",
+                "spikes_sent",
+                "spikes_delivered",
+                "link_utilization",
+                "core_failed",
+                "link_failed",
+            )
+        ),
+    )
+    assert not monitor.observe(bad)
+    assert monitor.rejected_frames == 1
