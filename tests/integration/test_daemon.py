@@ -1,0 +1,171 @@
+"""The whole daemon against the kubelet stand-in over real unix sockets, and its HTTP face over real TCP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from snnrm.app import Daemon
+from snnrm.config import Config
+from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
+from snnrm.kubelet.standin import KubeletStandIn
+
+
+@dataclass
+class Running:
+    daemon: Daemon
+    kubelet: KubeletStandIn
+    base: str
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
+@pytest.fixture
+async def running(tmp_path: Path) -> AsyncIterator[Running]:
+    config = Config(
+        backend="sim",
+        kubelet_dir=tmp_path / "dp",
+        http="127.0.0.1:0",
+        sim_chips=2,
+        sim_cores=16,
+        state_dir=tmp_path / "state",
+        cdi_dir=tmp_path / "cdi",
+        sample_period=0.05,
+    )
+    async with KubeletStandIn(config.kubelet_dir) as kubelet:
+        daemon = await Daemon.create(config)
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop=stop))
+        await asyncio.wait_for(daemon.http_started.wait(), 10)
+        await kubelet.wait_capacity(NEURON_CORE, 32, within=10)
+        await kubelet.wait_capacity(EVENT_THROUGHPUT, len(daemon.node.blocks.ids), within=10)
+        yield Running(daemon, kubelet, f"http://127.0.0.1:{daemon.http_port}", stop, task)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def test_registers_both_resources_and_becomes_ready(running: Running) -> None:
+    """Both resources register; /readyz turns 200 once telemetry flows and the plugins are registered."""
+    k = running.kubelet
+    assert k.capacity(NEURON_CORE) == 32
+    assert k.allocatable(NEURON_CORE) == 32
+    assert k.capacity(EVENT_THROUGHPUT) == len(running.daemon.node.blocks.ids)
+    async with aiohttp.ClientSession() as http:
+        for _ in range(100):
+            async with http.get(running.base + "/readyz") as r:
+                if r.status == 200:
+                    break
+            await asyncio.sleep(0.05)
+        assert r.status == 200
+        async with http.get(running.base + "/healthz") as r:
+            assert r.status == 200
+
+
+async def test_injected_core_failure_reaches_the_kubelet(running: Running) -> None:
+    """POST /sim/faults -> pushed hard fault -> ListAndWatch -> allocatable drops; DELETE brings it back."""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(running.base + "/sim/faults", json={"kind": "core-failure", "chip": 1, "core": 3}) as r:
+            assert r.status == 201
+            fault_id = (await r.json())["id"]
+        await running.kubelet.wait_until(lambda: running.kubelet.allocatable(NEURON_CORE) == 31, within=5)
+        assert running.kubelet.devices(NEURON_CORE)["chip1-core3"] is False
+        assert running.kubelet.capacity(NEURON_CORE) == 32
+        async with http.get(running.base + "/api/v1/node") as r:
+            body = await r.json()
+        assert body["unhealthy_cores"] == [{"id": "chip1-core3", "state": "unhealthy", "reasons": ["failed"]}]
+        async with http.get(running.base + "/sim/faults") as r:
+            assert [f["id"] for f in (await r.json())["faults"]] == [fault_id]
+        async with http.delete(f"{running.base}/sim/faults/{fault_id}") as r:
+            assert r.status == 204
+        # Recovery waits out the health machine's recover dwell (2 s of good telemetry).
+        await running.kubelet.wait_until(lambda: running.kubelet.allocatable(NEURON_CORE) == 32, within=10)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{not json", 400, "not JSON"),
+        (b"[1, 2]", 400, "JSON object"),
+        (b'{"kind": "meteor-strike", "cores": [1]}', 400, "bad fault"),
+        (b'{"kind": "core-failure", "cores": [99999]}', 400, "bad fault"),
+        (b'{"kind": "core-failure", "chip": 7, "core": 0}', 400, "chip must be"),
+        (b"x" * (128 * 1024), 413, ""),
+    ],
+)
+async def test_bad_fault_requests_are_rejected_and_change_nothing(
+    running: Running, body: bytes, status: int, message: str
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            running.base + "/sim/faults", data=body, headers={"Content-Type": "application/json"}
+        ) as r:
+            assert r.status == status
+            assert message in await r.text()
+        async with http.get(running.base + "/sim/faults") as r:
+            assert (await r.json())["faults"] == []
+    assert running.kubelet.allocatable(NEURON_CORE) == 32
+
+
+async def test_metrics_parse_and_follow_health(running: Running) -> None:
+    """/metrics parses with the Prometheus parser and snnrm_resource_devices follows a fault."""
+    running.daemon.backend.inject({"kind": "core_failure", "cores": [0, 1]})  # type: ignore[attr-defined]
+    await running.kubelet.wait_until(lambda: running.kubelet.allocatable(NEURON_CORE) == 30, within=5)
+    async with aiohttp.ClientSession() as http, http.get(running.base + "/metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    devices = {
+        (s.labels["resource"], s.labels["state"]): s.value for s in families["snnrm_resource_devices"].samples
+    }
+    assert devices[(NEURON_CORE, "healthy")] == 30
+    assert devices[(NEURON_CORE, "unhealthy")] == 2
+    healthy = {s.labels["core"]: s.value for s in families["snnrm_core_healthy"].samples}
+    assert healthy["chip0-core0"] == 0
+    assert healthy["chip0-core2"] == 1
+    assert len(healthy) == 32
+
+
+async def test_stop_removes_the_plugin_sockets(running: Running) -> None:
+    """A stop request ends every root task and leaves no plugin socket behind."""
+    kdir = running.daemon.config.kubelet_dir
+    assert (kdir / "snnrm-neuron-core.sock").exists()
+    running.stop.set()
+    await asyncio.wait_for(running.task, 10)
+    assert not (kdir / "snnrm-neuron-core.sock").exists()
+    assert not (kdir / "snnrm-event-throughput.sock").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_snnrm_run_serves_and_exits_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """The CLI contract: `snnrm run --backend sim --kubelet-dir DIR --http ...` registers, then SIGTERM -> exit 0."""
+    kdir = tmp_path / "dp"
+    port = _free_port()
+    async with KubeletStandIn(kdir) as kubelet:
+        env = {**os.environ, "SNNRM_STATE_DIR": str(tmp_path / "s"), "SNNRM_CDI_DIR": str(tmp_path / "c")}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "snnrm", "run", "--backend", "sim", "--kubelet-dir", str(kdir),
+            "--http", f"127.0.0.1:{port}", "--sim-chips", "2", "--sim-cores", "8",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            await kubelet.wait_capacity(NEURON_CORE, 16, within=30)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, _ = await asyncio.wait_for(proc.communicate(), 20)
+        assert proc.returncode == 0, out.decode()
+        assert b"stopped" in out
