@@ -1,0 +1,196 @@
+"""Per-resource answers to GetPreferredAllocation and Allocate, on top of the pure policy.
+
+The servicer is resource-agnostic; each resource supplies a :class:`ResourceAllocator` that maps device IDs to
+indices, asks :mod:`snnrm.core.allocation`, and describes an allocation to the container: environment
+variables, a read-only JSON file describing the devices, and the CDI names of the chips touched.
+
+The Allocate path stays cheap: IDs are resolved with C-level dict lookups, the JSON file is written once per
+distinct set of IDs (its name is the SHA-256 of the sorted IDs, its content a function of them), and the CDI
+spec is static, checked with one ``stat``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from snnrm.core import allocation
+from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE, ThroughputBlocks
+from snnrm.core.topology import BoolArray, IntArray
+from snnrm.kubelet.cdi import CdiSpecWriter, qualified_name
+from snnrm.kubelet.files import write_atomic
+from snnrm.kubelet.protos.deviceplugin.v1beta1 import api_pb2
+from snnrm.kubelet.state import AllocationState
+
+CORES_MOUNT = "/var/run/snnrm/allocation.json"
+"""Where a container finds the description of its neuron cores."""
+THROUGHPUT_MOUNT = "/var/run/snnrm/event-throughput.json"
+"""Where a container finds the description of its event-throughput blocks (a separate path: a pod may request
+both resources and two mounts on one path would clash)."""
+
+
+class ResourceAllocator(Protocol):
+    """Resource-specific half of the device plugin servicer."""
+
+    resource: str
+
+    def preferred(self, available: Sequence[str], must: Sequence[str], size: int, healthy: BoolArray) -> list[str]:
+        """Advisory choice of ``size`` IDs in total among ``available``, keeping ``must``."""
+        ...
+
+    def allocate(self, ids: Sequence[str], healthy: BoolArray) -> api_pb2.ContainerAllocateResponse:
+        """Validate ``ids`` (raises :class:`~snnrm.core.allocation.AllocationError`) and describe them."""
+        ...
+
+
+class AllocationFiles:
+    """``<state_dir>/allocations/<sha256 of sorted IDs>.json``, written atomically once per process and name."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = Path(state_dir) / "allocations"
+        self._written: set[str] = set()
+
+    def path_for(self, sorted_ids: Sequence[str]) -> tuple[str, Path]:
+        digest = hashlib.sha256("\n".join(sorted_ids).encode()).hexdigest()
+        return digest, self.dir / f"{digest}.json"
+
+    def ensure(self, sorted_ids: Sequence[str], describe: Any) -> Path:
+        """Path of the file for ``sorted_ids``, writing ``describe()`` there the first time (per process)."""
+        digest, path = self.path_for(sorted_ids)
+        if digest not in self._written:
+            write_atomic(path, (json.dumps(describe(), indent=1) + "\n").encode())
+            self._written.add(digest)
+        return path
+
+
+def _chips_csv(chips: IntArray) -> str:
+    return ",".join(f"chip{c}" for c in np.unique(chips).tolist())
+
+
+def _response(
+    envs: dict[str, str], host_path: Path, container_path: str, chips: IntArray
+) -> api_pb2.ContainerAllocateResponse:
+    return api_pb2.ContainerAllocateResponse(
+        envs=envs,
+        mounts=[api_pb2.Mount(container_path=container_path, host_path=str(host_path), read_only=True)],
+        cdi_devices=[api_pb2.CDIDevice(name=qualified_name(c)) for c in np.unique(chips).tolist()],
+    )
+
+
+class CoreAllocator:
+    """``snnrm.io/neuron-core``: one device per core, IDs from :attr:`Topology.ids`."""
+
+    resource = NEURON_CORE
+
+    def __init__(self, *, state: AllocationState, files: AllocationFiles, cdi: CdiSpecWriter) -> None:
+        self._state = state
+        self._files = files
+        self._cdi = cdi
+
+    def preferred(self, available: Sequence[str], must: Sequence[str], size: int, healthy: BoolArray) -> list[str]:
+        topo = self._state.topology
+        idx = allocation.preferred_cores(
+            topo,
+            allocation.lookup(topo.index_of, available),
+            allocation.lookup(topo.index_of, must),
+            size,
+            self._state.queue_fill(),
+            healthy,
+        )
+        ids = topo.ids
+        return [ids[i] for i in idx.tolist()]
+
+    def allocate(self, ids: Sequence[str], healthy: BoolArray) -> api_pb2.ContainerAllocateResponse:
+        topo = self._state.topology
+        idx = np.sort(allocation.validate_allocation(topo.index_of, ids, healthy))
+        all_ids = topo.ids
+        sorted_ids = [all_ids[i] for i in idx.tolist()]
+        chips = topo.chip_of[idx]
+
+        def describe() -> dict[str, Any]:
+            return {
+                "resource": self.resource,
+                "cores": [
+                    {"id": i, "index": k, "chip": c, "router": r, "x": x, "y": y, "numa": m}
+                    for i, k, c, r, x, y, m in zip(
+                        sorted_ids,
+                        idx.tolist(),
+                        chips.tolist(),
+                        topo.router[idx].tolist(),
+                        topo.gx[idx].tolist(),
+                        topo.gy[idx].tolist(),
+                        topo.chip_numa[chips].tolist(),
+                        strict=True,
+                    )
+                ],
+                "chips": np.unique(chips).tolist(),
+            }
+
+        path = self._files.ensure(sorted_ids, describe)
+        self._cdi.ensure()
+        envs = {"SNNRM_CORES": ",".join(sorted_ids), "SNNRM_CHIPS": _chips_csv(chips)}
+        return _response(envs, path, CORES_MOUNT, chips)
+
+
+class ThroughputAllocator:
+    """``snnrm.io/event-throughput``: one device per block of ``blocks.block_keps`` KEPS on one chip."""
+
+    resource = EVENT_THROUGHPUT
+
+    def __init__(self, *, state: AllocationState, files: AllocationFiles, cdi: CdiSpecWriter) -> None:
+        self._state = state
+        self._files = files
+        self._cdi = cdi
+        self._blocks: ThroughputBlocks | None = None
+        self._index_of: dict[str, int] = {}
+
+    def _index(self) -> tuple[ThroughputBlocks, dict[str, int]]:
+        blocks = self._state.blocks
+        if blocks is not self._blocks:  # the layout changes only if the app re-plans it
+            self._index_of = {b: i for i, b in enumerate(blocks.ids)}
+            self._blocks = blocks
+        return blocks, self._index_of
+
+    def preferred(self, available: Sequence[str], must: Sequence[str], size: int, healthy: BoolArray) -> list[str]:
+        blocks, index_of = self._index()
+        idx = allocation.preferred_blocks(
+            blocks,
+            allocation.lookup(index_of, available),
+            allocation.lookup(index_of, must),
+            size,
+            healthy,
+            self._state.chip_headroom_keps(),
+        )
+        ids = blocks.ids
+        return [ids[i] for i in idx.tolist()]
+
+    def allocate(self, ids: Sequence[str], healthy: BoolArray) -> api_pb2.ContainerAllocateResponse:
+        blocks, index_of = self._index()
+        idx = np.sort(allocation.validate_allocation(index_of, ids, healthy))
+        all_ids = blocks.ids
+        sorted_ids = [all_ids[i] for i in idx.tolist()]
+        chips = blocks.chip_of_block[idx]
+        keps = blocks.block_keps * len(idx)
+        per_chip = np.bincount(chips, minlength=1) * blocks.block_keps
+
+        def describe() -> dict[str, Any]:
+            return {
+                "resource": self.resource,
+                "block_keps": blocks.block_keps,
+                "total_keps": keps,
+                "blocks": sorted_ids,
+                "chips": {f"chip{c}": float(per_chip[c]) for c in np.unique(chips).tolist()},
+            }
+
+        path = self._files.ensure(sorted_ids, describe)
+        self._cdi.ensure()
+        envs = {
+            "SNNRM_EVENT_THROUGHPUT_KEPS": f"{keps:g}",
+            "SNNRM_EVENT_THROUGHPUT_CHIPS": _chips_csv(chips),
+        }
+        return _response(envs, path, THROUGHPUT_MOUNT, chips)

@@ -1,0 +1,219 @@
+"""One device plugin per extended resource: its gRPC server, its registration, and its restart loop.
+
+:class:`DevicePlugin` owns everything with a lifetime for one resource. ``run()`` loops until cancelled:
+
+1. start a fresh ``grpc.aio`` server on ``<kubelet_dir>/snnrm-<name>.sock`` (serving *before* registering,
+   since the kubelet calls back into it while ``Register`` is in flight; one event loop serves both sides);
+2. register, retrying while ``kubelet.sock`` is missing (cheap polling) or the kubelet refuses (backoff);
+3. watch, by ``stat`` every ``poll_interval``, for a kubelet restart (our socket deleted, ``kubelet.sock``
+   replaced) and for the kubelet dropping ListAndWatch;
+4. on any of those, stop the server and go back to 1. Cycles that follow one another quickly back off, so a
+   kubelet that keeps dropping the stream cannot make us spin.
+
+On cancellation the server is stopped (streams end at once, unary calls get ``shutdown_grace``) and the socket
+removed. The app runs one per resource inside its ``asyncio.TaskGroup``::
+
+    plugin = DevicePlugin(
+        kubelet_dir=Path("/var/lib/kubelet/device-plugins"),
+        resource=NEURON_CORE,
+        feed=core_feed,                 # DeviceFeed the health pipeline publishes to
+        state=hardware_state,           # AllocationState: topology, blocks, queue fill, chip headroom
+        state_dir=Path("/var/lib/snnrm"),
+        cdi_dir=Path("/var/run/cdi"),
+        pre_start_required=False,
+    )
+    tg.create_task(plugin.run(), name=f"device-plugin {NEURON_CORE}")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import grpc
+import structlog
+
+from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
+from snnrm.kubelet.allocator import AllocationFiles, CoreAllocator, ResourceAllocator, ThroughputAllocator
+from snnrm.kubelet.cdi import CdiSpecWriter
+from snnrm.kubelet.feed import DeviceFeed
+from snnrm.kubelet.registration import FileIdentity, identity, register
+from snnrm.kubelet.servicer import DevicePluginServicer
+from snnrm.kubelet.state import AllocationState
+from snnrm.kubelet.wire import KUBELET_SOCKET, ListAndWatchEncoder, plugin_socket_name
+
+log = structlog.get_logger(__name__)
+
+POLL_INTERVAL_S = 0.1
+"""Socket ``stat`` period: re-registration well inside a second of a kubelet restart, ~20 stats/s per plugin."""
+MAX_BACKOFF_S = 5.0
+"""Upper bound between attempts when the kubelet refuses registration or keeps dropping us."""
+QUICK_CYCLE_S = 2.0
+"""A serve-register-watch cycle shorter than this counts as quick; consecutive quick cycles back off."""
+
+
+class DevicePlugin:
+    """Device plugin of one resource; see the module docstring for the lifecycle and an example.
+
+    :param kubelet_dir: the kubelet's device-plugins directory (holds ``kubelet.sock`` and our socket).
+    :param resource: ``snnrm.io/neuron-core`` or ``snnrm.io/event-throughput``.
+    :param feed: the resource's :class:`DeviceFeed`; ListAndWatch streams it and Allocate validates against it.
+    :param state: live hardware state (:class:`~snnrm.kubelet.state.AllocationState`) for preferences.
+    :param state_dir: per-allocation JSON files go to ``<state_dir>/allocations/``.
+    :param cdi_dir: where the CDI spec for the chips is written (``/var/run/cdi`` on a node).
+    :param pre_start_required: advertise PreStartContainer (a no-op here) to the kubelet.
+    :param allocator: override the resource's allocator (tests); chosen from ``resource`` by default.
+    :param poll_interval: seconds between restart checks.
+    :param shutdown_grace: seconds unary calls in flight get when the server stops.
+    """
+
+    def __init__(
+        self,
+        *,
+        kubelet_dir: Path,
+        resource: str,
+        feed: DeviceFeed,
+        state: AllocationState,
+        state_dir: Path,
+        cdi_dir: Path,
+        pre_start_required: bool = False,
+        allocator: ResourceAllocator | None = None,
+        poll_interval: float = POLL_INTERVAL_S,
+        shutdown_grace: float = 1.0,
+    ) -> None:
+        if feed.resource != resource:
+            raise ValueError(f"feed is for {feed.resource}, plugin for {resource}")
+        self.resource = resource
+        self.kubelet_dir = Path(kubelet_dir)
+        self.endpoint = plugin_socket_name(resource)
+        self.socket_path = self.kubelet_dir / self.endpoint
+        self.kubelet_socket = self.kubelet_dir / KUBELET_SOCKET
+        self._feed = feed
+        self._cdi = CdiSpecWriter(Path(cdi_dir), state.topology.n_chips)
+        self._allocator = allocator or _default_allocator(resource, state, AllocationFiles(state_dir), self._cdi)
+        self._encoder = ListAndWatchEncoder()
+        self._pre_start_required = pre_start_required
+        self._poll = poll_interval
+        self._grace = shutdown_grace
+        self._servicer: DevicePluginServicer | None = None
+        self.registrations = 0
+        """Successful registrations so far."""
+        self.registered = asyncio.Event()
+        """Set while registered with the current kubelet; cleared during a restart cycle."""
+
+    @property
+    def servicer(self) -> DevicePluginServicer | None:
+        """The servicer of the server running now, if any."""
+        return self._servicer
+
+    async def run(self) -> None:
+        """Serve, register and re-register until cancelled (see module docstring)."""
+        self._cdi.write()
+        quick_cycles = 0
+        try:
+            while True:
+                started = time.monotonic()
+                reason = await self._cycle()
+                self.registered.clear()
+                quick_cycles = quick_cycles + 1 if time.monotonic() - started < QUICK_CYCLE_S else 0
+                delay = 0.0 if quick_cycles <= 1 else min(0.1 * 2 ** (quick_cycles - 2), MAX_BACKOFF_S)
+                log.info("restarting device plugin", resource=self.resource, reason=reason, delay=delay)
+                await asyncio.sleep(delay)
+        except asyncio.CancelledError:
+            log.info("device plugin stopped", resource=self.resource)
+            raise
+
+    async def _cycle(self) -> str:
+        """One serve-register-watch cycle; returns why it ended."""
+        servicer = DevicePluginServicer(
+            feed=self._feed,
+            allocator=self._allocator,
+            encoder=self._encoder,
+            pre_start_required=self._pre_start_required,
+        )
+        server, ours = await self._serve(servicer)
+        self._servicer = servicer
+        try:
+            kubelet = await self._register_until_ok(servicer, ours)
+            if kubelet is None:
+                return "plugin socket removed before registration"
+            return await self._watch(servicer, ours, kubelet)
+        finally:
+            self._servicer = None
+            servicer.close()
+            await server.stop(self._grace)
+            if identity(self.socket_path) == ours:
+                self.socket_path.unlink(missing_ok=True)
+
+    async def _serve(self, servicer: DevicePluginServicer) -> tuple[grpc.aio.Server, FileIdentity | None]:
+        self.kubelet_dir.mkdir(parents=True, exist_ok=True)
+        self.socket_path.unlink(missing_ok=True)  # a stale socket from an earlier run would make bind fail
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((servicer.handler(),))
+        server.add_insecure_port(f"unix://{self.socket_path}")
+        await server.start()
+        ours = identity(self.socket_path)
+        log.debug("serving", resource=self.resource, socket=str(self.socket_path))
+        return server, ours
+
+    async def _register_until_ok(
+        self, servicer: DevicePluginServicer, ours: FileIdentity | None
+    ) -> FileIdentity | None:
+        """Register; returns the kubelet socket's identity, or None if our socket vanished meanwhile."""
+        delay = 0.1
+        waiting_logged = False
+        while True:
+            if identity(self.socket_path) != ours:
+                return None
+            kubelet = identity(self.kubelet_socket)
+            if kubelet is None:
+                if not waiting_logged:
+                    log.info("waiting for kubelet", resource=self.resource, socket=str(self.kubelet_socket))
+                    waiting_logged = True
+                await asyncio.sleep(self._poll)
+                continue
+            try:
+                await register(
+                    self.kubelet_socket, endpoint=self.endpoint, resource=self.resource, options=servicer.options
+                )
+            except grpc.aio.AioRpcError as e:
+                log.warning(
+                    "registration failed",
+                    resource=self.resource,
+                    code=e.code().name,
+                    details=e.details(),
+                    retry_in=delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+                continue
+            self.registrations += 1
+            self.registered.set()
+            log.info("registered", resource=self.resource, endpoint=self.endpoint, count=self.registrations)
+            return kubelet
+
+    async def _watch(self, servicer: DevicePluginServicer, ours: FileIdentity | None, kubelet: FileIdentity) -> str:
+        """Poll until the kubelet restarted or dropped us; returns the reason."""
+        while True:
+            try:
+                async with asyncio.timeout(self._poll):
+                    await servicer.dropped.wait()
+            except TimeoutError:
+                pass
+            else:
+                return "kubelet dropped ListAndWatch"
+            if identity(self.socket_path) != ours:
+                return "plugin socket removed"
+            if identity(self.kubelet_socket) != kubelet:
+                return "kubelet.sock recreated"
+
+
+def _default_allocator(
+    resource: str, state: AllocationState, files: AllocationFiles, cdi: CdiSpecWriter
+) -> ResourceAllocator:
+    if resource == NEURON_CORE:
+        return CoreAllocator(state=state, files=files, cdi=cdi)
+    if resource == EVENT_THROUGHPUT:
+        return ThroughputAllocator(state=state, files=files, cdi=cdi)
+    raise ValueError(f"no allocator for resource {resource!r}")

@@ -1,0 +1,59 @@
+"""Registering a device plugin with the kubelet, and noticing when the kubelet forgot it.
+
+The kubelet (legacy socket mode) forgets every plugin when it restarts: it deletes every socket in its
+device-plugins directory, recreates ``kubelet.sock`` and waits for plugins to register again. A plugin notices
+by cheap ``stat`` polling: its own socket vanished, or ``kubelet.sock`` is a different file than the one it
+registered with. File identity is (device, inode, ctime): inode numbers alone are reused at once on tmpfs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import grpc
+
+from snnrm.kubelet.protos.deviceplugin.v1beta1 import api_pb2
+from snnrm.kubelet.wire import REGISTRATION_SERVICE, VERSION
+
+REGISTER_TIMEOUT_S = 15.0
+"""Kubelet dials back into the plugin inside Register with a 10 s blocking dial; allow that plus slack."""
+
+
+class FileIdentity(NamedTuple):
+    dev: int
+    ino: int
+    ctime_ns: int
+
+
+def identity(path: Path) -> FileIdentity | None:
+    """Identity of the file at ``path`` now, or None if there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return FileIdentity(st.st_dev, st.st_ino, st.st_ctime_ns)
+
+
+async def register(
+    kubelet_socket: Path,
+    *,
+    endpoint: str,
+    resource: str,
+    options: api_pb2.DevicePluginOptions,
+    rpc_timeout: float = REGISTER_TIMEOUT_S,
+) -> None:
+    """Call ``/v1beta1.Registration/Register``; raises ``grpc.aio.AioRpcError`` if the kubelet refuses.
+
+    ``endpoint`` is the plugin socket's file name relative to the kubelet's directory. The plugin's server
+    must already be serving: the kubelet calls back into it before this returns.
+    """
+    request = api_pb2.RegisterRequest(version=VERSION, endpoint=endpoint, resource_name=resource, options=options)
+    async with grpc.aio.insecure_channel(f"unix://{kubelet_socket}") as channel:
+        call = channel.unary_unary(
+            f"/{REGISTRATION_SERVICE}/Register",
+            request_serializer=api_pb2.RegisterRequest.SerializeToString,
+            response_deserializer=api_pb2.Empty.FromString,
+        )
+        await call(request, timeout=rpc_timeout, wait_for_ready=False)

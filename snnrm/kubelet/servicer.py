@@ -1,0 +1,183 @@
+"""``/v1beta1.DevicePlugin/*`` for one resource, as a grpc.aio generic handler.
+
+A generic handler (rather than the generated servicer base class) lets ListAndWatch and the fixed answers send
+pre-serialized bytes with an identity serializer: the device list is encoded once per change by
+:class:`~snnrm.kubelet.wire.ListAndWatchEncoder` and shared by every open stream.
+
+Health for validation and preference is the health last advertised through the feed (what the kubelet saw).
+One servicer lives as long as one gRPC server; :meth:`close` ends its streams so that ``server.stop(grace)``
+returns as soon as unary calls in flight finish, and :attr:`dropped` tells the owner that the kubelet went away
+from ListAndWatch (the owner then re-registers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
+
+import grpc
+import structlog
+
+from snnrm.core.allocation import AllocationError, UnknownDeviceError
+from snnrm.core.topology import BoolArray
+from snnrm.kubelet.allocator import ResourceAllocator
+from snnrm.kubelet.feed import DeviceFeed
+from snnrm.kubelet.protos.deviceplugin.v1beta1 import api_pb2
+from snnrm.kubelet.wire import DEVICE_PLUGIN_SERVICE, ListAndWatchEncoder
+
+log = structlog.get_logger(__name__)
+
+
+class DevicePluginServicer:
+    """Serves one resource's :class:`DeviceFeed` and :class:`ResourceAllocator` to the kubelet."""
+
+    def __init__(
+        self,
+        *,
+        feed: DeviceFeed,
+        allocator: ResourceAllocator,
+        encoder: ListAndWatchEncoder,
+        pre_start_required: bool = False,
+    ) -> None:
+        self.resource = feed.resource
+        self._feed = feed
+        self._allocator = allocator
+        self._encoder = encoder
+        self._options = api_pb2.DevicePluginOptions(
+            pre_start_required=pre_start_required, get_preferred_allocation_available=True
+        )
+        self._options_bytes = self._options.SerializeToString()
+        self._payload: tuple[int, bytes] = (0, b"")
+        self._closed = asyncio.Event()
+        self._streams = 0
+        self.dropped = asyncio.Event()
+        """Set when the last open ListAndWatch stream ended because the client left (not by :meth:`close`)."""
+        self.streams_opened = 0
+        """ListAndWatch streams opened so far (for tests and status)."""
+
+    @property
+    def options(self) -> api_pb2.DevicePluginOptions:
+        return self._options
+
+    @property
+    def open_streams(self) -> int:
+        return self._streams
+
+    def close(self) -> None:
+        """End every ListAndWatch stream normally (the server is about to stop)."""
+        self._closed.set()
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The generic handler to add to a ``grpc.aio`` server."""
+        empty = api_pb2.Empty.FromString
+        return grpc.method_handlers_generic_handler(
+            DEVICE_PLUGIN_SERVICE,
+            {
+                "GetDevicePluginOptions": grpc.unary_unary_rpc_method_handler(
+                    self._get_options, request_deserializer=empty
+                ),
+                "ListAndWatch": grpc.unary_stream_rpc_method_handler(self._list_and_watch, request_deserializer=empty),
+                "GetPreferredAllocation": grpc.unary_unary_rpc_method_handler(
+                    self._get_preferred_allocation,
+                    request_deserializer=api_pb2.PreferredAllocationRequest.FromString,
+                    response_serializer=api_pb2.PreferredAllocationResponse.SerializeToString,
+                ),
+                "Allocate": grpc.unary_unary_rpc_method_handler(
+                    self._allocate,
+                    request_deserializer=api_pb2.AllocateRequest.FromString,
+                    response_serializer=api_pb2.AllocateResponse.SerializeToString,
+                ),
+                "PreStartContainer": grpc.unary_unary_rpc_method_handler(
+                    self._pre_start_container,
+                    request_deserializer=api_pb2.PreStartContainerRequest.FromString,
+                ),
+            },
+        )
+
+    # --- RPCs ---------------------------------------------------------------------------------------------
+
+    async def _get_options(self, request: api_pb2.Empty, context: Any) -> bytes:
+        return self._options_bytes
+
+    async def _list_and_watch(self, request: api_pb2.Empty, context: Any) -> AsyncIterator[bytes]:
+        self._streams += 1
+        self.streams_opened += 1
+        ended_by_us = False
+        closed = asyncio.ensure_future(self._closed.wait())
+        change: asyncio.Future[int] | None = None
+        log.info("list-and-watch opened", resource=self.resource)
+        try:
+            seen = 0
+            while not self._closed.is_set():
+                version = self._feed.version
+                current = self._feed.current
+                if version != seen and current is not None:
+                    # Latest state only: whatever was published while we were sending is coalesced here.
+                    seen = version
+                    yield self._encoded(version, current)
+                    continue
+                change = asyncio.ensure_future(self._feed.wait_newer(seen))
+                await asyncio.wait((change, closed), return_when=asyncio.FIRST_COMPLETED)
+            ended_by_us = True
+        finally:
+            closed.cancel()
+            if change is not None:
+                change.cancel()
+            self._streams -= 1
+            if not ended_by_us and not self._closed.is_set() and self._streams == 0:
+                log.warning("list-and-watch dropped by kubelet", resource=self.resource)
+                self.dropped.set()
+
+    def _encoded(self, version: int, devices: Any) -> bytes:
+        cached_version, payload = self._payload
+        if cached_version != version:
+            payload = self._encoder.encode(devices)
+            self._payload = (version, payload)
+        return payload
+
+    def _healthy(self) -> BoolArray | None:
+        current = self._feed.current
+        return None if current is None else current.healthy
+
+    async def _get_preferred_allocation(
+        self, request: api_pb2.PreferredAllocationRequest, context: Any
+    ) -> api_pb2.PreferredAllocationResponse:
+        healthy = self._healthy()
+        if healthy is None:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"no {self.resource} devices published yet")
+        response = api_pb2.PreferredAllocationResponse()
+        for req in request.container_requests:
+            ids = self._allocator.preferred(
+                req.available_deviceIDs, req.must_include_deviceIDs, req.allocation_size, healthy
+            )
+            response.container_responses.add().deviceIDs.extend(ids)
+        return response
+
+    async def _allocate(self, request: api_pb2.AllocateRequest, context: Any) -> api_pb2.AllocateResponse:
+        healthy = self._healthy()
+        if healthy is None:
+            await _abort(context, grpc.StatusCode.UNAVAILABLE, f"no {self.resource} devices published yet")
+        response = api_pb2.AllocateResponse()
+        try:
+            # Every container is validated before anything is answered; a failure changes nothing.
+            answers = [self._allocator.allocate(req.devices_ids, healthy) for req in request.container_requests]
+        except AllocationError as e:
+            code = (
+                grpc.StatusCode.INVALID_ARGUMENT
+                if isinstance(e, UnknownDeviceError)
+                else grpc.StatusCode.FAILED_PRECONDITION
+            )
+            log.warning("allocate rejected", resource=self.resource, reason=e.reason, ids=list(e.ids[:16]))
+            await _abort(context, code, f"{self.resource}: {e}")
+        response.container_responses.extend(answers)
+        log.debug("allocated", resource=self.resource, containers=len(answers))
+        return response
+
+    async def _pre_start_container(self, request: api_pb2.PreStartContainerRequest, context: Any) -> bytes:
+        return b""  # PreStartContainerResponse{} serializes to nothing
+
+
+async def _abort(context: Any, code: grpc.StatusCode, details: str) -> NoReturn:
+    await context.abort(code, details)
+    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises

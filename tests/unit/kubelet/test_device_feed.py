@@ -1,0 +1,70 @@
+"""DeviceFeed: no-op on unchanged sets, immediate current set, coalescing of intermediate sets."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from snnrm.core.devices import NEURON_CORE, DeviceSet
+from snnrm.kubelet.feed import DeviceFeed
+
+
+def _set(*healthy: bool) -> DeviceSet:
+    n = len(healthy)
+    return DeviceSet(
+        resource=NEURON_CORE,
+        ids=tuple(f"chip0-core{i}" for i in range(n)),
+        healthy=np.array(healthy, dtype=bool),
+        numa=np.zeros(n, dtype=np.int64),
+    )
+
+
+async def test_publish_same_set_is_noop() -> None:
+    """Publishing an equal set does not bump the version."""
+    feed = DeviceFeed(NEURON_CORE, _set(True, True))
+    assert feed.version == 1
+    assert not feed.publish(_set(True, True))
+    assert feed.version == 1
+    assert feed.publish(_set(True, False))
+    assert feed.version == 2
+
+
+async def test_publish_rejects_other_resource() -> None:
+    """A feed carries one resource only."""
+    feed = DeviceFeed("snnrm.io/event-throughput")
+    with pytest.raises(ValueError, match="cannot publish"):
+        feed.publish(_set(True))
+
+
+async def test_subscriber_gets_current_then_only_latest() -> None:
+    """A subscriber sees the current set at once; sets published while it was busy collapse to the latest."""
+    feed = DeviceFeed(NEURON_CORE, _set(True, True))
+    it = feed.subscribe()
+    first = await anext(it)
+    assert first.healthy.tolist() == [True, True]
+    feed.publish(_set(False, True))
+    feed.publish(_set(False, False))
+    feed.publish(_set(True, False))
+    latest = await anext(it)
+    assert latest.healthy.tolist() == [True, False]
+    nxt = asyncio.ensure_future(anext(it))
+    await asyncio.sleep(0.01)
+    assert not nxt.done()  # unchanged state sends nothing
+    feed.publish(_set(True, False))
+    await asyncio.sleep(0.01)
+    assert not nxt.done()
+    feed.publish(_set(True, True))
+    assert (await asyncio.wait_for(nxt, 1)).healthy.tolist() == [True, True]
+
+
+async def test_subscriber_waits_for_first_publication() -> None:
+    """Before anything is published, a subscriber waits."""
+    feed = DeviceFeed(NEURON_CORE)
+    assert feed.current is None
+    nxt = asyncio.ensure_future(anext(aiter(feed)))
+    await asyncio.sleep(0.01)
+    assert not nxt.done()
+    feed.publish(_set(True))
+    assert (await asyncio.wait_for(nxt, 1)).ids == ("chip0-core0",)
