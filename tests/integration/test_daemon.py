@@ -124,9 +124,7 @@ async def test_metrics_parse_and_follow_health(running: Running) -> None:
         assert r.status == 200
         text = await r.text()
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    devices = {
-        (s.labels["resource"], s.labels["state"]): s.value for s in families["snnrm_resource_devices"].samples
-    }
+    devices = {(s.labels["resource"], s.labels["state"]): s.value for s in families["snnrm_resource_devices"].samples}
     assert devices[(NEURON_CORE, "healthy")] == 30
     assert devices[(NEURON_CORE, "unhealthy")] == 2
     healthy = {s.labels["core"]: s.value for s in families["snnrm_core_healthy"].samples}
