@@ -1,0 +1,326 @@
+"""The human-facing side of the HTTP server: the JSON API and the live status page at ``/``.
+
+* ``GET /api/v1/topology``: static layout (chips on the board grid, NUMA nodes, mesh geometry, cores at their
+  router coordinates, a link summary, device IDs). Fetched once by the page.
+* ``GET /api/v1/devices``: live state, per resource every device with its health, and per core health state,
+  reason bits, queue fill, spike-transfer efficiency, effective KEPS and load, as parallel arrays indexed like
+  ``topology.cores`` (an object per core would be ten times the bytes at 16k cores), plus active sim faults.
+* ``GET /api/v1/history``: the rolling window of node-level series kept by :class:`StatusHistory`.
+* ``GET /``: a page of plain HTML, CSS and JavaScript (``static/``; no library, no CDN, so it works offline and
+  behind an air gap) that polls the two live endpoints every second and draws on ``<canvas>``.
+
+JSON never carries NaN or Infinity (``JSON.parse`` rejects them): non-finite numbers become ``null``. A bad query
+parameter gets 400 with ``{"error": ...}`` like the rest of the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib.resources
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import numpy.typing as npt
+from aiohttp import web
+
+from snnrm.backends.sim import SimBackend
+from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
+from snnrm.core.health import Health, Reason
+from snnrm.http.history import SERIES, StatusHistory
+from snnrm.node import NodeService
+
+MAX_UNHEALTHY_LISTED: Final = 1000
+"""Unhealthy cores spelled out with their reasons; past this the per-core arrays still say everything."""
+
+_ASSETS: Final = {
+    "status.js": "text/javascript",
+    "status.css": "text/css",
+}
+_CSP: Final = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+"""The page loads only its own files and talks only to this server; anything else is a bug, and the browser test
+sees the violation as a console error."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StatusSources:
+    """What the status routes read; stored on the app under :data:`STATUS`."""
+
+    node: NodeService
+    history: StatusHistory
+    sim: SimBackend | None
+    assets: dict[str, bytes]
+
+
+STATUS = web.AppKey("status", StatusSources)
+
+
+def _floats(a: npt.ArrayLike, decimals: int) -> list[float | None]:
+    """A JSON-safe list: rounded, with NaN/inf as ``null``."""
+    arr = np.round(np.asarray(a, dtype=np.float64), decimals)
+    out: list[float | None] = arr.tolist()
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        for i in np.flatnonzero(bad).tolist():
+            out[i] = None
+    return out
+
+
+def _float(x: float, decimals: int = 6) -> float | None:
+    return round(float(x), decimals) if np.isfinite(x) else None
+
+
+def topology_body(node: NodeService) -> dict[str, Any]:
+    """The static layout of the node."""
+    t = node.topology
+    g = t.geometry
+    board_cols = int(t.chip_pos[:, 0].max()) + 1
+    board_rows = int(t.chip_pos[:, 1].max()) + 1
+    rchip = t.router_chip
+    src_chip, dst_chip = rchip[t.link_src], rchip[t.link_dst]
+    inter = t.link_inter_chip
+    pairs, counts = np.unique(
+        np.stack([np.minimum(src_chip, dst_chip), np.maximum(src_chip, dst_chip)], axis=1)[inter],
+        axis=0,
+        return_counts=True,
+    )
+    per_chip_keps = np.bincount(t.chip_of, weights=t.core_nominal_keps, minlength=t.n_chips)
+    blocks = node.blocks
+    return {
+        "backend": node.backend.name,
+        "geometry": {
+            "cols": g.cols,
+            "rows": g.rows,
+            "cores_per_router": g.cores_per_router,
+            "cores_per_chip": g.cores,
+        },
+        "board": {"cols": board_cols, "rows": board_rows},
+        "mesh": {"cols": board_cols * g.cols, "rows": board_rows * g.rows},
+        "chips": [
+            {
+                "index": c,
+                "id": f"chip{c}",
+                "pos": [int(t.chip_pos[c, 0]), int(t.chip_pos[c, 1])],
+                "numa": int(t.chip_numa[c]),
+                "first_core": c * g.cores,
+                "cores": g.cores,
+                "nominal_keps": _float(per_chip_keps[c], 1),
+            }
+            for c in range(t.n_chips)
+        ],
+        "cores": {
+            "count": t.n_cores,
+            "ids": list(t.ids),
+            "chip": t.chip_of.tolist(),
+            "x": t.gx.tolist(),
+            "y": t.gy.tolist(),
+            "slot": (t.local % g.cores_per_router).tolist(),
+            "router": t.router.tolist(),
+            "nominal_keps": _floats(t.core_nominal_keps, 1),
+            "queue_capacity": _floats(t.core_queue_capacity, 1),
+        },
+        "links": {
+            "count": t.n_links,
+            "on_chip": int(np.count_nonzero(~inter)),
+            "inter_chip": int(np.count_nonzero(inter)),
+            "chip_pairs": [
+                {"chips": [int(a), int(b)], "links": int(n)}
+                for (a, b), n in zip(pairs.tolist(), counts.tolist(), strict=True)
+            ],
+        },
+        "devices": {
+            NEURON_CORE: {"count": t.n_cores, "ids": list(t.ids)},
+            EVENT_THROUGHPUT: {
+                "count": len(blocks.ids),
+                "block_keps": blocks.block_keps,
+                "ids": list(blocks.ids),
+                "chip": blocks.chip_of_block.tolist(),
+            },
+        },
+    }
+
+
+def _faults(sim: SimBackend | None) -> list[dict[str, Any]] | None:
+    if sim is None:
+        return None
+    out: list[dict[str, Any]] = []
+    for fid, f in sorted(sim.faults.items()):
+        status: str
+        try:
+            status = sim.sim.fault_status(fid)
+        except KeyError:  # cleared behind the backend's back; list what we know
+            status = "unknown"
+        out.append({**f, "status": status})
+    return out
+
+
+def devices_body(node: NodeService, sim: SimBackend | None, *, ids: bool = True) -> dict[str, Any]:
+    """Live per-device and per-core state; ``ids=False`` leaves out the device ID lists (static, in topology)."""
+    m = node.monitor
+    t = node.topology
+    state = m.health.state
+    reasons = m.health.reasons
+    unhealthy = np.flatnonzero(state != Health.HEALTHY)
+    # Hard failures first (they are what an operator acts on), then by core index.
+    unhealthy = unhealthy[np.argsort((reasons[unhealthy] & Reason.FAILED) == 0, kind="stable")]
+    nominal = t.core_nominal_keps * 1e3
+    load = np.divide(m.rates.rates.events_processed_rate, nominal, out=np.zeros(t.n_cores), where=nominal > 0)
+    age = time.monotonic() - node.last_sample_wall
+    resources: dict[str, Any] = {}
+    for res, d in node.devices().items():
+        entry: dict[str, Any] = {"total": len(d.ids), "healthy_count": d.healthy_count}
+        if ids:
+            entry["ids"] = list(d.ids)
+        entry["healthy"] = d.healthy.tolist()
+        if res == EVENT_THROUGHPUT:
+            entry["block_keps"] = node.blocks.block_keps
+            entry["chip"] = node.blocks.chip_of_block.tolist()
+        resources[res] = entry
+    return {
+        "backend": node.backend.name,
+        "time": time.time(),
+        "telemetry_time": _float(m.last_frame_time),
+        "telemetry_age_s": _float(age, 3),
+        "frames": m.frames,
+        "rejected_frames": m.rejected_frames,
+        "resources": resources,
+        "legend": {
+            "state": [h.name.lower() for h in Health],
+            "reasons": {Reason.names(int(r))[0]: int(r) for r in Reason if r},
+        },
+        "cores": {
+            "state": state.tolist(),
+            "reasons": reasons.tolist(),
+            "queue_fill": _floats(m.queue_fill, 4),
+            "efficiency": _floats(m.rates.rates.efficiency, 4),
+            "effective_keps": _floats(m.effective_keps(), 1),
+            "load": _floats(load, 4),
+        },
+        "unhealthy_cores": [
+            {
+                "index": i,
+                "id": t.ids[i],
+                "state": Health(int(state[i])).name.lower(),
+                "reasons": Reason.names(int(reasons[i])),
+            }
+            for i in unhealthy[:MAX_UNHEALTHY_LISTED].tolist()
+        ],
+        "unhealthy_cores_total": len(unhealthy),
+        "links": {
+            "failed": int(np.count_nonzero(m.link_failed)),
+            "utilization_mean": _float(float(m.link_utilization.mean()) if m.link_utilization.size else 0.0, 4),
+            "utilization_max": _float(float(m.link_utilization.max()) if m.link_utilization.size else 0.0, 4),
+        },
+        "faults": _faults(sim),
+    }
+
+
+def history_body(history: StatusHistory, node: NodeService) -> dict[str, Any]:
+    """The rolling window, oldest first, one array per series."""
+    w = history.snapshot()
+    return {
+        "period": history.period,
+        "window": history.window,
+        "t": _floats(w.t, 3),
+        "series": {name: _floats(w.values[i], 4) for i, name in enumerate(SERIES)},
+        "totals": {
+            "cores": node.topology.n_cores,
+            "blocks": len(node.blocks.ids),
+            "block_keps": node.blocks.block_keps,
+        },
+    }
+
+
+async def _json(body: dict[str, Any], *, cache: str = "no-store") -> web.Response:
+    """Serialise off the event loop: at 16k cores a body is about a megabyte and ~15 ms of encoding, which
+    would otherwise sit in front of a hard fault on its way to ListAndWatch. The body itself is built on the
+    loop, so it is one consistent snapshot."""
+    text = await asyncio.to_thread(functools.partial(json.dumps, separators=(",", ":"), allow_nan=False), body)
+    return web.Response(text=text, content_type="application/json", headers={"Cache-Control": cache})
+
+
+def _flag(request: web.Request, name: str, *, default: bool) -> bool:
+    value = request.query.get(name)
+    if value is None:
+        return default
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    raise web.HTTPBadRequest(
+        text=json.dumps({"error": f"{name} must be true or false, got {value!r}"}), content_type="application/json"
+    )
+
+
+async def get_topology(request: web.Request) -> web.Response:
+    """``GET /api/v1/topology``."""
+    return await _json(topology_body(request.app[STATUS].node), cache="no-cache")
+
+
+async def get_devices(request: web.Request) -> web.Response:
+    """``GET /api/v1/devices[?ids=false]``."""
+    s = request.app[STATUS]
+    return await _json(devices_body(s.node, s.sim, ids=_flag(request, "ids", default=True)))
+
+
+async def get_history(request: web.Request) -> web.Response:
+    """``GET /api/v1/history``."""
+    s = request.app[STATUS]
+    return await _json(history_body(s.history, s.node))
+
+
+async def index(request: web.Request) -> web.Response:
+    """The status page."""
+    return web.Response(
+        body=request.app[STATUS].assets["index.html"],
+        content_type="text/html",
+        charset="utf-8",
+        headers={"Content-Security-Policy": _CSP, "Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+async def asset(request: web.Request) -> web.Response:
+    """The page's script and stylesheet (a fixed set: no file system path ever comes from the URL)."""
+    name = request.match_info["name"]
+    content_type = _ASSETS.get(name)
+    if content_type is None:
+        raise web.HTTPNotFound(text=f"no asset {name!r}\n")
+    return web.Response(
+        body=request.app[STATUS].assets[name],
+        content_type=content_type,
+        charset="utf-8",
+        headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+def _load_assets() -> dict[str, bytes]:
+    static = importlib.resources.files("snnrm.http").joinpath("static")
+    return {name: static.joinpath(name).read_bytes() for name in ("index.html", *_ASSETS)}
+
+
+def setup_status(
+    app: web.Application,
+    *,
+    node: NodeService,
+    sim: SimBackend | None = None,
+    history: StatusHistory | None = None,
+) -> None:
+    """Add the status page and ``/api/v1/{topology,devices,history}`` to ``app``.
+
+    ``history`` should be the instance whose :meth:`StatusHistory.run` the daemon's TaskGroup runs; without one,
+    ``/api/v1/history`` answers with an empty window (nothing samples it).
+    """
+    app[STATUS] = StatusSources(
+        node=node, history=history if history is not None else StatusHistory(node), sim=sim, assets=_load_assets()
+    )
+    app.router.add_get("/", index)
+    app.router.add_get("/static/{name}", asset)
+    app.router.add_get("/api/v1/topology", get_topology)
+    app.router.add_get("/api/v1/devices", get_devices)
+    app.router.add_get("/api/v1/history", get_history)

@@ -1,0 +1,76 @@
+"""The status page's history: a fixed-size ring of node-level series, sampled by a root task."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from snnrm.backends.sim import SimBackend
+from snnrm.core.telemetry import FaultKind, HardFault
+from snnrm.http.history import SERIES, StatusHistory, node_sample
+from snnrm.node import NodeService
+
+
+@pytest.fixture
+async def node() -> NodeService:
+    return await NodeService.start(SimBackend(chips=2, cores_per_chip=8), block_keps=1000.0, sample_period=0.1)
+
+
+def _column(v: float) -> np.ndarray:
+    return np.full(len(SERIES), v)
+
+
+async def test_ring_keeps_the_newest_window_oldest_first(node: NodeService) -> None:
+    """Past ``window`` samples the oldest are overwritten; the snapshot is always in time order."""
+    h = StatusHistory(node, window=3)
+    assert h.snapshot().t.shape == (0,)
+    assert h.snapshot().values.shape == (len(SERIES), 0)
+    for i in range(5):
+        h.append(float(i), _column(i))
+    w = h.snapshot()
+    assert len(h) == 3
+    assert w.t.tolist() == [2.0, 3.0, 4.0]
+    assert w.values[0].tolist() == [2.0, 3.0, 4.0]
+    w.values[0, 0] = -1  # a snapshot is a copy: serialising it later never sees the ring move
+    assert h.snapshot().values[0, 0] == 2.0
+
+
+async def test_rejects_an_empty_window(node: NodeService) -> None:
+    with pytest.raises(ValueError, match="window"):
+        StatusHistory(node, window=0)
+
+
+async def test_sample_reduces_the_node_to_its_series(node: NodeService) -> None:
+    """Healthy cores and blocks follow the device lists; efficiency is 1 and rates 0 before any traffic."""
+    node.monitor.observe(await node.backend.read_frame())
+    values = dict(zip(SERIES, node_sample(node).tolist(), strict=True))
+    assert values["healthy_cores"] == 16
+    assert values["healthy_blocks"] == len(node.blocks.ids)
+    assert values["efficiency_mean"] == 1.0
+    assert values["spike_transfer_ratio"] == 1.0
+    assert values["events_dropped_per_s"] == 0.0
+
+    node.monitor.hard_fault(HardFault(kind=FaultKind.CORE, index=3, failed=True, timestamp=1.0))
+    node._publish()
+    values = dict(zip(SERIES, node_sample(node).tolist(), strict=True))
+    assert values["healthy_cores"] == 15
+    assert values["effective_keps"] < float(np.sum(node.topology.core_nominal_keps))
+
+
+async def test_run_waits_for_the_first_frame_then_samples_each_period(node: NodeService) -> None:
+    """No sample before telemetry flows (the defaults would be a fake "all healthy"); then one per period."""
+    h = StatusHistory(node, period=0.01)
+    task = asyncio.create_task(h.run())
+    try:
+        await asyncio.sleep(0.05)
+        assert len(h) == 0
+        node.ready.set()
+        await asyncio.sleep(0.1)
+        assert 3 <= len(h) <= 12
+        assert np.all(np.diff(h.snapshot().t) >= 0)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
