@@ -9,7 +9,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 # keyed by version, so a warm `make test` does not rebuild them.
 export SNNRM_TOOLS_CACHE ?= $(HOME)/.cache/snnrm-tools
 
-.PHONY: help install dev demo test unit lint fmt protos tools bench clean
+.PHONY: help install dev demo test unit lint fmt protos tools test-deps bench clean
 
 help:
 	@echo "make demo   run the daemon on simulated chips with an embedded kubelet stand-in (Ctrl-C to stop)"
@@ -44,6 +44,7 @@ lint: $(DEV_STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python scripts/gen_protos.py --check
+	@test -z "$$(gofmt -l tests/e2e)" || { echo "gofmt needed:"; gofmt -l tests/e2e; exit 1; }
 
 fmt: $(DEV_STAMP)
 	$(BIN)/ruff format .
@@ -51,12 +52,19 @@ fmt: $(DEV_STAMP)
 
 tools:
 	bash scripts/build-tools.sh
+	bash scripts/build-observability-tools.sh
+	bash scripts/build-chart-tools.sh
 
 unit: $(DEV_STAMP)
 	$(BIN)/pytest tests/unit
 
-test: lint tools
-	$(BIN)/pytest
+# System packages the tests need (headless Chromium for the status page test); quick when already installed.
+test-deps:
+	bash scripts/install-test-deps.sh
+
+# SNNRM_E2E_REQUIRE=1: a missing Go-built binary fails the e2e tests instead of skipping them.
+test: lint tools test-deps
+	SNNRM_E2E_REQUIRE=1 $(BIN)/pytest
 
 bench: $(DEV_STAMP)
 	$(BIN)/python -m benchmarks

@@ -62,6 +62,18 @@ def main() -> None:
 @_opt("cdi-dir", type=click.Path(path_type=Path), default=None, help="CDI spec directory [default: /var/run/cdi].")
 @_opt("pre-start-required", type=bool, default=None, help="Ask for PreStartContainer calls [default: false].")
 @_opt("log-format", type=click.Choice(["console", "json"]), default=None, help="Log rendering [default: console].")
+@_opt(
+    "metrics-granularity",
+    type=click.Choice(["core", "group", "chip"]),
+    default=None,
+    help="Unit of per-core metrics: core, group (router domain) or chip [default: group].",
+)
+@_opt(
+    "pod-resources-socket",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Kubelet PodResources socket for pod labels [default: /var/lib/kubelet/pod-resources/kubelet.sock].",
+)
 def run(config: Path | None, **flags: Any) -> None:
     """Run the node daemon: discover chips, stream telemetry, serve the device plugins and HTTP."""
     try:
@@ -78,7 +90,10 @@ def run(config: Path | None, **flags: Any) -> None:
         daemon = await Daemon.create(cfg)
         await daemon.run(stop=stop)
 
-    asyncio.run(_main())
+    try:
+        asyncio.run(_main())
+    except ConfigError as e:  # found while building the daemon, e.g. hooks configured without a token
+        raise click.UsageError(str(e)) from None
 
 
 @main.command()

@@ -13,6 +13,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from snnrm.config_hooks import HooksConfig
+
 DEFAULT_KUBELET_DIR = Path("/var/lib/kubelet/device-plugins")
 
 
@@ -55,6 +57,17 @@ class Config(BaseModel):
     pre_start_required: bool = False
     """Ask the kubelet to call PreStartContainer (device reset) before every container start."""
     log_format: Literal["console", "json"] = "console"
+    metrics_granularity: Literal["core", "group", "chip"] = "group"
+    """Unit of the per-core metric families: every core, every router domain (core group), or every chip. Core
+    granularity at 16k cores is ~200k series; group keeps the mesh picture at a fraction of it on shared-router
+    chips, and chip is the cheapest."""
+    pod_resources_socket: Path = Path("/var/lib/kubelet/pod-resources/kubelet.sock")
+    """The kubelet's PodResources API socket, for namespace/pod/container labels on allocated devices; when it is
+    absent, metrics simply carry no pod labels."""
+
+    # -- alert-driven autoscaling hooks (snnrm/config_hooks.py; docs/autoscaling-hooks.md) --
+    hooks: HooksConfig = Field(default_factory=HooksConfig)
+    """``POST /hooks/alertmanager`` and the allowlist of hooks it may run; only settable from the config file."""
 
     @field_validator("http")
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,15 +25,15 @@ from snnrm.backends.sim import SimBackend
 from snnrm.config import Config
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
 from snnrm.kubelet.standin import KubeletStandIn
+from snnrm.obs.console import LiveSummary, SummaryView
 
 log = structlog.get_logger("snnrm.demo")
 
 FAULT_AT = 6.0
 """Seconds after the job is placed when the fault hits: long enough to see the healthy baseline first."""
-SUMMARY_EVERY = 2.0
 
 
-async def _scenario(daemon: Daemon, kubelet: KubeletStandIn, sim: SimBackend) -> None:
+async def _scenario(daemon: Daemon, kubelet: KubeletStandIn, sim: SimBackend, summary: LiveSummary) -> None:
     topo = daemon.node.topology
     await kubelet.wait_capacity(NEURON_CORE, topo.n_cores, within=30.0)
     await kubelet.wait_capacity(EVENT_THROUGHPUT, len(daemon.node.blocks.ids), within=30.0)
@@ -59,7 +60,7 @@ async def _scenario(daemon: Daemon, kubelet: KubeletStandIn, sim: SimBackend) ->
     fault_stage = 1
     fault_id: int | None = None
     reallocations = 0
-    last_summary = 0.0
+    last_summary = -math.inf
     while True:
         await asyncio.sleep(0.1)
         now = time.monotonic() - started
@@ -81,19 +82,27 @@ async def _scenario(daemon: Daemon, kubelet: KubeletStandIn, sim: SimBackend) ->
             pods[i], placement[i] = new_pod, new
             reallocations += 1
             log.warning("stage_reallocated", stage=i, unhealthy=bad, pod=new_pod, first=topo.ids[int(new[0])])
-        if now - last_summary >= SUMMARY_EVERY:
+        if now - last_summary >= summary.interval:
             last_summary = now
             metrics = sim.sim.stage_metrics(job.name)
-            log.info(
-                "summary",
-                t=round(now, 1),
-                healthy_cores=f"{int(healthy.sum())}/{topo.n_cores}",
-                allocatable_cores=kubelet.allocatable(NEURON_CORE),
-                throughput_blocks=f"{kubelet.allocatable(EVENT_THROUGHPUT)}/{kubelet.capacity(EVENT_THROUGHPUT)}",
-                latency_us=[round(m.latency_s * 1e6, 2) for m in metrics],
-                dropped_per_s=round(sum(m.events_dropped_per_s for m in metrics), 1),
-                faults=len(sim.faults),
-                reallocations=reallocations,
+            port = daemon.http_port
+            summary.update(
+                SummaryView(
+                    elapsed_s=now,
+                    chips=topo.n_chips,
+                    cores_healthy=int(healthy.sum()),
+                    cores_total=topo.n_cores,
+                    blocks_healthy=kubelet.allocatable(EVENT_THROUGHPUT),
+                    blocks_total=kubelet.capacity(EVENT_THROUGHPUT),
+                    block_keps=daemon.node.blocks.block_keps,
+                    measured_keps=float(daemon.node.chip_headroom_keps().sum()),
+                    faults=len(sim.faults),
+                    reallocations=reallocations,
+                    stage_latency_s=tuple(m.latency_s for m in metrics),
+                    dropped_per_s=sum(m.events_dropped_per_s for m in metrics),
+                    kubelet_allocatable=kubelet.allocatable(NEURON_CORE),
+                    url=None if port is None else f"http://{daemon.config.http_host}:{port}/",
+                )
             )
 
 
@@ -129,6 +138,10 @@ async def run_demo(
                     await asyncio.sleep(seconds)
                     stop.set()
 
-            await daemon.run(stop=stop, extra=(_scenario(daemon, kubelet, daemon.backend), timer()))
+            # The live summary refreshes in place on a terminal (log lines scroll above it), else logs a line.
+            summary = LiveSummary()
+            with summary.capture_logs():
+                await daemon.run(stop=stop, extra=(_scenario(daemon, kubelet, daemon.backend, summary), timer()))
+            summary.close()
     with contextlib.suppress(Exception):
         log.info("demo_finished")

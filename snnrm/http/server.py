@@ -1,5 +1,7 @@
 """aiohttp application: ``/metrics``, ``/healthz``, ``/readyz``, ``/api/v1/node``, ``/sim/faults``.
 
+The status page (``/``) and ``/api/v1/{topology,devices,history}`` live in :mod:`snnrm.http.status`.
+
 Every request body is untrusted: bodies are capped, JSON is validated, and a bad request gets a 4xx with a
 message that says what was wrong; nothing is changed by a rejected request.
 """
@@ -14,10 +16,12 @@ from typing import Any
 import numpy as np
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from snnrm.backends.sim import SimBackend
 from snnrm.core.health import Health, Reason
+from snnrm.http.history import StatusHistory
+from snnrm.http.metrics import metrics_handler
+from snnrm.http.status import setup_status
 from snnrm.node import NodeService
 
 NODE = web.AppKey("node", NodeService)
@@ -43,12 +47,6 @@ async def readyz(request: web.Request) -> web.Response:
     if problems:
         return web.Response(status=503, text="not ready: " + "; ".join(problems) + "\n")
     return web.Response(text="ready\n")
-
-
-async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition, generated off the event loop (it can take milliseconds at 16k cores)."""
-    body = await asyncio.to_thread(generate_latest, request.app[REGISTRY])
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def node_state(request: web.Request) -> web.Response:
@@ -83,6 +81,9 @@ async def post_fault(request: web.Request) -> web.Response:
     sim = request.app.get(SIM)
     if sim is None:
         return _error(404, "fault injection needs --backend sim")
+    if request.content_type != "application/json":
+        # A browser form post (text/plain, no preflight) from any page must not be able to inject faults.
+        return _error(415, "Content-Type must be application/json")
     try:
         spec = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -125,6 +126,7 @@ def build_app(
     registry: CollectorRegistry,
     ready_checks: list[Callable[[], str | None]],
     sim: SimBackend | None = None,
+    history: StatusHistory | None = None,
 ) -> web.Application:
     """The aiohttp application; collaborators are injected (no globals), so tests build their own."""
     app = web.Application(client_max_size=MAX_BODY)
@@ -135,11 +137,13 @@ def build_app(
         app[SIM] = sim
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", metrics_handler(registry))
     app.router.add_get("/api/v1/node", node_state)
     app.router.add_post("/sim/faults", post_fault)
     app.router.add_get("/sim/faults", list_faults)
     app.router.add_delete("/sim/faults/{fault_id}", delete_fault)
+    # Status page and JSON API; ``history`` is the instance whose run() the daemon's TaskGroup owns.
+    setup_status(app, node=node, sim=sim, history=history)
     return app
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -81,6 +82,7 @@ class DevicePlugin:
         allocator: ResourceAllocator | None = None,
         poll_interval: float = POLL_INTERVAL_S,
         shutdown_grace: float = 1.0,
+        instrument: Callable[[grpc.GenericRpcHandler], grpc.GenericRpcHandler] | None = None,
     ) -> None:
         if feed.resource != resource:
             raise ValueError(f"feed is for {feed.resource}, plugin for {resource}")
@@ -96,6 +98,7 @@ class DevicePlugin:
         self._pre_start_required = pre_start_required
         self._poll = poll_interval
         self._grace = shutdown_grace
+        self._instrument = instrument
         self._servicer: DevicePluginServicer | None = None
         self.registrations = 0
         """Successful registrations so far."""
@@ -150,7 +153,8 @@ class DevicePlugin:
         self.kubelet_dir.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)  # a stale socket from an earlier run would make bind fail
         server = grpc.aio.server()
-        server.add_generic_rpc_handlers((servicer.handler(),))
+        handler = servicer.handler()
+        server.add_generic_rpc_handlers((self._instrument(handler) if self._instrument else handler,))
         server.add_insecure_port(f"unix://{self.socket_path}")
         await server.start()
         ours = identity(self.socket_path)

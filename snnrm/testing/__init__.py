@@ -1,5 +1,6 @@
 """Fakes that ship with snnrm: stand-ins for hardware and drivers, used by our tests and by anyone's.
 
 The one place for fakes (no mocks of our own seams elsewhere): :mod:`snnrm.testing.fake_sysfs` writes the
-driver tree that :class:`snnrm.backends.sysfs.SysfsBackend` reads.
+driver tree that :class:`snnrm.backends.sysfs.SysfsBackend` reads; :mod:`snnrm.testing.fake_podresources` serves
+the kubelet's PodResources API (``v1.PodResourcesLister``) on a unix socket.
 """

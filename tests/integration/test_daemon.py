@@ -41,6 +41,7 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
         state_dir=tmp_path / "state",
         cdi_dir=tmp_path / "cdi",
         sample_period=0.05,
+        metrics_granularity="core",
     )
     async with KubeletStandIn(config.kubelet_dir) as kubelet:
         daemon = await Daemon.create(config)
@@ -113,6 +114,18 @@ async def test_bad_fault_requests_are_rejected_and_change_nothing(
             assert message in await r.text()
         async with http.get(running.base + "/sim/faults") as r:
             assert (await r.json())["faults"] == []
+    assert running.kubelet.allocatable(NEURON_CORE) == 32
+
+
+async def test_fault_injection_requires_a_json_content_type(running: Running) -> None:
+    """A cross-site form post (text/plain) cannot inject a fault."""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            running.base + "/sim/faults",
+            data=b'{"kind": "core-failure", "cores": [1]}',
+            headers={"Content-Type": "text/plain"},
+        ) as r:
+            assert r.status == 415
     assert running.kubelet.allocatable(NEURON_CORE) == 32
 
 

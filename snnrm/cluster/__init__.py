@@ -1,0 +1,1 @@
+"""The Kubernetes API side: the client seam, and alert-driven autoscaling hooks (reallocation controller later)."""

@@ -1,0 +1,335 @@
+"""Alert-driven autoscaling hooks, the I/O part: carry out what :class:`snnrm.core.hooks.HookPlanner` decides.
+
+For each decision the runner talks to the Kubernetes API (through the :class:`~snnrm.cluster.kube.KubeApi` seam),
+to the reallocation controller (through the :class:`Reallocator` seam), or to an outgoing webhook, then records the
+result with the planner. Every action is logged, counted (``snnrm_hook_actions_total``) and, when it touched a
+Kubernetes object, recorded as an Event on that object.
+
+Replica changes are read-modify-write with the object's ``resourceVersion`` as precondition, retried on conflict,
+so a concurrent HPA/KEDA/kubectl write is never silently overwritten. Transient failures (network, 5xx, 429,
+persistent conflicts) are reported as ``retry`` so the HTTP answer is 5xx and Alertmanager re-sends; the planner's
+dedup makes the re-send safe for the alerts that did succeed. Permanent failures (403, 404, 422) are logged and
+counted as ``failed`` and not retried by us.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiohttp
+import structlog
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from snnrm.cluster.kube import JSON, KubeApi, KubeApiError
+from snnrm.core.hooks import (
+    Action,
+    Alert,
+    Decision,
+    HookPlanner,
+    HookSpec,
+    Notification,
+    Outcome,
+    Skip,
+    Target,
+    bounded,
+)
+
+log = structlog.get_logger(__name__)
+
+CONFLICT_RETRIES = 3
+FIELD_DEFAULTS = {"replicas": 0, "minReplicaCount": 0, "maxReplicaCount": 100, "minReplicas": 1, "maxReplicas": 1}
+"""What an absent spec field means (scale omits replicas=0; KEDA's and HPA's documented defaults)."""
+_PLURALS = {
+    "Deployment": "deployments",
+    "StatefulSet": "statefulsets",
+    "ScaledObject": "scaledobjects",
+    "HorizontalPodAutoscaler": "horizontalpodautoscalers",
+}
+
+
+def target_path(t: Target) -> str:
+    """API path the hook reads and patches: the scale subresource for workloads, the object for KEDA/HPA."""
+    group = "api" if t.api_version == "v1" else "apis"
+    path = f"/{group}/{t.api_version}/namespaces/{t.namespace}/{_PLURALS[t.kind]}/{t.name}"
+    return path + "/scale" if t.field == "replicas" else path
+
+
+@dataclass(frozen=True, slots=True)
+class ReallocationRequest:
+    """Move the degraded stages of a split-learning job; from an alert, through a ``reallocate`` hook."""
+
+    namespace: str
+    job: str
+    reason: str
+    hook: str
+    alert_fingerprint: str
+
+
+class Reallocator(Protocol):
+    """The reallocation controller's intake (the controller itself is wired in by the application)."""
+
+    async def request_reallocation(self, request: ReallocationRequest) -> None: ...
+
+
+@dataclass(eq=False)
+class ReallocationQueue:
+    """In-process :class:`Reallocator`: a bounded queue the reallocation controller drains; used until it exists."""
+
+    maxlen: int = 1000
+    requests: deque[ReallocationRequest] = field(init=False)
+    changed: asyncio.Event = field(default_factory=asyncio.Event, init=False)
+
+    def __post_init__(self) -> None:
+        self.requests = deque(maxlen=self.maxlen)
+
+    async def request_reallocation(self, request: ReallocationRequest) -> None:
+        self.requests.append(request)
+        self.changed.set()
+
+
+@dataclass(frozen=True, slots=True)
+class HookResult:
+    """What one (hook, alert) pair came to; the HTTP answer lists these."""
+
+    hook: str
+    alertname: str
+    fingerprint: str
+    status: str
+    outcome: Outcome
+    detail: str = ""
+
+    def as_json(self) -> dict[str, str]:
+        return {
+            "hook": self.hook,
+            "alertname": self.alertname,
+            "fingerprint": self.fingerprint,
+            "status": self.status,
+            "outcome": self.outcome.value,
+            "detail": self.detail,
+        }
+
+
+class _TransientError(Exception):
+    """A failure worth retrying: the notification is answered 5xx so Alertmanager re-sends it."""
+
+
+@dataclass(eq=False)
+class HookRunner:
+    """Carries out hook decisions; one notification at a time (decisions and read-modify-writes stay consistent)."""
+
+    planner: HookPlanner
+    kube: KubeApi | None
+    """None when no hook needs the Kubernetes API (or none is reachable: scaling hooks then fail loudly)."""
+    reallocator: Reallocator
+    http: aiohttp.ClientSession | None = None
+    """Session for outgoing webhooks (created on first use if None)."""
+    node: str = ""
+    webhook_tokens: dict[str, Path] = field(default_factory=dict)
+    """Hook name -> file holding the bearer token sent to its outgoing webhook."""
+    webhook_timeout: float = 5.0
+    clock: Callable[[], float] = time.monotonic
+    actions: Counter[tuple[str, str, str]] = field(default_factory=Counter, init=False)
+    """(hook, action, outcome) -> count."""
+    notifications: Counter[str] = field(default_factory=Counter, init=False)
+    """HTTP-level result -> count (``ok``, ``retry``, ``unauthorized``, ``bad-request``, ``too-large``, ...)."""
+    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
+    _own_http: bool = field(default=False, init=False)
+
+    async def aclose(self) -> None:
+        if self._own_http and self.http is not None:
+            await self.http.close()
+            self.http = None
+
+    async def handle(self, n: Notification) -> list[HookResult]:
+        """Plan and carry out every (hook, alert) pair of ``n``."""
+        async with self._lock:
+            results = []
+            for item in self.planner.plan(n, self.clock()):
+                result = await self._carry_out(item, n) if isinstance(item, Decision) else self._skipped(item)
+                results.append(result)
+            return results
+
+    def _skipped(self, skip: Skip) -> HookResult:
+        hook = self.planner.by_name.get(skip.hook_name)
+        action = hook.action.value if hook is not None else "none"
+        name = skip.hook_name if hook is not None else "(unknown)"
+        self.actions[(name, action, skip.outcome.value)] += 1
+        log_fn = log.warning if skip.outcome is Outcome.UNKNOWN_HOOK else log.info
+        log_fn("hook_skipped", hook=skip.hook_name, alert=skip.alert.name, fingerprint=skip.alert.fingerprint,
+               status=skip.alert.status, outcome=skip.outcome.value)  # fmt: skip
+        return HookResult(skip.hook_name, skip.alert.name, skip.alert.fingerprint, skip.alert.status, skip.outcome)
+
+    async def _carry_out(self, d: Decision, n: Notification) -> HookResult:
+        hook, alert = d.hook, d.alert
+        try:
+            if hook.action.scales:
+                applied, detail = await self._scale(d)
+                outcome = (Outcome.UNDONE if d.undo else Outcome.APPLIED) if applied else Outcome.AT_BOUND
+            elif hook.action is Action.REALLOCATE:
+                applied, detail = 0, await self._reallocate(hook, alert)
+                outcome = Outcome.APPLIED
+            else:
+                applied, detail = 0, await self._webhook(hook, alert, n)
+                outcome = Outcome.APPLIED
+        except _TransientError as e:
+            outcome, detail = Outcome.RETRY, str(e)
+        except (KubeApiError, OSError, ValueError) as e:
+            outcome, detail = Outcome.FAILED, str(e)
+        else:
+            self.planner.record(d, applied_delta=applied, now=self.clock())
+        self.actions[(hook.name, hook.action.value, outcome.value)] += 1
+        failed = outcome in (Outcome.FAILED, Outcome.RETRY)
+        (log.error if failed else log.info)(
+            "hook_action", hook=hook.name, action=hook.action.value, alert=alert.name, status=alert.status,
+            fingerprint=alert.fingerprint, outcome=outcome.value, detail=detail,
+        )  # fmt: skip
+        # An Event per change or permanent failure; not per retry (Alertmanager may retry many times) or no-op.
+        if hook.target is not None and self.kube is not None and outcome not in (Outcome.AT_BOUND, Outcome.RETRY):
+            await self._event(hook, alert, outcome, detail)
+        return HookResult(hook.name, alert.name, alert.fingerprint, alert.status, outcome, detail)
+
+    # -- actions ---------------------------------------------------------------------------------------------
+
+    async def _scale(self, d: Decision) -> tuple[int, str]:
+        """Read-modify-write the target's field within bounds; returns (change applied, description)."""
+        hook = d.hook
+        t = hook.target
+        assert t is not None
+        if self.kube is None:
+            raise ValueError("no Kubernetes API configured (hooks.kubeconfig, or run in a cluster)")
+        path = target_path(t)
+        delta = -d.delta if d.undo else d.delta
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                obj = await self.kube.get(path)
+                spec = obj.get("spec") or {}
+                current = int(spec.get(t.field, FIELD_DEFAULTS[t.field]))
+                new = bounded(current, delta, hook.min_replicas, hook.max_replicas)
+                if new == current:
+                    return 0, f"{t} stays {current} (bounds {hook.min_replicas}..{hook.max_replicas})"
+                version = (obj.get("metadata") or {}).get("resourceVersion")
+                patch: JSON = {"spec": {t.field: new}}
+                if version:
+                    patch["metadata"] = {"resourceVersion": version}
+                await self.kube.merge_patch(path, patch)
+            except KubeApiError as e:
+                if e.status == 409:
+                    continue  # someone else wrote in between: read again
+                if e.retryable:
+                    raise _TransientError(str(e)) from e
+                raise
+            return new - current, f"{t} {current} -> {new}"
+        raise _TransientError(f"{t}: {CONFLICT_RETRIES} write conflicts in a row")
+
+    async def _reallocate(self, hook: HookSpec, alert: Alert) -> str:
+        job = alert.labels.get(hook.job_label)
+        if not job:
+            raise ValueError(f"alert {alert.name} has no {hook.job_label} label naming the job to reallocate")
+        namespace = alert.labels.get("namespace", "")
+        await self.reallocator.request_reallocation(
+            ReallocationRequest(namespace=namespace, job=job, reason=alert.name, hook=hook.name,
+                                alert_fingerprint=alert.fingerprint)
+        )  # fmt: skip
+        return f"reallocation requested for job {namespace}/{job}"
+
+    async def _webhook(self, hook: HookSpec, alert: Alert, n: Notification) -> str:
+        if self.http is None:
+            self.http = aiohttp.ClientSession()
+            self._own_http = True
+        headers = {"User-Agent": "snnrm-hooks"}
+        token_file = self.webhook_tokens.get(hook.name)
+        if token_file is not None:
+            headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
+        body: dict[str, Any] = {
+            "hook": hook.name,
+            "receiver": n.receiver,
+            "groupKey": n.group_key,
+            "alert": {
+                "status": alert.status,
+                "labels": dict(alert.labels),
+                "annotations": dict(alert.annotations),
+                "startsAt": alert.starts_at,
+                "fingerprint": alert.fingerprint,
+            },
+        }
+        try:
+            async with self.http.post(
+                hook.url, json=body, headers=headers, timeout=aiohttp.ClientTimeout(total=self.webhook_timeout)
+            ) as r:
+                if r.status >= 500 or r.status == 429:
+                    raise _TransientError(f"POST {hook.url} -> {r.status}")
+                if r.status >= 300:
+                    raise ValueError(f"POST {hook.url} -> {r.status}: {(await r.text())[:200]}")
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise _TransientError(f"POST {hook.url}: {e!r}") from e
+        return f"POST {hook.url} -> {r.status}"
+
+    async def _event(self, hook: HookSpec, alert: Alert, outcome: Outcome, detail: str) -> None:
+        """A core/v1 Event on the target (``kubectl describe`` shows it); failures to record are only logged."""
+        t = hook.target
+        assert t is not None
+        assert self.kube is not None
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        ok = outcome in (Outcome.APPLIED, Outcome.UNDONE)
+        event: JSON = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{t.name}.snnrm-hook-", "namespace": t.namespace},
+            "involvedObject": {"apiVersion": t.api_version, "kind": t.kind, "namespace": t.namespace, "name": t.name},
+            "reason": {Outcome.APPLIED: "SnnrmHookScaled", Outcome.UNDONE: "SnnrmHookUndone"}.get(
+                outcome, "SnnrmHookFailed"
+            ),
+            "message": f"hook {hook.name} on {alert.status} alert {alert.name} ({alert.fingerprint}): {detail}"[:1024],
+            "type": "Normal" if ok else "Warning",
+            "source": {"component": "snnrm", "host": self.node},
+            "reportingComponent": "snnrm.io/hooks",
+            "reportingInstance": self.node or "snnrm",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        with contextlib.suppress(KubeApiError):
+            await self.kube.create(f"/api/v1/namespaces/{t.namespace}/events", event)
+            return
+        log.warning("hook_event_not_recorded", hook=hook.name, target=str(t))
+
+
+class HookCollector(Collector):
+    """``snnrm_hook_*`` series from the runner's counters (read at scrape time, nothing kept here)."""
+
+    def __init__(self, runner: HookRunner, *, node: str) -> None:
+        self._runner = runner
+        self._node = node
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        r = self._runner
+        notes = CounterMetricFamily(
+            "snnrm_hook_notifications",
+            "Alertmanager notifications received on /hooks/alertmanager, by result.",
+            labels=["node", "result"],
+        )
+        for result, count in sorted(r.notifications.items()):
+            notes.add_metric([self._node, result], count)
+        yield notes
+        actions = CounterMetricFamily(
+            "snnrm_hook_actions",
+            "Hook decisions per configured hook, by action and outcome.",
+            labels=["node", "hook", "action", "outcome"],
+        )
+        for (hook, action, outcome), count in sorted(r.actions.items()):
+            actions.add_metric([self._node, hook, action, outcome], count)
+        yield actions
+        episodes = GaugeMetricFamily(
+            "snnrm_hook_remembered_alerts", "Firing episodes remembered for dedup and undo.", labels=["node"]
+        )
+        episodes.add_metric([self._node], len(r.planner))
+        yield episodes

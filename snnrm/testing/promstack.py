@@ -1,0 +1,236 @@
+"""Real Prometheus and Alertmanager processes for tests: configured, started on loopback, queried, stopped.
+
+The binaries come from scripts/build-observability-tools.sh (see :mod:`snnrm.testing.tools`). Each process gets a
+fresh directory for its config, storage and log; :meth:`log_tail` is what a failing test should print.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import aiohttp
+import yaml
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rules_with_short_for(src: Path, dst: Path, *, for_: str = "0s") -> Path:
+    """A copy of rule file ``src`` with every ``for:`` set to ``for_`` (the expressions are untouched), so a test can
+    watch the real rules fire in seconds instead of minutes."""
+    doc = yaml.safe_load(src.read_text())
+    for group in doc["groups"]:
+        group["interval"] = "1s"
+        for rule in group["rules"]:
+            if "alert" in rule:
+                rule["for"] = for_
+    dst.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return dst
+
+
+@dataclass(eq=False)
+class _Process:
+    binary: Path
+    workdir: Path
+    name: str
+    port: int = field(default_factory=free_port)
+    proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    async def _start(self, argv: Sequence[str], *, within: float = 60.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        with self.log.open("wb") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                str(self.binary), *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out, cwd=self.workdir
+            )
+        deadline = time.monotonic() + within
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                if self.proc.returncode is not None:
+                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log_tail()}")
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with http.get(self.base + "/-/ready") as r:
+                        if r.status == 200:
+                            return
+                await asyncio.sleep(0.1)
+        raise RuntimeError(f"{self.name} not ready within {within}s:\n{self.log_tail()}")
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                await asyncio.wait_for(self.proc.wait(), 15)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def _json(self, method: str, path: str, **kw: Any) -> Any:
+        async with aiohttp.ClientSession() as http, http.request(method, self.base + path, **kw) as r:
+            text = await r.text()
+            if r.status >= 300:
+                raise RuntimeError(f"{method} {path} -> {r.status}: {text[:500]}")
+            return json.loads(text) if text else None
+
+
+@dataclass(eq=False)
+class Prometheus(_Process):
+    """``prometheus`` scraping ``targets`` (job ``snnrm``) every ``scrape_interval``, with optional rules/alerting."""
+
+    name: str = "prometheus"
+    targets: Sequence[str] = ()
+    scrape_interval: str = "1s"
+    rule_files: Sequence[Path] = ()
+    alertmanager: str | None = None
+    """host:port of an Alertmanager to send alerts to."""
+
+    async def __aenter__(self) -> Self:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config: dict[str, Any] = {
+            "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": "1s"},
+            "scrape_configs": [
+                {"job_name": "snnrm", "scrape_timeout": "1s", "static_configs": [{"targets": list(self.targets)}]}
+            ],
+            "rule_files": [str(p) for p in self.rule_files],
+        }
+        if self.alertmanager:
+            config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [self.alertmanager]}]}]}
+        cfg = self.workdir / "prometheus.yml"
+        cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+        await self._start([
+            f"--config.file={cfg}",
+            f"--storage.tsdb.path={self.workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--log.level=info",
+        ])  # fmt: skip
+        return self
+
+    async def query(self, expr: str, *, at: float | None = None) -> list[dict[str, Any]]:
+        """Instant query; the result vector (or matrix/scalar wrapped in a list)."""
+        params = {"query": expr}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        body = await self._json("GET", "/api/v1/query", params=params)
+        result = body["data"]["result"]
+        return result if isinstance(result, list) else [result]
+
+    async def query_range(self, expr: str, *, start: float, end: float, step: float) -> list[dict[str, Any]]:
+        params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step}"}
+        body = await self._json("GET", "/api/v1/query_range", params=params)
+        result: list[dict[str, Any]] = body["data"]["result"]
+        return result
+
+    async def series(self, match: str) -> list[dict[str, str]]:
+        body = await self._json("GET", "/api/v1/series", params={"match[]": match})
+        result: list[dict[str, str]] = body["data"]
+        return result
+
+    async def label_values(self, label: str, match: str | None = None) -> list[str]:
+        params = {"match[]": match} if match else None
+        body = await self._json("GET", f"/api/v1/label/{label}/values", params=params)
+        result: list[str] = body["data"]
+        return result
+
+    async def alerts(self) -> list[dict[str, Any]]:
+        body = await self._json("GET", "/api/v1/alerts")
+        result: list[dict[str, Any]] = body["data"]["alerts"]
+        return result
+
+    async def targets_up(self) -> list[dict[str, Any]]:
+        body = await self._json("GET", "/api/v1/targets")
+        result: list[dict[str, Any]] = body["data"]["activeTargets"]
+        return result
+
+
+@dataclass(eq=False)
+class Alertmanager(_Process):
+    """``alertmanager`` with one webhook receiver (bearer token from a file), no HA clustering."""
+
+    name: str = "alertmanager"
+    webhook_url: str = ""
+    token_file: Path | None = None
+    group_wait: str = "1s"
+    group_interval: str = "2s"
+    repeat_interval: str = "1h"
+
+    async def __aenter__(self) -> Self:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        webhook: dict[str, Any] = {"url": self.webhook_url, "send_resolved": True, "max_alerts": 100}
+        if self.token_file is not None:
+            webhook["http_config"] = {"authorization": {"type": "Bearer", "credentials_file": str(self.token_file)}}
+        config = {
+            "route": {
+                "receiver": "snnrm-hooks",
+                "group_by": ["alertname"],
+                "group_wait": self.group_wait,
+                "group_interval": self.group_interval,
+                "repeat_interval": self.repeat_interval,
+            },
+            "receivers": [{"name": "snnrm-hooks", "webhook_configs": [webhook]}],
+        }
+        cfg = self.workdir / "alertmanager.yml"
+        cfg.write_text(yaml.safe_dump(config, sort_keys=False))
+        await self._start([
+            f"--config.file={cfg}",
+            f"--storage.path={self.workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{self.port}",
+            "--cluster.listen-address=",
+            "--log.level=debug",
+        ])  # fmt: skip
+        return self
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def post_alerts(self, alerts: list[dict[str, Any]]) -> None:
+        """``POST /api/v2/alerts`` (what Prometheus does)."""
+        await self._json("POST", "/api/v2/alerts", json=alerts)
+
+    async def alerts(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = await self._json("GET", "/api/v2/alerts")
+        return result
+
+
+async def eventually(
+    check: Callable[[], Awaitable[Any]], *, within: float, every: float = 0.25, what: str = "condition"
+) -> Any:
+    """Await ``check()`` until it returns something truthy; raise AssertionError with ``what`` after ``within`` s."""
+    deadline = time.monotonic() + within
+    last: Any = None
+    while True:
+        last = await check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {within}s (last: {last!r})")
+        await asyncio.sleep(every)

@@ -1,0 +1,45 @@
+"""Where the Go-built tools live: the env files that scripts/build-tools.sh and build-observability-tools.sh write.
+
+Each script writes ``$SNNRM_TOOLS_CACHE/checkouts/<sha256(repo path)[:12]>[.observability].env`` with lines
+``export NAME=value`` (one file per checkout, so two worktrees sharing the cache never disagree). A variable set in
+the process environment wins over the files, so ``SNNRM_PROMTOOL=/usr/bin/promtool pytest`` works too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+ENV_FILES = ("{checkout}.env", "{checkout}.observability.env")
+
+
+def tools_cache() -> Path:
+    """``$SNNRM_TOOLS_CACHE``, default ``~/.cache/snnrm-tools`` (the scripts' default too)."""
+    return Path(os.environ.get("SNNRM_TOOLS_CACHE", Path.home() / ".cache" / "snnrm-tools"))
+
+
+def tool_env(repo: Path = REPO) -> dict[str, str]:
+    """NAME -> value from this checkout's env files, overridden by ``SNNRM_*`` process environment variables."""
+    checkout = hashlib.sha256(str(repo).encode()).hexdigest()[:12]
+    values: dict[str, str] = {}
+    for pattern in ENV_FILES:
+        envfile = tools_cache() / "checkouts" / pattern.format(checkout=checkout)
+        if not envfile.is_file():
+            continue
+        for raw in envfile.read_text().splitlines():
+            line = raw.strip()
+            if line.startswith("export ") and "=" in line:
+                name, _, value = line.removeprefix("export ").partition("=")
+                values[name] = value
+    values.update({k: v for k, v in os.environ.items() if k.startswith("SNNRM_")})
+    return values
+
+
+def find_tool(var: str) -> Path | None:
+    """The executable named by ``var`` (e.g. ``SNNRM_PROMTOOL``), or None when it is not built."""
+    value = tool_env().get(var)
+    if value and os.access(value, os.X_OK):
+        return Path(value)
+    return None

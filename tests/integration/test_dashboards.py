@@ -1,0 +1,242 @@
+"""The Grafana dashboards: generated from code (the committed JSON is never stale), follow the conventions, and every
+panel query returns data from a real Prometheus that scraped a running ``snnrm run --backend sim``.
+
+The live test runs the CLI as a subprocess against the kubelet stand-in and a fake PodResources server, admits two
+pods, injects a fault and delivers one Alertmanager notification to the hooks endpoint, so the families that only
+exist in those situations exist. Prometheus scrapes it every second with rules/snnrm.rules.yaml loaded. Then every
+target of every panel, every variable and every annotation is queried with the variables set to "All". A panel
+whose description says PENDING (its metric is not exported yet) is reported, not failed; any other empty or
+failing panel fails the test, and the report lists them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+import yaml
+
+from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
+from snnrm.kubelet.standin import KubeletStandIn
+from snnrm.testing.fake_podresources import FakePodResourcesLister
+from snnrm.testing.promstack import Prometheus, eventually, free_port
+from snnrm.testing.tools import REPO, find_tool
+
+DASHBOARDS = REPO / "dashboards"
+BOARDS = {p.stem: json.loads(p.read_text()) for p in sorted((DASHBOARDS / "json").glob("*.json"))}
+TOKEN = "dashboards-test"
+VARS = re.compile(r"\$(?:\{(\w+)(?::\w+)?\}|(\w+))")
+
+
+def _generator() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("snnrm_dashboards_generate", DASHBOARDS / "generate.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _panels(board: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for p in board["panels"]:
+        if p["type"] == "row":
+            out.extend(p.get("panels", []))
+        else:
+            out.append(p)
+    return out
+
+
+def test_committed_json_is_what_the_code_generates() -> None:
+    """`python dashboards/generate.py --check`: fails when someone edited the code or the JSON alone."""
+    r = subprocess.run([sys.executable, str(DASHBOARDS / "generate.py"), "--check"], capture_output=True, text=True)
+    assert r.returncode == 0, f"dashboards/json is stale; run `python dashboards/generate.py`\n{r.stderr}"
+
+
+def test_dashboards_follow_the_conventions() -> None:
+    """${datasource} everywhere, the variables exist and are used, units are set, uids are stable file names."""
+    assert set(BOARDS) == {"snnrm-cluster-overview", "snnrm-node-chip", "snnrm-split-learning", "snnrm-daemon"}
+    for uid, board in BOARDS.items():
+        assert board["uid"] == uid
+        assert 8 <= len(uid) <= 40
+        assert board["id"] is None
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource"
+        assert variables["datasource"]["query"] == "prometheus"
+        expected = {"datasource", "node"} if uid == "snnrm-daemon" else {"datasource", "node", "chip", "job"}
+        assert set(variables) == expected, uid
+        for name, v in variables.items():
+            if name != "datasource":
+                assert v["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, (uid, name)
+        for ann in board.get("annotations", {}).get("list", []):
+            assert ann["datasource"]["uid"] == "${datasource}", (uid, ann["name"])
+        ids = [p["id"] for p in board["panels"]] + [q["id"] for p in board["panels"] for q in p.get("panels", [])]
+        assert len(ids) == len(set(ids)), uid
+        for panel in _panels(board):
+            where = f"{uid}: {panel['title']}"
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, where
+            assert panel["fieldConfig"]["defaults"].get("unit"), f"{where}: no unit"
+            assert panel["targets"], where
+            for t in panel["targets"]:
+                assert t["datasource"]["uid"] == "${datasource}", where
+                used = {a or b for a, b in VARS.findall(t["expr"])} - {"__rate_interval", "__interval", "__range"}
+                assert used <= set(variables), f"{where}: undefined variables {used - set(variables)}"
+
+
+# -- the live test ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Live:
+    prom: Prometheus
+    base: str
+    log: Path
+
+
+def _substitute(expr: str) -> str:
+    expr = expr.replace("$__rate_interval", "1m").replace("$__interval", "15s").replace("$__range", "5m")
+    return VARS.sub(".*", expr)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def live(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Live]:
+    prom_bin = find_tool("SNNRM_PROMETHEUS")
+    if prom_bin is None:
+        pytest.skip("prometheus is not built: run `make tools` (scripts/build-observability-tools.sh prometheus)")
+    tmp = tmp_path_factory.mktemp("dashboards")
+    short = Path(tempfile.mkdtemp(prefix="snnrm-dash-", dir="/tmp"))  # unix socket paths must stay short
+    token = tmp / "token"
+    token.write_text(TOKEN)
+    config = tmp / "snnrm.yaml"
+    hooks = {
+        "token_file": str(token),
+        "rules": [{"name": "move-stage", "match": ['alertname="SnnrmCoresUnhealthy"'], "action": "reallocate"}],
+    }
+    config.write_text(yaml.safe_dump({"hooks": hooks}))
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = tmp / "snnrm.log"
+    async with (
+        KubeletStandIn(short / "dp") as kubelet,
+        FakePodResourcesLister(short / "pr" / "kubelet.sock") as pods,
+    ):
+        argv = [
+            sys.executable, "-m", "snnrm", "run", "--config", str(config), "--backend", "sim",
+            "--kubelet-dir", str(short / "dp"), "--http", f"127.0.0.1:{port}", "--sim-chips", "2", "--sim-cores", "16",
+            "--state-dir", str(tmp / "state"), "--cdi-dir", str(tmp / "cdi"), "--sample-period", "0.1",
+            "--metrics-granularity", "core", "--pod-resources-socket", str(short / "pr" / "kubelet.sock"),
+        ]  # fmt: skip
+        with log.open("wb") as out:
+            proc = await asyncio.create_subprocess_exec(*argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp)
+        try:
+            await kubelet.wait_capacity(NEURON_CORE, 32, within=60)
+            for i, n in enumerate((4, 2)):
+                pod = f"dvs-gesture-stage{i}"
+                answer = await kubelet.admit(pod, "snn", {NEURON_CORE: n, EVENT_THROUGHPUT: 1})
+                pods.assign("snn", pod, "snn", NEURON_CORE, answer[NEURON_CORE].envs["SNNRM_CORES"].split(","))
+            async with aiohttp.ClientSession() as http:
+                async with http.post(base + "/sim/faults", json={"kind": "core-failure", "chip": 1, "core": 3}) as r:
+                    assert r.status == 201, await r.text()
+                note = {
+                    "version": "4", "groupKey": "{}:{}", "status": "firing", "receiver": "snnrm", "groupLabels": {},
+                    "commonLabels": {}, "commonAnnotations": {}, "externalURL": "", "truncatedAlerts": 0,
+                    "alerts": [{"status": "firing", "labels": {"alertname": "SnnrmCoresUnhealthy", "snn_job": "dvs"},
+                                "annotations": {}, "startsAt": "2026-01-01T00:00:00Z", "endsAt": "",
+                                "fingerprint": "f1"}],
+                }  # fmt: skip
+                headers = {"Authorization": f"Bearer {TOKEN}"}
+                async with http.post(base + "/hooks/alertmanager", json=note, headers=headers) as r:
+                    assert r.status == 200, await r.text()
+            prom = Prometheus(prom_bin, tmp / "prom", targets=[f"127.0.0.1:{port}"],
+                              rule_files=[REPO / "rules" / "snnrm.rules.yaml"])  # fmt: skip
+            async with prom:
+                await eventually(lambda: prom.query('up{job="snnrm"} == 1'), within=30, what="daemon scraped")
+                # rate()/increase() need two samples in the window, quantile/topk a full set; give it a few scrapes.
+                await eventually(
+                    lambda: prom.query("rate(snnrm_telemetry_frames_total[1m]) > 0"), within=30, what="frame rate"
+                )
+                await asyncio.sleep(5)
+                yield Live(prom, base, log)
+        finally:
+            proc.terminate()
+            try:
+                await asyncio.wait_for(proc.wait(), 15)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+    shutil.rmtree(short, ignore_errors=True)
+
+
+async def _has_data(prom: Prometheus, expr: str) -> tuple[bool, str]:
+    end = time.time()
+    try:
+        result = await prom.query_range(_substitute(expr), start=end - 30, end=end, step=2)
+    except RuntimeError as e:
+        return False, f"error: {e}"
+    points = sum(len(s.get("values", [])) for s in result)
+    return points > 0, f"{len(result)} series, {points} points"
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_every_panel_query_returns_data_from_a_real_prometheus(live: Live) -> None:
+    gen = _generator()
+    rows: list[tuple[str, str, str, str]] = []
+    failures = []
+    for uid, board in BOARDS.items():
+        for panel in _panels(board):
+            pending = "PENDING:" in panel.get("description", "")
+            results = [await _has_data(live.prom, t["expr"]) for t in panel["targets"]]
+            ok = all(r[0] for r in results)
+            detail = "; ".join(d for _, d in results)
+            status = ("pending, now has data: unmark it" if ok else "pending") if pending else ("ok" if ok else "EMPTY")
+            rows.append((uid, "panel", panel["title"], f"{status} ({detail})"))
+            if not ok and not pending:
+                failures.append(f"{uid}: panel {panel['title']!r}: {detail}")
+        for ann in board.get("annotations", {}).get("list", []):
+            ok, detail = await _has_data(live.prom, ann["expr"])
+            pending = bool(gen.pending_in(ann["expr"]))
+            label = f"{'ok' if ok else 'no events'}{' (pending)' if pending else ''} ({detail})"
+            rows.append((uid, "annotation", ann["name"], label))
+            if detail.startswith("error"):
+                failures.append(f"{uid}: annotation {ann['name']!r}: {detail}")
+        for var in board["templating"]["list"]:
+            if var["type"] != "query":
+                continue
+            m = re.fullmatch(r"label_values\((?:(.+),\s*)?(\w+)\)", var["query"]["query"])
+            assert m is not None, var["query"]
+            values = await live.prom.label_values(m.group(2), _substitute(m.group(1)) if m.group(1) else None)
+            pending = bool(gen.pending_in(var["query"]["query"]))
+            rows.append((uid, "variable", var["name"], f"{len(values)} values{' (pending)' if pending else ''}"))
+            if not values and not pending:
+                failures.append(f"{uid}: variable {var['name']} has no values")
+    report = "\n".join(f"{u:24} {k:10} {t:58} {s}" for u, k, t, s in rows)
+    print("\n" + report)
+    assert not failures, "empty or failing dashboard queries:\n" + "\n".join(failures) + "\n\nfull report:\n" + report
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_every_alert_rule_expression_parses_on_the_live_data(live: Live) -> None:
+    """The rule expressions run against the daemon's real series (whether or not they fire)."""
+    doc = yaml.safe_load((REPO / "rules" / "snnrm.rules.yaml").read_text())
+    for group in doc["groups"]:
+        for rule in group["rules"]:
+            await live.prom.query(rule["expr"])  # raises on a PromQL error
+    rules_state = await live.prom._json("GET", "/api/v1/rules")
+    health = {r["name"]: r["health"] for g in rules_state["data"]["groups"] for r in g["rules"]}
+    assert set(health.values()) <= {"ok", "unknown"}, health

@@ -1,0 +1,215 @@
+"""The hook runner against the in-memory Kubernetes API: bounded read-modify-write, retries, Events, counters."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from hook_payloads import alert, payload
+
+from snnrm.cluster.hooks import HookRunner, ReallocationQueue, target_path
+from snnrm.cluster.kube import KubeApiError
+from snnrm.core.hooks import Action, HookPlanner, HookSpec, Matcher, Outcome, Target, parse_notification
+from snnrm.testing.fake_kube import FakeKubeApi
+
+QUEUE = (Matcher.parse('alertname="SnnrmEventQueueSaturated"'),)
+DEPLOY = Target("Deployment", "snn", "stage1", "replicas")
+DEPLOY_PATH = "/apis/apps/v1/namespaces/snn/deployments/stage1"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def kube() -> FakeKubeApi:
+    k = FakeKubeApi()
+    k.put(DEPLOY_PATH, {"metadata": {"name": "stage1", "namespace": "snn"}, "spec": {"replicas": 2}})
+    return k
+
+
+def runner(kube: FakeKubeApi | None, *hooks: HookSpec, clock: Clock | None = None) -> HookRunner:
+    return HookRunner(HookPlanner(hooks), kube=kube, reallocator=ReallocationQueue(), node="n1",
+                      clock=clock or Clock())  # fmt: skip
+
+
+def scale(**kw: Any) -> HookSpec:
+    args: dict[str, Any] = {"step": 1, "min_replicas": 1, "max_replicas": 4, "cooldown": 0.0, "undo_on_resolve": True}
+    args.update(kw)
+    return HookSpec("scale-stage1", QUEUE, Action.SCALE, DEPLOY, **args)
+
+
+def note(*alerts: dict[str, Any]) -> Any:
+    return parse_notification(payload(*alerts))
+
+
+async def test_scale_up_through_the_scale_subresource_with_a_precondition(kube: FakeKubeApi) -> None:
+    r = runner(kube, scale())
+    [res] = await r.handle(note(alert()))
+    assert res.outcome is Outcome.APPLIED
+    assert res.detail == "Deployment/snn/stage1.spec.replicas 2 -> 3"
+    assert kube.replicas(DEPLOY_PATH) == 3
+    assert ("PATCH", DEPLOY_PATH + "/scale") in kube.calls
+    [(path, event)] = kube.created
+    assert path == "/api/v1/namespaces/snn/events"
+    assert event["reason"] == "SnnrmHookScaled"
+    assert event["involvedObject"] == {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": "snn",
+                                       "name": "stage1"}  # fmt: skip
+    assert r.actions[("scale-stage1", "scale", "applied")] == 1
+
+
+async def test_repeats_do_nothing_and_resolve_undoes_once(kube: FakeKubeApi) -> None:
+    r = runner(kube, scale())
+    await r.handle(note(alert()))
+    for _ in range(3):
+        [res] = await r.handle(note(alert()))
+        assert res.outcome is Outcome.DUPLICATE
+    assert kube.replicas(DEPLOY_PATH) == 3
+    [res] = await r.handle(note(alert(status="resolved")))
+    assert res.outcome is Outcome.UNDONE
+    assert kube.replicas(DEPLOY_PATH) == 2
+    [res] = await r.handle(note(alert(status="resolved")))
+    assert res.outcome is Outcome.NOTHING_TO_UNDO
+    assert kube.replicas(DEPLOY_PATH) == 2
+
+
+async def test_bounds_hold_and_undo_reverts_only_what_was_applied(kube: FakeKubeApi) -> None:
+    r = runner(kube, scale(step=5, max_replicas=4))
+    [res] = await r.handle(note(alert()))
+    assert (res.outcome, kube.replicas(DEPLOY_PATH)) == (Outcome.APPLIED, 4)  # 2 + 5 clamped to 4
+    [res] = await r.handle(note(alert(fingerprint="other")))
+    assert (res.outcome, kube.replicas(DEPLOY_PATH)) == (Outcome.AT_BOUND, 4)
+    await r.handle(note(alert(status="resolved")))
+    assert kube.replicas(DEPLOY_PATH) == 2  # -2, not -5
+
+
+async def test_a_write_conflict_is_read_again(kube: FakeKubeApi) -> None:
+    """Someone (an HPA, kubectl) wrote between our read and our write: we re-read and apply on top of theirs."""
+    r = runner(kube, scale())
+    original_get = kube.get
+    sneaked = False
+
+    async def get_then_sneak(path: str) -> dict[str, Any]:
+        nonlocal sneaked
+        obj = await original_get(path)
+        if not sneaked:
+            sneaked = True
+            kube.put(DEPLOY_PATH, {"metadata": {"name": "stage1"}, "spec": {"replicas": 3}})
+        return obj
+
+    kube.get = get_then_sneak  # type: ignore[method-assign]
+    [res] = await r.handle(note(alert()))
+    assert res.outcome is Outcome.APPLIED
+    assert kube.replicas(DEPLOY_PATH) == 4
+
+
+async def test_transient_failures_ask_for_a_resend_which_then_acts_once(kube: FakeKubeApi) -> None:
+    r = runner(kube, scale())
+    kube.fail_next = [KubeApiError(503, "etcd leader changed")]
+    [res] = await r.handle(note(alert()))
+    assert res.outcome is Outcome.RETRY
+    assert kube.replicas(DEPLOY_PATH) == 2
+    [res] = await r.handle(note(alert()))  # Alertmanager re-sends after the 5xx
+    assert res.outcome is Outcome.APPLIED
+    [res] = await r.handle(note(alert()))
+    assert res.outcome is Outcome.DUPLICATE
+    assert kube.replicas(DEPLOY_PATH) == 3
+
+
+async def test_permanent_failures_are_reported_not_retried(kube: FakeKubeApi) -> None:
+    missing = Target("StatefulSet", "snn", "nope", "replicas")
+    r = runner(kube, HookSpec("scale-missing", QUEUE, Action.SCALE, missing, max_replicas=3))
+    [res] = await r.handle(note(alert()))
+    assert res.outcome is Outcome.FAILED
+    assert "404" in res.detail
+    assert kube.created[0][1]["reason"] == "SnnrmHookFailed"
+    assert kube.created[0][1]["type"] == "Warning"
+
+
+async def test_keda_and_hpa_bounds_are_patched_on_the_object(kube: FakeKubeApi) -> None:
+    so = Target("ScaledObject", "snn", "stage1", "minReplicaCount")
+    hpa = Target("HorizontalPodAutoscaler", "snn", "stage2", "maxReplicas")
+    so_path, hpa_path = target_path(so), target_path(hpa)
+    assert so_path == "/apis/keda.sh/v1alpha1/namespaces/snn/scaledobjects/stage1"
+    assert hpa_path == "/apis/autoscaling/v2/namespaces/snn/horizontalpodautoscalers/stage2"
+    kube.put(so_path, {"metadata": {"name": "stage1"}, "spec": {"maxReplicaCount": 10}})  # minReplicaCount: default 0
+    kube.put(hpa_path, {"metadata": {"name": "stage2"}, "spec": {"minReplicas": 1, "maxReplicas": 4}})
+    r = runner(
+        kube,
+        HookSpec("keda-floor", QUEUE, Action.KEDA, so, step=2, min_replicas=0, max_replicas=8),
+        HookSpec("hpa-ceiling", QUEUE, Action.HPA, hpa, step=4, min_replicas=1, max_replicas=16),
+    )
+    results = await r.handle(note(alert()))
+    assert [x.outcome for x in results] == [Outcome.APPLIED, Outcome.APPLIED]
+    assert kube.objects[so_path]["spec"] == {"maxReplicaCount": 10, "minReplicaCount": 2}
+    assert kube.objects[hpa_path]["spec"] == {"minReplicas": 1, "maxReplicas": 8}
+
+
+async def test_reallocate_hands_the_job_to_the_controller_intake() -> None:
+    hook = HookSpec("move-stage", QUEUE, Action.REALLOCATE)
+    r = runner(None, hook)
+    [res] = await r.handle(note(alert(namespace="snn", snn_job="dvs-gesture")))
+    assert res.outcome is Outcome.APPLIED
+    assert isinstance(r.reallocator, ReallocationQueue)
+    [req] = r.reallocator.requests
+    assert (req.namespace, req.job, req.reason, req.hook) == ("snn", "dvs-gesture", "SnnrmEventQueueSaturated",
+                                                             "move-stage")  # fmt: skip
+    [res] = await r.handle(note(alert(fingerprint="nojob")))
+    assert res.outcome is Outcome.FAILED
+    assert "snn_job" in res.detail
+
+
+async def test_scaling_without_a_kubernetes_api_fails_loudly() -> None:
+    r = runner(None, scale())
+    [res] = await r.handle(note(alert()))
+    assert res.outcome is Outcome.FAILED
+    assert "no Kubernetes API" in res.detail
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[str, list[dict[str, Any]], list[int]]]:
+    """A real HTTP server standing in for an outgoing webhook; answers with the statuses queued in ``codes``."""
+    got: list[dict[str, Any]] = []
+    codes: list[int] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        got.append({"auth": request.headers.get("Authorization"), "body": await request.json()})
+        return web.Response(status=codes.pop(0) if codes else 200)
+
+    app = web.Application()
+    app.router.add_post("/notify", handle)
+    runner_ = web.AppRunner(app)
+    await runner_.setup()
+    site = web.TCPSite(runner_, "127.0.0.1", 0)
+    await site.start()
+    port = runner_.addresses[0][1]
+    yield f"http://127.0.0.1:{port}/notify", got, codes
+    await runner_.cleanup()
+
+
+async def test_outgoing_webhook_posts_the_alert_once_with_its_token(
+    receiver: tuple[str, list[dict[str, Any]], list[int]], tmp_path: Any
+) -> None:
+    url, got, codes = receiver
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    r = runner(None, HookSpec("notify", QUEUE, Action.WEBHOOK, url=url))
+    r.webhook_tokens["notify"] = token
+    codes.append(502)
+    [res] = await r.handle(note(alert()))
+    assert res.outcome is Outcome.RETRY
+    [res] = await r.handle(note(alert()))
+    assert res.outcome is Outcome.APPLIED
+    [res] = await r.handle(note(alert()))
+    assert res.outcome is Outcome.DUPLICATE
+    assert len(got) == 2
+    assert got[1]["auth"] == "Bearer s3cret"
+    assert got[1]["body"]["hook"] == "notify"
+    assert got[1]["body"]["alert"]["labels"]["alertname"] == "SnnrmEventQueueSaturated"
+    await r.aclose()
