@@ -119,13 +119,15 @@ async def test_bad_fault_requests_are_rejected_and_change_nothing(
 
 async def test_fault_injection_requires_a_json_content_type(running: Running) -> None:
     """A cross-site form post (text/plain) cannot inject a fault."""
-    async with aiohttp.ClientSession() as http:
-        async with http.post(
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
             running.base + "/sim/faults",
             data=b'{"kind": "core-failure", "cores": [1]}',
             headers={"Content-Type": "text/plain"},
-        ) as r:
-            assert r.status == 415
+        ) as r,
+    ):
+        assert r.status == 415
     assert running.kubelet.allocatable(NEURON_CORE) == 32
 
 
