@@ -1,0 +1,195 @@
+{{/* Names, labels and the small decisions several templates share. */}}
+
+{{- define "snnrm.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* "<release>-<chart>", or the release name alone when it already contains the chart name. */}}
+{{- define "snnrm.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A component's object name: "<fullname>-<suffix>", kept within 63 characters. */}}
+{{- define "snnrm.componentName" -}}
+{{- printf "%s-%s" (include "snnrm.fullname" .root | trunc (int (sub 62 (len .suffix))) | trimSuffix "-") .suffix -}}
+{{- end -}}
+
+{{- define "snnrm.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "snnrm.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "snnrm.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "snnrm.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: snnrm
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* Labels of one component: pass (dict "root" $ "component" "daemon"). */}}
+{{- define "snnrm.componentLabels" -}}
+{{ include "snnrm.labels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "snnrm.componentSelector" -}}
+{{ include "snnrm.selectorLabels" .root }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "snnrm.image" -}}
+{{- $img := .Values.image -}}
+{{- $repo := $img.repository -}}
+{{- if $img.registry -}}{{- $repo = printf "%s/%s" $img.registry $img.repository -}}{{- end -}}
+{{- if $img.digest -}}
+{{- printf "%s@%s" $repo $img.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $repo (default .Chart.AppVersion $img.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "snnrm.daemon.serviceAccountName" -}}
+{{- if .Values.daemon.serviceAccount.create -}}
+{{- default (include "snnrm.componentName" (dict "root" . "suffix" "daemon")) .Values.daemon.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.daemon.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "snnrm.controller.serviceAccountName" -}}
+{{- if .Values.controller.serviceAccount.create -}}
+{{- default (include "snnrm.componentName" (dict "root" . "suffix" "controller")) .Values.controller.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.controller.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "snnrm.controller.leaseName" -}}
+{{- default (include "snnrm.componentName" (dict "root" . "suffix" "controller")) .Values.controller.leaderElection.leaseName -}}
+{{- end -}}
+
+{{/* The hooks' Secret and whether the hooks need the Kubernetes API (any scaling action). */}}
+{{- define "snnrm.hooks.secretName" -}}
+{{- default (include "snnrm.componentName" (dict "root" . "suffix" "hooks")) .Values.hooks.token.existingSecret -}}
+{{- end -}}
+
+{{- define "snnrm.hooks.enabled" -}}
+{{- if and .Values.daemon.enabled .Values.hooks.enabled -}}
+{{- if not .Values.hooks.rules -}}
+{{- fail "hooks.enabled needs at least one entry in hooks.rules (docs/autoscaling-hooks.md): the endpoint does not exist without hooks" -}}
+{{- end -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{- define "snnrm.hooks.needsKube" -}}
+{{- if include "snnrm.hooks.enabled" . -}}
+{{- range .Values.hooks.rules -}}
+{{- if has .action (list "scale" "keda" "hpa") -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Kind -> (API group, resource path the hooks call). Mirrors snnrm/cluster/hooks.py target_path(). */}}
+{{- define "snnrm.hooks.targetRule" -}}
+{{- $t := .target -}}
+{{- if eq $t.kind "Deployment" -}}apps deployments/scale
+{{- else if eq $t.kind "StatefulSet" -}}apps statefulsets/scale
+{{- else if eq $t.kind "ScaledObject" -}}keda.sh scaledobjects
+{{- else if eq $t.kind "HorizontalPodAutoscaler" -}}autoscaling horizontalpodautoscalers
+{{- else -}}{{- fail (printf "hooks.rules[%s].target.kind %q: expected Deployment, StatefulSet, ScaledObject or HorizontalPodAutoscaler" .name $t.kind) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Whether the prometheus-operator API is served ("auto" switches) or was asked for explicitly. */}}
+{{- define "snnrm.monitoring.operatorServed" -}}
+{{- if .Capabilities.APIVersions.Has "monitoring.coreos.com/v1" -}}true{{- end -}}
+{{- end -}}
+
+{{- define "snnrm.monitoring.monitorKind" -}}
+{{- $m := .Values.monitoring.monitor -}}
+{{- if and .Values.daemon.enabled (eq $m "auto") -}}
+{{- if include "snnrm.monitoring.operatorServed" . -}}ServiceMonitor{{- end -}}
+{{- else if and .Values.daemon.enabled (ne $m "None") -}}
+{{- $m -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "snnrm.monitoring.ruleEnabled" -}}
+{{- $e := .Values.monitoring.prometheusRule.enabled -}}
+{{- if eq (toString $e) "auto" -}}
+{{- include "snnrm.monitoring.operatorServed" . -}}
+{{- else if $e -}}true
+{{- end -}}
+{{- end -}}
+
+{{/* Labels for prometheus-operator objects: the kube-prometheus-stack "release" selector label and extras. */}}
+{{- define "snnrm.monitoring.labels" -}}
+{{- $l := deepCopy .Values.monitoring.labels -}}
+{{- with .Values.monitoring.release -}}{{- $_ := set $l "release" . -}}{{- end -}}
+{{- if $l -}}{{- toYaml $l -}}{{- end -}}
+{{- end -}}
+
+{{/* Target relabelings shared by the ServiceMonitor and the PodMonitor. */}}
+{{- define "snnrm.monitoring.relabelings" -}}
+- action: replace
+  targetLabel: job
+  replacement: {{ .Values.monitoring.jobName | quote }}
+{{- if .Values.monitoring.nodeLabelFromPod }}
+- action: replace
+  sourceLabels: [__meta_kubernetes_pod_node_name]
+  targetLabel: node
+{{- end }}
+{{- with .Values.monitoring.relabelings }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{- /* The daemon's own node label (its hostname) collides with the target's and is renamed exported_node. */ -}}
+{{- define "snnrm.monitoring.metricRelabelings" -}}
+{{- $r := list -}}
+{{- if .Values.monitoring.nodeLabelFromPod -}}
+{{- $r = append $r (dict "action" "labeldrop" "regex" "exported_node") -}}
+{{- end -}}
+{{- $r = concat $r .Values.monitoring.metricRelabelings -}}
+{{- if $r -}}{{- toYaml $r -}}{{- end -}}
+{{- end -}}
+
+{{- define "snnrm.extender.urlPrefix" -}}
+{{- if .Values.controller.schedulerExtender.urlPrefix -}}
+{{- .Values.controller.schedulerExtender.urlPrefix -}}
+{{- else -}}
+{{- printf "http://%s.%s.svc:%d/extender" (include "snnrm.componentName" (dict "root" . "suffix" "extender")) .Release.Namespace (int .Values.controller.port) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The KubeSchedulerConfiguration `extenders:` entry (rendered into a ConfigMap and NOTES.txt). */}}
+{{- define "snnrm.extender.config" -}}
+{{- $e := .Values.controller.schedulerExtender -}}
+- urlPrefix: {{ include "snnrm.extender.urlPrefix" . | quote }}
+  filterVerb: filter
+  prioritizeVerb: prioritize
+  weight: {{ $e.weight }}
+  httpTimeout: {{ $e.httpTimeout | quote }}
+  enableHTTPS: false
+  nodeCacheCapable: {{ $e.nodeCacheCapable }}
+  ignorable: {{ $e.ignorable }}
+  managedResources:
+  {{- range $e.managedResources }}
+    - name: {{ . | quote }}
+      ignoredByScheduler: false
+  {{- end }}
+{{- end -}}

@@ -1,0 +1,424 @@
+"""The chart against a real kube-apiserver (built from k8s.io/kubernetes, tests/e2e's control plane):
+
+* every manifest of the all-features render is accepted by server-side apply in dry-run with strict field
+  validation (the CRDs for ServiceMonitor, PodMonitor, PrometheusRule, AlertmanagerConfig and ScaledObject are
+  installed first, from the prometheus-operator and KEDA Go modules);
+* `helm install` with the real helm installs it for real, and "auto" finds the operator API through discovery;
+* the daemon's hooks, run by the real snnrm code with the token of the ServiceAccount the chart created, can do
+  exactly what the chart's RBAC grants: scale their targets and record Events, and nothing else (403);
+* the KubeSchedulerConfiguration snippet the chart renders is loaded by the real kube-scheduler, which then calls
+  the extender at the URL the chart configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+from chart_support import ALL_FEATURES, CHART, Helm, docs, one
+from e2e_controlplane import ControlPlane, KubeClient, KubeError
+from e2e_support import free_port, tail
+
+from snnrm.app import Daemon
+from snnrm.config import Config
+from snnrm.core.devices import NEURON_CORE
+from snnrm.kubelet.standin import KubeletStandIn
+
+pytestmark = pytest.mark.e2e
+
+HOOKS_TOKEN = "chart-e2e-hooks-token"
+
+
+def _create(k: KubeClient, path: str, obj: dict[str, Any]) -> None:
+    with contextlib.suppress(KubeError):  # 409: exists from an earlier test of this package
+        k.create(path, obj)
+
+
+def _namespace(k: KubeClient, name: str) -> None:
+    _create(k, "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+
+
+class _CrdLoader(yaml.SafeLoader):
+    """PyYAML reads a bare ``=`` (an enum value in the AlertmanagerConfig CRD) as the YAML 1.1 "value" tag."""
+
+
+_CrdLoader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node))
+
+
+@pytest.fixture(scope="package")
+def crds(control_plane: ControlPlane, chart_crds: Path) -> list[str]:
+    """The optional CRDs the chart can render, installed from the upstream modules, Established."""
+    k = control_plane.client()
+    names = []
+    for f in sorted(chart_crds.glob("*.yaml")):
+        crd = yaml.load(f.read_text(), Loader=_CrdLoader)
+        _create(k, "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", crd)
+        names.append(crd["metadata"]["name"])
+    for name in names:
+        k.wait_for(
+            f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}",
+            lambda c: any(
+                x["type"] == "Established" and x["status"] == "True" for x in c.get("status", {}).get("conditions", [])
+            ),
+            what=f"CRD {name} established",
+        )
+    return names
+
+
+class Discovery:
+    """apiVersion + kind -> (resource plural, namespaced), from the server's discovery documents."""
+
+    def __init__(self, k: KubeClient) -> None:
+        self.k = k
+        self.cache: dict[str, dict[str, tuple[str, bool]]] = {}
+
+    def path(self, obj: dict[str, Any]) -> str:
+        gv = obj["apiVersion"]
+        if gv not in self.cache:
+            doc = self.k.get("/api/v1" if gv == "v1" else f"/apis/{gv}")
+            self.cache[gv] = {r["kind"]: (r["name"], r["namespaced"]) for r in doc["resources"] if "/" not in r["name"]}
+        plural, namespaced = self.cache[gv][obj["kind"]]
+        prefix = "/api/v1" if gv == "v1" else f"/apis/{gv}"
+        meta = obj["metadata"]
+        ns = f"/namespaces/{meta['namespace']}" if namespaced else ""
+        return f"{prefix}{ns}/{plural}/{meta['name']}"
+
+
+def test_server_side_apply_dry_run_accepts_every_manifest(
+    helm: Helm, control_plane: ControlPlane, crds: list[str]
+) -> None:
+    k = control_plane.client()
+    manifests = helm.render(ALL_FEATURES, namespace="snnrm-dry")
+    for ns in {m["metadata"].get("namespace") for m in manifests} - {None}:
+        _namespace(k, ns)
+    disc = Discovery(k)
+    rejected = []
+    for m in manifests:
+        query = "?dryRun=All&fieldManager=snnrm-chart-test&fieldValidation=Strict&force=true"
+        try:
+            out = k.request("PATCH", disc.path(m) + query, m, content_type="application/apply-patch+yaml")
+        except KubeError as e:
+            rejected.append(f"{m['kind']}/{m['metadata']['name']}: {e}")
+            continue
+        assert out["kind"] == m["kind"]
+    assert rejected == []
+    # Dry run: nothing was stored.
+    with pytest.raises(KubeError) as missing:
+        k.get("/apis/apps/v1/namespaces/snnrm-dry/daemonsets/snnrm-dry-daemon")
+    assert missing.value.status == 404
+
+
+# -- helm install + RBAC under the chart's ServiceAccount ------------------------------------------------------------
+
+RELEASE = "snnrm-e2e"
+TARGETS = "snn-rbac"
+
+
+def _install_values(tmp: Path) -> Path:
+    values = {
+        "daemon": {"config": {"backend": "sim", "simChips": 2, "simCores": 16, "samplePeriod": 0.05}},
+        "monitoring": {"release": "kps"},
+        "hooks": {
+            "enabled": True,
+            "token": {"value": HOOKS_TOKEN},
+            "rules": [
+                {
+                    "name": "scale-stage1",
+                    "match": ['alertname="SnnrmEventQueueSaturated"'],
+                    "action": "scale",
+                    "target": {"kind": "Deployment", "namespace": TARGETS, "name": "stage1"},
+                    "max_replicas": 5,
+                },
+                {
+                    "name": "keda-stage2",
+                    "match": ['alertname="SnnrmEventQueueSaturated"'],
+                    "action": "keda",
+                    "target": {"kind": "ScaledObject", "namespace": TARGETS, "name": "stage2"},
+                    "max_replicas": 5,
+                },
+                {
+                    "name": "hpa-stage1",
+                    "match": ['alertname="SnnrmEventQueueSaturated"'],
+                    "action": "hpa",
+                    "target": {
+                        "kind": "HorizontalPodAutoscaler",
+                        "namespace": TARGETS,
+                        "name": "stage1",
+                        "field": "maxReplicas",
+                    },
+                    "max_replicas": 9,
+                },
+            ],
+            "alertmanagerConfig": {"enabled": True},
+        },
+        "controller": {"enabled": True},
+        "keda": {"enabled": True, "namespace": TARGETS, "targetDeployment": "stage1"},
+    }
+    path = tmp / "install-values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def _targets(k: KubeClient) -> None:
+    _namespace(k, TARGETS)
+    labels = {"app": "stage"}
+    for name in ("stage1", "other"):
+        _create(k, f"/apis/apps/v1/namespaces/{TARGETS}/deployments", {
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "stage", "image": "registry.invalid/stage:1"}]}}},
+        })  # fmt: skip
+    _create(k, f"/apis/keda.sh/v1alpha1/namespaces/{TARGETS}/scaledobjects", {
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "stage2"},
+        "spec": {"scaleTargetRef": {"name": "other"}, "minReplicaCount": 1, "maxReplicaCount": 5, "triggers": [
+            {"type": "prometheus", "metadata": {"serverAddress": "http://prometheus:9090", "query": "vector(1)",
+                                                "threshold": "1"}}]},
+    })  # fmt: skip
+    _create(k, f"/apis/autoscaling/v2/namespaces/{TARGETS}/horizontalpodautoscalers", {
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "stage1"},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "stage1"},
+                 "minReplicas": 1, "maxReplicas": 3},
+    })  # fmt: skip
+
+
+@pytest.fixture(scope="package")
+def installed(
+    helm: Helm, control_plane: ControlPlane, crds: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Any]]:
+    """`helm install` of the chart (hooks, controller, KEDA example on) into a real apiserver; uninstalled after."""
+    k = control_plane.client()
+    _targets(k)
+    values = _install_values(tmp_path_factory.mktemp("helm"))
+    kube = ("--kubeconfig", str(control_plane.kubeconfig))
+    r = helm.run("install", RELEASE, str(CHART), "--namespace", RELEASE, "--create-namespace", "--values", str(values),
+                 *kube)  # fmt: skip
+    try:
+        manifest = helm.run("get", "manifest", RELEASE, "--namespace", RELEASE, *kube).stdout
+        yield {"install": r.stdout, "manifests": docs(manifest), "values": values}
+    finally:
+        helm.run("uninstall", RELEASE, "--namespace", RELEASE, *kube, check=False)
+
+
+def test_helm_install_creates_everything_and_finds_the_operator_api(
+    installed: dict[str, Any], control_plane: ControlPlane
+) -> None:
+    k = control_plane.client()
+    disc = Discovery(k)
+    kinds = {m["kind"] for m in installed["manifests"]}
+    # monitoring.monitor and prometheusRule.enabled are "auto": discovery shows monitoring.coreos.com/v1.
+    assert {
+        "ServiceMonitor",
+        "PrometheusRule",
+        "AlertmanagerConfig",
+        "ScaledObject",
+        "DaemonSet",
+        "Deployment",
+    } <= kinds
+    for m in installed["manifests"]:
+        stored = k.get(disc.path(m))
+        assert stored["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+    sm = k.get(f"/apis/monitoring.coreos.com/v1/namespaces/{RELEASE}/servicemonitors/{RELEASE}-daemon")
+    assert sm["metadata"]["labels"]["release"] == "kps"
+    assert "helm test snnrm-e2e" in installed["install"]  # NOTES.txt tells the user what to check next
+
+
+def _sa_kubeconfig(cp: ControlPlane, namespace: str, sa: str, path: Path) -> Path:
+    token = cp.client().create(
+        f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}},
+    )["status"]["token"]
+    cluster = {"server": cp.server, "certificate-authority": str(cp.certs / "ca.crt")}
+    path.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "e2e", "cluster": cluster}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "e2e", "user": "sa"}}],
+    }))  # fmt: skip
+    return path
+
+
+def _notification(alertname: str) -> dict[str, Any]:
+    return {
+        "version": "4", "groupKey": f'{{}}:{{alertname="{alertname}"}}', "truncatedAlerts": 0, "status": "firing",
+        "receiver": "snnrm-hooks", "groupLabels": {"alertname": alertname}, "commonLabels": {}, "commonAnnotations": {},
+        "externalURL": "http://alertmanager.invalid",
+        "alerts": [{"status": "firing", "labels": {"alertname": alertname, "severity": "warning"}, "annotations": {},
+                    "startsAt": "2026-11-25T00:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+                    "generatorURL": "", "fingerprint": uuid.uuid4().hex[:16]}],
+    }  # fmt: skip
+
+
+async def test_hooks_act_under_the_chart_rbac_and_nothing_more(
+    installed: dict[str, Any], control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """The real daemon, configured from the installed ConfigMap, authenticating with the installed ServiceAccount's
+    token: every configured hook acts (scale subresource, ScaledObject, HPA) and records its Event; a hook on an
+    object the chart did not grant gets 403."""
+    k = control_plane.client()
+    cm = k.get(f"/api/v1/namespaces/{RELEASE}/configmaps/{RELEASE}-daemon")
+    raw = yaml.safe_load(cm["data"]["config.yaml"])
+    token = tmp_path / "hooks-token"
+    secret = k.get(f"/api/v1/namespaces/{RELEASE}/secrets/{RELEASE}-hooks")
+    token.write_text(base64.b64decode(secret["data"]["token"]).decode())
+    assert token.read_text() == HOOKS_TOKEN
+    # Only host paths change for a run outside a pod; the hooks are the installed ones, plus one the chart was never
+    # asked for (its target has no RBAC), which must be refused by the apiserver.
+    extra = {"name": "not-granted", "match": ['alertname="SnnrmEventQueueSaturated"'], "action": "scale",
+             "target": {"kind": "Deployment", "namespace": TARGETS, "name": "other"}}  # fmt: skip
+    raw.update(
+        kubelet_dir=tmp_path / "dp", pod_resources_socket=tmp_path / "pr" / "kubelet.sock", http="127.0.0.1:0",
+        state_dir=tmp_path / "state", cdi_dir=tmp_path / "cdi",
+    )  # fmt: skip
+    raw["hooks"] = {
+        **raw["hooks"],
+        "token_file": str(token),
+        "kubeconfig": str(_sa_kubeconfig(control_plane, RELEASE, f"{RELEASE}-daemon", tmp_path / "sa.kubeconfig")),
+        "rules": [*raw["hooks"]["rules"], extra],
+    }
+    config = Config.model_validate(raw)
+    async with KubeletStandIn(config.kubelet_dir) as kubelet:
+        daemon = await Daemon.create(config)
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop=stop))
+        try:
+            await asyncio.wait_for(daemon.http_started.wait(), 10)
+            await kubelet.wait_capacity(NEURON_CORE, 32, within=10)
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"http://127.0.0.1:{daemon.http_port}/hooks/alertmanager",
+                    json=_notification("SnnrmEventQueueSaturated"),
+                    headers={"Authorization": f"Bearer {HOOKS_TOKEN}"},
+                ) as r,
+            ):
+                body = await r.json()
+                assert r.status == 200, body
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 15)
+    outcomes = {res["hook"]: (res["outcome"], res["detail"]) for res in body["results"]}
+    assert {h: o for h, (o, _) in outcomes.items()} == {
+        "scale-stage1": "applied", "keda-stage2": "applied", "hpa-stage1": "applied", "not-granted": "failed",
+    }, outcomes  # fmt: skip
+    assert "403" in outcomes["not-granted"][1]
+    base = f"/apis/apps/v1/namespaces/{TARGETS}/deployments"
+    assert k.get(f"{base}/stage1/scale")["spec"]["replicas"] == 2
+    assert k.get(f"{base}/other/scale")["spec"]["replicas"] == 1
+    assert k.get(f"/apis/keda.sh/v1alpha1/namespaces/{TARGETS}/scaledobjects/stage2")["spec"]["minReplicaCount"] == 2
+    hpa = k.get(f"/apis/autoscaling/v2/namespaces/{TARGETS}/horizontalpodautoscalers/stage1")
+    assert hpa["spec"]["maxReplicas"] == 4
+    events = k.get(f"/api/v1/namespaces/{TARGETS}/events")["items"]
+    reasons = {(e["involvedObject"]["kind"], e["involvedObject"]["name"], e["reason"]) for e in events}
+    assert {("Deployment", "stage1", "SnnrmHookScaled"), ("ScaledObject", "stage2", "SnnrmHookScaled"),
+            ("HorizontalPodAutoscaler", "stage1", "SnnrmHookScaled")} <= reasons  # fmt: skip
+
+
+# -- the KubeSchedulerConfiguration snippet with the real kube-scheduler ---------------------------------------------
+
+
+@pytest.fixture
+async def stub_extender() -> AsyncIterator[tuple[str, list[str]]]:
+    """An extender that admits every node and records the paths kube-scheduler calls (the real one is issue 6's)."""
+    calls: list[str] = []
+
+    async def filter_(request: web.Request) -> web.Response:
+        calls.append(request.path)
+        args = await request.json()
+        return web.json_response({"NodeNames": args.get("NodeNames"), "FailedNodes": {}, "Error": ""})
+
+    async def prioritize(request: web.Request) -> web.Response:
+        calls.append(request.path)
+        args = await request.json()
+        return web.json_response([{"Host": n, "Score": 5} for n in args.get("NodeNames") or []])
+
+    app = web.Application()
+    app.router.add_post("/extender/filter", filter_)
+    app.router.add_post("/extender/prioritize", prioritize)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}/extender", calls
+    finally:
+        await runner.cleanup()
+
+
+async def test_kube_scheduler_loads_the_extender_snippet_and_calls_it(
+    helm: Helm, control_plane: ControlPlane, stub_extender: tuple[str, list[str]], tmp_path: Path
+) -> None:
+    url, calls = stub_extender
+    manifests = helm.render(set_=("controller.enabled=true", f"controller.schedulerExtender.urlPrefix={url}"))
+    extenders = yaml.safe_load(one(manifests, "ConfigMap", "snnrm-scheduler-extender")["data"]["extenders.yaml"])
+    scheduler_name = "snnrm-chart-test"
+    config = tmp_path / "scheduler.yaml"
+    config.write_text(yaml.safe_dump({
+        "apiVersion": "kubescheduler.config.k8s.io/v1", "kind": "KubeSchedulerConfiguration",
+        "clientConnection": {"kubeconfig": str(control_plane.kubeconfig)}, "leaderElection": {"leaderElect": False},
+        "profiles": [{"schedulerName": scheduler_name}],
+        "extenders": extenders,
+    }))  # fmt: skip
+    log = tmp_path / "kube-scheduler.log"
+    port = free_port()
+    with log.open("wb") as out:
+        proc = await asyncio.create_subprocess_exec(
+            str(control_plane.scheduler_bin), f"--config={config}", "--bind-address=127.0.0.1",
+            f"--secure-port={port}", f"--cert-dir={tmp_path / 'certs'}", "--v=2",
+            stdout=out, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE
+        deadline = time.monotonic() + 60
+        async with aiohttp.ClientSession() as http:
+            while True:
+                assert proc.returncode is None, f"kube-scheduler refused the configuration:\n{tail(log)}"
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with http.get(f"https://127.0.0.1:{port}/readyz", ssl=insecure) as r:
+                        if r.status == 200:
+                            break
+                assert time.monotonic() < deadline, f"kube-scheduler not ready:\n{tail(log)}"
+                await asyncio.sleep(0.25)
+        k = control_plane.client()
+        node = f"chart-node-{uuid.uuid4().hex[:6]}"
+        k.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node",
+                                   "metadata": {"name": node, "labels": {"kubernetes.io/hostname": node}}})  # fmt: skip
+        res = {"cpu": "8", "memory": "16Gi", "pods": "110", NEURON_CORE: "8"}
+        k.merge_patch(f"/api/v1/nodes/{node}/status", {"status": {
+            "capacity": res, "allocatable": res,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "E2E", "message": "fake node"}]}})  # fmt: skip
+        k.merge_patch(f"/api/v1/nodes/{node}", {"spec": {"taints": None}})
+        pod = f"stage-{uuid.uuid4().hex[:6]}"
+        limits = {NEURON_CORE: "2"}
+        k.create("/api/v1/namespaces/default/pods", {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod},
+            "spec": {"schedulerName": scheduler_name, "nodeSelector": {"kubernetes.io/hostname": node},
+                     "containers": [{"name": "s", "image": "registry.invalid/s:1",
+                                     "resources": {"limits": limits, "requests": limits}}]},
+        })  # fmt: skip
+        deadline = time.monotonic() + 30
+        while not k.get(f"/api/v1/namespaces/default/pods/{pod}")["spec"].get("nodeName"):
+            assert time.monotonic() < deadline, f"pod not bound; scheduler log:\n{tail(log)}"
+            await asyncio.sleep(0.2)
+        assert "/extender/filter" in calls
+    finally:
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 15)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
