@@ -22,10 +22,14 @@ from snnrm.backends.sim import SimBackend
 from snnrm.config import Config
 from snnrm.core.devices import NEURON_CORE
 from snnrm.kubelet.protos.deviceplugin.v1beta1 import api_pb2
-from snnrm.kubelet.wire import DEVICE_PLUGIN_SERVICE, plugin_socket_name
+from snnrm.kubelet.wire import DEVICE_PLUGIN_SERVICE, REGISTRATION_SERVICE, plugin_socket_name
 from snnrm.obs.logging import configure_logging
 
 TARGET_P99_MS = 20.0
+
+
+async def _accept(request: bytes, context: object) -> bytes:
+    return b""  # an empty v1beta1.Empty
 
 
 async def _measure(chips: int, cores: int, faults: int) -> tuple[list[float], int]:
@@ -39,6 +43,25 @@ async def _measure(chips: int, cores: int, faults: int) -> tuple[list[float], in
             state_dir=Path(tmp) / "state",
             cdi_dir=Path(tmp) / "cdi",
         )
+        # A kubelet that accepts Register and never dials back: the plugin serves once kubelet.sock exists, and
+        # the benchmark's own client is the only ListAndWatch reader (a stand-in kubelet parsing 16k-device
+        # messages in this process would be measured too).
+        config.kubelet_dir.mkdir(parents=True)
+        kubelet = grpc.aio.server()
+        kubelet.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    REGISTRATION_SERVICE,
+                    {
+                        "Register": grpc.unary_unary_rpc_method_handler(
+                            _accept, request_deserializer=lambda b: b, response_serializer=lambda b: b
+                        )
+                    },
+                ),
+            )
+        )
+        kubelet.add_insecure_port(f"unix://{config.kubelet_dir / 'kubelet.sock'}")
+        await kubelet.start()
         daemon = await Daemon.create(config)
         backend = daemon.backend
         assert isinstance(backend, SimBackend)
@@ -83,6 +106,7 @@ async def _measure(chips: int, cores: int, faults: int) -> tuple[list[float], in
             read.cancel()
         stop.set()
         await run
+        await kubelet.stop(None)
         return latencies, wrong
 
 

@@ -129,6 +129,10 @@ class DevicePlugin:
 
     async def _cycle(self) -> str:
         """One serve-register-watch cycle; returns why it ended."""
+        # A restarting kubelet deletes every socket in the directory before it recreates kubelet.sock. A socket
+        # created while kubelet.sock is missing may be deleted under a Register the kubelet then cannot dial
+        # back (a 10 s dial timeout), so the server starts only once kubelet.sock exists again.
+        await self._wait_for_kubelet()
         servicer = DevicePluginServicer(
             feed=self._feed,
             allocator=self._allocator,
@@ -148,6 +152,14 @@ class DevicePlugin:
             await server.stop(self._grace)
             if identity(self.socket_path) == ours:
                 self.socket_path.unlink(missing_ok=True)
+
+    async def _wait_for_kubelet(self) -> None:
+        logged = False
+        while identity(self.kubelet_socket) is None:
+            if not logged:
+                log.info("waiting for kubelet", resource=self.resource, socket=str(self.kubelet_socket))
+                logged = True
+            await asyncio.sleep(self._poll)
 
     async def _serve(self, servicer: DevicePluginServicer) -> tuple[grpc.aio.Server, FileIdentity | None]:
         self.kubelet_dir.mkdir(parents=True, exist_ok=True)
