@@ -32,6 +32,7 @@ export GOFLAGS="-trimpath -mod=readonly -buildvcs=false"
 K8S_LDFLAGS='-s -w -X k8s.io/component-base/version.gitVersion={V} -X k8s.io/component-base/version.gitMajor={MAJOR} -X k8s.io/component-base/version.gitMinor={MINOR} -X k8s.io/component-base/version.gitTreeState=clean'
 TOOLS=(
   "devicemanager-harness|tests/e2e/devicemanager|k8s.io/kubernetes|SNNRM_DEVICEMANAGER_HARNESS|.|-s -w"
+  "dra-harness|tests/e2e/dra|k8s.io/kubernetes|SNNRM_DRA_HARNESS|.|-s -w"
   "etcd|tools/etcd|go.etcd.io/etcd/server/v3|SNNRM_ETCD|go.etcd.io/etcd/server/v3|-s -w"
   "kube-apiserver|tools/k8s|k8s.io/kubernetes|SNNRM_KUBE_APISERVER|k8s.io/kubernetes/cmd/kube-apiserver|$K8S_LDFLAGS"
   "kube-scheduler|tools/k8s|k8s.io/kubernetes|SNNRM_KUBE_SCHEDULER|k8s.io/kubernetes/cmd/kube-scheduler|$K8S_LDFLAGS"
@@ -88,6 +89,9 @@ harness_k8s="$(module_version tests/e2e/devicemanager k8s.io/kubernetes)"
 tools_k8s="$(module_version tools/k8s k8s.io/kubernetes)"
 [[ "$harness_k8s" == "$tools_k8s" ]] ||
   die "k8s.io/kubernetes is $harness_k8s in tests/e2e/devicemanager/go.mod but $tools_k8s in tools/k8s/go.mod"
+dra_k8s="$(module_version tests/e2e/dra k8s.io/kubernetes)"
+[[ "$dra_k8s" == "$tools_k8s" ]] ||
+  die "k8s.io/kubernetes is $dra_k8s in tests/e2e/dra/go.mod but $tools_k8s in tools/k8s/go.mod"
 GO_VERSION="$(go env GOVERSION)"
 mkdir -p "$CACHE/checkouts"
 # Serialise concurrent `make tools` runs (several checkouts may share the cache).

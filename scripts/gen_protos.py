@@ -26,7 +26,14 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGE = "snnrm.kubelet.protos"
 OUT_DIR = REPO / "snnrm" / "kubelet" / "protos"
 PROTO_ROOT = OUT_DIR / "k8s.io" / "kubelet" / "pkg" / "apis"
-PROTOS = ("deviceplugin/v1beta1/api.proto", "podresources/v1/api.proto")
+PROTOS = (
+    "deviceplugin/v1beta1/api.proto",
+    "podresources/v1/api.proto",
+    # DRA kubelet plugin (snnrm/dra): registration, the DRAPlugin service and resource health.
+    "pluginregistration/v1/api.proto",
+    "dra/v1/api.proto",
+    "dra_health/v1/api.proto",
+)
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi", "__init__.py")
 GRPC_PYI_HEADER = (
     "# grpc ships no type information (pyproject: ignore_missing_imports), so mypy-protobuf's ignores for typed\n"

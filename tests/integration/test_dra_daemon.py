@@ -1,0 +1,127 @@
+"""The whole daemon with ``--dra``: the simulator's telemetry drives the DRA driver's slices, taints and health
+(the apiserver is the in-memory fake), and ``--dra on`` leaves only event throughput to the device plugin."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import pytest
+
+from snnrm.app import Daemon
+from snnrm.config import Config
+from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
+from snnrm.core.dra import DRIVER, NO_EXECUTE
+from snnrm.dra.testing import FakeDraKube
+from snnrm.kubelet.protos.pluginregistration.v1 import api_pb2 as reg
+from snnrm.kubelet.standin import KubeletStandIn
+
+NODE = "sim-node"
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="snnrm-drad-", dir="/tmp"))
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def config(d: Path, dra: str) -> Config:
+    return Config(
+        backend="sim",
+        kubelet_dir=d / "dp",
+        http="127.0.0.1:0",
+        sim_chips=2,
+        sim_cores=16,
+        state_dir=d / "state",
+        cdi_dir=d / "cdi",
+        sample_period=0.05,
+        dra=dra,  # type: ignore[arg-type]
+        dra_registry_dir=d / "plugins_registry",
+        dra_plugin_dir=d / "plugins" / DRIVER,
+        dra_node_name=NODE,
+    )
+
+
+@contextlib.asynccontextmanager
+async def daemon(cfg: Config, kube: FakeDraKube) -> AsyncIterator[Daemon]:
+    d = await Daemon.create(cfg, dra_kube=kube)
+    stop = asyncio.Event()
+    task = asyncio.create_task(d.run(stop=stop))
+    try:
+        await asyncio.wait_for(d.http_started.wait(), 10)
+        yield d
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+def devices(kube: FakeDraKube) -> dict[str, dict[str, Any]]:
+    return {d["name"]: d for s in kube.pool_slices(NODE, DRIVER) for d in s["spec"].get("devices", [])}
+
+
+async def until(pred: Any, within: float = 10.0) -> None:
+    async with asyncio.timeout(within):
+        while not pred():  # noqa: ASYNC110 - the fake apiserver's state has no event to await
+            await asyncio.sleep(0.02)
+
+
+async def test_dra_only_publishes_measured_devices_and_taints_a_failed_core(short_dir: Path) -> None:
+    kube = FakeDraKube()
+    kube.add_node(NODE)
+    async with daemon(config(short_dir, "only"), kube) as d:
+        assert d.plugins == []  # no device plugins at all
+        assert d.dra is not None
+        await until(lambda: len(devices(kube)) > 0)
+        devs = devices(kube)
+        # sim loihi2 preset: 1 core per router, so 16 groups per chip; 2 chips; 2 throughput devices.
+        assert sum(1 for n in devs if "-g" in n) == 32
+        assert {"chip0", "chip1", "chip0-ev", "chip1-ev"} <= set(devs)
+        attrs = devs["chip1-g3"]["attributes"]
+        assert attrs["model"] == {"string": "loihi2"}
+        assert attrs["generation"] == {"int": 2}
+        assert attrs["chip"] == {"int": 1}
+        assert "taints" not in devs["chip1-g3"]
+        async with aiohttp.ClientSession() as http:
+            body = {"kind": "core-failure", "chip": 1, "core": 3}
+            async with http.post(f"http://127.0.0.1:{d.http_port}/sim/faults", json=body) as r:
+                assert r.status == 201
+        await until(lambda: "taints" in devices(kube)["chip1-g3"])
+        assert devices(kube)["chip1-g3"]["taints"][0]["effect"] == NO_EXECUTE
+        assert devices(kube)["chip1"]["taints"][0]["effect"] == NO_EXECUTE
+        assert "taints" not in devices(kube)["chip0"]
+        # The kubelet's plugin watcher would find the registration socket and learn the service endpoint.
+        sock = short_dir / "plugins_registry" / f"{DRIVER}-reg.sock"
+        async with grpc.aio.insecure_channel(f"unix://{sock}") as ch:
+            get_info = ch.unary_unary(
+                "/pluginregistration.Registration/GetInfo",
+                request_serializer=reg.InfoRequest.SerializeToString,
+                response_deserializer=reg.PluginInfo.FromString,
+            )
+            info = await get_info(reg.InfoRequest(), timeout=5)
+        assert info.endpoint == str(short_dir / "plugins" / DRIVER / "dra.sock")
+
+
+async def test_dra_on_splits_resources_between_the_two_apis(short_dir: Path) -> None:
+    kube = FakeDraKube()
+    cfg = config(short_dir, "on")
+    async with KubeletStandIn(cfg.kubelet_dir) as kubelet, daemon(cfg, kube) as d:
+        assert [p.resource for p in d.plugins] == [EVENT_THROUGHPUT]
+        await kubelet.wait_capacity(EVENT_THROUGHPUT, len(d.node.blocks.ids), within=10)
+        assert kubelet.capacity(NEURON_CORE) == 0
+        await until(lambda: len(devices(kube)) > 0)
+        assert not any(n.endswith("-ev") for n in devices(kube))  # throughput is the device plugin's here
+
+
+def test_bad_tile_is_a_config_error() -> None:
+    from snnrm.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="dra_tile"):
+        load_config(None, dra_tile="3")
