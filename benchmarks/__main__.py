@@ -14,6 +14,8 @@ BENCHMARKS = {
     "rpc_latency": "Allocate / GetPreferredAllocation round trips at 4,096 cores beside a trivial-server floor",
     "fault_latency": "hard fault -> ListAndWatch at 16,384 cores",
     "pipeline": "telemetry ingest, /metrics scrape time and RSS",
+    "placement": "stage placement vs count-based first-fit on the simulator (hops, e2e spike latency)",
+    "extender": "scheduler extender prioritize/filter over 5,000 nodes",
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -19,9 +20,22 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from snnrm.backends.base import HardwareBackend
 from snnrm.backends.sim import SimBackend
+from snnrm.cluster.api import ApiConfigError, KubeAsyncApi
+from snnrm.cluster.events import EventRecorder
+from snnrm.cluster.hints import PlanHints
 from snnrm.cluster.hooks import HookCollector
-from snnrm.cluster.kube import KubeApi
-from snnrm.config import Config
+from snnrm.cluster.kube import KubeApi, KubeConfigError, KubeCredentials
+from snnrm.cluster.node_agent import KubeStageReporter, NodeAgent
+from snnrm.cluster.reallocation import ReallocationMetrics
+from snnrm.cluster.remap import NodeReallocator, RemapLedger
+from snnrm.config import Config, ConfigError
+from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
+from snnrm.core.placement import INTER_CHIP_WEIGHT
+from snnrm.core.reallocation import ReallocationSettings
+from snnrm.core.summary import PublishPolicy
+from snnrm.dra.kube import DraKubeApi, RestDraApi
+from snnrm.dra.plugin import DraPlugin, node_plugin
+from snnrm.http.extender import setup_stage_view
 from snnrm.http.history import StatusHistory
 from snnrm.http.hooks import HookEndpoint, build_endpoint, setup_hooks, token_from_env
 from snnrm.http.server import build_app, serve
@@ -31,7 +45,7 @@ from snnrm.node import NodeService
 from snnrm.obs.exposition import MetricsRegistry
 from snnrm.obs.metrics import NodeCollector
 from snnrm.obs.rpc import RpcInstrumentation
-from snnrm.obs.tracing import Tracing, setup_tracing
+from snnrm.obs.tracing import Tracer, Tracing, setup_tracing
 from snnrm.obs.transitions import HealthTransitions
 
 log = structlog.get_logger(__name__)
@@ -70,12 +84,24 @@ class Daemon:
     transitions: HealthTransitions
     hooks: HookEndpoint | None = None
     """``POST /hooks/alertmanager`` when hooks are configured (its runner's reallocator is the controller's intake)."""
+    dra: DraPlugin | None = None
+    """The DRA kubelet plugin when ``--dra on|only`` (snnrm/dra, docs/dra.md)."""
+    placement: NodeAgent | None = None
+    """The node's part of split-learning placement when ``placement.enabled`` (snnrm/cluster/node_agent.py)."""
+    stage_view: Callable[[], dict[str, Any]] | None = None
+    """``GET /api/v1/stages``: the stages running here and their cores (for the status page), when set."""
     http_port: int | None = field(default=None, init=False)
     http_started: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
     @classmethod
     async def create(
-        cls, config: Config, *, backend: HardwareBackend | None = None, hooks_kube: KubeApi | None = None
+        cls,
+        config: Config,
+        *,
+        backend: HardwareBackend | None = None,
+        hooks_kube: KubeApi | None = None,
+        dra_kube: DraKubeApi | None = None,
+        hints: PlanHints | None = None,
     ) -> Daemon:
         """Discover the hardware and build (not yet start) every component."""
         backend = backend or make_backend(config)
@@ -84,6 +110,8 @@ class Daemon:
         tracing = setup_tracing(node=node_name)  # off unless OTEL_* asks; then nothing of OpenTelemetry is imported
         registry = MetricsRegistry()
         rpc = RpcInstrumentation(registry=registry, node=node_name, tracer=tracing.tracer)
+        if hints is None and config.placement.enabled:
+            hints = PlanHints()  # GetPreferredAllocation follows stage plans (the demo brings its own)
         plugins = [
             DevicePlugin(
                 kubelet_dir=config.kubelet_dir,
@@ -94,8 +122,10 @@ class Daemon:
                 cdi_dir=config.cdi_dir,
                 pre_start_required=config.pre_start_required,
                 instrument=functools.partial(rpc.wrap, resource=resource),
+                hints=hints,
             )
             for resource, feed in node.feeds.items()
+            if _device_plugin_serves(config, resource)
         ]
         pods = PodResourcesClient(config.pod_resources_socket, resources=tuple(node.feeds))
         registry.register(
@@ -116,6 +146,10 @@ class Daemon:
                 kube=hooks_kube,
             )
             registry.register(HookCollector(hooks.runner, node=socket.gethostname()))
+        dra = _dra_plugin(config, node, dra_kube) if config.dra != "off" else None
+        placement = None
+        if config.placement.enabled and hints is not None:  # snnrm/cluster/node_agent.py, docs/split-learning.md
+            placement = await _placement_agent(config, backend, node, pods, hints, registry, tracing.tracer)
         return cls(
             config=config,
             backend=backend,
@@ -126,6 +160,8 @@ class Daemon:
             pods=pods,
             transitions=transitions,
             hooks=hooks,
+            dra=dra,
+            placement=placement,
         )
 
     def _ready_checks(self) -> list[Callable[[], str | None]]:
@@ -136,7 +172,16 @@ class Daemon:
             missing = [p.resource for p in self.plugins if not p.registered.is_set()]
             return f"not registered with the kubelet: {', '.join(missing)}" if missing else None
 
-        return [telemetry, plugins]
+        def dra() -> str | None:
+            if self.dra is None:
+                return None
+            if not self.dra.registered.is_set():
+                return f"DRA driver {self.dra.driver} not registered with the kubelet"
+            if self.dra.publisher is not None and not self.dra.publisher.synced.is_set():
+                return "ResourceSlices not published yet"
+            return None
+
+        return [telemetry, plugins, dra]
 
     def _http_started(self, port: int) -> None:
         self.http_port = port
@@ -150,6 +195,10 @@ class Daemon:
         app = build_app(self.node, registry=self.registry, ready_checks=self._ready_checks(), sim=sim, history=history)
         if self.hooks is not None:
             setup_hooks(app, self.hooks)
+        if self.stage_view is None and self.placement is not None:
+            self.stage_view = self.placement.stage_view
+        if self.stage_view is not None:
+            setup_stage_view(app, self.stage_view)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.backend.run(), name="backend")
@@ -158,6 +207,10 @@ class Daemon:
                 tg.create_task(history.run(), name="status-history")
                 for plugin in self.plugins:
                     tg.create_task(plugin.run(), name=f"device-plugin:{plugin.resource}")
+                if self.dra is not None:
+                    tg.create_task(self.dra.run(), name="dra-plugin")
+                if self.placement is not None:
+                    tg.create_task(self.placement.run(), name="placement-agent")
                 for resource, feed in self.node.feeds.items():
                     tg.create_task(self.transitions.watch(feed), name=f"health-transitions:{resource}")
                 tg.create_task(
@@ -175,5 +228,105 @@ class Daemon:
             for coro in extra:
                 coro.close()  # never-started extras must not warn "coroutine was never awaited"
             await self.pods.aclose()
+            if self.placement is not None and self.placement.close is not None:
+                await self.placement.close()
             await asyncio.to_thread(self.tracing.shutdown)  # flush queued spans (bounded by the exporter's timeout)
         log.info("stopped")
+
+
+# -- DRA wiring (snnrm/dra; docs/dra.md) --------------------------------------------------------------------------
+
+
+def _device_plugin_serves(config: Config, resource: str) -> bool:
+    """``--dra off``: device plugins for every resource; ``on``: only event throughput (DRA sells the cores and
+    chips, so nothing is sold twice); ``only``: none."""
+    return config.dra == "off" or (config.dra == "on" and resource == EVENT_THROUGHPUT)
+
+
+def _dra_plugin(config: Config, node: NodeService, kube: DraKubeApi | None) -> DraPlugin:
+    """The DRA kubelet plugin, with an apiserver client from ``--dra-kubeconfig`` or the pod's service account."""
+    close = None
+    if kube is None:
+        try:
+            credentials = (
+                KubeCredentials.from_kubeconfig(config.dra_kubeconfig, scratch=config.state_dir / "kube")
+                if config.dra_kubeconfig is not None
+                else KubeCredentials.in_cluster()
+            )
+        except KubeConfigError as e:
+            raise ConfigError(f"--dra {config.dra} needs the apiserver: {e}") from None
+        rest = RestDraApi(credentials)
+        kube, close = rest, rest.aclose
+    return node_plugin(
+        monitor=node.monitor,
+        core_feed=node.feeds[NEURON_CORE],
+        node=config.dra_node_name or socket.gethostname(),
+        api=kube,
+        registry_dir=config.dra_registry_dir,
+        plugin_dir=config.dra_plugin_dir,
+        state_dir=config.state_dir,
+        cdi_dir=config.cdi_dir,
+        tile=config.dra_tile,
+        model=config.sim_preset if config.backend == "sim" else None,
+        block_keps=config.block_keps,
+        share_throughput=config.dra == "only",
+        on_stop=close,
+    )
+
+
+# -- split-learning placement, node side (snnrm/cluster/node_agent.py; docs/split-learning.md) --------------------
+
+
+async def _placement_agent(
+    config: Config,
+    backend: HardwareBackend,
+    node: NodeService,
+    pods: PodResourcesClient,
+    hints: PlanHints,
+    registry: CollectorRegistry,
+    tracer: Tracer,
+) -> NodeAgent:
+    """Summary publisher, plan hints and live remaps, with an apiserver client from the config or in cluster."""
+    pc = config.placement
+    try:
+        api = await KubeAsyncApi.connect(pc.kubeconfig)
+    except ApiConfigError as e:
+        raise ConfigError(f"placement.enabled needs the apiserver: {e}") from None
+    name = pc.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
+    weight = INTER_CHIP_WEIGHT
+    if isinstance(backend, SimBackend):  # a chip crossing costs what its latency says, in on-chip hops
+        weight = backend.sim.spec.inter_chip_hop_latency / backend.sim.spec.hop_latency
+    ledger = RemapLedger(config.state_dir, node.topology)
+    recorder = EventRecorder(api, instance=f"snnrm-node/{name}")
+    metrics = ReallocationMetrics(registry)
+    settings = ReallocationSettings(dwell=pc.dwell, cooldown=pc.cooldown)
+
+    def remapper(agent: NodeAgent) -> NodeReallocator:
+        return NodeReallocator(
+            node,
+            agent,
+            KubeStageReporter(api, recorder),
+            ledger,
+            agent.allocated,
+            metrics=metrics,
+            settings=settings,
+            period=pc.remap_period,
+            inter_chip_weight=weight,
+            dry_run=pc.dry_run,
+            remap_allowed=pc.live_remap,
+            tracer=tracer,
+        )
+
+    return NodeAgent(
+        api,
+        name,
+        node,
+        ledger,
+        hints,
+        pods,
+        recorder,
+        reallocator_factory=remapper,
+        policy=PublishPolicy(min_interval=pc.publish_min_interval, max_interval=pc.publish_max_interval),
+        inter_chip_weight=weight,
+        close=api.aclose,
+    )

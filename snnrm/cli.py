@@ -74,6 +74,33 @@ def main() -> None:
     default=None,
     help="Kubelet PodResources socket for pod labels [default: /var/lib/kubelet/pod-resources/kubelet.sock].",
 )
+@_opt(
+    "dra",
+    type=click.Choice(["off", "on", "only"]),
+    default=None,
+    help="DRA driver snnrm.io: off (device plugins only), on (DRA for cores/chips, device plugin for event "
+    "throughput), only (DRA for everything) [default: off].",
+)
+@_opt(
+    "dra-registry-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Kubelet plugin registration dir [default: /var/lib/kubelet/plugins_registry].",
+)
+@_opt(
+    "dra-plugin-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Dir of the DRA service socket dra.sock [default: /var/lib/kubelet/plugins/snnrm.io].",
+)
+@_opt("dra-node-name", default=None, help="Node name for the ResourceSlice pool [default: the host name].")
+@_opt(
+    "dra-kubeconfig",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Kubeconfig for ResourceSlices/ResourceClaims [default: in-cluster service account].",
+)
+@_opt("dra-tile", default=None, help="Routers per DRA core-group device, WxH [default: 1x1].")
 def run(config: Path | None, **flags: Any) -> None:
     """Run the node daemon: discover chips, stream telemetry, serve the device plugins and HTTP."""
     try:
@@ -115,3 +142,9 @@ def demo(http: str, demo_seconds: float | None, sim_chips: int, sim_seed: int) -
     from snnrm.demo import run_demo
 
     asyncio.run(run_demo(http=http, seconds=demo_seconds, chips=sim_chips, seed=sim_seed, install_stop=_install_stop))
+
+
+# The cluster-side placement controller (gang planner, scheduler extender, reallocation): snnrm/cli_controller.py.
+from snnrm.cli_controller import controller  # noqa: E402 - registered after the node daemon's commands
+
+main.add_command(controller)

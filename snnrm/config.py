@@ -14,6 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from snnrm.config_hooks import HooksConfig
+from snnrm.config_placement import PlacementConfig
+from snnrm.core.dra import parse_tile
 
 DEFAULT_KUBELET_DIR = Path("/var/lib/kubelet/device-plugins")
 
@@ -68,6 +70,34 @@ class Config(BaseModel):
     # -- alert-driven autoscaling hooks (snnrm/config_hooks.py; docs/autoscaling-hooks.md) --
     hooks: HooksConfig = Field(default_factory=HooksConfig)
     """``POST /hooks/alertmanager`` and the allowlist of hooks it may run; only settable from the config file."""
+
+    # -- split-learning placement, node side (snnrm/config_placement.py; docs/split-learning.md) --
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
+    """Publish the node summary, follow plans on admission, live-remap degraded stages; from the config file."""
+
+    # -- DRA kubelet plugin (snnrm/dra; docs/dra.md) --
+    dra: Literal["off", "on", "only"] = "off"
+    """Dynamic Resource Allocation (resource.k8s.io/v1, driver snnrm.io): ``off`` serves the device plugins only;
+    ``on`` serves core groups and chips through DRA and keeps snnrm.io/event-throughput on the device plugin (each
+    resource sold through one API, never twice); ``only`` serves everything through DRA."""
+    dra_registry_dir: Path = Path("/var/lib/kubelet/plugins_registry")
+    """The kubelet's plugin registration directory (our ``snnrm.io-reg.sock`` goes there)."""
+    dra_plugin_dir: Path = Path("/var/lib/kubelet/plugins/snnrm.io")
+    """Directory of the DRA service socket ``dra.sock`` (the path the kubelet dials, as seen on the host)."""
+    dra_node_name: str | None = None
+    """Kubernetes node name: the pool and the slices' nodeName (default: the host name; the chart passes
+    spec.nodeName)."""
+    dra_kubeconfig: Path | None = None
+    """Kubeconfig for publishing ResourceSlices and reading ResourceClaims (default: the pod's service account)."""
+    dra_tile: str = "1x1"
+    """Routers per core-group device, ``WxH``: 1x1 is one router domain; bigger tiles mean fewer, larger devices
+    (e.g. 2x2 on one-core-per-router meshes like Loihi 2, where 1x1 is one device per core)."""
+
+    @field_validator("dra_tile")
+    @classmethod
+    def _tile(cls, v: str) -> str:
+        parse_tile(v)
+        return v
 
     @field_validator("http")
     @classmethod

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import structlog
 
 from snnrm.backends.base import HardwareBackend
-from snnrm.core.devices import DeviceSet, ThroughputBlocks
+from snnrm.core.devices import NEURON_CORE, DeviceSet, ThroughputBlocks
 from snnrm.core.monitor import NodeMonitor
 from snnrm.core.topology import BoolArray, FloatArray, Topology
 from snnrm.kubelet.feed import DeviceFeed
@@ -37,6 +37,8 @@ class NodeService:
     ready: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     """Set once the first frame has been folded in (so what we advertise is measured, not assumed)."""
     frame_errors: int = field(init=False, default=0)
+    withheld: BoolArray | None = field(init=False, default=None)
+    """Neuron cores advertised Unhealthy because a live remap lent them to a running stage (see :meth:`withhold`)."""
     last_sample_wall: float = field(init=False, default=float("nan"))
 
     def __post_init__(self) -> None:
@@ -78,10 +80,25 @@ class NodeService:
         """What each resource last advertised."""
         return {res: devs for res, feed in self.feeds.items() if (devs := feed.current) is not None}
 
+    # -- cores lent by live remaps (snnrm/cluster/remap.py) --------------------------------------------------------
+
+    def withhold(self, cores: BoolArray | None) -> None:
+        """Advertise ``cores`` Unhealthy whatever their health: a live remap moved a stage onto them while the
+        kubelet still books the stage on its old cores, so the kubelet must not hand these out. None: lend none."""
+        self.withheld = None if cores is None or not np.any(cores) else np.asarray(cores, dtype=np.bool_).copy()
+        self._publish()
+
+    def _devices_now(self) -> dict[str, DeviceSet]:
+        devices = self.monitor.devices()
+        nc = devices.get(NEURON_CORE)
+        if self.withheld is not None and nc is not None:
+            devices[NEURON_CORE] = replace(nc, healthy=nc.healthy & ~self.withheld)
+        return devices
+
     # -- loops -----------------------------------------------------------------------------------------------
 
     def _publish(self) -> None:
-        for res, devs in self.monitor.devices().items():
+        for res, devs in self._devices_now().items():
             before = self.feeds[res].current
             self.feeds[res].publish(devs)
             if before is not None and before.healthy_count != devs.healthy_count:

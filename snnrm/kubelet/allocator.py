@@ -21,6 +21,7 @@ import numpy as np
 
 from snnrm.core import allocation
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE, ThroughputBlocks
+from snnrm.core.placement import follow_plan
 from snnrm.core.topology import BoolArray, IntArray
 from snnrm.kubelet.cdi import CdiSpecWriter, qualified_name
 from snnrm.kubelet.files import write_atomic
@@ -82,32 +83,57 @@ def _response(
     )
 
 
+class PlacementHints(Protocol):
+    """Cores the placement controller planned for the pod being admitted (snnrm/cluster/hints.py).
+
+    GetPreferredAllocation and Allocate carry no pod identity, so the hints guess which planned pod is being
+    admitted from the request itself (see docs/split-learning.md, "Matching an admission to its plan").
+    """
+
+    def planned(self, available: IntArray, size: int) -> IntArray | None:
+        """Planned cores of the pod most likely being admitted, or None when no plan matches."""
+        ...
+
+    def admitted(self, cores: IntArray) -> None:
+        """Allocate handed out ``cores`` (confirms or refutes the guess)."""
+        ...
+
+
 class CoreAllocator:
     """``snnrm.io/neuron-core``: one device per core, IDs from :attr:`Topology.ids`."""
 
     resource = NEURON_CORE
 
-    def __init__(self, *, state: AllocationState, files: AllocationFiles, cdi: CdiSpecWriter) -> None:
+    def __init__(
+        self,
+        *,
+        state: AllocationState,
+        files: AllocationFiles,
+        cdi: CdiSpecWriter,
+        hints: PlacementHints | None = None,
+    ) -> None:
         self._state = state
         self._files = files
         self._cdi = cdi
+        self._hints = hints
 
     def preferred(self, available: Sequence[str], must: Sequence[str], size: int, healthy: BoolArray) -> list[str]:
         topo = self._state.topology
-        idx = allocation.preferred_cores(
-            topo,
-            allocation.lookup(topo.index_of, available),
-            allocation.lookup(topo.index_of, must),
-            size,
-            self._state.queue_fill(),
-            healthy,
-        )
+        avail = allocation.lookup(topo.index_of, available)
+        must_idx = allocation.lookup(topo.index_of, must)
+        planned = self._hints.planned(avail, size) if self._hints is not None else None
+        if planned is not None:  # a planned stage pod: follow the plan's cores
+            idx = follow_plan(topo, avail, must_idx, size, planned, self._state.queue_fill(), healthy)
+        else:
+            idx = allocation.preferred_cores(topo, avail, must_idx, size, self._state.queue_fill(), healthy)
         ids = topo.ids
         return [ids[i] for i in idx.tolist()]
 
     def allocate(self, ids: Sequence[str], healthy: BoolArray) -> api_pb2.ContainerAllocateResponse:
         topo = self._state.topology
         idx = np.sort(allocation.validate_allocation(topo.index_of, ids, healthy))
+        if self._hints is not None:
+            self._hints.admitted(idx)
         all_ids = topo.ids
         sorted_ids = [all_ids[i] for i in idx.tolist()]
         chips = topo.chip_of[idx]

@@ -36,7 +36,13 @@ import grpc
 import structlog
 
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
-from snnrm.kubelet.allocator import AllocationFiles, CoreAllocator, ResourceAllocator, ThroughputAllocator
+from snnrm.kubelet.allocator import (
+    AllocationFiles,
+    CoreAllocator,
+    PlacementHints,
+    ResourceAllocator,
+    ThroughputAllocator,
+)
 from snnrm.kubelet.cdi import CdiSpecWriter
 from snnrm.kubelet.feed import DeviceFeed
 from snnrm.kubelet.registration import FileIdentity, identity, register
@@ -65,6 +71,7 @@ class DevicePlugin:
     :param cdi_dir: where the CDI spec for the chips is written (``/var/run/cdi`` on a node).
     :param pre_start_required: advertise PreStartContainer (a no-op here) to the kubelet.
     :param allocator: override the resource's allocator (tests); chosen from ``resource`` by default.
+    :param hints: planned cores of stage pods (neuron cores only), for GetPreferredAllocation.
     :param poll_interval: seconds between restart checks.
     :param shutdown_grace: seconds unary calls in flight get when the server stops.
     """
@@ -80,6 +87,7 @@ class DevicePlugin:
         cdi_dir: Path,
         pre_start_required: bool = False,
         allocator: ResourceAllocator | None = None,
+        hints: PlacementHints | None = None,
         poll_interval: float = POLL_INTERVAL_S,
         shutdown_grace: float = 1.0,
         instrument: Callable[[grpc.GenericRpcHandler], grpc.GenericRpcHandler] | None = None,
@@ -93,7 +101,7 @@ class DevicePlugin:
         self.kubelet_socket = self.kubelet_dir / KUBELET_SOCKET
         self._feed = feed
         self._cdi = CdiSpecWriter(Path(cdi_dir), state.topology.n_chips)
-        self._allocator = allocator or _default_allocator(resource, state, AllocationFiles(state_dir), self._cdi)
+        self._allocator = allocator or _default_allocator(resource, state, AllocationFiles(state_dir), self._cdi, hints)
         self._encoder = ListAndWatchEncoder()
         self._pre_start_required = pre_start_required
         self._poll = poll_interval
@@ -226,10 +234,10 @@ class DevicePlugin:
 
 
 def _default_allocator(
-    resource: str, state: AllocationState, files: AllocationFiles, cdi: CdiSpecWriter
+    resource: str, state: AllocationState, files: AllocationFiles, cdi: CdiSpecWriter, hints: PlacementHints | None
 ) -> ResourceAllocator:
     if resource == NEURON_CORE:
-        return CoreAllocator(state=state, files=files, cdi=cdi)
+        return CoreAllocator(state=state, files=files, cdi=cdi, hints=hints)
     if resource == EVENT_THROUGHPUT:
         return ThroughputAllocator(state=state, files=files, cdi=cdi)
     raise ValueError(f"no allocator for resource {resource!r}")

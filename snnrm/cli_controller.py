@@ -1,0 +1,128 @@
+"""``snnrm controller``: the cluster-side placement controller (gang planner, scheduler extender, reallocation).
+
+Kept apart from :mod:`snnrm.cli` (which registers it) so the node daemon's command line stays as it is. Every
+flag also reads ``SNNRM_<FLAG>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+
+import click
+
+from snnrm.obs.logging import configure_logging
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _opt(name: str, **kw: Any) -> Callable[[F], F]:
+    """A flag that falls back to ``SNNRM_<FLAG>``."""
+    option: Callable[[F], F] = click.option(
+        f"--{name}", envvar="SNNRM_" + name.upper().replace("-", "_"), show_envvar=True, **kw
+    )
+    return option
+
+
+@click.command(context_settings={"show_default": True})
+@_opt(
+    "kubeconfig",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Kubeconfig of the cluster [default: the pod's service account].",
+)
+@_opt("http", default="127.0.0.1:9500", help="host:port of the extender verbs, probes and metrics.")
+@_opt("extender-prefix", default="/extender", help="URL prefix of the filter and prioritize verbs.")
+@_opt("namespace", default=None, help="Namespace of the leader-election Lease [default: $POD_NAMESPACE, else default].")
+@_opt("identity", default=None, help="This replica's name in the Lease and Events [default: $POD_NAME, else the host].")
+@_opt("lease-name", default="snnrm-placement-controller", help="Name of the leader-election Lease.")
+@_opt("lease-duration", type=float, default=15.0, help="Seconds a leader holds the Lease without renewing.")
+@_opt("reservation-ttl", type=float, default=120.0, help="Seconds a plan's cores stay reserved before binding.")
+@_opt("summary-stale-after", type=float, default=180.0, help="Seconds after which a node summary is ignored.")
+@_opt("dry-run", is_flag=True, default=False, help="Decide and record Events, but reserve, patch and evict nothing.")
+@click.option(
+    "--reallocation/--no-reallocation",
+    envvar="SNNRM_REALLOCATION",
+    show_envvar=True,
+    default=True,
+    help="Run the reallocation controller (evictions of degraded stages).",
+)
+@_opt("log-format", type=click.Choice(["console", "json"]), default="console", help="Log rendering.")
+def controller(
+    kubeconfig: Path | None,
+    http: str,
+    extender_prefix: str,
+    namespace: str | None,
+    identity: str | None,
+    lease_name: str,
+    lease_duration: float,
+    reservation_ttl: float,
+    summary_stale_after: float,
+    dry_run: bool,
+    reallocation: bool,
+    log_format: str,
+) -> None:
+    """Run the placement controller: gang planner, scheduler extender and reallocation (one leader acts)."""
+    if not lease_duration > 0:
+        raise click.UsageError("--lease-duration must be > 0")
+    host, sep, port = http.rpartition(":")
+    if not sep or not port.isdigit():
+        raise click.UsageError(f"--http: expected host:port, got {http!r}")
+    configure_logging(cast(Literal["console", "json"], log_format))
+
+    async def _main() -> None:
+        from prometheus_client import CollectorRegistry
+
+        from snnrm.cluster.api import KubeAsyncApi
+        from snnrm.cluster.controller import ControllerSettings, PlacementController
+        from snnrm.cluster.reallocation import ReallocationController, ReallocationMetrics
+        from snnrm.http.extender import run_controller
+        from snnrm.obs.tracing import setup_tracing
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        settings = ControllerSettings(
+            namespace=namespace or os.environ.get("POD_NAMESPACE") or "default",
+            identity=identity or os.environ.get("POD_NAME") or socket.gethostname(),
+            lease_name=lease_name,
+            lease_duration=lease_duration,
+            renew_deadline=lease_duration * 2 / 3,
+            retry_period=min(2.0, lease_duration / 7.5),
+            reservation_ttl=reservation_ttl,
+            summary_stale_after=summary_stale_after,
+            dry_run=dry_run,
+        )
+        registry = CollectorRegistry(auto_describe=True)
+        tracing = setup_tracing(node=settings.identity)  # off unless OTEL_* asks for it
+        try:
+            async with await KubeAsyncApi.connect(kubeconfig) as api:
+                ctl = PlacementController(api, settings)
+                if reallocation:
+                    realloc = ReallocationController(
+                        api,
+                        ctl.cache,
+                        ctl.recorder,
+                        metrics=ReallocationMetrics(registry),
+                        dry_run=dry_run,
+                        tracer=tracing.tracer,
+                    )
+                    ctl.extra_leader_work.append(realloc.run)
+                await run_controller(
+                    ctl, host=host.strip("[]"), port=int(port), stop=stop, prefix=extender_prefix, registry=registry
+                )
+        finally:
+            await asyncio.to_thread(tracing.shutdown)
+
+    from snnrm.cluster.api import ApiConfigError
+
+    try:
+        asyncio.run(_main())
+    except ApiConfigError as e:
+        raise click.UsageError(str(e)) from None

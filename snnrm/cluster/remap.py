@@ -1,0 +1,462 @@
+"""On the node: watch each stage's cores, live-remap a degraded stage within the node, or report it.
+
+:class:`NodeReallocator` runs in the node daemon, which owns the node's cores and sees every telemetry sample.
+Every ``period`` it computes, for each stage running here, the stage's signals (failed cores, queue fill,
+spike-transfer efficiency, busiest link on its routers), folds them through a per-stage
+:class:`~snnrm.core.reallocation.StageWatch` (dwell and hysteresis), and for an active degradation asks
+:func:`~snnrm.core.reallocation.evaluate_remap` for a better home on this node. Then:
+
+* **live remap** when the stage's runtime opted in (``snnrm.io/live-remap: "true"``), the move is worth its
+  migration cost by the margin, and the job's cooldown and the node's move budget allow it. The remap:
+
+  1. records it in ``<state_dir>/remaps/<namespace>_<pod>.json`` (so a restarted daemon recovers it);
+  2. advertises the target cores Unhealthy to the kubelet (:meth:`NodeService.withhold`): the kubelet still books
+     the stage on the cores it admitted it to, so the cores the stage now really uses must never be handed to
+     another pod. The admitted cores stay booked to the pod (idle, wasted until the pod ends, but never twice);
+  3. rewrites the per-allocation file that Allocate mounted into the container, **in place** (a bind-mounted file
+     keeps its inode, so a rename would never be seen), with a new ``generation``, the new ``cores`` and
+     ``remapped_from``; the runtime follows the file (the env vars set at admission do not change);
+  4. reports the stage (``snnrm.io/cores``, ``snnrm.io/last-move``, ``snnrm.io/stage-health``), an Event and a
+     ``snnrm_reallocations_total{reason,action="remap"}`` sample;
+
+* otherwise it **reports** the degradation on the pod (``remap``: ``unavailable`` or ``not-opted-in``, with the
+  stage's current cost), and the cluster's reallocation controller decides about an eviction.
+
+Reports are written only when they change, so a steady state costs no API calls.
+
+Recovery: :meth:`RemapLedger.recover` reads the remap records at start and keeps those whose pod still holds its
+admitted cores according to the kubelet's PodResources API (records of pods that are gone are deleted), so the
+lent cores are withheld again before the device plugins register: no core is handed out twice across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import structlog
+
+from snnrm.cluster.reallocation import ReallocationMetrics
+from snnrm.core.health import Reason as HealthReason
+from snnrm.core.jobs import StageHealth
+from snnrm.core.placement import NodeView, StageDemand, plan_cost
+from snnrm.core.reallocation import (
+    MoveBudget,
+    ReallocationSettings,
+    StageWatch,
+    degraded_view,
+    evaluate_remap,
+    local_job,
+    signals_of,
+)
+from snnrm.core.topology import BoolArray, IntArray, Topology
+from snnrm.kubelet.allocator import AllocationFiles
+from snnrm.node import NodeService
+from snnrm.obs.tracing import NoopTracer, Tracer
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class LocalStage:
+    """A stage running on this node, as the node knows it."""
+
+    namespace: str
+    pod: str
+    uid: str
+    job: str
+    index: int
+    demands: tuple[StageDemand, ...]
+    """Every stage of the job (only the ones here are placed on this node)."""
+    admitted: tuple[str, ...]
+    """Core IDs the kubelet admitted the stage to (keys its per-allocation file)."""
+    cores: IntArray
+    """Cores the stage uses now (the admitted ones, or a remap's target)."""
+    live_remap: bool = False
+    last_move: float | None = None
+
+    @property
+    def job_key(self) -> tuple[str, str]:
+        return (self.namespace, self.job)
+
+
+class StageSource(Protocol):
+    """The stages running on this node now."""
+
+    def stages(self) -> Sequence[LocalStage]: ...
+
+
+class StageReporter(Protocol):
+    """Where the node's verdicts go: pod annotations + Events in a cluster, the log in the demo."""
+
+    async def report(self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None, moved_at: float | None
+                     ) -> None: ...  # fmt: skip
+
+    async def event(self, stage: LocalStage, *, reason: str, note: str, warning: bool = False) -> None: ...
+
+
+# -- the remap record and the per-allocation file -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RemapRecord:
+    namespace: str
+    pod: str
+    uid: str
+    admitted: tuple[str, ...]
+    cores: tuple[str, ...]
+    generation: int
+    at: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {"namespace": self.namespace, "pod": self.pod, "uid": self.uid, "admitted": list(self.admitted),
+                "cores": list(self.cores), "generation": self.generation, "at": self.at}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> RemapRecord:
+        return cls(
+            str(d["namespace"]),
+            str(d["pod"]),
+            str(d.get("uid") or ""),
+            tuple(str(x) for x in d["admitted"]),
+            tuple(str(x) for x in d["cores"]),
+            int(d["generation"]),
+            float(d["at"]),
+        )
+
+
+def rewrite_in_place(path: Path, body: dict[str, Any]) -> None:
+    """Replace a file's content keeping its inode (a bind mount into a container pins the inode)."""
+    data = (json.dumps(body, indent=1) + "\n").encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, data, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def allocation_body(topology: Topology, cores: IntArray, *, admitted: Sequence[str], generation: int, at: float
+                    ) -> dict[str, Any]:  # fmt: skip
+    """The per-allocation file after a remap: the same shape Allocate writes, plus the remap fields."""
+    idx = np.sort(np.asarray(cores, dtype=np.int64))
+    chips = topology.chip_of[idx]
+    return {
+        "resource": "snnrm.io/neuron-core",
+        "generation": generation,
+        "remapped_from": list(admitted),
+        "remapped_at": at,
+        "cores": [
+            {
+                "id": topology.ids[k],
+                "index": k,
+                "chip": int(c),
+                "router": int(topology.router[k]),
+                "x": int(topology.gx[k]),
+                "y": int(topology.gy[k]),
+                "numa": int(topology.chip_numa[c]),
+            }
+            for k, c in zip(idx.tolist(), chips.tolist(), strict=True)
+        ],
+        "chips": np.unique(chips).tolist(),
+    }
+
+
+def read_allocation(path: Path) -> dict[str, Any] | None:
+    """What a runtime reads: None while the file is missing or mid-rewrite (then read again)."""
+    try:
+        body = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
+
+
+@dataclass(eq=False)
+class RemapLedger:
+    """Remap records on disk and the cores they lend (see the module docstring)."""
+
+    state_dir: Path
+    topology: Topology
+    records: dict[tuple[str, str], RemapRecord] = field(default_factory=dict)
+
+    @property
+    def dir(self) -> Path:
+        return self.state_dir / "remaps"
+
+    def _path(self, namespace: str, pod: str) -> Path:
+        return self.dir / f"{namespace}_{pod}.json"
+
+    def allocation_file(self, admitted: Sequence[str]) -> Path:
+        return AllocationFiles(self.state_dir).path_for(sorted(admitted))[1]
+
+    def lent(self) -> BoolArray:
+        """Cores used by remapped stages beyond what the kubelet admitted them to."""
+        mask = np.zeros(self.topology.n_cores, dtype=np.bool_)
+        for r in self.records.values():
+            admitted = set(r.admitted)
+            for c in r.cores:
+                if c not in admitted and c in self.topology.index_of:
+                    mask[self.topology.index_of[c]] = True
+        return mask
+
+    def current(self, namespace: str, pod: str, uid: str) -> RemapRecord | None:
+        r = self.records.get((namespace, pod))
+        return r if r is not None and (not uid or not r.uid or r.uid == uid) else None
+
+    def record(self, stage: LocalStage, cores: IntArray, now: float) -> RemapRecord:
+        prev = self.records.get((stage.namespace, stage.pod))
+        rec = RemapRecord(
+            stage.namespace,
+            stage.pod,
+            stage.uid,
+            stage.admitted,
+            tuple(self.topology.ids[i] for i in np.sort(cores).tolist()),
+            (prev.generation if prev is not None else 0) + 1,
+            now,
+        )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._path(stage.namespace, stage.pod).with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec.as_json()))
+        os.replace(tmp, self._path(stage.namespace, stage.pod))
+        self.records[(stage.namespace, stage.pod)] = rec
+        return rec
+
+    def forget(self, namespace: str, pod: str) -> None:
+        self.records.pop((namespace, pod), None)
+        self._path(namespace, pod).unlink(missing_ok=True)
+
+    def recover(self, holders: Mapping[str, tuple[str, str]] | None) -> list[RemapRecord]:
+        """Load records; keep those whose pod still holds its admitted cores (``holders``: core ID -> (namespace,
+        pod) from PodResources; None when PodResources is unavailable: keep every record). Returns the kept."""
+        kept = []
+        for path in sorted(self.dir.glob("*.json")) if self.dir.is_dir() else []:
+            try:
+                rec = RemapRecord.from_json(json.loads(path.read_text()))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warning("remap_record_unreadable", file=str(path), error=repr(e))
+                path.unlink(missing_ok=True)
+                continue
+            if holders is not None and not all(holders.get(c) == (rec.namespace, rec.pod) for c in rec.admitted):
+                log.info("remap_record_dropped", pod=f"{rec.namespace}/{rec.pod}", why="pod no longer holds its cores")
+                path.unlink(missing_ok=True)
+                continue
+            self.records[(rec.namespace, rec.pod)] = rec
+            idx = np.array([self.topology.index_of[c] for c in rec.cores if c in self.topology.index_of])
+            rewrite_in_place(
+                self.allocation_file(rec.admitted),
+                allocation_body(self.topology, idx, admitted=rec.admitted, generation=rec.generation, at=rec.at),
+            )
+            kept.append(rec)
+        return kept
+
+
+# -- the reallocator --------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class NodeReallocator:
+    """See the module docstring."""
+
+    node: NodeService
+    source: StageSource
+    reporter: StageReporter
+    ledger: RemapLedger
+    allocated: Callable[[], BoolArray]
+    """(n_cores,) cores the kubelet has handed out now (PodResources, or the stand-in's book)."""
+    metrics: ReallocationMetrics | None = None
+    settings: ReallocationSettings = field(default_factory=ReallocationSettings)
+    period: float = 0.5
+    """Seconds between evaluations: five telemetry samples, well inside the dwell."""
+    inter_chip_weight: float = 4.0
+    dry_run: bool = False
+    remap_allowed: bool = True
+    """False: never move, only report degradations (the controller may still evict)."""
+    tracer: Tracer = field(default_factory=NoopTracer)
+    clock: Callable[[], float] = time.time
+    on_remap: Callable[[LocalStage, IntArray], None] | None = None
+    """Called after a remap (the demo logs latency around it)."""
+    budget: MoveBudget = field(init=False)
+    watches: dict[tuple[str, str, str], StageWatch] = field(default_factory=dict)
+    reported: dict[tuple[str, str], str] = field(default_factory=dict)
+    remaps: int = 0
+    started: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.budget = MoveBudget(self.settings)
+        self.started = self.clock()
+        self.node.withhold(self.ledger.lent())
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.period)
+            await self.step()
+
+    def _view(self) -> tuple[NodeView, BoolArray, BoolArray]:
+        """The node now, the cores that failed (hard), and all Unhealthy cores (any reason)."""
+        m = self.node.monitor
+        healthy = self.node.core_healthy()
+        hard = (m.health.reasons & (int(HealthReason.FAILED) | int(HealthReason.STALE))) != 0
+        failed = hard & ~healthy
+        withheld = self.node.withheld if self.node.withheld is not None else np.zeros_like(healthy)
+        free = healthy & ~self.allocated() & ~withheld
+        view = NodeView.measured(
+            self.node.topology,
+            free=free,
+            queue_fill=m.queue_fill,
+            link_utilization=m.link_utilization,
+            link_failed=m.link_failed,
+            inter_chip_weight=self.inter_chip_weight,
+        )
+        return view, failed, ~healthy
+
+    async def step(self) -> None:
+        """One evaluation of every stage on this node."""
+        now = self.clock()
+        stages = list(self.source.stages())
+        live = {(s.namespace, s.pod, s.uid) for s in stages}
+        for key in [k for k in self.watches if k not in live]:
+            del self.watches[key]
+        if not stages:
+            return
+        view, failed, unhealthy = self._view()
+        eff = self.node.monitor.rates.rates.efficiency
+        by_job: dict[tuple[str, str], list[LocalStage]] = {}
+        for s in stages:
+            by_job.setdefault(s.job_key, []).append(s)
+        for job, members in sorted(by_job.items()):
+            for s in sorted(members, key=lambda x: x.index):
+                watch = self.watches.setdefault((s.namespace, s.pod, s.uid), StageWatch())
+                sig = signals_of(s.cores, failed=failed, queue_fill=view.queue_fill, efficiency=eff,
+                                 link_util=view.link_util)  # fmt: skip
+                active = watch.observe(sig, now, self.settings)
+                if not active:
+                    await self._report(s, StageHealth("ok"), cores=None, moved_at=None)
+                    continue
+                if await self._act(job, members, s, active, watch, view, failed, unhealthy, now):
+                    break  # one stage of a pipeline per pass; the next pass sees the new placement
+
+    async def _act(
+        self,
+        job: tuple[str, str],
+        members: list[LocalStage],
+        s: LocalStage,
+        active: frozenset[Any],
+        watch: StageWatch,
+        view: NodeView,
+        failed: BoolArray,
+        unhealthy: BoolArray,
+        now: float,
+    ) -> bool:
+        reasons = sorted(r.value for r in active)
+        reason = reasons[0]
+        lj = local_job(s.demands, {m.index: m.cores for m in members})
+        pos = lj.position(s.index)
+        dview = degraded_view(view, failed | unhealthy)
+        cost_now = plan_cost(dview, lj.demands, lj.placement).total
+        since = watch.since or now
+        if not s.live_remap or not self.remap_allowed:
+            await self._report(s, StageHealth("degraded", tuple(reasons), since, "not-opted-in", cost_now), cores=None,
+                               moved_at=None)  # fmt: skip
+            return False
+        with self.tracer.span("snnrm.remap", {"snnrm.job": s.job, "snnrm.stage": s.index, "snnrm.reason": reason}
+                              ) as span:  # fmt: skip
+            option = evaluate_remap(
+                view, lj.demands, lj.placement, pos, failed=failed, degraded=unhealthy, settings=self.settings
+            )
+            if option is None or not option.worth_it(self.settings.margin):
+                span.set_attribute("snnrm.action", "unavailable")
+                await self._report(s, StageHealth("degraded", tuple(reasons), since, "unavailable", cost_now),
+                                   cores=None, moved_at=None)  # fmt: skip
+                return False
+            last = max((m.last_move for m in members if m.last_move is not None), default=None)
+            blocked = self.budget.blocked(job, now, last_move=last)
+            if blocked is not None:
+                span.set_attribute("snnrm.action", "deferred")
+                await self.reporter.event(s, reason="RemapDeferred", note=f"{reason}: {blocked}")
+                return False
+            target = option.target
+            ids = [self.node.topology.ids[i] for i in np.sort(target).tolist()]
+            note = (
+                f"{', '.join(reasons)}: live remap of stage {s.index} from {len(s.cores)} cores to {len(ids)} cores "
+                f"({ids[0]} ..); cost {option.cost_before:.0f} -> {option.cost_after:.0f} "
+                f"(+{option.migration_cost:.0f} migration)"
+            )
+            if self.dry_run:
+                span.set_attribute("snnrm.action", "dry-run")
+                if self.metrics is not None:
+                    self.metrics.count(reason, "dry-run", namespace=s.namespace, job=s.job, stage=s.index)
+                await self.reporter.event(s, reason="WouldRemap", note=note)
+                return False
+            rec = self.ledger.record(s, target, now)
+            self.node.withhold(self.ledger.lent())
+            rewrite_in_place(
+                self.ledger.allocation_file(s.admitted),
+                allocation_body(self.node.topology, target, admitted=s.admitted, generation=rec.generation, at=now),
+            )
+            self.budget.record(job, now)
+            self.remaps += 1
+            watch.active.clear()
+            watch.bad_since.clear()
+            watch.since = None
+            span.set_attribute("snnrm.action", "remap")
+            if self.metrics is not None:
+                self.metrics.count(reason, "remap", namespace=s.namespace, job=s.job, stage=s.index)
+            log.warning("stage_remapped", job=s.job, stage=s.index, pod=s.pod, reasons=reasons, cores=len(ids),
+                        cost_before=round(option.cost_before), cost_after=round(option.cost_after))  # fmt: skip
+            await self._report(s, StageHealth("ok", tuple(reasons), now, "done", option.cost_after), cores=ids,
+                               moved_at=now)  # fmt: skip
+            await self.reporter.event(s, reason="Remapped", note=note)
+            if self.on_remap is not None:
+                self.on_remap(s, target)
+            return True
+
+    async def _report(self, s: LocalStage, h: StageHealth, *, cores: list[str] | None, moved_at: float | None) -> None:
+        # Only state changes are written (cost and since are informative and would churn the pod).
+        key = (s.namespace, s.pod)
+        sig = f"{h.state}|{','.join(h.reasons)}|{h.remap}|{'' if cores is None else ','.join(cores)}"
+        if self.reported.get(key) == sig:
+            return
+        self.reported[key] = sig
+        await self.reporter.report(s, h, cores=cores, moved_at=moved_at)
+
+
+def stages_body(topology: Topology, stages: Sequence[LocalStage], ledger: RemapLedger | None = None) -> dict[str, Any]:
+    """The stages running on a node as JSON: cores, chips and remap state per stage, and the mean hops of the
+    route between consecutive stages (``GET /api/v1/stages``, for the status page's mesh)."""
+    jobs: dict[tuple[str, str], list[LocalStage]] = {}
+    for s in stages:
+        jobs.setdefault(s.job_key, []).append(s)
+    out = []
+    for (ns, job), members in sorted(jobs.items()):
+        members.sort(key=lambda s: s.index)
+        lj = local_job(members[0].demands, {m.index: m.cores for m in members})
+        hops = plan_cost(NodeView.idle(topology), lj.demands, lj.placement).mean_hops if len(members) > 1 else ()
+        body = []
+        for m in members:
+            rec = ledger.current(m.namespace, m.pod, m.uid) if ledger is not None else None
+            idx = np.sort(np.asarray(m.cores, dtype=np.int64))
+            body.append(
+                {
+                    "stage": m.index,
+                    "pod": m.pod,
+                    "cores": [topology.ids[i] for i in idx.tolist()],
+                    "chips": np.unique(topology.chip_of[idx]).tolist(),
+                    "remapped": rec is not None,
+                    "generation": rec.generation if rec is not None else 0,
+                }
+            )
+        routes = [
+            {"from": a, "to": b, "mean_hops": round(h, 3)}
+            for a, b, h in zip(lj.stages, lj.stages[1:], hops, strict=False)
+        ]
+        out.append({"namespace": ns, "job": job, "stages": body, "routes": routes})
+    return {"jobs": out}

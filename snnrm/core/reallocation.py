@@ -1,0 +1,293 @@
+"""When to move a stage, and where: the pure decisions behind live remaps and evictions.
+
+A stage's placement is *degraded* when, over its cores, a hard failure shows up, event queues saturate, spike
+transfer efficiency falls, or a link on its routes congests. Acting on one bad sample would flap, so each
+condition passes a hysteresis (:class:`StageWatch`): it must hold beyond its entry threshold for ``dwell``
+seconds to become active, and stay beyond its (stricter) exit threshold for ``clear`` seconds to clear, the
+same shape as Koordinator's anomaly detector and the HPA's stabilisation window.
+
+An active degradation is a reason to look, not to move. :func:`evaluate_remap` asks the planner for a new home
+on the same node with every other stage held still (:func:`~snnrm.core.placement.replan_stage`), prices the
+current and the new placement with the same cost model in a view where degraded cores cost the most (a full
+queue and a saturated link), and recommends a move only when
+
+    cost_after + migration_cost < (1 - margin) * cost_before,     migration_cost = hops * stage traffic
+
+or when cores of the stage have failed (a stage on dead cores cannot run; any healthy home beats it).
+:class:`MoveBudget` adds the rest of the safety: a cooldown per job after any move, a cap on moves per window,
+a minimum stage age, and at most one stage of a pipeline in flight.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+import numpy as np
+
+from snnrm.core.placement import NodeView, StageDemand, plan_cost, replan_stage
+from snnrm.core.topology import BoolArray, FloatArray, IntArray
+
+
+class Reason(StrEnum):
+    """Why a stage's placement is degraded (the ``reason`` label of ``snnrm_reallocations_total``)."""
+
+    FAILED_CORE = "failed-core"
+    QUEUE_SATURATED = "queue-saturated"
+    LOW_EFFICIENCY = "low-efficiency"
+    LINK_CONGESTED = "link-congested"
+
+
+@dataclass(frozen=True, slots=True)
+class ReallocationSettings:
+    """Thresholds, times and budgets; each default is tied to the health machine or to a published practice."""
+
+    queue_enter: float = 0.8
+    """Mean queue fill over the stage's cores above which it is saturated (the health machine's core threshold)."""
+    queue_exit: float = 0.5
+    efficiency_enter: float = 0.9
+    """Spike-transfer efficiency of the stage's output below which spikes are being lost."""
+    efficiency_exit: float = 0.97
+    link_enter: float = 0.95
+    """Utilisation of the busiest link on the stage's routes above which it is congested."""
+    link_exit: float = 0.8
+    dwell: float = 2.0
+    """Seconds a condition must hold before it is active: four times the health machine's 0.5 s, so a core
+    flagged Unhealthy for a moment never moves a whole stage."""
+    clear: float = 5.0
+    """Seconds of good readings before an active condition clears (longer than ``dwell``: hysteresis in time)."""
+    cooldown: float = 60.0
+    """Seconds after any move of a job before it may move again (Koordinator's per-workload limit is 5 min;
+    a live remap is cheap, so one minute)."""
+    window: float = 600.0
+    max_moves_per_window: int = 6
+    """Moves per ``window`` across all jobs of one actor: a storm of faults degrades gracefully, never a storm of
+    moves."""
+    min_age: float = 10.0
+    """Seconds a stage must have run at its place before it is moved (remembered sources, descheduler #424)."""
+    margin: float = 0.2
+    """Relative cost improvement a move must bring beyond its migration cost."""
+    remap_cost_hops: float = 1.0
+    """Migration cost of a live remap, in hops per KEPS of stage traffic: the queued events it drops."""
+    evict_cost_hops: float = 16.0
+    """Migration cost of an eviction: a restart loses seconds of the stage's traffic, far more than a remap."""
+
+
+@dataclass(frozen=True, slots=True)
+class StageSignals:
+    """One observation of a stage's cores."""
+
+    failed: int
+    """Cores of the stage that are failed or Unhealthy for a hard reason."""
+    queue_fill: float
+    """Mean event-queue fill over the stage's cores, 0..1."""
+    efficiency: float
+    """Spike-transfer efficiency of what the stage sends, 0..1 (1 when it sends nothing)."""
+    link: float
+    """Utilisation of the busiest link leaving the stage's routers, 0..1."""
+
+
+def _over(value: float, enter: float, exit_: float, active: bool, *, below: bool = False) -> bool:
+    if math.isnan(value):
+        return False
+    if below:
+        return value < (exit_ if active else enter)
+    return value > (exit_ if active else enter)
+
+
+@dataclass(slots=True)
+class StageWatch:
+    """Hysteresis per condition for one stage (state between observations; decisions are pure given it)."""
+
+    bad_since: dict[Reason, float] = field(default_factory=dict)
+    good_since: dict[Reason, float] = field(default_factory=dict)
+    active: set[Reason] = field(default_factory=set)
+    since: float | None = None
+    """When the earliest active condition became active."""
+
+    def observe(self, s: StageSignals, now: float, settings: ReallocationSettings) -> frozenset[Reason]:
+        """Fold one observation in; returns the active conditions."""
+        st = settings
+        raw = {
+            Reason.FAILED_CORE: s.failed > 0,
+            Reason.QUEUE_SATURATED: _over(s.queue_fill, st.queue_enter, st.queue_exit,
+                                          Reason.QUEUE_SATURATED in self.active),
+            Reason.LOW_EFFICIENCY: _over(s.efficiency, st.efficiency_enter, st.efficiency_exit,
+                                         Reason.LOW_EFFICIENCY in self.active, below=True),
+            Reason.LINK_CONGESTED: _over(s.link, st.link_enter, st.link_exit, Reason.LINK_CONGESTED in self.active),
+        }  # fmt: skip
+        for reason, bad in raw.items():
+            if bad:
+                self.good_since.pop(reason, None)
+                start = self.bad_since.setdefault(reason, now)
+                # A failed core is a fact, not a noisy reading: it acts without dwell.
+                if (reason is Reason.FAILED_CORE or now - start >= st.dwell) and reason not in self.active:
+                    self.active.add(reason)
+                    self.since = now if self.since is None else min(self.since, now)
+            else:
+                self.bad_since.pop(reason, None)
+                if reason in self.active:
+                    start = self.good_since.setdefault(reason, now)
+                    if reason is Reason.FAILED_CORE or now - start >= st.clear:
+                        self.active.discard(reason)
+                        self.good_since.pop(reason, None)
+        if not self.active:
+            self.since = None
+        return frozenset(self.active)
+
+
+def signals_of(
+    cores: IntArray,
+    *,
+    failed: BoolArray,
+    queue_fill: FloatArray,
+    efficiency: FloatArray,
+    link_util: FloatArray,
+) -> StageSignals:
+    """A stage's signals from per-core arrays: ``failed`` marks cores that cannot run (hard failure, or Unhealthy
+    for a reason other than load), ``link_util`` the busiest link leaving each core's router."""
+    c = np.asarray(cores, dtype=np.int64)
+    if len(c) == 0:
+        return StageSignals(0, 0.0, 1.0, 0.0)
+    fill = np.clip(np.nan_to_num(queue_fill[c], nan=1.0), 0.0, 1.0)
+    eff = np.clip(np.nan_to_num(efficiency[c], nan=1.0), 0.0, 1.0)
+    return StageSignals(
+        failed=int(np.count_nonzero(failed[c])),
+        queue_fill=float(fill.mean()),
+        efficiency=float(eff.mean()),
+        link=float(np.clip(np.nan_to_num(link_util[c], nan=1.0), 0.0, 1.0).max()),
+    )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class MoveOption:
+    """A candidate move of one stage, priced."""
+
+    stage: int
+    target: IntArray
+    cost_before: float
+    cost_after: float
+    migration_cost: float
+    must_move: bool
+    """Cores of the stage have failed: staying is not an option."""
+
+    @property
+    def gain(self) -> float:
+        """Relative improvement after paying the migration (1.0 when the stage must move)."""
+        if self.must_move:
+            return 1.0
+        if not self.cost_before > 0:
+            return 0.0
+        return (self.cost_before - self.cost_after - self.migration_cost) / self.cost_before
+
+    def worth_it(self, margin: float) -> bool:
+        return self.must_move or self.gain > margin
+
+
+DEGRADED_PENALTY_HOPS = 64.0
+"""Hop-equivalents a spike pays on a degraded core (failed, or Unhealthy for a saturated queue, lost spikes or a
+congested link): such a core drops or stalls the spike, which costs more than any detour across the board."""
+
+
+def degraded_view(view: NodeView, bad: BoolArray) -> NodeView:
+    """The node with ``bad`` cores priced as degraded (a full queue, a saturated link and
+    :data:`DEGRADED_PENALTY_HOPS`) and not free."""
+    b = np.asarray(bad, dtype=np.bool_)
+    fill = np.where(b, 1.0, np.nan_to_num(view.queue_fill, nan=1.0))
+    link = np.where(b, 1.0, np.nan_to_num(view.link_util, nan=1.0))
+    extra = np.where(b, DEGRADED_PENALTY_HOPS, 0.0)
+    if view.extra_penalty is not None:
+        extra = extra + view.extra_penalty
+    return replace(view, free=view.free & ~b, queue_fill=fill, link_util=link, extra_penalty=extra)
+
+
+def evaluate_remap(
+    view: NodeView,
+    demands: Sequence[StageDemand],
+    placement: Sequence[IntArray],
+    stage: int,
+    *,
+    failed: BoolArray,
+    settings: ReallocationSettings,
+    degraded: BoolArray | None = None,
+    migration_hops: float | None = None,
+) -> MoveOption | None:
+    """The best home for ``stage`` on this node with the other stages still (None if there is none).
+
+    ``view.free`` holds the node's free healthy cores; ``failed`` marks cores that cannot run (the stage must
+    leave them), ``degraded`` cores that run badly (Unhealthy for a soft reason): both are left and priced at
+    :data:`DEGRADED_PENALTY_HOPS`.
+    """
+    bad = np.asarray(failed, dtype=np.bool_)
+    if degraded is not None:
+        bad = bad | np.asarray(degraded, dtype=np.bool_)
+    dv = degraded_view(view, bad)
+    cur = [np.asarray(p, dtype=np.int64) for p in placement]
+    mine = cur[stage]
+    keep = mine[~bad[mine]]
+    plan = replan_stage(dv, demands, cur, stage, keep=keep)
+    if plan is None:
+        return None
+    target = plan.stages[stage]
+    if np.array_equal(np.sort(target), np.sort(mine)):
+        return None
+    before = plan_cost(dv, demands, cur).total
+    after = plan.total_cost
+    d = demands[stage]
+    traffic = max(d.in_keps + d.out_keps + (demands[stage - 1].out_keps if stage else 0.0), 1e-3)
+    hops = settings.remap_cost_hops if migration_hops is None else migration_hops
+    must = bool(np.asarray(failed, dtype=np.bool_)[mine].any())
+    return MoveOption(stage, target, before, after, hops * traffic, must)
+
+
+@dataclass(slots=True)
+class MoveBudget:
+    """Cooldown per job and a cap on moves per window, for one actor."""
+
+    settings: ReallocationSettings
+    last_move: dict[tuple[str, str], float] = field(default_factory=dict)
+    recent: list[float] = field(default_factory=list)
+
+    def blocked(self, job: tuple[str, str], now: float, *, last_move: float | None = None) -> str | None:
+        """Why ``job`` may not move now (None if it may). ``last_move`` adds a time known from elsewhere."""
+        s = self.settings
+        last = max(self.last_move.get(job, -math.inf), last_move if last_move is not None else -math.inf)
+        if now - last < s.cooldown:
+            return f"job moved {now - last:.0f}s ago (cooldown {s.cooldown:.0f}s)"
+        self.recent = [t for t in self.recent if now - t < s.window]
+        if len(self.recent) >= s.max_moves_per_window:
+            return f"{len(self.recent)} moves in the last {s.window:.0f}s (limit {s.max_moves_per_window})"
+        return None
+
+    def record(self, job: tuple[str, str], now: float) -> None:
+        self.last_move[job] = now
+        self.recent.append(now)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class LocalJob:
+    """The stages of one job that run on this node, as a chain of their own (edges only between consecutive
+    stages that are both here), for in-node decisions."""
+
+    stages: tuple[int, ...]
+    """Job stage indices, ascending."""
+    demands: tuple[StageDemand, ...]
+    placement: tuple[IntArray, ...]
+
+    def position(self, stage: int) -> int:
+        return self.stages.index(stage)
+
+
+def local_job(demands: Sequence[StageDemand], cores: dict[int, IntArray]) -> LocalJob:
+    """The sub-job of ``demands`` made of the stages in ``cores`` (stage index -> its cores on this node)."""
+    members = sorted(i for i in cores if 0 <= i < len(demands))
+    sub = []
+    for k, i in enumerate(members):
+        nxt = members[k + 1] if k + 1 < len(members) else None
+        d = demands[i]
+        # Spikes from a stage on another node arrive from outside this mesh: they weigh only on headroom.
+        remote_in = demands[i - 1].out_keps if i and i - 1 not in cores else 0.0
+        sub.append(StageDemand(d.cores, out_keps=d.out_keps if nxt == i + 1 else 0.0, in_keps=d.in_keps + remote_in))
+    return LocalJob(tuple(members), tuple(sub), tuple(np.asarray(cores[i], dtype=np.int64) for i in members))

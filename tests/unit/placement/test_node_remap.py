@@ -1,0 +1,222 @@
+"""The node side: live remap of a stage under a hot spot on the simulator, the remap ledger's recovery after a
+restart, and matching admissions to plans (GetPreferredAllocation has no pod identity)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sim_hw
+from snnrm.backends.sim import SimBackend
+from snnrm.cluster.hints import PlanHints, PlannedPod
+from snnrm.cluster.remap import LocalStage, NodeReallocator, RemapLedger, read_allocation
+from snnrm.core.devices import NEURON_CORE
+from snnrm.core.jobs import StageHealth
+from snnrm.core.placement import NodeView, StageDemand, plan_job
+from snnrm.core.reallocation import ReallocationSettings
+from snnrm.kubelet.allocator import AllocationFiles
+from snnrm.node import NodeService
+
+DEMANDS = (StageDemand(4, out_keps=2000), StageDemand(4, out_keps=2000), StageDemand(4))
+JOB = sim_hw.networks.Job(
+    name="j",
+    stages=(
+        sim_hw.networks.Stage("s0", 1024, 4, spike_rate=2e6),
+        sim_hw.networks.Stage("s1", 1024, 4, spike_rate=2e6),
+        sim_hw.networks.Stage("s2", 1024, 4, spike_rate=0.0),
+    ),
+    input_rate=2e6,
+)
+
+
+@dataclass
+class Recorded:
+    reports: list[tuple[str, StageHealth, list[str] | None]] = field(default_factory=list)
+    events: list[tuple[str, str, str]] = field(default_factory=list)
+
+    async def report(self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None, moved_at: float | None
+                     ) -> None:  # fmt: skip
+        self.reports.append((stage.pod, health, cores))
+
+    async def event(self, stage: LocalStage, *, reason: str, note: str, warning: bool = False) -> None:
+        self.events.append((stage.pod, reason, note))
+
+
+@dataclass
+class Stages:
+    node: NodeService
+    placement: list[np.ndarray]
+    admitted: list[tuple[str, ...]]
+    live_remap: bool = True
+
+    def stages(self) -> list[LocalStage]:
+        return [
+            LocalStage(
+                "default", f"j-{i}", f"uid-{i}", "j", i, DEMANDS, self.admitted[i], self.placement[i], self.live_remap
+            )
+            for i in range(3)
+        ]
+
+
+async def _rig(tmp_path: Path, *, live_remap: bool = True) -> tuple[SimBackend, NodeService, Stages, NodeReallocator,
+                                                                      Recorded, list[float]]:  # fmt: skip
+    backend = SimBackend(chips=2, cores_per_chip=16, seed=1)
+    node = await NodeService.start(backend, block_keps=1000.0, sample_period=0.1)
+    topo = node.topology
+    plan = plan_job(NodeView.idle(topo), DEMANDS)
+    assert plan is not None
+    placement = [p.copy() for p in plan.stages]
+    admitted = [tuple(topo.ids[i] for i in p.tolist()) for p in placement]
+    files = AllocationFiles(tmp_path)
+    for ids in admitted:  # what Allocate wrote at admission
+        files.ensure(sorted(ids), lambda: {"resource": NEURON_CORE, "cores": []})
+    backend.sim.add_job(JOB, placement)
+    source = Stages(node, placement, admitted, live_remap)
+    clock = [0.0]
+
+    def follow(stage: LocalStage, cores: np.ndarray) -> None:  # the runtime follows the remap
+        backend.sim.move_stage("j", stage.index, cores)
+        source.placement[stage.index] = cores
+
+    reporter = Recorded()
+    allocated = np.zeros(topo.n_cores, dtype=bool)
+    allocated[np.concatenate(placement)] = True
+    realloc = NodeReallocator(
+        node,
+        source,
+        reporter,
+        RemapLedger(tmp_path, topo),
+        lambda: allocated,
+        settings=ReallocationSettings(dwell=1.0, cooldown=30.0, min_age=0.0),
+        inter_chip_weight=backend.sim.spec.inter_chip_hop_latency / backend.sim.spec.hop_latency,
+        clock=lambda: clock[0],
+        on_remap=follow,
+    )
+    return backend, node, source, realloc, reporter, clock
+
+
+async def _run(backend: SimBackend, node: NodeService, realloc: NodeReallocator, clock: list[float], seconds: float
+               ) -> None:  # fmt: skip
+    for _ in range(round(seconds / 0.1)):
+        backend.sim.advance(10)
+        node.monitor.observe(await backend.read_frame())
+        clock[0] = backend.sim.time
+        await realloc.step()
+
+
+async def test_a_stage_under_a_hot_spot_is_live_remapped(tmp_path: Path) -> None:
+    """Queues saturate under stage 1; after the dwell it moves to cool cores: record, file rewritten in place
+    (same inode), target cores withheld from the kubelet, report and Event; latency recovers."""
+    backend, node, source, realloc, reporter, clock = await _rig(tmp_path)
+    await _run(backend, node, realloc, clock, 1.0)
+    before = sum(m.latency_s for m in backend.sim.stage_metrics("j"))
+    old = source.placement[1].copy()
+    path = realloc.ledger.allocation_file(source.admitted[1])
+    inode = os.stat(path).st_ino
+    backend.sim.inject(sim_hw.faults.HotSpot(cores=tuple(old.tolist()), service_divisor=8.0))
+    await _run(backend, node, realloc, clock, 0.5)
+    during = sum(m.latency_s for m in backend.sim.stage_metrics("j"))
+    assert realloc.remaps == 0  # not before the dwell
+    await _run(backend, node, realloc, clock, 4.0)
+    assert realloc.remaps == 1
+    new = source.placement[1]
+    assert not np.isin(new, old).any()
+    rec = realloc.ledger.records[("default", "j-1")]
+    assert rec.admitted == source.admitted[1]
+    assert os.stat(path).st_ino == inode
+    body = read_allocation(path)
+    assert body is not None
+    assert body["generation"] == 1
+    assert [c["index"] for c in body["cores"]] == sorted(new.tolist())
+    devices = node.feeds[NEURON_CORE].current
+    assert devices is not None
+    assert not devices.healthy[new].any()
+    assert ("j-1", "Remapped") in [(p, r) for p, r, _ in reporter.events]
+    moved = [r for r in reporter.reports if r[0] == "j-1" and r[2] is not None]
+    assert moved
+    assert moved[-1][1].remap == "done"
+    await _run(backend, node, realloc, clock, 2.0)
+    after = sum(m.latency_s for m in backend.sim.stage_metrics("j"))
+    print(f"e2e latency: before {before * 1e6:.2f} us, during {during * 1e6:.2f} us, after {after * 1e6:.2f} us")
+    assert during > before
+    assert after < during
+
+
+async def test_a_stage_that_did_not_opt_in_is_reported_not_moved(tmp_path: Path) -> None:
+    backend, node, source, realloc, reporter, clock = await _rig(tmp_path, live_remap=False)
+    await _run(backend, node, realloc, clock, 0.5)
+    backend.sim.inject(sim_hw.faults.HotSpot(cores=tuple(source.placement[1].tolist()), service_divisor=8.0))
+    await _run(backend, node, realloc, clock, 4.0)
+    assert realloc.remaps == 0
+    degraded = [h for p, h, _ in reporter.reports if p == "j-1" and h.degraded]
+    assert degraded
+    assert degraded[-1].remap == "not-opted-in"
+    assert "queue-saturated" in degraded[-1].reasons
+
+
+async def test_a_failed_core_moves_the_stage_without_dwell(tmp_path: Path) -> None:
+    backend, node, source, realloc, _, clock = await _rig(tmp_path)
+    await _run(backend, node, realloc, clock, 0.5)
+    victim = int(source.placement[2][0])
+    backend.sim.inject(sim_hw.faults.CoreFailure(cores=(victim,)))
+    await _run(backend, node, realloc, clock, 0.5)
+    assert realloc.remaps == 1
+    assert victim not in source.placement[2].tolist()
+
+
+def test_the_ledger_recovers_only_remaps_whose_pod_still_holds_its_cores(tmp_path: Path) -> None:
+    """After a restart: a record whose pod still holds its admitted cores (PodResources) is kept, the file
+    re-pointed and its cores lent again; a record of a pod that is gone is deleted."""
+    from snnrm.core.topology import ChipGeometry, Topology
+
+    topo = Topology.grid(chips=1, geometry=ChipGeometry(cols=4, rows=2))
+    ledger = RemapLedger(tmp_path, topo)
+    s = LocalStage("ns", "p", "u", "j", 0, (StageDemand(2),), ("chip0-core0", "chip0-core1"), np.array([0, 1]))
+    ledger.record(s, np.array([4, 5]), 1.0)
+    gone = replace(s, pod="q", admitted=("chip0-core2", "chip0-core3"))
+    ledger.record(gone, np.array([6, 7]), 1.0)
+
+    fresh = RemapLedger(tmp_path, topo)
+    holders = {"chip0-core0": ("ns", "p"), "chip0-core1": ("ns", "p")}
+    kept = fresh.recover(holders)
+    assert [(r.pod, r.cores) for r in kept] == [("p", ("chip0-core4", "chip0-core5"))]
+    assert fresh.lent().nonzero()[0].tolist() == [4, 5]
+    assert not (tmp_path / "remaps" / "ns_q.json").exists()
+    body = json.loads(fresh.allocation_file(s.admitted).read_text())
+    assert [c["id"] for c in body["cores"]] == ["chip0-core4", "chip0-core5"]
+    # Without PodResources every record is kept (nothing proves the pod gone).
+    assert len(RemapLedger(tmp_path, topo).recover(None)) == 1
+
+
+def test_hints_match_the_earliest_pending_plan_of_the_right_size() -> None:
+    t = [0.0]
+    hints = PlanHints(clock=lambda: t[0])
+    a = PlannedPod("ns", "a", "2026-01-01T00:00:01Z", np.array([0, 1, 2]))
+    b = PlannedPod("ns", "b", "2026-01-01T00:00:02Z", np.array([4, 5, 6]))
+    c = PlannedPod("ns", "c", "2026-01-01T00:00:00Z", np.array([8, 9]))
+    hints.set_plans([b, a, c])
+    avail = np.arange(16)
+    got = hints.planned(avail, 3)
+    assert got is not None
+    assert got.tolist() == [0, 1, 2]  # a: earliest of size 3
+    got = hints.planned(avail, 3)  # a is claimed: the next admission gets b
+    assert got is not None
+    assert got.tolist() == [4, 5, 6]
+    assert hints.planned(avail, 5) is None
+    assert hints.planned(np.arange(8, 9), 2) is None  # c's cores are not all available
+    hints.admitted(np.array([0, 1, 2]))
+    assert hints.matched == 1
+    t[0] += 60  # claims expire; a is admitted, b is not
+    got = hints.planned(avail, 3)
+    assert got is not None
+    assert got.tolist() == [4, 5, 6]
+
+
+@pytest.mark.parametrize("size", [0, 3])
+def test_hints_without_plans_say_nothing(size: int) -> None:
+    assert PlanHints().planned(np.arange(4), size) is None
