@@ -41,7 +41,8 @@ CHIP = 'node=~"$node", chip=~"$chip"'
 RATE = "$__rate_interval"
 
 PENDING: dict[str, str] = {
-    "snnrm_reallocations_total": "the reallocation controller (not built yet)",
+    "snnrm_reallocations_total": "a reallocation decision (exported by `snnrm controller` and the daemon's placement "
+    "agent, snnrm/cluster/reallocation.py; no series before the first decision, and the daemon-only test has none)",
     "snnrm_job_stage_info": "the reallocation controller's job/stage mapping (not built yet)",
     "snnrm_stage_spike_latency_seconds_bucket": "per-stage spike latency from the split-learning runtime (not built)",
     "snnrm_device_plugin_rpc_duration_seconds_bucket": "RPC instrumentation (snnrm/obs/rpc.py, not wired in app.py)",

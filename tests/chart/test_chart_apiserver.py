@@ -16,6 +16,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import ssl
 import time
 import uuid
@@ -28,13 +29,18 @@ import pytest
 import yaml
 from aiohttp import web
 from chart_support import ALL_FEATURES, CHART, Helm, docs, one
-from e2e_controlplane import ControlPlane, KubeClient, KubeError
-from e2e_support import free_port, tail
+from e2e_controlplane import ControlPlane, KubeClient, KubeError, _http_ok
+from e2e_placement import spawn, wait_until
+from e2e_support import free_port, snnrm_command, tail
 
 from snnrm.app import Daemon
 from snnrm.config import Config
 from snnrm.core.devices import NEURON_CORE
+from snnrm.core.jobs import PLANNED_NODE
+from snnrm.core.summary import ANNOTATION as SUMMARY
+from snnrm.core.summary import NodeSummary
 from snnrm.kubelet.standin import KubeletStandIn
+from snnrm.testing.fake_cluster import SMALL_TOPOLOGY, node_summary, stage_pod
 
 pytestmark = pytest.mark.e2e
 
@@ -288,6 +294,10 @@ async def test_hooks_act_under_the_chart_rbac_and_nothing_more(
         "kubeconfig": str(_sa_kubeconfig(control_plane, RELEASE, f"{RELEASE}-daemon", tmp_path / "sa.kubeconfig")),
         "rules": [*raw["hooks"]["rules"], extra],
     }
+    # controller.enabled turns the daemon's placement agent on: same token, and a Node for its summary annotation.
+    assert raw["placement"]["enabled"] is True
+    node = _fake_node(k, f"chart-daemon-{uuid.uuid4().hex[:6]}")
+    raw["placement"] = {**raw["placement"], "kubeconfig": raw["hooks"]["kubeconfig"], "node_name": node}
     config = Config.model_validate(raw)
     async with KubeletStandIn(config.kubelet_dir) as kubelet:
         daemon = await Daemon.create(config)
@@ -306,6 +316,11 @@ async def test_hooks_act_under_the_chart_rbac_and_nothing_more(
             ):
                 body = await r.json()
                 assert r.status == 200, body
+            # The placement agent, under the chart's daemon RBAC, writes its summary on its own Node.
+            deadline = time.monotonic() + 15
+            while SUMMARY not in (k.get(f"/api/v1/nodes/{node}")["metadata"].get("annotations") or {}):
+                assert time.monotonic() < deadline, "the daemon never published its node summary"
+                await asyncio.sleep(0.2)
         finally:
             stop.set()
             await asyncio.wait_for(task, 15)
@@ -324,6 +339,105 @@ async def test_hooks_act_under_the_chart_rbac_and_nothing_more(
     reasons = {(e["involvedObject"]["kind"], e["involvedObject"]["name"], e["reason"]) for e in events}
     assert {("Deployment", "stage1", "SnnrmHookScaled"), ("ScaledObject", "stage2", "SnnrmHookScaled"),
             ("HorizontalPodAutoscaler", "stage1", "SnnrmHookScaled")} <= reasons  # fmt: skip
+    NodeSummary.decode(k.get(f"/api/v1/nodes/{node}")["metadata"]["annotations"][SUMMARY])
+    k.delete(f"/api/v1/nodes/{node}")
+
+
+def _fake_node(k: KubeClient, name: str, summary: str | None = None) -> str:
+    """A Node as the kubelet would leave it (Ready, neuron cores in capacity), optionally with a published summary."""
+    meta: dict[str, Any] = {"name": name, "labels": {"kubernetes.io/hostname": name}}
+    if summary is not None:
+        meta["annotations"] = {SUMMARY: summary}
+    k.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": meta})
+    res = {"cpu": "16", "memory": "32Gi", "pods": "110", NEURON_CORE: str(SMALL_TOPOLOGY.n_cores)}
+    k.merge_patch(f"/api/v1/nodes/{name}/status", {"status": {
+        "capacity": res, "allocatable": res,
+        "conditions": [{"type": "Ready", "status": "True", "reason": "E2E", "message": "fake node"}]}})  # fmt: skip
+    return name
+
+
+def _can(k: KubeClient, sa: str, verb: str, resource: str, group: str = "", namespace: str = TARGETS) -> bool:
+    review = k.create("/apis/authorization.k8s.io/v1/subjectaccessreviews", {
+        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": f"system:serviceaccount:{RELEASE}:{sa}", "resourceAttributes": {
+            "verb": verb, "resource": resource, "group": group, "namespace": namespace}},
+    })  # fmt: skip
+    return bool(review["status"].get("allowed"))
+
+
+def test_controller_plans_a_job_under_the_chart_rbac(installed: dict[str, Any], control_plane: ControlPlane,
+                                                     tmp_path: Path) -> None:  # fmt: skip
+    """The real `snnrm controller`, with the installed Deployment's args and env and a token of the chart's
+    controller ServiceAccount: it takes the chart's Lease, plans a gated two-stage job onto a node with a summary,
+    ungates both pods with the plan (get + merge-PATCH) and records Events; what RBAC does not grant is refused."""
+    k = control_plane.client()
+    dep = k.get(f"/apis/apps/v1/namespaces/{RELEASE}/deployments/{RELEASE}-controller")
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["args"] == ["controller"]
+    env = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    port = free_port()
+    identity = f"{RELEASE}-controller-chart-test"
+    env |= {
+        "SNNRM_HTTP": f"127.0.0.1:{port}",  # the pod binds 0.0.0.0
+        "SNNRM_KUBECONFIG": str(_sa_kubeconfig(control_plane, RELEASE, f"{RELEASE}-controller", tmp_path / "c.kc")),
+        "POD_NAMESPACE": RELEASE,  # the fieldRefs of the Deployment
+        "POD_NAME": identity,
+    }
+    lease_name = env["SNNRM_LEASE_NAME"]
+    # The Deployment's environment, not this test process's SNNRM_* variables.
+    full_env = {n: v for n, v in os.environ.items() if not n.startswith("SNNRM_")} | env
+    tag = uuid.uuid4().hex[:6]
+    node = _fake_node(k, f"chart-plan-{tag}", node_summary(time.time()).encode())
+    pods = []
+    proc = spawn("snnrm-controller", [*snnrm_command(), "controller"], tmp_path, env=full_env)
+    try:
+        wait_until("controller /readyz", lambda: _http_ok(f"http://127.0.0.1:{port}/readyz"), procs=[proc])
+        lease = wait_until(
+            "the chart's Lease held by the controller",
+            lambda: (
+                (got := k.get(f"/apis/coordination.k8s.io/v1/namespaces/{RELEASE}/leases/{lease_name}"))
+                and got["spec"].get("holderIdentity") == identity
+                and got
+            ),
+            procs=[proc],
+        )
+        assert lease["metadata"]["name"] == f"{RELEASE}-controller"
+        job = f"chart-job-{tag}"
+        for i in range(2):
+            pod = stage_pod(job, i, 2, 4, gated=True, namespace=TARGETS, scheduler="snnrm-chart-none")
+            for key in ("uid", "creationTimestamp"):
+                pod["metadata"].pop(key, None)
+            k.create(f"/api/v1/namespaces/{TARGETS}/pods", pod)
+            pods.append(pod["metadata"]["name"])
+
+        def released() -> bool:
+            got = [k.get(f"/api/v1/namespaces/{TARGETS}/pods/{p}") for p in pods]
+            return all(not g["spec"].get("schedulingGates") and
+                       (g["metadata"].get("annotations") or {}).get(PLANNED_NODE) for g in got)  # fmt: skip
+
+        wait_until("both stage pods ungated with a plan", released, procs=[proc])
+        planned = {(k.get(f"/api/v1/namespaces/{TARGETS}/pods/{p}")["metadata"]["annotations"][PLANNED_NODE])
+                   for p in pods}  # fmt: skip
+        assert planned == {node}
+        events = k.get(f"/apis/events.k8s.io/v1/namespaces/{TARGETS}/events")["items"]
+        assert {e["regarding"]["name"] for e in events if e["reason"] == "Planned"} >= set(pods)
+    finally:
+        proc.stop()
+        for p in pods:
+            with contextlib.suppress(KubeError):
+                k.request("DELETE", f"/api/v1/namespaces/{TARGETS}/pods/{p}?gracePeriodSeconds=0")
+        with contextlib.suppress(KubeError):
+            k.delete(f"/api/v1/nodes/{node}")
+    sa = f"{RELEASE}-controller"
+    assert _can(k, sa, "create", "pods/eviction")
+    assert _can(k, sa, "patch", "pods")
+    assert not _can(k, sa, "delete", "pods")  # evictions only, through the Eviction API
+    assert not _can(k, sa, "patch", "nodes")  # the controller only reads Nodes
+    assert not _can(k, sa, "update", "leases", "coordination.k8s.io")  # only its own Lease, only in its namespace
+    daemon = f"{RELEASE}-daemon"
+    assert _can(k, daemon, "patch", "nodes", namespace="")
+    assert not _can(k, daemon, "delete", "nodes", namespace="")
+    assert not _can(k, daemon, "create", "pods/eviction")
 
 
 # -- the KubeSchedulerConfiguration snippet with the real kube-scheduler ---------------------------------------------

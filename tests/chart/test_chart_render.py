@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
 import yaml
 from chart_support import ALL_FEATURES, CHART, OPERATOR_API, Helm, by_kind, need, one
@@ -57,7 +58,7 @@ def test_every_feature_on_renders_every_object(helm: Helm) -> None:
     assert kinds == {
         "DaemonSet", "Deployment", "Service", "ServiceAccount", "ConfigMap", "Secret", "Role", "RoleBinding",
         "ClusterRole", "ClusterRoleBinding", "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule",
-        "AlertmanagerConfig", "ScaledObject", "Pod",
+        "AlertmanagerConfig", "ScaledObject", "Pod", "DeviceClass", "ResourceClaimTemplate",
     }  # fmt: skip
 
 
@@ -348,8 +349,281 @@ def test_hooks_rbac_is_exactly_what_the_hook_code_calls(helm: Helm) -> None:
     assert {b["metadata"]["namespace"] for b in bindings} == set(rendered)
     for b in bindings:
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": "snnrm-daemon", "namespace": "snnrm"}]
-    # No cluster-wide permission for the daemon.
-    assert all(s["name"] != "snnrm-daemon" for b in by_kind(manifests, "ClusterRoleBinding") for s in b["subjects"])
+    # Cluster-wide permissions for the daemon only through the placement and DRA roles (tested below).
+    daemon_crbs = {b["metadata"]["name"] for b in by_kind(manifests, "ClusterRoleBinding")
+                   for s in b["subjects"] if s["name"] == "snnrm-daemon"}  # fmt: skip
+    assert daemon_crbs == {"snnrm-daemon-placement", "snnrm-daemon-dra"}
+    hooks_only = helm.render(ALL_FEATURES, set_=("controller.enabled=false", "daemon.placement.enabled=false",
+                                                 "dra.mode=off"))  # fmt: skip
+    assert all(s["name"] != "snnrm-daemon" for b in by_kind(hooks_only, "ClusterRoleBinding") for s in b["subjects"])
+
+
+# -- controller, placement agent and DRA driver: RBAC derived from the code's API calls ------------------------------
+
+Rule = tuple[str, str, str]
+"""(apiGroup, resource[/subresource], verb)"""
+CLUSTER = REPO / "snnrm" / "cluster"
+CONTROLLER_MODULES = ("cache", "controller", "events", "leader", "native", "planner", "reallocation")
+"""What ``snnrm controller`` runs (snnrm/cli_controller.py: PlacementController + ReallocationController)."""
+NODE_AGENT_MODULES = ("events", "node_agent", "remap")
+"""What the daemon's placement agent runs (snnrm/app.py _placement_agent: NodeAgent, KubeStageReporter, remaps)."""
+NOT_PLACEMENT = ("__init__", "api", "hooks", "kube", "hints")
+"""snnrm/cluster modules that are neither: the API seam itself, the autoscaling hooks (own client and test)."""
+CLUSTER_API_VERBS = {"get": "get", "list": "list", "watch": "watch", "create": "create", "merge_patch": "patch",
+                     "replace": "update"}  # fmt: skip
+
+
+def _resources_made_in(tree: Any, module: Any) -> set[tuple[str, str]]:
+    """(group, plural) of every ``Resource(GROUP, version, "plural")`` a module builds at run time (native gang)."""
+    import ast
+
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Resource":
+            g, plural = node.args[0], node.args[2]
+            group = getattr(module, g.id) if isinstance(g, ast.Name) else ast.literal_eval(g)
+            out.add((group, ast.literal_eval(plural)))
+    return out
+
+
+def _cluster_calls(name: str) -> set[Rule]:
+    """Every (group, resource, verb) module snnrm/cluster/<name>.py asks of the apiserver through ClusterApi: calls of
+    ``self.api.<verb>(RESOURCE, ...)`` / ``api.<verb>(...)`` (subresource= included), and of the helpers of
+    snnrm/cluster/api.py that make such calls (evict)."""
+    import ast
+    import importlib
+
+    import snnrm.cluster.api as api_mod
+
+    module = importlib.import_module(f"snnrm.cluster.{name}")
+    tree = ast.parse((CLUSTER / f"{name}.py").read_text())
+    api_tree = ast.parse((CLUSTER / "api.py").read_text())
+    helpers = {f.name: f for f in api_tree.body if isinstance(f, ast.AsyncFunctionDef | ast.FunctionDef)}
+    made = _resources_made_in(tree, module)
+    enclosing = {
+        child: fn
+        for fn in ast.walk(tree)
+        if isinstance(fn, ast.AsyncFunctionDef | ast.FunctionDef)
+        for child in ast.walk(fn)
+    }  # fmt: skip (innermost wins: walk order visits outer functions first)
+
+    def resolve(arg: Any, call: Any) -> set[tuple[str, str]]:
+        """The Resources an argument can be: a constant of snnrm/cluster/api.py, a parameter of the enclosing
+        function (the constants its callers in this module pass), else every Resource the module builds."""
+        if isinstance(arg, ast.Name) and isinstance(getattr(api_mod, arg.id, None), api_mod.Resource):
+            res = getattr(api_mod, arg.id)
+            return {(res.group, res.plural)}
+        fn = enclosing.get(call)
+        params = [a.arg for a in fn.args.args] if fn is not None else []
+        if isinstance(arg, ast.Name) and arg.id in params:
+            i = params.index(arg.id) - (1 if params[:1] == ["self"] else 0)
+            out: set[tuple[str, str]] = set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == fn.name:
+                    out |= resolve(node.args[i], node)
+            assert out, f"snnrm/cluster/{name}.py: no caller of {fn.name} passes a Resource"
+            return out
+        assert made, f"snnrm/cluster/{name}.py: cannot resolve the resource of {ast.unparse(call)}"
+        return made
+
+    def calls(root: Any) -> set[Rule]:
+        out: set[Rule] = set()
+        for node in ast.walk(root):
+            if not isinstance(node, ast.Call):
+                continue
+            f = node.func
+            if isinstance(f, ast.Name) and f.id in helpers and f.id != "error_for":
+                out |= calls(helpers[f.id])
+                continue
+            if not (isinstance(f, ast.Attribute) and f.attr in CLUSTER_API_VERBS):
+                continue
+            target = f.value
+            if not (
+                (isinstance(target, ast.Name) and target.id == "api")
+                or (isinstance(target, ast.Attribute) and target.attr == "api")
+            ):
+                continue
+            sub = next((ast.literal_eval(k.value) for k in node.keywords if k.arg == "subresource"), None)
+            for group, plural in resolve(node.args[0], node):
+                out.add((group, plural + (f"/{sub}" if sub else ""), CLUSTER_API_VERBS[f.attr]))
+        return out
+
+    return calls(tree)
+
+
+def _rules(role: dict[str, Any]) -> set[Rule]:
+    return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+            for v in rule["verbs"]}  # fmt: skip
+
+
+def test_every_cluster_module_with_api_calls_belongs_to_an_actor() -> None:
+    """A new snnrm/cluster module that calls the apiserver must be assigned to the controller or the node agent here
+    (and then its calls are in the RBAC tests below)."""
+    for path in sorted(CLUSTER.glob("*.py")):
+        if path.stem in NOT_PLACEMENT:
+            continue
+        assert path.stem in CONTROLLER_MODULES + NODE_AGENT_MODULES, f"{path.name}: which actor runs it?"
+    assert _cluster_calls("planner")
+    assert _cluster_calls("node_agent")
+
+
+def test_controller_rbac_is_exactly_what_the_controller_code_calls(helm: Helm) -> None:
+    """ClusterRole = every call of the controller's modules except the Lease; the Lease Role = the leader's calls,
+    get/update limited to the configured Lease (create cannot be limited by name)."""
+    calls = set().union(*(_cluster_calls(m) for m in CONTROLLER_MODULES))
+    lease = {c for c in calls if c[1] == "leases"}
+    manifests = helm.render(ALL_FEATURES)
+    assert _rules(one(manifests, "ClusterRole", "snnrm-controller")) == calls - lease
+    role = one(manifests, "Role", "snnrm-controller-leader-election")
+    assert role["metadata"]["namespace"] == "snnrm"
+    assert _rules(role) == lease == {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
+    for rule in role["rules"]:
+        if rule["verbs"] != ["create"]:
+            assert rule["resourceNames"] == ["snnrm-controller"]
+    env = {e["name"]: e.get("value") for e in _container(one(manifests, "Deployment"))["env"]}
+    assert env["SNNRM_LEASE_NAME"] == "snnrm-controller"
+    for kind, name in (("ClusterRoleBinding", "snnrm-controller"), ("RoleBinding", "snnrm-controller-leader-election")):
+        subjects = one(manifests, kind, name)["subjects"]
+        assert subjects == [{"kind": "ServiceAccount", "name": "snnrm-controller", "namespace": "snnrm"}]
+
+
+def test_daemon_placement_rbac_is_exactly_what_the_node_agent_calls(helm: Helm) -> None:
+    calls = set().union(*(_cluster_calls(m) for m in NODE_AGENT_MODULES))
+    assert ("", "nodes", "patch") in calls  # the summary annotation on its own Node
+    manifests = helm.render(ALL_FEATURES)
+    assert _rules(one(manifests, "ClusterRole", "snnrm-daemon-placement")) == calls
+    binding = one(manifests, "ClusterRoleBinding", "snnrm-daemon-placement")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "snnrm-daemon", "namespace": "snnrm"}]
+
+
+def _dra_calls() -> set[Rule]:
+    """Every (group, resource, verb) of snnrm/dra/kube.py's RestDraApi, the DRA driver's only apiserver client:
+    ``_call("METHOD", f"<path>")`` (GET of a name = get, of a collection = list) and the ``watch=1`` request."""
+    import snnrm.dra.kube as dra_kube
+
+    src = (REPO / "snnrm" / "dra" / "kube.py").read_text()
+    verbs = {"POST": "create", "PUT": "update", "DELETE": "delete"}
+
+    def target(path: str) -> tuple[str, str, bool]:
+        path = path.replace("{RESOURCE_API}", dra_kube.RESOURCE_API).split("?")[0]
+        parts = path.strip("/").split("/")
+        group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
+        if rest[0] == "namespaces":
+            rest = rest[2:]
+        return group, rest[0], len(rest) > 1
+
+    out: set[Rule] = set()
+    for method, path in re.findall(r'_call\(\s*"(GET|POST|PUT|DELETE)",\s*f?"([^"]+)"', src):
+        group, res, named = target(path)
+        out.add((group, res, verbs.get(method) or ("get" if named else "list")))
+    for path in re.findall(r'f"([^"]*[?&]watch=1[^"]*)"', src):
+        group, res, _ = target(path)
+        out.add((group, res, "watch"))
+    # No other module of snnrm/dra builds an apiserver URL.
+    for other in (REPO / "snnrm" / "dra").glob("*.py"):
+        if other.name != "kube.py":
+            assert "RESOURCE_API" not in other.read_text() or other.name == "testing.py", other.name
+    return out
+
+
+def test_daemon_dra_rbac_is_exactly_what_the_dra_driver_calls(helm: Helm) -> None:
+    calls = _dra_calls()
+    assert {("resource.k8s.io", "resourceclaims", "get"), ("", "nodes", "get")} <= calls
+    manifests = helm.render(ALL_FEATURES)
+    assert _rules(one(manifests, "ClusterRole", "snnrm-daemon-dra")) == calls
+    binding = one(manifests, "ClusterRoleBinding", "snnrm-daemon-dra")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "snnrm-daemon", "namespace": "snnrm"}]
+
+
+def test_controller_deployment_runs_the_real_cli(helm: Helm, monkeypatch: pytest.MonkeyPatch) -> None:
+    """args + env of the controller container parse with `snnrm controller`'s own click command into the values."""
+    from snnrm.cli import main
+    from snnrm.http.extender import DEFAULT_PREFIX
+
+    values = yaml.safe_load(ALL_FEATURES.read_text())["controller"]
+    dep = one(helm.render(ALL_FEATURES), "Deployment")
+    c = _container(dep)
+    assert c["args"] == ["controller"]
+    cmd = main.commands["controller"]
+    known = {p.envvar for p in cmd.params if isinstance(p, click.Option) and p.envvar}
+    env = {e["name"]: e for e in c["env"]}
+    assert {n for n in env if n.startswith("SNNRM_")} <= known
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    for name in known:
+        monkeypatch.delenv(name, raising=False)
+    for name, e in env.items():
+        if name.startswith("SNNRM_"):
+            monkeypatch.setenv(name, e["value"])
+    params = cmd.make_context("controller", []).params
+    assert params["http"] == f"0.0.0.0:{c['ports'][0]['containerPort']}"
+    assert params["extender_prefix"] == DEFAULT_PREFIX
+    assert params["lease_name"] == "snnrm-controller"
+    assert params["lease_duration"] == 15.0
+    assert params["dry_run"] is values["dryRun"] is True
+    assert params["reallocation"] is values["reallocation"] is False
+    assert params["reservation_ttl"] == values["reservationTtlSeconds"]
+    assert params["summary_stale_after"] == values["summaryStaleAfterSeconds"]
+    assert params["log_format"] == values["logFormat"]
+    assert params["kubeconfig"] is None
+    assert params["namespace"] is None
+    assert params["identity"] is None
+    probes = {c["livenessProbe"]["httpGet"]["path"], c["readinessProbe"]["httpGet"]["path"]}
+    assert probes == {"/healthz", "/readyz"}
+
+
+def test_dra_is_off_by_default_and_on_only_where_needed(helm: Helm, tmp_path: Path) -> None:
+    """Default: no DRA objects, mounts, env or token. all-features (mode only): config dra/dra_tile load, the node
+    name comes from spec.nodeName, both kubelet directories are mounted read-write at the paths the config names."""
+    default = helm.render()
+    assert not {"DeviceClass", "ResourceClaimTemplate", "ClusterRole"} & {m["kind"] for m in default}
+    pod = one(default, "DaemonSet")["spec"]["template"]["spec"]
+    c = _container(one(default, "DaemonSet"))
+    assert pod["automountServiceAccountToken"] is False
+    assert not {"SNNRM_DRA_NODE_NAME", "NODE_NAME"} & {e["name"] for e in c["env"]}
+    assert not [m for m in c["volumeMounts"] if "kubelet/plugins" in m["mountPath"]]
+
+    manifests = helm.render(ALL_FEATURES)
+    cm = one(manifests, "ConfigMap", "snnrm-daemon")
+    path = tmp_path / "config.yaml"
+    path.write_text(cm["data"]["config.yaml"])
+    cfg = load_config(path)
+    values = yaml.safe_load(ALL_FEATURES.read_text())
+    assert (cfg.dra, cfg.dra_tile) == (values["dra"]["mode"], values["dra"]["tile"])
+    assert cfg.dra_node_name is None
+    assert cfg.dra_kubeconfig is None
+    ds = one(manifests, "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    c = _container(ds)
+    assert pod["automountServiceAccountToken"] is True
+    env = {e["name"]: e for e in c["env"]}
+    assert env["SNNRM_DRA_NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}  # placement.node_name
+    assert cfg.placement.enabled
+    assert cfg.placement.node_name is None
+    assert cfg.placement.kubeconfig is None
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    for d in (cfg.dra_registry_dir, cfg.dra_plugin_dir.parent):
+        m = mounts[str(d)]
+        assert not m.get("readOnly")
+        assert host[m["name"]] == str(d)  # the kubelet dials the paths the plugin reports: host path = container path
+    classes = {m["metadata"]["name"] for m in by_kind(manifests, "DeviceClass")}
+    assert classes == {"snnrm-core-group", "snnrm-chip", "snnrm-event-throughput"}
+    # Token only when needed: DRA alone turns it on, nothing else does.
+    dra_only = helm.render(set_=("dra.mode=on",))
+    assert one(dra_only, "DaemonSet")["spec"]["template"]["spec"]["automountServiceAccountToken"] is True
+    assert {m["metadata"]["name"] for m in by_kind(dra_only, "ClusterRole")} == {"snnrm-daemon-dra"}
+
+
+def test_placement_follows_the_controller_unless_set(helm: Helm, tmp_path: Path) -> None:
+    with_controller = helm.render(set_=("controller.enabled=true",))
+    cm = one(with_controller, "ConfigMap", "snnrm-daemon")
+    assert yaml.safe_load(cm["data"]["config.yaml"])["placement"] == {"enabled": True, "live_remap": True,
+                                                                      "dry_run": False}  # fmt: skip
+    off = helm.render(set_=("controller.enabled=true", "daemon.placement.enabled=false"))
+    assert "placement" not in yaml.safe_load(one(off, "ConfigMap", "snnrm-daemon")["data"]["config.yaml"])
+    assert {m["metadata"]["name"] for m in by_kind(off, "ClusterRole")} == {"snnrm-controller"}
 
 
 def test_hooks_without_rules_fail_with_a_message(helm: Helm) -> None:

@@ -51,10 +51,12 @@ class Proc:
                 self.proc.wait()
 
 
-def spawn(name: str, argv: list[str], workdir: Path) -> Proc:
+def spawn(name: str, argv: list[str], workdir: Path, *, env: dict[str, str] | None = None) -> Proc:
     log = workdir / f"{name}.log"
     with log.open("ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir)
+        proc = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=workdir, env=env
+        )
     return Proc(name, proc, log)
 
 

@@ -168,11 +168,14 @@ true
 {{- if $r -}}{{- toYaml $r -}}{{- end -}}
 {{- end -}}
 
+{{/* The path prefix the controller serves the extender verbs under (snnrm/http/extender.py DEFAULT_PREFIX). */}}
+{{- define "snnrm.extender.prefix" -}}/extender{{- end -}}
+
 {{- define "snnrm.extender.urlPrefix" -}}
 {{- if .Values.controller.schedulerExtender.urlPrefix -}}
 {{- .Values.controller.schedulerExtender.urlPrefix -}}
 {{- else -}}
-{{- printf "http://%s.%s.svc:%d/extender" (include "snnrm.componentName" (dict "root" . "suffix" "extender")) .Release.Namespace (int .Values.controller.port) -}}
+{{- printf "http://%s.%s.svc:%d%s" (include "snnrm.componentName" (dict "root" . "suffix" "extender")) .Release.Namespace (int .Values.controller.port) (include "snnrm.extender.prefix" .) -}}
 {{- end -}}
 {{- end -}}
 
@@ -192,4 +195,23 @@ true
     - name: {{ . | quote }}
       ignoredByScheduler: false
   {{- end }}
+{{- end -}}
+
+{{/* The daemon's placement agent (config placement:): daemon.placement.enabled, or null = controller.enabled. */}}
+{{- define "snnrm.placement.enabled" -}}
+{{- if .Values.daemon.enabled -}}
+{{- $on := .Values.daemon.placement.enabled -}}
+{{- if kindIs "invalid" $on -}}{{- $on = .Values.controller.enabled -}}{{- end -}}
+{{- if $on -}}true{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The daemon's DRA kubelet plugin (config dra: on|only). */}}
+{{- define "snnrm.dra.enabled" -}}
+{{- if and .Values.daemon.enabled (ne (toString .Values.dra.mode) "off") -}}true{{- end -}}
+{{- end -}}
+
+{{/* Whether the daemon talks to the apiserver at all (then, and only then, its pod gets an API token). */}}
+{{- define "snnrm.daemon.needsKube" -}}
+{{- if or (include "snnrm.hooks.needsKube" .) (include "snnrm.placement.enabled" .) (include "snnrm.dra.enabled" .) -}}true{{- end -}}
 {{- end -}}
