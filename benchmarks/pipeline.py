@@ -48,10 +48,9 @@ from sim_hw import (
     load_preset,
     networks,
 )
+from snnrm.backends.sim import frame_of, topology_of
 from snnrm.core.devices import ThroughputBlocks
 from snnrm.core.monitor import NodeMonitor
-from snnrm.core.telemetry import TelemetryFrame
-from snnrm.core.topology import ChipGeometry, Topology
 
 INGEST_TARGET = 5_000_000.0
 SCRAPE_TARGET_MS = 100.0
@@ -106,33 +105,6 @@ def build_sim(chips: int, *, seed: int = 0) -> Simulator:
         sim.schedule(glitch, at=4.0, duration=1.0)
     sim.schedule(CoreFailure(cores=(n - 1,)), at=5.0)
     return sim
-
-
-def topology_of(sim: Simulator) -> Topology:
-    s = sim.spec
-    return Topology(
-        geometry=ChipGeometry(cols=s.cols, rows=s.rows, cores_per_router=s.cores_per_router),
-        chip_pos=np.asarray(sim.chip_pos, dtype=np.int64),
-        chip_numa=np.zeros(sim.n_chips, dtype=np.int64),
-        core_nominal_keps=np.asarray(sim.core_service_rate, dtype=np.float64) / 1e3,
-        core_queue_capacity=np.asarray(sim.core_queue_capacity, dtype=np.float64),
-    )
-
-
-def frame_of(sim: Simulator) -> TelemetryFrame:
-    c = sim.counters()
-    return TelemetryFrame(
-        timestamp=float(c.time),
-        queue_depth=c.queue_depth,
-        events_in=c.events_in,
-        events_processed=c.events_processed,
-        events_dropped=c.events_dropped,
-        spikes_sent=c.spikes_sent,
-        spikes_delivered=c.spikes_delivered,
-        link_utilization=c.link_utilization,
-        core_failed=c.core_failed,
-        link_failed=c.link_failed,
-    )
 
 
 # --- 1. ingest ---------------------------------------------------------------------------------------------------

@@ -26,6 +26,35 @@ MAX_CATCH_UP_STEPS = 200
 """If the loop falls behind (a stalled event loop, a debugger), skip ahead rather than burn CPU catching up."""
 
 
+def topology_of(sim: sim_hw.Simulator) -> Topology:
+    """The :class:`Topology` of a simulated machine (one NUMA node; nominal KEPS from the cores' service rate)."""
+    s = sim.spec
+    return Topology(
+        geometry=ChipGeometry(cols=s.cols, rows=s.rows, cores_per_router=s.cores_per_router),
+        chip_pos=np.asarray(sim.chip_pos, dtype=np.int64),
+        chip_numa=np.zeros(sim.n_chips, dtype=np.int64),
+        core_nominal_keps=np.asarray(sim.core_service_rate, dtype=np.float64) / 1e3,
+        core_queue_capacity=np.asarray(sim.core_queue_capacity, dtype=np.float64),
+    )
+
+
+def frame_of(sim: sim_hw.Simulator) -> TelemetryFrame:
+    """A telemetry frame from the simulator's counters (telemetry glitches show up here, as on hardware)."""
+    c = sim.counters()
+    return TelemetryFrame(
+        timestamp=float(c.time),
+        queue_depth=c.queue_depth,
+        events_in=c.events_in,
+        events_processed=c.events_processed,
+        events_dropped=c.events_dropped,
+        spikes_sent=c.spikes_sent,
+        spikes_delivered=c.spikes_delivered,
+        link_utilization=c.link_utilization,
+        core_failed=c.core_failed,
+        link_failed=c.link_failed,
+    )
+
+
 class SimBackend:
     """Hardware backend over an in-process :class:`sim_hw.Simulator`."""
 
@@ -61,13 +90,7 @@ class SimBackend:
         """Translate the simulator's machine into a Topology and check both agree on every index."""
         if self._topology is None:
             s = self.sim
-            topo = Topology(
-                geometry=ChipGeometry(cols=s.spec.cols, rows=s.spec.rows, cores_per_router=s.spec.cores_per_router),
-                chip_pos=np.asarray(s.chip_pos, dtype=np.int64),
-                chip_numa=np.zeros(s.n_chips, dtype=np.int64),
-                core_nominal_keps=np.asarray(s.core_service_rate, dtype=np.float64) / 1e3,
-                core_queue_capacity=np.asarray(s.core_queue_capacity, dtype=np.float64),
-            )
+            topo = topology_of(s)
             if not (np.array_equal(topo.link_src, s.link_src) and np.array_equal(topo.link_dst, s.link_dst)):
                 raise BackendError("simulator link order differs from snnrm's canonical mesh order")
             self._topology = topo
@@ -75,19 +98,7 @@ class SimBackend:
 
     async def read_frame(self) -> TelemetryFrame:
         """Snapshot the simulator's counters (glitches injected into telemetry show up here)."""
-        c = self.sim.counters()
-        return TelemetryFrame(
-            timestamp=float(c.time),
-            queue_depth=c.queue_depth,
-            events_in=c.events_in,
-            events_processed=c.events_processed,
-            events_dropped=c.events_dropped,
-            spikes_sent=c.spikes_sent,
-            spikes_delivered=c.spikes_delivered,
-            link_utilization=c.link_utilization,
-            core_failed=c.core_failed,
-            link_failed=c.link_failed,
-        )
+        return frame_of(self.sim)
 
     async def hard_faults(self) -> AsyncIterator[HardFault]:
         """Pushed core/link failures and recoveries; each call subscribes independently."""
