@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
+BENCH_STAMP := $(VENV)/.bench-installed
 # Heavy Go-built tools (kubelet device manager harness, etcd, kube-apiserver, ...) are cached outside the repo,
 # keyed by version, so a warm `make test` does not rebuild them.
 export SNNRM_TOOLS_CACHE ?= $(HOME)/.cache/snnrm-tools
@@ -28,6 +29,11 @@ $(RUNTIME_STAMP): pyproject.toml | $(VENV)/bin/python
 $(DEV_STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@ $(RUNTIME_STAMP)
+
+# The experiments' PNG plots need matplotlib (the 'bench' extra).
+$(BENCH_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $@ $(DEV_STAMP) $(RUNTIME_STAMP)
 
 install: $(RUNTIME_STAMP)
 dev: $(DEV_STAMP)
@@ -66,7 +72,7 @@ test-deps:
 test: lint tools test-deps
 	SNNRM_E2E_REQUIRE=1 $(BIN)/pytest
 
-bench: $(DEV_STAMP)
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks
 
 clean:

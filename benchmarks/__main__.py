@@ -1,4 +1,5 @@
-"""``make bench`` / ``python -m benchmarks``: every benchmark in turn, printing numbers against the targets.
+"""``make bench`` / ``python -m benchmarks``: every benchmark in turn, printing numbers against the targets, and at
+the end every line that states a target with its measured ratio, in one place.
 
 ``python -m benchmarks NAME...`` runs only the named ones.
 """
@@ -6,8 +7,13 @@
 from __future__ import annotations
 
 import importlib
+import io
+import re
 import sys
 import time
+from typing import TextIO
+
+_TARGET_LINE = re.compile(r"\bratio\b|\btarget\b.*x the\b|x the\b.*\btarget\b", re.IGNORECASE)
 
 BENCHMARKS = {
     "sim_speed": "simulator speed vs real time at 16,384 cores",
@@ -16,7 +22,26 @@ BENCHMARKS = {
     "pipeline": "telemetry ingest, /metrics scrape time and RSS",
     "placement": "stage placement vs count-based first-fit on the simulator (hops, e2e spike latency)",
     "extender": "scheduler extender prioritize/filter over 5,000 nodes",
+    "experiments": "snnrm vs first-fit, random and static placement under faults (results in benchmarks/results)",
 }
+
+
+class _Tee(io.TextIOBase):
+    """Passes output through and keeps the lines that state a target with its ratio (for the summary)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.kept: list[str] = []
+        self._buf = ""
+
+    def write(self, s: str) -> int:
+        self.out.write(s)
+        *lines, self._buf = (self._buf + s).split("\n")
+        self.kept += [line.strip() for line in lines if _TARGET_LINE.search(line)]
+        return len(s)
+
+    def flush(self) -> None:
+        self.out.flush()
 
 
 def main(argv: list[str]) -> int:
@@ -25,11 +50,23 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"unknown benchmark(s): {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
         return 2
+    summary: list[tuple[str, list[str]]] = []
+    real = sys.stdout
     for name in names:
         print(f"\n=== {name}: {BENCHMARKS[name]}", flush=True)
         start = time.perf_counter()
-        importlib.import_module(f"benchmarks.{name}").main()
+        tee = _Tee(real)
+        sys.stdout = tee
+        try:
+            importlib.import_module(f"benchmarks.{name}").main()
+        finally:
+            sys.stdout = real
+        summary.append((name, tee.kept))
         print(f"=== {name} took {time.perf_counter() - start:.1f} s", flush=True)
+    print("\n=== summary: each target against what was measured (ratio = measured / target)")
+    for name, lines in summary:
+        for line in lines or ["(no target line printed)"]:
+            print(f"{name:>14}: {line}")
     return 0
 
 

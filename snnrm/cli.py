@@ -144,6 +144,39 @@ def demo(http: str, demo_seconds: float | None, sim_chips: int, sim_seed: int) -
     asyncio.run(run_demo(http=http, seconds=demo_seconds, chips=sim_chips, seed=sim_seed, install_stop=_install_stop))
 
 
+@main.command()
+@click.option("--full", is_flag=True, help="The long set: 10 seeds, 180 simulated s per run [default: 5 seeds, 60 s].")
+@click.option("--seeds", type=int, default=None, help="Run seeds 0..N-1 instead of the set's.")
+@click.option("--duration", type=float, default=None, help="Simulated seconds per run instead of the set's.")
+@click.option("--scenarios", default="", show_default=False, help="Comma-separated scenarios [default: all].")
+@click.option("--policies", default="", show_default=False, help="Comma-separated policies [default: all].")
+@click.option("--workers", type=int, default=None, help="Processes [default: min(2, CPUs)].")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output directory [default: benchmarks/results, or benchmarks/results/full].")  # fmt: skip
+@click.option("--plots/--no-plots", default=True, help="Write the PNG plots (needs the 'bench' extra).")
+@click.option("--readme/--no-readme", default=None,
+              help="Rewrite README.md's Experiments section [default: after a complete default-set run].")  # fmt: skip
+def bench(full: bool, seeds: int | None, duration: float | None, scenarios: str, policies: str, workers: int | None,
+          out: Path | None, plots: bool, readme: bool | None) -> None:  # fmt: skip
+    """Experiments on the simulator: snnrm vs first-fit, random and static placement under faults (source tree)."""
+    try:
+        from benchmarks.experiments.cli import config_for, execute
+    except ModuleNotFoundError:  # an installed snnrm: benchmarks/ lives beside the package in the source tree
+        import sys
+
+        root = Path(__file__).resolve().parents[1]
+        if not (root / "benchmarks" / "experiments").is_dir():
+            raise click.UsageError("snnrm bench runs from a source checkout (benchmarks/ is not installed)") from None
+        sys.path.insert(0, str(root))
+        from benchmarks.experiments.cli import config_for, execute
+    try:
+        cfg = config_for(full=full, seeds=seeds, duration=duration, scenarios=[s for s in scenarios.split(",") if s],
+                         policies=[s for s in policies.split(",") if s])  # fmt: skip
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    raise SystemExit(execute(cfg, out=out, workers=workers, plots=plots, readme=readme))
+
+
 # The cluster-side placement controller (gang planner, scheduler extender, reallocation): snnrm/cli_controller.py.
 from snnrm.cli_controller import controller  # noqa: E402 - registered after the node daemon's commands
 

@@ -1,0 +1,117 @@
+"""What one experiment run is made of: machine, workload, faults, policies, seeds, and how it is measured.
+
+Every number an experiment depends on lives in :class:`ExperimentConfig`, is recorded with the results
+(``benchmarks/results/config.json``), and has a short reason next to it. :data:`DEFAULT` runs in a few minutes on
+two cores; :data:`FULL` is the longer, better-powered set (>= 10 seeds, three times the simulated time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentConfig:
+    """One experiment set. All times are simulated seconds."""
+
+    name: str = "default"
+    preset: str = "loihi2"
+    """sim_hw machine preset (Loihi 2-like: 128 cores per chip, 1 core per router, XY mesh)."""
+    chips: int = 8
+    """Chips on the node: a Kapoho-Point-like board of 8 chips = 1,024 cores."""
+    dt: float = 0.01
+    """Simulator step (10 ms, the resolution the simulator's speed target is stated at)."""
+    duration: float = 60.0
+    """Simulated seconds per run; faults start at ``duration * fault_at``."""
+    fault_at: float = 1.0 / 3.0
+    """Faults are injected at T/3 (the experiment design in the hardware reference, section 5)."""
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    scenarios: tuple[str, ...] = ()
+    """Scenario names to run (empty: all of :data:`benchmarks.experiments.scenarios.SCENARIOS`)."""
+    policies: tuple[str, ...] = ()
+    """Policy names to run (empty: all of :data:`benchmarks.experiments.policies.POLICIES`)."""
+
+    # -- workload
+    load: float = 0.4
+    """Per-core utilisation of each job's busiest stage at nominal rates (the design's load sweep spans
+    0.2-1.2 of saturation; 0.4 leaves headroom in steady state, and a /4 slowdown saturates the stage)."""
+    occupancy: float = 0.6
+    """Share of the node's cores the long-running jobs hold together (room is left for re-placements)."""
+    churn: float = 0.3
+    """Probability that a job is short-lived and leaves before the fault (fragments the free cores)."""
+    arrival_window: float = 0.25
+    """Jobs arrive over the first ``arrival_window * duration`` seconds."""
+    max_jobs: int = 14
+
+    # -- faults
+    fail_cores: int = 4
+    """Cores lost in a core failure (the design's k = 1, 4 or 16), capped at the victim stage's size."""
+    hot_divisor: float = 4.0
+    """Service-rate divisor of a hot spot (the design: one core's rate / 4)."""
+    link_overload: float = 3.0
+    """A congested link carries a third of its load at the time of the fault (other traffic saturates it)."""
+    burst_factor: float = 5.0
+    burst_duration: float = 2.0
+    """Event-queue saturation: a 5x burst lasting 2 s (the design: 3-10x for 2 s)."""
+    glitch_duration: float = 5.0
+    """Telemetry glitch: the victim stage's counters read NaN for 5 s (the hardware runs on)."""
+    flaky_share: float = 0.02
+    flaky_period: float = 0.5
+    flaky_duration: float = 1.0
+    """Flaky telemetry: every 0.5 s a fresh 2% of all cores read NaN for 1 s, longer than the health machine's
+    0.5 s before Unknown, so every glitch that lands on a stage is seen."""
+
+    # -- the resource manager
+    sample_period: float = 0.1
+    """Telemetry frames per second into NodeMonitor (the daemon's default --sample-period)."""
+    realloc_period: float = 0.5
+    """Seconds between NodeReallocator passes (the daemon's default placement.remap_period)."""
+    controller_tick: float = 1.0
+    """The cluster reallocation controller's reconcile period (snnrm.cluster.reallocation.TICK_S)."""
+    controller_confirm: float = 1.0
+    """Seconds a degraded report must stand before the controller evicts (ReallocationController.confirm)."""
+    evict_restart: float = 8.0
+    """Seconds an evicted stage is down: ~1 s graceful stop + 5 s pod start-up (the Kubernetes start-up SLO,
+    p99, images pre-pulled) + ~2 s to load the stage's weights onto the chip (assumed)."""
+
+    # -- measurement
+    metric_stride: int = 5
+    """Steps between stage_metrics samples (latency, SLO, hops): every 50 ms at dt = 10 ms."""
+    slo_factor: float = 2.0
+    """A job's latency SLO is this multiple of its ideal latency (see workloads.slo_latency)."""
+    slo_loss: float = 0.01
+    """A sample also violates the SLO when more than this share of the job's events is lost."""
+    recovered_for: float = 1.0
+    """A victim has recovered once it meets its SLO for this long without a break."""
+    settle: float = 5.0
+    """"Settled" latency percentiles start this long after the fault: they show where a policy left the victim,
+    without the reaction time (which the plain post-fault percentiles and the SLO time include)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.duration <= 0 or not 0 < self.fault_at < 1:
+            raise ValueError("duration must be > 0 and fault_at in (0, 1)")
+        if not self.seeds:
+            raise ValueError("at least one seed is needed")
+        if self.metric_stride < 1:
+            raise ValueError("metric_stride must be >= 1")
+
+    @property
+    def fault_time(self) -> float:
+        return round(self.duration * self.fault_at / self.dt) * self.dt
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["seeds"] = list(self.seeds)
+        d["scenarios"] = list(self.scenarios)
+        d["policies"] = list(self.policies)
+        d["fault_time"] = self.fault_time
+        return d
+
+    def with_(self, **changes: Any) -> ExperimentConfig:
+        return replace(self, **changes)
+
+
+DEFAULT = ExperimentConfig()
+FULL = ExperimentConfig(name="full", duration=180.0, seeds=tuple(range(10)))

@@ -1,0 +1,180 @@
+"""Workloads: split SNN jobs shaped like published networks, arriving (and some leaving) over time.
+
+Each seed draws a sequence of jobs from the three networks of :mod:`sim_hw.networks` (DVS128-Gesture CSNN,
+N-MNIST CSNN, SHD recurrent net), each cut into 2-6 stages, with per-layer spike rates drawn at 2-20% sparsity.
+The rates are then scaled so that every job's busiest stage runs its cores at the same utilisation
+(``ExperimentConfig.load``): a load sweep in the experiment design's sense, which makes faults comparable across
+jobs. Jobs arrive uniformly over the first part of the run; a share of them (``churn``) leave again before the
+faults start, so later arrivals land in a fragmented node, as on a busy cluster. Arrivals that would not fit a
+count-based check are dropped from the workload up front, so every policy sees exactly the same jobs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from benchmarks.experiments.config import ExperimentConfig
+from sim_hw import Job, MachineSpec, networks
+from snnrm.core.placement import StageDemand
+
+NetworkMaker = Callable[..., Job]
+
+NETWORKS: dict[str, tuple[NetworkMaker, int, int, float]] = {
+    # name: (maker, min stages, max stages, draw weight)
+    "dvs-gesture": (networks.dvs_gesture_csnn, 3, 6, 0.3),
+    "nmnist": (networks.nmnist_classifier, 2, 5, 0.35),
+    "shd": (networks.shd_recurrent, 2, 3, 0.35),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """One job of a workload: what it is, when it comes and goes, and what it was promised."""
+
+    job: Job
+    network: str
+    arrival: float
+    departure: float | None
+    """None: runs to the end of the experiment."""
+    slo_latency: float
+    """End-to-end spike latency (seconds) above which a sample violates the job's SLO."""
+    demands: tuple[StageDemand, ...]
+
+    @property
+    def name(self) -> str:
+        return self.job.name
+
+    @property
+    def long_running(self) -> bool:
+        return self.departure is None
+
+
+def stage_utilisation(job: Job, service_rate: float) -> np.ndarray:
+    """Per-core utilisation of each stage at the job's nominal rates (events in / cores / service rate)."""
+    return np.array(
+        [(job.stage_input_rate(i) + s.internal_rate) / s.cores / service_rate for i, s in enumerate(job.stages)]
+    )
+
+
+def scale_to_load(job: Job, load: float, service_rate: float) -> Job:
+    """The job with every rate scaled so that its busiest stage runs its cores at ``load``."""
+    busiest = float(stage_utilisation(job, service_rate).max())
+    return job if busiest <= 0 else job.scaled(load / busiest)
+
+
+def md1_wait(rho: float, service_rate: float) -> float:
+    """Mean wait in an M/D/1 queue at utilisation ``rho`` (the simulator's queueing-delay model)."""
+    rho = min(max(rho, 0.0), 0.99)
+    return rho / (2.0 * service_rate * (1.0 - rho))
+
+
+def slo_latency(job: Job, spec: MachineSpec, factor: float) -> float:
+    """``factor`` x the job's ideal latency: the M/D/1 wait of every stage at its nominal utilisation plus one
+    chip-to-chip hop per stage boundary (each boundary crossing a chip, as a board-wide pipeline must).
+
+    It depends only on the job and the machine, never on a policy's placement, so every policy is held to the
+    same promise.
+    """
+    rho = stage_utilisation(job, spec.core_service_rate)
+    ideal = sum(md1_wait(float(r), spec.core_service_rate) for r in rho)
+    ideal += (len(job.stages) - 1) * spec.inter_chip_hop_latency
+    return factor * ideal
+
+
+def demands_of(job: Job) -> tuple[StageDemand, ...]:
+    """The job contract's numbers for each stage: cores, spikes to the next stage and sensor input, in KEPS."""
+    n = len(job.stages)
+    return tuple(
+        StageDemand(
+            cores=s.cores,
+            out_keps=s.spike_rate / 1e3 if i + 1 < n else 0.0,
+            in_keps=job.input_rate / 1e3 if i == 0 else 0.0,
+        )
+        for i, s in enumerate(job.stages)
+    )
+
+
+def _draw_job(rng: np.random.Generator, k: int, spec: MachineSpec, cfg: ExperimentConfig) -> tuple[str, Job]:
+    names = list(NETWORKS)
+    weights = np.array([NETWORKS[n][3] for n in names])
+    network = names[int(rng.choice(len(names), p=weights / weights.sum()))]
+    maker, lo, hi, _ = NETWORKS[network]
+    stages = int(rng.integers(lo, hi + 1))
+    job = maker(stages, name=f"{network}-{k}", neurons_per_core=spec.neurons_per_core, seed=int(rng.integers(2**31)))
+    return network, scale_to_load(job, cfg.load, spec.core_service_rate)
+
+
+def make_workload(seed: int, cfg: ExperimentConfig, spec: MachineSpec) -> tuple[JobSpec, ...]:
+    """The jobs of one seed, in arrival order (identical for every policy)."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 1]))
+    window = cfg.arrival_window * cfg.duration
+    fault = cfg.fault_time
+    budget = cfg.occupancy * spec.n_cores
+    drawn: list[tuple[str, Job, bool]] = []
+    long_cores = 0
+    for k in range(cfg.max_jobs * 4):
+        if long_cores >= budget or len(drawn) >= cfg.max_jobs:
+            break
+        network, job = _draw_job(rng, k, spec, cfg)
+        short = bool(rng.random() < cfg.churn)
+        if not short and long_cores + job.cores_needed > budget:
+            continue
+        drawn.append((network, job, short))
+        if not short:
+            long_cores += job.cores_needed
+    arrivals = np.sort(rng.uniform(0.0, window, len(drawn)))
+    out: list[JobSpec] = []
+    for (network, job, short), t in zip(drawn, arrivals, strict=True):
+        t = round(float(t) / cfg.dt) * cfg.dt
+        departure = None
+        if short:
+            lo, hi = t + 2.0, fault - 1.0
+            departure = round(float(rng.uniform(lo, hi)) / cfg.dt) * cfg.dt if hi > lo else None
+            if departure is None:
+                continue  # no time to come and go before the fault: leave it out
+        out.append(JobSpec(job, network, t, departure, slo_latency(job, spec, cfg.slo_factor), demands_of(job)))
+    return _feasible(out, spec.n_cores)
+
+
+def _feasible(jobs: list[JobSpec], n_cores: int) -> tuple[JobSpec, ...]:
+    """Drop arrivals that a count-based check rejects (not enough free cores at that moment)."""
+    kept: list[JobSpec] = []
+    for j in jobs:
+        in_use = sum(k.job.cores_needed for k in kept if k.departure is None or k.departure > j.arrival)
+        if in_use + j.job.cores_needed <= n_cores:
+            kept.append(j)
+    return tuple(kept)
+
+
+def cores_needed(jobs: tuple[JobSpec, ...]) -> int:
+    """Cores the long-running jobs hold together."""
+    return sum(j.job.cores_needed for j in jobs if j.long_running)
+
+
+def describe(jobs: tuple[JobSpec, ...]) -> str:
+    """One line per job, for logs and the recorded config."""
+    lines = []
+    for j in jobs:
+        dep = "end" if j.departure is None else f"{j.departure:.1f}s"
+        lines.append(
+            f"{j.name}: {len(j.job.stages)} stages {[s.cores for s in j.job.stages]} cores, "
+            f"arrives {j.arrival:.1f}s, leaves {dep}, SLO {j.slo_latency * 1e6:.2f} us"
+        )
+    return "\n".join(lines)
+
+
+__all__ = [
+    "NETWORKS",
+    "JobSpec",
+    "cores_needed",
+    "demands_of",
+    "describe",
+    "make_workload",
+    "md1_wait",
+    "scale_to_load",
+    "slo_latency",
+    "stage_utilisation",
+]

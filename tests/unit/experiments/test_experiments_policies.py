@@ -1,0 +1,144 @@
+"""The policies on a tiny mesh: where each places a job, and snnrm's reallocation loop (the daemon's decisions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.experiments.policies import (
+    POLICIES,
+    EvictControllerMirror,
+    NodeReallocatorMirror,
+    RunningJob,
+    RunningStage,
+    health_settings,
+    place,
+    realloc_settings,
+)
+from snnrm.core.devices import ThroughputBlocks
+from snnrm.core.monitor import NodeMonitor
+from snnrm.core.placement import NodeView, StageDemand
+from snnrm.core.reallocation import ReallocationSettings
+from snnrm.core.telemetry import FaultKind, HardFault
+from snnrm.core.topology import ChipGeometry, Topology
+
+TOPO = Topology.grid(chips=2, geometry=ChipGeometry(cols=4, rows=4))  # 32 cores, 2 chips
+DEMANDS = (StageDemand(3, out_keps=50.0, in_keps=80.0), StageDemand(3, out_keps=40.0), StageDemand(2))
+
+
+def _monitor() -> NodeMonitor:
+    return NodeMonitor(TOPO, ThroughputBlocks.plan(TOPO, block_keps=1000.0))
+
+
+def _job(name: str, placement: list[list[int]], demands: tuple[StageDemand, ...] = DEMANDS) -> RunningJob:
+    stages = []
+    for i, c in enumerate(placement):
+        cores = np.array(c, dtype=np.int64)
+        stages.append(RunningStage(name, i, cores, cores.copy(), uid=len(name) * 100 + i, created=0.0))
+    return RunningJob(name, demands, stages)
+
+
+def _booked(*jobs: RunningJob) -> np.ndarray:
+    b = np.zeros(TOPO.n_cores, dtype=bool)
+    for j in jobs:
+        for s in j.stages:
+            b[s.cores] = True
+            b[s.admitted] = True
+    return b
+
+
+def test_first_fit_takes_the_lowest_free_cores_stage_after_stage() -> None:
+    free = np.ones(TOPO.n_cores, dtype=bool)
+    free[[0, 5]] = False
+    out = place(POLICIES["first-fit"], NodeView.idle(TOPO, free), DEMANDS, np.random.default_rng(0))
+    assert out is not None
+    assert [s.tolist() for s in out] == [[1, 2, 3], [4, 6, 7], [8, 9]]
+
+
+@pytest.mark.parametrize("policy", ["first-fit", "random", "static"])
+def test_every_placer_uses_only_free_cores_once(policy: str) -> None:
+    free = np.random.default_rng(1).random(TOPO.n_cores) < 0.6
+    out = place(POLICIES[policy], NodeView.idle(TOPO, free), DEMANDS, np.random.default_rng(2))
+    assert out is not None
+    flat = np.concatenate(out)
+    assert len(np.unique(flat)) == len(flat) == sum(d.cores for d in DEMANDS)
+    assert free[flat].all()
+    assert [len(s) for s in out] == [d.cores for d in DEMANDS]
+
+
+def test_random_placement_is_reproducible_and_placers_refuse_what_does_not_fit() -> None:
+    view = NodeView.idle(TOPO)
+    a = place(POLICIES["random"], view, DEMANDS, np.random.default_rng(5))
+    b = place(POLICIES["random"], view, DEMANDS, np.random.default_rng(5))
+    assert a is not None
+    assert b is not None
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    tight = np.zeros(TOPO.n_cores, dtype=bool)
+    tight[:7] = True  # 8 cores needed
+    for name in ("first-fit", "random", "static"):
+        assert place(POLICIES[name], NodeView.idle(TOPO, tight), DEMANDS, np.random.default_rng(0)) is None
+
+
+def test_the_ablation_settings_remove_every_hysteresis_and_keep_the_defaults_otherwise() -> None:
+    assert health_settings(POLICIES["snnrm"]).enter_dwell > 0
+    assert realloc_settings(POLICIES["snnrm"]) == ReallocationSettings()
+    h = health_settings(POLICIES["snnrm-no-hysteresis"])
+    assert (h.enter_dwell, h.recover_dwell) == (0.0, 0.0)
+    assert (h.queue_exit, h.efficiency_exit, h.link_exit) == (h.queue_enter, h.efficiency_enter, h.link_enter)
+    r = realloc_settings(POLICIES["snnrm-no-hysteresis"])
+    assert (r.dwell, r.clear, r.cooldown) == (0.0, 0.0, 0.0)
+    assert r.queue_exit == r.queue_enter
+    assert r.margin == ReallocationSettings().margin  # the price test is not hysteresis
+    assert not POLICIES["first-fit"].uses_monitor
+    assert POLICIES["static"].uses_monitor
+
+
+def test_a_failed_core_moves_its_stage_at_the_next_pass_and_the_cooldown_holds_it() -> None:
+    m = _monitor()
+    job = _job("a", [[0, 1, 2], [4, 5, 6], [8, 9]])
+    node = NodeReallocatorMirror(TOPO, ReallocationSettings(), inter_chip_weight=4.0)
+    assert node.step(1.0, m, {"a": job}, _booked(job)) == []
+    m.hard_fault(HardFault(FaultKind.CORE, 5, failed=True, timestamp=1.2))
+    moves = node.step(1.5, m, {"a": job}, _booked(job))
+    assert len(moves) == 1
+    mv = moves[0]
+    assert (mv.job, mv.stage, mv.action, mv.must_move) == ("a", 1, "remap", True)
+    assert 5 not in mv.target
+    assert len(mv.target) == 3
+    others = np.concatenate([job.stages[0].cores, job.stages[2].cores])
+    assert not np.isin(mv.target, others).any()
+    assert node.activations == [(1.5, "a")]
+    # A second failure in the same job right after: the 60 s cooldown blocks a second move.
+    job.stages[1].cores = mv.target
+    job.stages[1].last_move = 1.5
+    m.hard_fault(HardFault(FaultKind.CORE, 0, failed=True, timestamp=2.0))
+    assert node.step(2.5, m, {"a": job}, _booked(job)) == []
+    assert node.outcomes[-1][2] == "blocked"
+
+
+def test_two_moves_in_one_pass_never_share_cores() -> None:
+    m = _monitor()
+    a = _job("a", [[0, 1, 2], [4, 5, 6], [8, 9]])
+    b = _job("b", [[16, 17, 18], [20, 21, 22], [24, 25]])
+    m.hard_fault(HardFault(FaultKind.CORE, 5, failed=True, timestamp=1.0))
+    m.hard_fault(HardFault(FaultKind.CORE, 21, failed=True, timestamp=1.0))
+    node = NodeReallocatorMirror(TOPO, ReallocationSettings(), inter_chip_weight=4.0)
+    moves = node.step(1.5, m, {"a": a, "b": b}, _booked(a, b))
+    assert {mv.job for mv in moves} == {"a", "b"}
+    assert not np.isin(moves[0].target, moves[1].target).any()
+
+
+def test_eviction_waits_for_the_controller_confirmation() -> None:
+    m = _monitor()
+    job = _job("a", [[0, 1, 2], [4, 5, 6], [8, 9]])
+    settings = ReallocationSettings()
+    node = NodeReallocatorMirror(TOPO, settings, inter_chip_weight=4.0, live_remap=False)
+    ctl = EvictControllerMirror(settings, inter_chip_weight=4.0, confirm=1.0)
+    m.hard_fault(HardFault(FaultKind.CORE, 8, failed=True, timestamp=20.0))
+    assert node.step(20.2, m, {"a": job}, _booked(job)) == []  # the node only reports
+    assert list(node.reports.values()) == [("failed-core",)]
+    assert ctl.step(20.5, node, m, {"a": job}, _booked(job)) == []  # first seen now
+    moves = ctl.step(21.5, node, m, {"a": job}, _booked(job))
+    assert len(moves) == 1
+    assert (moves[0].stage, moves[0].action) == (2, "evict")
+    assert 8 not in moves[0].target

@@ -1,0 +1,120 @@
+"""Whole runs on a small machine (2 chips, 6 simulated seconds): reproducible, and the obvious outcomes hold."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks.experiments.config import ExperimentConfig
+from benchmarks.experiments.policies import POLICIES
+from benchmarks.experiments.report import README_BEGIN, README_END, headlines, update_readme, write_all
+from benchmarks.experiments.runner import run_one
+from benchmarks.experiments.scenarios import SCENARIOS
+from benchmarks.experiments.suite import run_suite
+
+CFG = ExperimentConfig(name="test", chips=2, duration=6.0, seeds=(0,), max_jobs=4, metric_stride=5)
+TIMING = {"decision_cpu_s", "decision_cpu_ms_per_s", "wall_s", "decision_mem_kib"}
+
+
+def _stable(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k not in TIMING}
+
+
+def test_a_run_is_reproducible() -> None:
+    a = run_one(CFG, "combined", "snnrm", 0)
+    b = run_one(CFG, "combined", "snnrm", 0)
+    assert _stable(a.metrics) == pytest.approx(_stable(b.metrics), nan_ok=True)
+    assert [(m.t, m.job, m.stage) for m in a.moves] == [(m.t, m.job, m.stage) for m in b.moves]
+    assert a.victims == b.victims
+
+
+def test_a_failed_core_is_answered_by_snnrm_and_not_by_first_fit() -> None:
+    ff = run_one(CFG, "core-failure", "first-fit", 0)
+    ours = run_one(CFG, "core-failure", "snnrm", 0)
+    assert ff.victims == ours.victims  # the same job and stage are hit under both policies
+    assert ff.metrics["moves"] == 0
+    assert math.isnan(ff.metrics["realloc_s"])
+    assert ours.metrics["realloc_s"] < 1.0
+    assert ours.moves[0].reasons == ("failed-core",)
+    assert ours.metrics["victim_dropped_pct"] < ff.metrics["victim_dropped_pct"]
+    assert ours.metrics["victim_slo_s"] < ff.metrics["victim_slo_s"]
+
+
+def test_no_fault_no_move_and_snnrm_places_with_fewer_hops_than_first_fit() -> None:
+    ours = run_one(CFG, "none", "snnrm", 0)
+    ff = run_one(CFG, "none", "first-fit", 0)
+    assert ours.metrics["moves"] == 0
+    assert ours.metrics["slo_violation_pct"] == 0.0
+    assert ours.metrics["hops_per_spike"] <= ff.metrics["hops_per_spike"]
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+@pytest.mark.parametrize("policy", ["snnrm", "snnrm-evict"])
+def test_every_scenario_runs_with_sane_accounting(scenario: str, policy: str) -> None:
+    r = run_one(CFG, scenario, policy, 0)
+    m = r.metrics
+    assert m["jobs"] >= 1
+    assert 0.0 <= m["dropped_pct"] <= 100.0
+    assert 0.0 <= m["slo_violation_pct"] <= 100.0
+    assert 0.0 < m["alloc_pct"] <= 100.0
+    assert m["hops_per_spike"] > 0
+    assert len(r.times) == len(r.victim_latency)
+    targeted = [k for k in SCENARIOS[scenario].faults if k != "flaky-telemetry"]
+    assert len(r.victims) == len(targeted)
+
+
+def test_suite_report_files_and_readme(tmp_path: Path) -> None:
+    cfg = CFG.with_(scenarios=("none", "core-failure", "hot-spot"), policies=("first-fit", "snnrm"))
+    suite = run_suite(cfg, workers=1)
+    assert len(suite.runs) == 6
+    assert set(suite.memory_kib) == {"first-fit", "snnrm"}
+    assert suite.memory_kib["snnrm"] > suite.memory_kib["first-fit"] > 0
+    items = write_all(suite, tmp_path, plots=None, readme=False)
+    assert {h.name for h in items} >= {"spike hops vs first-fit (no fault)", "failed core -> reallocation"}
+    with (tmp_path / "summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["scenario"], r["policy"]) for r in rows] == [(s, p) for s in cfg.scenarios for p in cfg.policies]
+    with (tmp_path / "runs.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 6
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    assert recorded["config"]["seeds"] == [0]
+    assert "numpy" in recorded["versions"]
+    text = (tmp_path / "results.md").read_text()
+    assert "Headline targets" in text
+    assert "Where snnrm does not beat a baseline" in text
+    assert headlines(suite)[0].verdict in {"met", "MISSED", "n/a"}
+
+
+def test_update_readme_appends_once_then_replaces_only_its_section(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("# project\n\nintro\n")
+    update_readme(f"{README_BEGIN}\n## Experiments\nfirst\n{README_END}\n", readme)
+    update_readme(f"{README_BEGIN}\n## Experiments\nsecond\n{README_END}\n", readme)
+    text = readme.read_text()
+    assert text.startswith("# project\n\nintro\n\n")
+    assert text.count(README_BEGIN) == 1
+    assert "second" in text
+    assert "first" not in text
+    assert text.endswith(f"{README_END}\n")
+
+
+def test_policies_and_scenarios_are_complete() -> None:
+    assert set(POLICIES) == {"first-fit", "random", "static", "snnrm", "snnrm-no-hysteresis", "snnrm-evict"}
+    assert {"none", "core-failure", "hot-spot", "link-congestion", "queue-saturation", "telemetry-glitch",
+            "combined"} <= set(SCENARIOS)  # fmt: skip
+
+
+def test_headlines_json_round_trips_into_the_readme_quote(tmp_path: Path) -> None:
+    from benchmarks.experiments.report import quoted_headlines
+
+    cfg = CFG.with_(scenarios=("none", "core-failure"), policies=("first-fit", "snnrm"))
+    suite = run_suite(cfg, workers=1, measure_memory=False)
+    write_all(suite, tmp_path, plots=None, readme=False)
+    lines = quoted_headlines(tmp_path / "headlines.json", "x/")
+    assert lines[0].startswith("The longer set")
+    assert any(line.startswith("| failed core -> reallocation |") for line in lines)
+    assert quoted_headlines(tmp_path / "missing.json", "x/") == []
