@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.experiments.runner import RunResult, topology_of
+from benchmarks.experiments.runner import RunResult
 from benchmarks.experiments.scenarios import SCENARIOS
 from benchmarks.experiments.suite import SuiteResult
 from sim_hw import Simulator, load_preset
+from snnrm.backends.sim import topology_of
 
 COLORS = {
     "first-fit": "#d62728",
@@ -117,7 +118,7 @@ def latency_cdfs(suite: SuiteResult, path: Path) -> bool:
         else:
             ax.xaxis.set_minor_formatter(_sparse_log_formatter(()))
         ax.set_title(sc, fontsize=9)
-        ax.tick_params(labelsize=7)
+        ax.tick_params(which="both", labelsize=7)
         ax.grid(alpha=0.3)
         if k % cols == 0:
             ax.set_ylabel("CDF", fontsize=8)
@@ -167,7 +168,7 @@ def timeline(suite: SuiteResult, path: Path) -> bool:
         for ax in (ax_l, ax_d):
             ax.axvline(fault_t, color="k", lw=1.0)
             ax.grid(alpha=0.3)
-            ax.tick_params(labelsize=7)
+            ax.tick_params(which="both", labelsize=7)
         ax_l.axhline(1.0, color="k", ls=":", lw=0.8)
         ax_l.set_yscale("log")
         ax_l.set_ylabel("latency / SLO", fontsize=8)

@@ -57,11 +57,12 @@ from benchmarks.experiments.scenarios import (
 )
 from benchmarks.experiments.workloads import JobSpec, make_workload, stage_utilisation
 from sim_hw import Job, MachineSpec, Simulator, StageMetrics, load_preset
+from snnrm.backends.sim import frame_of, topology_of
 from snnrm.core.devices import ThroughputBlocks
 from snnrm.core.monitor import NodeMonitor
 from snnrm.core.placement import NodeView
-from snnrm.core.telemetry import FaultKind, HardFault, TelemetryFrame
-from snnrm.core.topology import BoolArray, ChipGeometry, IntArray, Topology
+from snnrm.core.telemetry import FaultKind, HardFault
+from snnrm.core.topology import BoolArray, IntArray
 
 Int16Array = npt.NDArray[np.int16]
 
@@ -75,35 +76,6 @@ class AccountingSimulator(Simulator):
 
     def truth(self) -> dict[str, FloatArray]:
         return self._true_counters()
-
-
-def topology_of(sim: Simulator) -> Topology:
-    """The Topology the daemon's sim backend builds for this machine (snnrm.backends.sim.SimBackend.discover)."""
-    s = sim.spec
-    return Topology(
-        geometry=ChipGeometry(cols=s.cols, rows=s.rows, cores_per_router=s.cores_per_router),
-        chip_pos=np.asarray(sim.chip_pos, dtype=np.int64),
-        chip_numa=np.zeros(sim.n_chips, dtype=np.int64),
-        core_nominal_keps=np.asarray(sim.core_service_rate, dtype=np.float64) / 1e3,
-        core_queue_capacity=np.asarray(sim.core_queue_capacity, dtype=np.float64),
-    )
-
-
-def frame_of(sim: Simulator) -> TelemetryFrame:
-    """A telemetry frame from the simulator's counters, as SimBackend.read_frame makes it."""
-    c = sim.counters()
-    return TelemetryFrame(
-        timestamp=float(c.time),
-        queue_depth=c.queue_depth,
-        events_in=c.events_in,
-        events_processed=c.events_processed,
-        events_dropped=c.events_dropped,
-        spikes_sent=c.spikes_sent,
-        spikes_delivered=c.spikes_delivered,
-        link_utilization=c.link_utilization,
-        core_failed=c.core_failed,
-        link_failed=c.link_failed,
-    )
 
 
 @dataclass(frozen=True, slots=True)
