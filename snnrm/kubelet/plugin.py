@@ -151,8 +151,8 @@ class DevicePlugin:
         self._servicer = servicer
         try:
             kubelet = await self._register_until_ok(servicer, ours)
-            if kubelet is None:
-                return "plugin socket removed before registration"
+            if isinstance(kubelet, str):
+                return kubelet
             return await self._watch(servicer, ours, kubelet)
         finally:
             self._servicer = None
@@ -181,15 +181,18 @@ class DevicePlugin:
         log.debug("serving", resource=self.resource, socket=str(self.socket_path))
         return server, ours
 
-    async def _register_until_ok(
-        self, servicer: DevicePluginServicer, ours: FileIdentity | None
-    ) -> FileIdentity | None:
-        """Register; returns the kubelet socket's identity, or None if our socket vanished meanwhile."""
-        delay = 0.1
+    async def _register_until_ok(self, servicer: DevicePluginServicer, ours: FileIdentity | None) -> FileIdentity | str:
+        """Register; returns the kubelet socket's identity, or why this cycle must start over.
+
+        A failed Register ends the cycle instead of retrying on the same server: when the kubelet could not dial
+        back (its 10 s dial timed out), our listener is the suspect (e.g. its socket file was replaced under it
+        during a kubelet restart), and a fresh server on a fresh socket is what the next attempt needs. The run
+        loop backs off when cycles keep ending quickly, so a kubelet that refuses us is not hammered.
+        """
         waiting_logged = False
         while True:
             if identity(self.socket_path) != ours:
-                return None
+                return "plugin socket removed before registration"
             kubelet = identity(self.kubelet_socket)
             if kubelet is None:
                 if not waiting_logged:
@@ -202,16 +205,8 @@ class DevicePlugin:
                     self.kubelet_socket, endpoint=self.endpoint, resource=self.resource, options=servicer.options
                 )
             except grpc.aio.AioRpcError as e:
-                log.warning(
-                    "registration failed",
-                    resource=self.resource,
-                    code=e.code().name,
-                    details=e.details(),
-                    retry_in=delay,
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF_S)
-                continue
+                log.warning("registration failed", resource=self.resource, code=e.code().name, details=e.details())
+                return f"registration failed: {e.code().name}"
             self.registrations += 1
             self.registered.set()
             log.info("registered", resource=self.resource, endpoint=self.endpoint, count=self.registrations)
