@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +27,68 @@ def _opt(name: str, **kw: Any) -> Callable[[F], F]:
     """A flag that falls back to ``SNNRM_<FLAG>``."""
     option: Callable[[F], F] = click.option(f"--{name}", envvar=_env(name), show_envvar=True, **kw)
     return option
+
+
+class UserError(click.ClickException):
+    """A mistake the user fixes by changing a flag, a variable or a file: one line on stderr, exit code 2."""
+
+    exit_code = 2
+
+
+def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first ``kind`` in ``exc`` or in the exception groups a TaskGroup wraps it in."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _find(inner, kind)
+            if found is not None:
+                return found
+    return None
+
+
+def _user_error(exc: BaseException, *, http: str, backend: str | None = None) -> UserError | None:
+    """Translate what a user mistake raises while the daemon starts into one line that names the flag."""
+    bind = _find(exc, OSError)
+    if isinstance(bind, OSError) and bind.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+        why = {errno.EADDRINUSE: "address already in use", errno.EADDRNOTAVAIL: "address not available here"}
+        return UserError(
+            f"--http {http}: {why.get(bind.errno, 'permission denied')}; "
+            "choose another address with --http or SNNRM_HTTP"
+        )
+    from snnrm.backends.base import BackendError
+
+    backend_error = _find(exc, BackendError)
+    if backend_error is not None:
+        hint = "; set --sysfs-root (SNNRM_SYSFS_ROOT)" if backend == "sysfs" else ""
+        return UserError(f"--backend {backend}: {backend_error}{hint}")
+    config_error = _find(exc, ConfigError)
+    if config_error is not None:
+        return UserError(str(config_error))
+    return None
+
+
+def _run_loop(main_coro: Callable[[], Coroutine[Any, Any, None]], *, http: str, backend: str | None = None) -> None:
+    """``asyncio.run`` with user mistakes turned into one line (exit 2) instead of a traceback."""
+    try:
+        asyncio.run(main_coro())
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except Exception as e:  # translated when it is a user mistake, re-raised otherwise
+        translated = _user_error(e, http=http, backend=backend)
+        if translated is None:
+            raise
+        raise translated from None
+
+
+def _warn_kubelet_dir(path: Path) -> None:
+    """A kubelet dir that is missing or read-only is not fatal (the kubelet may create it), but say so now."""
+    import os
+
+    if not path.is_dir():
+        click.echo(f"warning: --kubelet-dir {path} does not exist yet; waiting for the kubelet to create it", err=True)
+    elif not os.access(path, os.W_OK | os.X_OK):
+        click.echo(f"warning: --kubelet-dir {path} is not writable; plugin sockets cannot be created there", err=True)
 
 
 def _install_stop(stop: asyncio.Event) -> None:
@@ -106,8 +169,9 @@ def run(config: Path | None, **flags: Any) -> None:
     try:
         cfg = load_config(config, **flags)
     except ConfigError as e:
-        raise click.UsageError(str(e)) from None
+        raise UserError(str(e)) from None
     configure_logging(cfg.log_format)
+    _warn_kubelet_dir(cfg.kubelet_dir)
 
     async def _main() -> None:
         from snnrm.app import Daemon
@@ -117,10 +181,8 @@ def run(config: Path | None, **flags: Any) -> None:
         daemon = await Daemon.create(cfg)
         await daemon.run(stop=stop)
 
-    try:
-        asyncio.run(_main())
-    except ConfigError as e:  # found while building the daemon, e.g. hooks configured without a token
-        raise click.UsageError(str(e)) from None
+    # ConfigError here is found while building the daemon, e.g. hooks configured without a token.
+    _run_loop(_main, http=cfg.http, backend=cfg.backend)
 
 
 @main.command()
@@ -141,7 +203,18 @@ def demo(http: str, demo_seconds: float | None, sim_chips: int, sim_seed: int) -
     configure_logging("console")
     from snnrm.demo import run_demo
 
-    asyncio.run(run_demo(http=http, seconds=demo_seconds, chips=sim_chips, seed=sim_seed, install_stop=_install_stop))
+    host, sep, port = http.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise UserError(f"--http: expected host:port with a port in 0-65535, got {http!r}")
+    if demo_seconds is not None and not 0 < demo_seconds < 1e7:
+        raise UserError(f"--seconds (SNNRM_DEMO_SECONDS): expected a positive number of seconds, got {demo_seconds}")
+    if not 1 <= sim_chips <= 64:
+        raise UserError(f"--sim-chips (SNNRM_SIM_CHIPS): the demo runs 1-64 chips, got {sim_chips}")
+
+    async def _main() -> None:
+        await run_demo(http=http, seconds=demo_seconds, chips=sim_chips, seed=sim_seed, install_stop=_install_stop)
+
+    _run_loop(_main, http=http)
 
 
 @main.command()

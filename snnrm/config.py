@@ -7,6 +7,7 @@ bad value, and the daemon refuses to start rather than guess.
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -103,8 +104,10 @@ class Config(BaseModel):
     @classmethod
     def _host_port(cls, v: str) -> str:
         host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        if not sep or not host or not port.isdigit():
             raise ValueError(f"expected host:port, got {v!r}")
+        if not 0 <= int(port) <= 65535:
+            raise ValueError(f"port {int(port)} is out of range 0-65535")
         return v
 
     @property
@@ -117,19 +120,71 @@ class Config(BaseModel):
 
 
 def load_config(file: Path | None = None, **overrides: Any) -> Config:
-    """Merge a YAML file and explicit overrides (flags/env, ``None`` means unset) into a validated Config."""
+    """Merge a YAML file and explicit overrides (flags/env, ``None`` means unset) into a validated Config.
+
+    Every problem is reported in the words the user typed: ``--sim-chips`` for a flag or its ``SNNRM_SIM_CHIPS``
+    variable, ``FILE: key`` (with a "did you mean" for typos) for a config-file entry.
+    """
     data: dict[str, Any] = {}
     if file is not None:
         try:
             loaded = yaml.safe_load(file.read_text())
         except (OSError, yaml.YAMLError) as e:
-            raise ConfigError(f"cannot read config file {file}: {e}") from e
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"--config {file}: cannot read it: {first}") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"config file {file} must hold a mapping, got {type(loaded).__name__}")
+            raise ConfigError(f"--config {file}: must hold a mapping of settings, got {type(loaded).__name__}")
         data.update({str(k).replace("-", "_"): v for k, v in (loaded or {}).items()})
+    flagged = {k for k, v in overrides.items() if v is not None}
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return Config.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors())
-        raise ConfigError(f"invalid configuration: {problems}") from None
+        problems = [_describe(err, file=file, flagged=flagged) for err in e.errors()]
+        raise ConfigError("; ".join(problems)) from None
+
+
+def flag_of(field: str) -> str:
+    """The command-line spelling of a top-level config field (``sim_chips`` -> ``--sim-chips``)."""
+    return "--" + field.replace("_", "-")
+
+
+# Fields with no flag: only the config file sets them (nested sections).
+_FILE_ONLY = frozenset({"hooks", "placement"})
+
+
+def _describe(err: Any, *, file: Path | None, flagged: set[str]) -> str:
+    loc = [str(part) for part in err.get("loc", ())]
+    key = ".".join(loc) or "config"
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if err.get("type") == "extra_forbidden":
+        return _unknown_key(loc, file)
+    top = loc[0] if loc else ""
+    if top in flagged and top not in _FILE_ONLY:
+        env = "SNNRM_" + top.upper()
+        where = f"{flag_of(top)} (or {env})"
+    elif file is not None:
+        where = f"{file}: {key}"
+    else:
+        where = key
+    shown = err.get("input")
+    if err.get("type", "").endswith(("greater_than_equal", "greater_than", "less_than_equal", "less_than")):
+        msg = f"{msg}, got {shown!r}"
+    return f"{where}: {msg}"
+
+
+def _unknown_key(loc: list[str], file: Path | None) -> str:
+    """``config.yaml: unknown key 'sim_chip' (did you mean 'sim_chips'?)``, for top-level and nested keys."""
+    model: Any = Config
+    for part in loc[:-1]:  # walk to the model that holds the bad key
+        field = getattr(model, "model_fields", {}).get(part)
+        annotation = getattr(field, "annotation", None)
+        if field is None or not isinstance(annotation, type) or not issubclass(annotation, BaseModel):
+            model = None
+            break
+        model = annotation
+    known = sorted(getattr(model, "model_fields", {})) if model is not None else []
+    close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.6)
+    hint = f" (did you mean {'.'.join([*loc[:-1], close[0]])!r}?)" if close else ""
+    where = f"{file}: " if file is not None else ""
+    return f"{where}unknown key {'.'.join(loc)!r}{hint}"

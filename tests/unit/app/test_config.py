@@ -1,5 +1,6 @@
 """Config: one validated object from file, env and flags, with clear errors."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,11 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"http": "nonsense"}, "http: Value error, expected host:port"),
-        ({"sim_chips": 0}, "sim_chips: Input should be greater than or equal to 1"),
-        ({"backend": "gpu"}, "backend"),
-        ({"no_such_flag": 1}, "no_such_flag: Extra inputs are not permitted"),
+        ({"http": "nonsense"}, r"--http \(or SNNRM_HTTP\): expected host:port"),
+        ({"http": "127.0.0.1:70000"}, r"--http \(or SNNRM_HTTP\): port 70000 is out of range 0-65535"),
+        ({"sim_chips": 0}, r"--sim-chips \(or SNNRM_SIM_CHIPS\): .*greater than or equal to 1, got 0"),
+        ({"backend": "gpu"}, r"--backend \(or SNNRM_BACKEND\)"),
+        ({"no_such_flag": 1}, "unknown key 'no_such_flag'"),
     ],
 )
 def test_bad_values_are_named(overrides: dict[str, object], message: str) -> None:
@@ -58,3 +60,28 @@ def test_every_run_flag_reads_its_environment_variable() -> None:
 
 def test_demo_reads_snnrm_demo_seconds() -> None:
     assert "SNNRM_DEMO_SECONDS" in CliRunner().invoke(main, ["demo", "--help"]).output
+
+
+def test_file_typos_name_the_file_and_suggest_the_key(tmp_path: Path) -> None:
+    f = tmp_path / "snnrm.yaml"
+    f.write_text("sim_chip: 3\nplacement:\n  enabeld: true\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert f"{f}: unknown key 'sim_chip' (did you mean 'sim_chips'?)" in str(e.value)
+    assert f"{f}: unknown key 'placement.enabeld' (did you mean 'placement.enabled'?)" in str(e.value)
+
+
+def test_file_values_are_named_by_file_and_key(tmp_path: Path) -> None:
+    f = tmp_path / "snnrm.yaml"
+    f.write_text("sim_chips: -3\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(f))}: sim_chips: .*got -3$"):
+        load_config(f)
+
+
+def test_unreadable_file_is_one_line(tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text("a: [unclosed\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert str(e.value).startswith(f"--config {f}: cannot read it")
+    assert "\n" not in str(e.value)

@@ -72,7 +72,7 @@ def _hook(**kw: Any) -> dict[str, Any]:
         (_hook(action="webhook", target=None, url="file:///etc/passwd"), "http(s) url"),
         (_hook(action="reallocate", target=None, undo_on_resolve=True), "undo_on_resolve needs a scaling action"),
         (_hook(action="reallocate"), "takes no target"),
-        (_hook(colour="blue"), "Extra inputs are not permitted"),
+        (_hook(colour="blue"), "unknown key 'hooks.rules.0.colour'"),
     ],
 )
 def test_mistakes_are_named(hook: dict[str, Any], message: str) -> None:

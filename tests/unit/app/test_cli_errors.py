@@ -1,0 +1,98 @@
+"""User mistakes on the command line: one line that names the flag, exit code 2, no traceback."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from snnrm.cli import main
+
+
+def _run(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(main, args, env=env or {}, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def _one_error_line(output: str) -> str:
+    errors = [line for line in output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, output
+    assert "Traceback" not in output
+    return errors[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "expected"),
+    [
+        (["run", "--sim-chips", "0"], {}, "--sim-chips (or SNNRM_SIM_CHIPS)"),
+        ([], {"SNNRM_SIM_CHIPS": "0"}, "--sim-chips (or SNNRM_SIM_CHIPS)"),
+        (["run", "--http", "127.0.0.1:99999"], {}, "port 99999 is out of range"),
+        (["run", "--sample-period", "-1"], {}, "--sample-period (or SNNRM_SAMPLE_PERIOD)"),
+        (["demo", "--http", "localhost:123456"], {}, "--http: expected host:port"),
+        (["demo", "--sim-chips", "0"], {}, "--sim-chips (SNNRM_SIM_CHIPS)"),
+    ],
+)
+def test_bad_flags_are_one_line_naming_the_flag(args: list[str], env: dict[str, str], expected: str) -> None:
+    code, output = _run(args or ["run"], env)
+    assert code == 2
+    assert expected in _one_error_line(output)
+
+
+def test_missing_sysfs_root_names_the_flag(tmp_path: Path) -> None:
+    code, output = _run(
+        [
+            "run",
+            "--backend",
+            "sysfs",
+            "--sysfs-root",
+            str(tmp_path / "absent"),
+            "--kubelet-dir",
+            str(tmp_path),
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--cdi-dir",
+            str(tmp_path / "cdi"),
+            "--http",
+            "127.0.0.1:0",
+        ]
+    )
+    assert code == 2
+    line = _one_error_line(output)
+    assert "--backend sysfs" in line
+    assert "--sysfs-root" in line
+
+
+def test_port_in_use_suggests_the_flag(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code, output = _run(
+            [
+                "run",
+                "--kubelet-dir",
+                str(tmp_path),
+                "--state-dir",
+                str(tmp_path / "state"),
+                "--cdi-dir",
+                str(tmp_path / "cdi"),
+                "--http",
+                f"127.0.0.1:{port}",
+                "--sim-chips",
+                "1",
+            ]
+        )
+    assert code == 2
+    line = _one_error_line(output)
+    assert f"--http 127.0.0.1:{port}: address already in use" in line
+    assert "SNNRM_HTTP" in line
+
+
+def test_config_file_typo_is_named(tmp_path: Path) -> None:
+    f = tmp_path / "snnrm.yaml"
+    f.write_text("sim_chps: 2\n")
+    code, output = _run(["run", "--config", str(f)])
+    assert code == 2
+    assert "unknown key 'sim_chps' (did you mean 'sim_chips'?)" in _one_error_line(output)
