@@ -366,9 +366,9 @@ async def test_daemon_restart_keeps_the_pool_and_the_prepared_claims(dra_node: D
 
 
 async def test_the_readme_dra_example_runs(dra_node: DraNode) -> None:
-    """The YAML of README.md's "Device plugin or DRA?" section, as written (pinned to this node, names made
+    """The YAML of docs/dra.md's "Device plugin or DRA?" section, as written (pinned to this node, names made
     unique): the scheduler allocates it and the kubelet gives each stage container its own core group."""
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "dra.md").read_text()
     section = text[text.index("## Device plugin or DRA?") :]
     block = section[section.index("**DRA**") :]
     block = block[block.index("```yaml") + len("```yaml") : block.index("```", block.index("```yaml") + 7)]
