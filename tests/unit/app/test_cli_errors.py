@@ -11,6 +11,12 @@ from click.testing import CliRunner
 from snnrm.cli import main
 
 
+@pytest.fixture(autouse=True)
+def _keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`snnrm run` configures structlog for the process (caching loggers); later tests capture logs themselves."""
+    monkeypatch.setattr("snnrm.cli.configure_logging", lambda *_args, **_kw: None)
+
+
 def _run(args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
     result = CliRunner().invoke(main, args, env=env or {}, catch_exceptions=False)
     return result.exit_code, result.output
