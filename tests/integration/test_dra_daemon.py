@@ -123,5 +123,5 @@ async def test_dra_on_splits_resources_between_the_two_apis(short_dir: Path) -> 
 def test_bad_tile_is_a_config_error() -> None:
     from snnrm.config import ConfigError, load_config
 
-    with pytest.raises(ConfigError, match="dra_tile"):
+    with pytest.raises(ConfigError, match=r"--dra-tile \(or SNNRM_DRA_TILE\): expected a tile"):
         load_config(None, dra_tile="3")
