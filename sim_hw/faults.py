@@ -32,10 +32,24 @@ def _indices(values: Iterable[int], what: str) -> tuple[int, ...]:
     return out
 
 
+MAX_FACTOR = 1e6
+"""Largest slow-down or congestion divisor a fault may apply: six orders of magnitude already stop any core or
+link of the model; far beyond it (1e308) the float32 state overflows to infinity, and a fault that cannot be
+cleared back to the exact prior state is not a fault model but damage."""
+MAX_SURGE = 1e3
+"""Largest input surge (``load_factor``, ``burst_factor``): a core's input is bounded by its router's links, so a
+thousand times its own service rate is already beyond any physical input, and keeps the cumulative counters
+exact in float64 for years of simulated time."""
+_BOUNDS = {"load_factor": MAX_SURGE, "burst_factor": MAX_SURGE}
+MAX_SECONDS = 1e7
+"""Largest ``at`` / ``duration`` in simulated seconds (about 116 days): past it the step arithmetic overflows."""
+
+
 def _positive(value: float, what: str) -> float:
     v = float(value)
-    if not (math.isfinite(v) and v > 0):
-        raise ValueError(f"{what} must be a finite number > 0, got {value!r}")
+    top = _BOUNDS.get(what, MAX_FACTOR)
+    if not (math.isfinite(v) and 0 < v <= top):
+        raise ValueError(f"{what} must be a number in (0, {top:g}], got {value!r}")
     return v
 
 
@@ -219,8 +233,9 @@ def fault_from_dict(
     for name in numbers:
         if name in d:
             v = d[name]
-            if not _is_number(v) or not math.isfinite(v) or v <= 0:
-                raise ValueError(f"'{name}' must be a finite number > 0, got {v!r}")
+            top = _BOUNDS.get(name, MAX_FACTOR)
+            if not _is_number(v) or not math.isfinite(v) or not 0 < v <= top:
+                raise ValueError(f"'{name}' must be a number in (0, {top:g}], got {v!r}")
             kwargs[name] = float(v)
     if cls is TelemetryGlitch and "mode" in d:
         if d["mode"] not in GLITCH_MODES:
@@ -228,11 +243,13 @@ def fault_from_dict(
         kwargs["mode"] = d["mode"]
 
     at = d.get("at")
-    if at is not None and (not _is_number(at) or not math.isfinite(at) or at < 0):
-        raise ValueError(f"'at' must be a finite number of simulated seconds >= 0, got {at!r}")
+    if at is not None and (not _is_number(at) or not math.isfinite(at) or not 0 <= at <= MAX_SECONDS):
+        raise ValueError(f"'at' must be simulated seconds in [0, {MAX_SECONDS:g}], got {at!r}")
     duration = d.get("duration")
-    if duration is not None and (not _is_number(duration) or not math.isfinite(duration) or duration <= 0):
-        raise ValueError(f"'duration' must be a finite number of seconds > 0, got {duration!r}")
+    if duration is not None and (
+        not _is_number(duration) or not math.isfinite(duration) or not 0 < duration <= MAX_SECONDS
+    ):
+        raise ValueError(f"'duration' must be seconds in (0, {MAX_SECONDS:g}], got {duration!r}")
     fault = cls(**kwargs)
     return FaultRequest(
         fault=fault,

@@ -39,6 +39,8 @@ import numpy as np
 import numpy.typing as npt
 
 from sim_hw.faults import (
+    MAX_FACTOR,
+    MAX_SURGE,
     ChipFailure,
     CoreFailure,
     Fault,
@@ -143,6 +145,10 @@ class StageMetrics:
     """Delivered / sent spikes towards the next stage over the last step (1.0 when nothing was sent)."""
     events_dropped_total: float
     """Cumulative events dropped on the stage's current cores."""
+
+
+ENDED_FAULTS_KEPT = 256
+"""Ended faults remembered for status queries; older ones answer "ended" without being stored."""
 
 
 @dataclass(slots=True)
@@ -251,6 +257,10 @@ class Simulator:
 
         # Faults and their combined effect.
         self._faults: dict[int, _FaultState] = {}
+        """Pending and active faults only: an ended fault moves to ``_ended``, so the cost of a step never grows
+        with the history of faults."""
+        self._ended: dict[int, float] = {}
+        """Recently ended faults → simulated time they ended (the newest ``ENDED_FAULTS_KEPT``)."""
         self._events: list[tuple[int, int, str, int]] = []
         self._next_id = 1
         self._seq = 0
@@ -711,19 +721,38 @@ class Simulator:
         """End an active fault now, or cancel a pending one. Clearing an ended fault does nothing."""
         st = self._faults.get(fault_id)
         if st is None:
+            if 0 < fault_id < self._next_id:
+                return  # ended already
             raise KeyError(f"no fault with id {fault_id}")
-        if st.status == "active":
-            st.status = "ended"
-            self._refresh_effects(notify=True)
-        elif st.status == "pending":
-            st.status = "ended"
+        self._end(fault_id)
 
     def fault_status(self, fault_id: int) -> FaultStatus:
-        """ "pending", "active" or "ended"."""
+        """ "pending", "active" or "ended" (also for an ended fault no longer kept)."""
         st = self._faults.get(fault_id)
-        if st is None:
-            raise KeyError(f"no fault with id {fault_id}")
-        return st.status
+        if st is not None:
+            return st.status
+        if 0 < fault_id < self._next_id:
+            return "ended"
+        raise KeyError(f"no fault with id {fault_id}")
+
+    def ended_at(self, fault_id: int) -> float | None:
+        """Simulated time a recently ended fault ended, or None (still live, unknown, or ended long ago)."""
+        return self._ended.get(fault_id)
+
+    @property
+    def live_faults(self) -> int:
+        """Faults pending or active."""
+        return len(self._faults)
+
+    def _end(self, fid: int) -> None:
+        st = self._faults.pop(fid)
+        was_active = st.status == "active"
+        st.status = "ended"
+        self._ended[fid] = self.time
+        while len(self._ended) > ENDED_FAULTS_KEPT:
+            del self._ended[next(iter(self._ended))]
+        if was_active:
+            self._refresh_effects(notify=True)
 
     def active_faults(self) -> dict[int, Fault]:
         """Faults currently in effect, by id."""
@@ -736,14 +765,13 @@ class Simulator:
     def _process_events(self) -> None:
         while self._events and self._events[0][0] <= self._steps:
             _, _, action, fid = heapq.heappop(self._events)
-            st = self._faults[fid]
+            st = self._faults.get(fid)
+            if st is None:
+                continue  # cleared before its scheduled start or end
             if action == "start" and st.status == "pending":
                 self._activate(fid)
-            elif action == "end" and st.status == "active":
-                st.status = "ended"
-                self._refresh_effects(notify=True)
-            elif action == "end" and st.status == "pending":
-                st.status = "ended"
+            elif action == "end":
+                self._end(fid)
 
     def _activate(self, fid: int) -> None:
         st = self._faults[fid]
@@ -795,6 +823,11 @@ class Simulator:
                 link_div[list(f.links)] *= f.capacity_divisor
             elif isinstance(f, LinkFailure):
                 link_failed[list(f.links)] = True
+        # Stacked faults multiply; the product is bounded like one fault's factor, so no combination can overflow
+        # the float32 state and clearing them always returns the exact prior state.
+        for combined, top in ((svc_div, MAX_FACTOR), (load, MAX_SURGE), (link_div, MAX_FACTOR)):
+            np.minimum(combined, top, out=combined)
+        np.minimum(burst, MAX_SURGE * self.core_service_rate, out=burst)
         new_core = np.flatnonzero(core_failed & ~self._core_failed)
         back_core = np.flatnonzero(~core_failed & self._core_failed)
         new_link = np.flatnonzero(link_failed & ~self._link_failed)

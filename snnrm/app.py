@@ -38,7 +38,7 @@ from snnrm.dra.plugin import DraPlugin, node_plugin
 from snnrm.http.extender import setup_stage_view
 from snnrm.http.history import StatusHistory
 from snnrm.http.hooks import HookEndpoint, build_endpoint, setup_hooks, token_from_env
-from snnrm.http.server import build_app, serve
+from snnrm.http.server import FaultAccess, build_app, serve
 from snnrm.kubelet.plugin import DevicePlugin
 from snnrm.kubelet.podresources import PodResourcesClient
 from snnrm.node import NodeService
@@ -104,6 +104,7 @@ class Daemon:
         hints: PlanHints | None = None,
     ) -> Daemon:
         """Discover the hardware and build (not yet start) every component."""
+        fault_access(config)  # a token mode without its token refuses to start, before anything is served
         backend = backend or make_backend(config)
         node = await NodeService.start(backend, block_keps=config.block_keps, sample_period=config.sample_period)
         node_name = socket.gethostname()
@@ -192,7 +193,14 @@ class Daemon:
         """Run every root task until ``stop`` is set or one of them fails."""
         sim = self.backend if isinstance(self.backend, SimBackend) else None
         history = StatusHistory(self.node)
-        app = build_app(self.node, registry=self.registry, ready_checks=self._ready_checks(), sim=sim, history=history)
+        app = build_app(
+            self.node,
+            registry=self.registry,
+            ready_checks=self._ready_checks(),
+            sim=sim,
+            fault_access=fault_access(self.config),
+            history=history,
+        )
         if self.hooks is not None:
             setup_hooks(app, self.hooks)
         if self.stage_view is None and self.placement is not None:
@@ -232,6 +240,16 @@ class Daemon:
                 await self.placement.close()
             await asyncio.to_thread(self.tracing.shutdown)  # flush queued spans (bounded by the exporter's timeout)
         log.info("stopped")
+
+
+def fault_access(config: Config) -> FaultAccess:
+    """Who may inject simulator faults: ``--sim-fault-injection``, with the token from ``$SNNRM_SIM_FAULT_TOKEN``."""
+    if config.sim_fault_injection != "token":
+        return FaultAccess(mode=config.sim_fault_injection)
+    token = os.environ.get("SNNRM_SIM_FAULT_TOKEN", "").strip()
+    if len(token) < 16:
+        raise ConfigError("--sim-fault-injection token needs SNNRM_SIM_FAULT_TOKEN set to at least 16 characters")
+    return FaultAccess(mode="token", token=token.encode())
 
 
 # -- DRA wiring (snnrm/dra; docs/dra.md) --------------------------------------------------------------------------

@@ -118,6 +118,13 @@ def main() -> None:
 @_opt("sim-cores", type=int, default=None, help="Cores per simulated chip [default: the preset's, 128 for loihi2].")
 @_opt("sim-seed", type=int, default=None, help="Simulator seed [default: 0].")
 @_opt("sim-speed", type=float, default=None, help="Simulated seconds per wall second [default: 1].")
+@_opt(
+    "sim-fault-injection",
+    type=click.Choice(["off", "loopback", "token"]),
+    default=None,
+    help="Who may POST/DELETE /sim/faults: nobody, this host only, or bearer-token holders "
+    "($SNNRM_SIM_FAULT_TOKEN) [default: loopback].",
+)
 @_opt("sysfs-root", type=click.Path(path_type=Path), default=None, help="Driver tree for --backend sysfs.")
 @_opt("sample-period", type=float, default=None, help="Seconds between telemetry frames [default: 0.1].")
 @_opt("block-keps", type=float, default=None, help="KEPS behind one event-throughput device [default: 1000].")

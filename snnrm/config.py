@@ -44,6 +44,9 @@ class Config(BaseModel):
     """Cores per simulated chip; default is the preset's (128 for loihi2)."""
     sim_seed: int = 0
     """Seed of the simulator: the same seed and the same faults give the same telemetry."""
+    sim_fault_injection: Literal["off", "loopback", "token"] = "loopback"
+    """Who may inject simulator faults over HTTP (``POST``/``DELETE /sim/faults``): nobody, clients on this host,
+    or holders of the bearer token in ``$SNNRM_SIM_FAULT_TOKEN``. The chart sets ``off`` unless asked."""
     sim_speed: float = Field(default=1.0, gt=0.0, le=1000.0)
     """Simulated seconds per wall-clock second (1 = real time)."""
     sysfs_root: Path = Path("/sys/class/snn")

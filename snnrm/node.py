@@ -132,8 +132,34 @@ class NodeService:
             await asyncio.sleep(delay)
 
     async def watch_hard_faults(self) -> None:
-        """Apply pushed hard faults the moment they arrive."""
-        async for fault in self.backend.hard_faults():
-            log.info("hard_fault", kind=fault.kind.value, index=fault.index, failed=fault.failed)
-            if self.monitor.hard_fault(fault):
-                self._publish()
+        """Apply pushed hard faults the moment they arrive.
+
+        A chip failure arrives as one event per core and per link (hundreds at once); they are applied one by one
+        (the first reaches ListAndWatch at once) but logged as one line per burst with counts, so a failing chip
+        does not flood the log.
+        """
+        loop = asyncio.get_running_loop()
+        burst: dict[tuple[str, bool], list[int]] = {}
+
+        def flush() -> None:
+            for (kind, failed), indices in burst.items():
+                log.info(
+                    "hard_fault",
+                    kind=kind,
+                    failed=failed,
+                    count=len(indices),
+                    first=min(indices),
+                    last=max(indices),
+                )
+            burst.clear()
+
+        try:
+            async for fault in self.backend.hard_faults():
+                if not burst:
+                    loop.call_soon(flush)  # after every event already queued in this burst has been applied
+                burst.setdefault((fault.kind.value, fault.failed), []).append(fault.index)
+                if self.monitor.hard_fault(fault):
+                    self._publish()
+        finally:
+            if burst:
+                flush()

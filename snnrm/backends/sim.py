@@ -55,6 +55,16 @@ def frame_of(sim: sim_hw.Simulator) -> TelemetryFrame:
     )
 
 
+MAX_LIVE_FAULTS = 256
+"""Faults pending or active at once through :meth:`SimBackend.inject`: more is abuse, answered with 429."""
+ENDED_FAULT_RETENTION = 300.0
+"""Simulated seconds an ended fault stays in ``GET /sim/faults`` (with status "ended")."""
+
+
+class FaultLimitError(Exception):
+    """Too many faults are pending or active; clear some first."""
+
+
 class SimBackend:
     """Hardware backend over an in-process :class:`sim_hw.Simulator`."""
 
@@ -130,12 +140,16 @@ class SimBackend:
     # -- simulator control -----------------------------------------------------------------------------------
 
     def inject(self, spec: dict[str, Any]) -> int:
-        """Inject (or schedule, with ``at``/``duration``) a fault from plain JSON; ValueError on bad input.
+        """Inject (or schedule, with ``at``/``duration``) a fault from plain JSON; ValueError on bad input,
+        :class:`FaultLimitError` when ``MAX_LIVE_FAULTS`` are already pending or active.
 
         Accepts the HTTP API's spelling (``"core-failure"``, ``"chip": 0, "core": 3``) as well as the simulator's
         (``"core_failure"``, global ``"cores": [...]``).
         """
         request = self._normalise(spec)
+        self._prune()
+        if self.sim.live_faults >= MAX_LIVE_FAULTS:
+            raise FaultLimitError(f"{MAX_LIVE_FAULTS} faults are pending or active; clear some first")
         fault_id = self.sim.submit(request)
         self.faults[fault_id] = {**request, "id": fault_id, "injected_at": self.sim.time}
         log.info("sim_fault_injected", id=fault_id, kind=request["kind"])
@@ -148,6 +162,19 @@ class SimBackend:
         self.sim.clear(fault_id)
         del self.faults[fault_id]
         log.info("sim_fault_cleared", id=fault_id)
+
+    def fault_list(self) -> list[dict[str, Any]]:
+        """Injected faults that are pending, active, or ended within ``ENDED_FAULT_RETENTION`` simulated seconds."""
+        self._prune()
+        return [{**f, "status": self.sim.fault_status(fid)} for fid, f in self.faults.items()]
+
+    def _prune(self) -> None:
+        """Forget faults that ended (by their duration) longer than the retention ago, so the list stays bounded."""
+        horizon = self.sim.time - ENDED_FAULT_RETENTION
+        for fid in [fid for fid in self.faults if self.sim.fault_status(fid) == "ended"]:
+            ended = self.sim.ended_at(fid)
+            if ended is None or ended < horizon:
+                del self.faults[fid]
 
     def _normalise(self, spec: dict[str, Any]) -> dict[str, Any]:
         out = dict(spec)

@@ -58,6 +58,8 @@ class RateTracker:
     _prev: dict[str, FloatArray] = field(init=False, default_factory=dict)
     _prev_t: FloatArray = field(init=False)
     """Per-core time of the accepted baseline the next delta is taken against (-inf: none yet)."""
+    _jumps: IntArray = field(init=False)
+    """Per-core run of consecutive impossible forward jumps (one is a glitch, two in a row a discontinuity)."""
 
     def __post_init__(self) -> None:
         n = len(self.nominal_keps)
@@ -65,6 +67,7 @@ class RateTracker:
         self.rejected_samples = np.zeros(n, dtype=np.int64)
         self._prev = {c: z.copy() for c in _COUNTERS}
         self._prev_t = np.full(n, -np.inf)
+        self._jumps = np.zeros(n, dtype=np.int64)
         self.rates = CoreRates(
             events_in_rate=z.copy(),
             events_processed_rate=z.copy(),
@@ -100,9 +103,14 @@ class RateTracker:
         # Stale: counters frozen while work waits means the core (or its telemetry) is stuck.
         stuck = frozen & (depth > 0)
         ok = plausible & have_base & forward & in_range & ~stuck
-        # A baseline is (re)taken for the first plausible sample and after a counter reset (values went
-        # backwards); such samples give no rate and are not "accepted" as fresh evidence of health.
-        rebase = plausible & forward & (~have_base | went_back)
+        # A baseline is (re)taken for the first plausible sample, after a counter reset (values went backwards)
+        # and after a second impossible jump forward in a row; such samples give no rate and are not "accepted"
+        # as fresh evidence of health. One jump is a glitch (the next sample differences against the old
+        # baseline); without the rebase after a lasting one, every later delta would still contain the jump and
+        # the core would stay rejected (stale) forever.
+        jumped = plausible & have_base & forward & ~went_back & ~in_range
+        self._jumps = np.where(jumped, self._jumps + 1, 0)
+        rebase = plausible & forward & (~have_base | went_back | (self._jumps >= 2))
         self.rejected_samples += ~(ok | (rebase & ~have_base))
         r = self.rates
         a = self.settings.ewma_alpha

@@ -35,7 +35,9 @@ from prometheus_client import CollectorRegistry
 from snnrm.cluster.controller import PlacementController
 from snnrm.core.cluster import ClusterIndex, StageKey
 from snnrm.core.extender import demand_of, filter_nodes, prioritize
+from snnrm.http import body as bodies
 from snnrm.http.metrics import metrics_handler
+from snnrm.http.middleware import errors_as_json
 from snnrm.http.server import serve
 
 log = structlog.get_logger(__name__)
@@ -89,9 +91,9 @@ def _field(d: dict[str, Any], name: str) -> Any:
 async def _args(request: web.Request) -> _Args:
     raw = await request.read()
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequestError(f"body is not JSON: {e}") from None
+        body = bodies.loads(raw)
+    except bodies.BodyError as e:
+        raise BadRequestError(str(e)) from None
     if not isinstance(body, dict):
         raise BadRequestError("ExtenderArgs must be a JSON object")
     pod = _field(body, "Pod")
@@ -110,7 +112,8 @@ async def _args(request: web.Request) -> _Args:
         raise BadRequestError("ExtenderArgs.Nodes must be a v1.NodeList with items")
     out_names = []
     for item in items:
-        name = (item.get("metadata") or {}).get("name")
+        meta = item.get("metadata")
+        name = meta.get("name") if isinstance(meta, dict) else None
         if not isinstance(name, str):
             raise BadRequestError("every node in ExtenderArgs.Nodes needs metadata.name")
         out_names.append(name)
@@ -259,7 +262,7 @@ def setup_extender(app: web.Application, ctx: ExtenderContext, *, prefix: str = 
 
 def build_extender_app(ctx: ExtenderContext, *, prefix: str = DEFAULT_PREFIX) -> web.Application:
     """A stand-alone application (the controller's HTTP server); the body cap covers whole NodeLists."""
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_as_json])
     setup_extender(app, ctx, prefix=prefix)
     return app
 

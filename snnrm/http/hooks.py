@@ -13,7 +13,6 @@ Alertmanager re-sends (the planner's dedup makes that safe for the pairs that di
 from __future__ import annotations
 
 import hmac
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from snnrm.cluster.kube import KubeApi, KubeConfigError, KubeCredentials, RestKu
 from snnrm.config import ConfigError
 from snnrm.config_hooks import HooksConfig
 from snnrm.core.hooks import HookPlanner, Outcome, PayloadError, parse_notification
+from snnrm.http import body as bodies
 
 log = structlog.get_logger(__name__)
 
@@ -150,9 +150,9 @@ async def alertmanager_webhook(request: web.Request) -> web.Response:
     if raw is None:
         return _reject(ep, 413, "too-large", f"body larger than {ep.max_body_bytes} bytes (set max_alerts)")
     try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return _reject(ep, 400, "bad-request", f"body is not JSON: {e}")
+        body = bodies.loads(raw)
+    except bodies.BodyError as e:
+        return _reject(ep, 400, "bad-request", str(e))
     try:
         notification = parse_notification(body)
     except PayloadError as e:

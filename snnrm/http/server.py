@@ -9,18 +9,24 @@ message that says what was wrong; nothing is changed by a rejected request.
 from __future__ import annotations
 
 import asyncio
-import json
+import hmac
+import ipaddress
+import re
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
+import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from snnrm.backends.sim import SimBackend
+from snnrm.backends.sim import FaultLimitError, SimBackend
 from snnrm.core.health import Health, Reason
+from snnrm.http import body
 from snnrm.http.history import StatusHistory
 from snnrm.http.metrics import metrics_handler
+from snnrm.http.middleware import errors_as_json
 from snnrm.http.status import setup_status
 from snnrm.node import NodeService
 
@@ -28,6 +34,36 @@ NODE = web.AppKey("node", NodeService)
 SIM = web.AppKey("sim", SimBackend)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 READY_CHECKS = web.AppKey("ready_checks", list[Callable[[], str | None]])
+
+
+@dataclass(frozen=True, slots=True)
+class FaultAccess:
+    """Who may inject or clear simulator faults: nobody (``off``), clients on this host (``loopback``), or
+    holders of a bearer token (``token``). Reading the fault list is always allowed."""
+
+    mode: Literal["off", "loopback", "token"] = "loopback"
+    token: bytes | None = None
+
+    def refuse(self, request: web.Request) -> web.Response | None:
+        """None when ``request`` may change faults, else the 403/401 answer."""
+        if self.mode == "off":
+            return _error(403, "fault injection is off (--sim-fault-injection off)")
+        if self.mode == "loopback":
+            peer = request.remote or ""
+            try:
+                local = ipaddress.ip_address(peer.split("%")[0]).is_loopback
+            except ValueError:
+                local = False
+            return None if local else _error(403, "fault injection is only accepted from this host (loopback)")
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        if self.token and scheme.lower() == "bearer" and hmac.compare_digest(credentials.strip().encode(), self.token):
+            return None
+        return _error(401, "fault injection needs the bearer token (SNNRM_SIM_FAULT_TOKEN)")
+
+
+FAULT_ACCESS = web.AppKey("fault_access", FaultAccess)
+log = structlog.get_logger(__name__)
+_FAULT_ID = re.compile(r"[1-9][0-9]{0,9}", re.ASCII)
 MAX_BODY = 64 * 1024
 """Largest request body accepted: a fault or hook payload is a few hundred bytes; anything bigger is abuse."""
 
@@ -81,17 +117,21 @@ async def post_fault(request: web.Request) -> web.Response:
     sim = request.app.get(SIM)
     if sim is None:
         return _error(404, "fault injection needs --backend sim")
+    if (refused := request.app[FAULT_ACCESS].refuse(request)) is not None:
+        return refused
     if request.content_type != "application/json":
         # A browser form post (text/plain, no preflight) from any page must not be able to inject faults.
         return _error(415, "Content-Type must be application/json")
     try:
-        spec = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        return _error(400, f"body is not JSON: {e}")
+        spec = body.loads(await request.read())
+    except body.BodyError as e:
+        return _error(400, str(e))
     if not isinstance(spec, dict):
         return _error(400, "body must be a JSON object")
     try:
         fault_id = sim.inject(spec)
+    except FaultLimitError as e:
+        return _error(429, str(e))
     except (ValueError, TypeError, KeyError, IndexError) as e:
         return _error(400, f"bad fault: {e}")
     return web.json_response({"id": fault_id}, status=201)
@@ -102,8 +142,7 @@ async def list_faults(request: web.Request) -> web.Response:
     sim = request.app.get(SIM)
     if sim is None:
         return _error(404, "fault injection needs --backend sim")
-    faults = [{**f, "status": sim.sim.fault_status(fid)} for fid, f in sim.faults.items()]
-    return web.json_response({"faults": faults, "sim_time": sim.sim.time})
+    return web.json_response({"faults": sim.fault_list(), "sim_time": sim.sim.time})
 
 
 async def delete_fault(request: web.Request) -> web.Response:
@@ -111,12 +150,15 @@ async def delete_fault(request: web.Request) -> web.Response:
     sim = request.app.get(SIM)
     if sim is None:
         return _error(404, "fault injection needs --backend sim")
+    if (refused := request.app[FAULT_ACCESS].refuse(request)) is not None:
+        return refused
+    raw_id = request.match_info["fault_id"]
+    if not _FAULT_ID.fullmatch(raw_id):  # int() would accept " 1", "+1", "1_0" and non-ASCII digits
+        return _error(400, f"fault id must be a positive decimal integer, got {raw_id!r}")
     try:
-        sim.clear(int(request.match_info["fault_id"]))
-    except ValueError:
-        return _error(400, "fault id must be an integer")
+        sim.clear(int(raw_id))
     except KeyError:
-        return _error(404, f"no fault {request.match_info['fault_id']}")
+        return _error(404, f"no fault {raw_id}")
     return web.Response(status=204)
 
 
@@ -126,13 +168,15 @@ def build_app(
     registry: CollectorRegistry,
     ready_checks: list[Callable[[], str | None]],
     sim: SimBackend | None = None,
+    fault_access: FaultAccess = FaultAccess(),
     history: StatusHistory | None = None,
 ) -> web.Application:
     """The aiohttp application; collaborators are injected (no globals), so tests build their own."""
-    app = web.Application(client_max_size=MAX_BODY)
+    app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_as_json])
     app[NODE] = node
     app[REGISTRY] = registry
     app[READY_CHECKS] = ready_checks
+    app[FAULT_ACCESS] = fault_access
     if sim is not None:
         app[SIM] = sim
     app.router.add_get("/healthz", healthz)

@@ -16,6 +16,9 @@ def configure_logging(fmt: Literal["console", "json"] = "console", level: int = 
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
+    # JSON lines carry the formatted traceback as a string ("exception"); without this the JSON renderer prints
+    # `<traceback object at ...>`. The console renderer formats exc_info itself.
+    tracebacks: list[structlog.types.Processor] = [structlog.processors.format_exc_info] if fmt == "json" else []
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -30,7 +33,7 @@ def configure_logging(fmt: Literal["console", "json"] = "console", level: int = 
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *tracebacks, renderer],
             foreign_pre_chain=shared,
         )
     )

@@ -215,3 +215,11 @@ true
 {{- define "snnrm.daemon.needsKube" -}}
 {{- if or (include "snnrm.hooks.needsKube" .) (include "snnrm.placement.enabled" .) (include "snnrm.dra.enabled" .) -}}true{{- end -}}
 {{- end -}}
+
+{{- define "snnrm.simFaultToken.enabled" -}}
+{{- if and .Values.daemon.enabled (eq (toString .Values.daemon.config.backend) "sim") (eq (toString .Values.daemon.config.simFaultInjection) "token") -}}true{{- end -}}
+{{- end -}}
+
+{{- define "snnrm.simFaultToken.secretName" -}}
+{{- default (include "snnrm.componentName" (dict "root" . "suffix" "sim-faults")) .Values.daemon.simFaultToken.existingSecret -}}
+{{- end -}}

@@ -75,6 +75,19 @@ def test_counter_reset_rebaselines_without_a_rate_spike() -> None:
     np.testing.assert_allclose(rt.rates.events_processed_rate, [1000])
 
 
+def test_a_lasting_jump_rebaselines_instead_of_rejecting_forever() -> None:
+    """A flood beyond what a core can do is rejected, but once the counters move on from the new level the core
+    is tracked again (issue 16: a cleared 1e308 hot spot left the core "stale" forever)."""
+    rt = tracker(1)
+    rt.update(frame(0.0, 1, processed=[0]))
+    rt.update(frame(0.1, 1, processed=[100]))
+    assert not rt.update(frame(0.2, 1, processed=[1e12]))[0]
+    assert not rt.update(frame(0.3, 1, processed=[1e12 + 100]))[0]  # second jump in a row: new baseline
+    assert rt.update(frame(0.4, 1, processed=[1e12 + 200]))[0]
+    np.testing.assert_allclose(rt.rates.events_processed_rate, [1000])
+    assert rt.rejected_samples.tolist() == [2]
+
+
 def test_efficiency_is_delivered_over_sent() -> None:
     rt = tracker(2)
     rt.update(frame(0.0, 2))
