@@ -39,6 +39,7 @@ from snnrm.http.extender import setup_stage_view
 from snnrm.http.history import StatusHistory
 from snnrm.http.hooks import HookEndpoint, build_endpoint, setup_hooks, token_from_env
 from snnrm.http.server import FaultAccess, build_app, serve
+from snnrm.kubelet.files import writable_problem
 from snnrm.kubelet.plugin import DevicePlugin
 from snnrm.kubelet.podresources import PodResourcesClient
 from snnrm.node import NodeService
@@ -105,6 +106,9 @@ class Daemon:
     ) -> Daemon:
         """Discover the hardware and build (not yet start) every component."""
         fault_access(config)  # a token mode without its token refuses to start, before anything is served
+        for flag, directory in (("--state-dir", config.state_dir), ("--cdi-dir", config.cdi_dir)):
+            if (problem := writable_problem(directory)) is not None:
+                raise ConfigError(f"{flag} {directory}: cannot write there ({problem}); Allocate could not answer")
         backend = backend or make_backend(config)
         node = await NodeService.start(backend, block_keps=config.block_keps, sample_period=config.sample_period)
         node_name = socket.gethostname()
@@ -173,6 +177,14 @@ class Daemon:
             missing = [p.resource for p in self.plugins if not p.registered.is_set()]
             return f"not registered with the kubelet: {', '.join(missing)}" if missing else None
 
+        def writable() -> str | None:
+            # Allocate writes an allocation file and needs the CDI spec: without them every Allocate fails, so
+            # the pod must not look ready (the kubelet would keep sending pods here).
+            for flag, directory in (("--state-dir", self.config.state_dir), ("--cdi-dir", self.config.cdi_dir)):
+                if (problem := writable_problem(directory)) is not None:
+                    return f"{flag} {directory} is not writable: {problem}"
+            return None
+
         def dra() -> str | None:
             if self.dra is None:
                 return None
@@ -182,7 +194,7 @@ class Daemon:
                 return "ResourceSlices not published yet"
             return None
 
-        return [telemetry, plugins, dra]
+        return [telemetry, plugins, writable, dra]
 
     def _http_started(self, port: int) -> None:
         self.http_port = port

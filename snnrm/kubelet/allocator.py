@@ -44,6 +44,11 @@ class ResourceAllocator(Protocol):
         """Advisory choice of ``size`` IDs in total among ``available``, keeping ``must``."""
         ...
 
+    def validate(self, ids: Sequence[str], healthy: BoolArray) -> None:
+        """Raise :class:`~snnrm.core.allocation.AllocationError` unless every ID is known, distinct and healthy;
+        changes nothing (the servicer validates every container of a request before allocating any)."""
+        ...
+
     def allocate(self, ids: Sequence[str], healthy: BoolArray) -> api_pb2.ContainerAllocateResponse:
         """Validate ``ids`` (raises :class:`~snnrm.core.allocation.AllocationError`) and describe them."""
         ...
@@ -129,6 +134,9 @@ class CoreAllocator:
         ids = topo.ids
         return [ids[i] for i in idx.tolist()]
 
+    def validate(self, ids: Sequence[str], healthy: BoolArray) -> None:
+        allocation.validate_allocation(self._state.topology.index_of, ids, healthy)
+
     def allocate(self, ids: Sequence[str], healthy: BoolArray) -> api_pb2.ContainerAllocateResponse:
         topo = self._state.topology
         idx = np.sort(allocation.validate_allocation(topo.index_of, ids, healthy))
@@ -194,6 +202,9 @@ class ThroughputAllocator:
         )
         ids = blocks.ids
         return [ids[i] for i in idx.tolist()]
+
+    def validate(self, ids: Sequence[str], healthy: BoolArray) -> None:
+        allocation.validate_allocation(self._index()[1], ids, healthy)
 
     def allocate(self, ids: Sequence[str], healthy: BoolArray) -> api_pb2.ContainerAllocateResponse:
         blocks, index_of = self._index()

@@ -11,7 +11,8 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` so that readers see either the old or the new file, never a partial one.
 
     The temporary file sits in the same directory (``rename`` is atomic only within a file system). No fsync:
-    these files are regenerated on every start, so after a crash an empty file is as good as a stale one.
+    an allocation file is rewritten the first time its IDs are allocated again by this process, the CDI spec at
+    every start; an allocation file of a pod that is not re-admitted is *not* verified at start (known gap).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -23,3 +24,19 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def writable_problem(directory: Path) -> str | None:
+    """Why files cannot be written in ``directory`` (created if missing), or None when a test file can be.
+
+    Checked by writing and removing a file rather than with ``os.access``: as root, access() says yes to a
+    read-only mount, a full disk or a path under a regular file.
+    """
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".snnrm-probe-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None

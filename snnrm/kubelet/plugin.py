@@ -6,9 +6,9 @@
    since the kubelet calls back into it while ``Register`` is in flight; one event loop serves both sides);
 2. register, retrying while ``kubelet.sock`` is missing (cheap polling) or the kubelet refuses (backoff);
 3. watch, by ``stat`` every ``poll_interval``, for a kubelet restart (our socket deleted, ``kubelet.sock``
-   replaced) and for the kubelet dropping ListAndWatch;
-4. on any of those, stop the server and go back to 1. Cycles that follow one another quickly back off, so a
-   kubelet that keeps dropping the stream cannot make us spin.
+   replaced); a ListAndWatch stream that ends is not a restart (any client can open and cancel one), and only
+   when no stream has been open for ``ORPHAN_GRACE_S`` does the plugin register again, on the same server;
+4. on a restart, stop the server and go back to 1. Cycles that follow one another quickly back off.
 
 On cancellation the server is stopped (streams end at once, unary calls get ``shutdown_grace``) and the socket
 removed. The app runs one per resource inside its ``asyncio.TaskGroup``::
@@ -56,6 +56,8 @@ POLL_INTERVAL_S = 0.1
 """Socket ``stat`` period: re-registration well inside a second of a kubelet restart, ~20 stats/s per plugin."""
 MAX_BACKOFF_S = 5.0
 """Upper bound between attempts when the kubelet refuses registration or keeps dropping us."""
+ORPHAN_GRACE_S = 5.0
+"""Seconds without any ListAndWatch stream (same kubelet) before registering again on the same server."""
 QUICK_CYCLE_S = 2.0
 """A serve-register-watch cycle shorter than this counts as quick; consecutive quick cycles back off."""
 
@@ -73,6 +75,7 @@ class DevicePlugin:
     :param allocator: override the resource's allocator (tests); chosen from ``resource`` by default.
     :param hints: planned cores of stage pods (neuron cores only), for GetPreferredAllocation.
     :param poll_interval: seconds between restart checks.
+    :param orphan_grace: seconds without any ListAndWatch stream before registering again (same server).
     :param shutdown_grace: seconds unary calls in flight get when the server stops.
     """
 
@@ -89,6 +92,7 @@ class DevicePlugin:
         allocator: ResourceAllocator | None = None,
         hints: PlacementHints | None = None,
         poll_interval: float = POLL_INTERVAL_S,
+        orphan_grace: float = ORPHAN_GRACE_S,
         shutdown_grace: float = 1.0,
         instrument: Callable[[grpc.GenericRpcHandler], grpc.GenericRpcHandler] | None = None,
     ) -> None:
@@ -105,6 +109,7 @@ class DevicePlugin:
         self._encoder = ListAndWatchEncoder()
         self._pre_start_required = pre_start_required
         self._poll = poll_interval
+        self._orphan_grace = orphan_grace
         self._grace = shutdown_grace
         self._instrument = instrument
         self._servicer: DevicePluginServicer | None = None
@@ -213,7 +218,14 @@ class DevicePlugin:
             return kubelet
 
     async def _watch(self, servicer: DevicePluginServicer, ours: FileIdentity | None, kubelet: FileIdentity) -> str:
-        """Poll until the kubelet restarted or dropped us; returns the reason."""
+        """Poll until there is evidence of a new kubelet (its socket replaced, or ours deleted); returns why.
+
+        A ListAndWatch stream that ends is *not* such evidence: any client may open and cancel one, and tearing
+        the server down for it would fail the kubelet's Allocate calls in flight. When the last stream has been
+        gone for ``ORPHAN_GRACE_S`` and the kubelet is the same one, it may have dropped our endpoint, so we
+        register again on the same server: in-flight calls are untouched and the socket never disappears.
+        """
+        orphaned_since: float | None = None
         while True:
             try:
                 async with asyncio.timeout(self._poll):
@@ -221,11 +233,21 @@ class DevicePlugin:
             except TimeoutError:
                 pass
             else:
-                return "kubelet dropped ListAndWatch"
+                servicer.dropped.clear()
+                orphaned_since = time.monotonic()
+                log.info("list-and-watch ended; not a kubelet restart", resource=self.resource)
             if identity(self.socket_path) != ours:
                 return "plugin socket removed"
             if identity(self.kubelet_socket) != kubelet:
                 return "kubelet.sock recreated"
+            if servicer.open_streams > 0:
+                orphaned_since = None
+            elif orphaned_since is not None and time.monotonic() - orphaned_since >= self._orphan_grace:
+                orphaned_since = None
+                again = await self._register_until_ok(servicer, ours)
+                if isinstance(again, str):
+                    return again
+                kubelet = again
 
 
 def _default_allocator(

@@ -7,7 +7,7 @@ pre-serialized bytes with an identity serializer: the device list is encoded onc
 Health for validation and preference is the health last advertised through the feed (what the kubelet saw).
 One servicer lives as long as one gRPC server; :meth:`close` ends its streams so that ``server.stop(grace)``
 returns as soon as unary calls in flight finish, and :attr:`dropped` tells the owner that the kubelet went away
-from ListAndWatch (the owner then re-registers).
+from ListAndWatch (the owner registers again if no stream comes back; a stream ending is not a restart).
 """
 
 from __future__ import annotations
@@ -160,7 +160,9 @@ class DevicePluginServicer:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, f"no {self.resource} devices published yet")
         response = api_pb2.AllocateResponse()
         try:
-            # Every container is validated before anything is answered; a failure changes nothing.
+            # Every container is validated (together: an ID in two containers is a double booking) before any
+            # file is written or any plan marked admitted, so a rejected request changes nothing.
+            self._allocator.validate([i for req in request.container_requests for i in req.devices_ids], healthy)
             answers = [self._allocator.allocate(req.devices_ids, healthy) for req in request.container_requests]
         except AllocationError as e:
             code = (

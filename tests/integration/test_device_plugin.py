@@ -76,6 +76,7 @@ async def node(short_dir: Path) -> AsyncIterator[Node]:
                 state_dir=short_dir / "state",
                 cdi_dir=short_dir / "cdi",
                 poll_interval=0.05,
+                orphan_grace=0.5,
             )
             for feed in (cores, throughput)
         }
@@ -202,6 +203,30 @@ async def test_allocate_rejects_unknown_and_unhealthy_ids(node: Node) -> None:
     assert node.kubelet.assigned() == {}
 
 
+async def test_a_rejected_container_changes_nothing(node: Node) -> None:
+    """Issue 16: several containers where a later one is invalid (unknown, or an ID another container holds):
+    rejected as a whole, no allocation file written, no plan marked admitted."""
+    await node.kubelet.wait_capacity(NEURON_CORE, N_CORES, allocatable=N_CORES)
+    async for ch in _plugin_stub(node, NEURON_CORE):
+        allocate = ch.unary_unary(
+            f"/{DEVICE_PLUGIN_SERVICE}/Allocate",
+            request_serializer=api_pb2.AllocateRequest.SerializeToString,
+            response_deserializer=api_pb2.AllocateResponse.FromString,
+        )
+        for second in (["chip0-core1", "nope"], ["chip0-core0"]):
+            request = api_pb2.AllocateRequest(
+                container_requests=[
+                    api_pb2.ContainerAllocateRequest(devices_ids=["chip0-core0"]),
+                    api_pb2.ContainerAllocateRequest(devices_ids=second),
+                ]
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await allocate(request)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    alloc_dir = node.dir / "state" / "allocations"
+    assert not alloc_dir.exists() or not list(alloc_dir.iterdir())
+
+
 async def test_preferred_allocation_keeps_must_include(node: Node) -> None:
     """GetPreferredAllocation keeps must-include IDs and grows the rest next to them."""
     await node.kubelet.wait_capacity(NEURON_CORE, N_CORES, allocatable=N_CORES)
@@ -242,12 +267,68 @@ async def test_kubelet_restart_leads_to_reregistration(node: Node) -> None:
 
 
 async def test_list_and_watch_drop_leads_to_reregistration(node: Node) -> None:
-    """When the kubelet drops ListAndWatch, the plugin registers again and devices are healthy again."""
+    """When the kubelet drops ListAndWatch and opens none again, the plugin registers again on the same server
+    (its socket never goes away) and devices are healthy again."""
     await node.kubelet.wait_capacity(NEURON_CORE, N_CORES, allocatable=N_CORES)
-    registrations = node.plugins[NEURON_CORE].registrations
+    plugin = node.plugins[NEURON_CORE]
+    registrations = plugin.registrations
+    socket_before = plugin.socket_path.stat().st_ino
     await node.kubelet.drop_list_and_watch(NEURON_CORE)
-    await node.kubelet.wait_until(lambda: node.plugins[NEURON_CORE].registrations > registrations)
+    await node.kubelet.wait_until(lambda: plugin.registrations > registrations)
     await node.kubelet.wait_capacity(NEURON_CORE, N_CORES, allocatable=N_CORES)
+    assert plugin.socket_path.stat().st_ino == socket_before
+
+
+async def test_foreign_list_and_watch_streams_never_disturb_the_kubelet(node: Node) -> None:
+    """Issue 16: 20 foreign ListAndWatch open/cancel cycles, interleaved with the kubelet's GetPreferredAllocation
+    and Allocate calls: zero failed calls, one registration, the same socket throughout."""
+    await node.kubelet.wait_capacity(NEURON_CORE, N_CORES, allocatable=N_CORES)
+    plugin = node.plugins[NEURON_CORE]
+    registrations = plugin.registrations
+    socket_before = plugin.socket_path.stat().st_ino
+    failures: list[BaseException] = []
+    async for ch in _plugin_stub(node, NEURON_CORE):
+        watch = ch.unary_stream(
+            f"/{DEVICE_PLUGIN_SERVICE}/ListAndWatch",
+            request_serializer=api_pb2.Empty.SerializeToString,
+            response_deserializer=api_pb2.ListAndWatchResponse.FromString,
+        )
+        for i in range(20):
+            call = watch(api_pb2.Empty())
+            first = await call.read()  # the stream is really open: the current device list arrived
+            assert len(first.devices) == N_CORES
+            try:
+                out = await node.kubelet.admit(f"pod-{i}", "c", {NEURON_CORE: 1})
+                assert out[NEURON_CORE].envs["SNNRM_CORES"]
+            except (grpc.aio.AioRpcError, AdmissionError) as e:
+                failures.append(e)
+            call.cancel()
+            node.kubelet.release(f"pod-{i}")
+        assert plugin.registrations == registrations  # the kubelet's own stream stayed open throughout
+        # Now the kubelet's stream ends too, and foreign streams keep coming and going: still no failed call and
+        # no teardown; once no stream has been open for orphan_grace, exactly one registration on the same socket.
+        # (The stand-in, like a kubelet, stops admitting on a lost endpoint, so the calls go straight to our socket.)
+        allocate = ch.unary_unary(
+            f"/{DEVICE_PLUGIN_SERVICE}/Allocate",
+            request_serializer=api_pb2.AllocateRequest.SerializeToString,
+            response_deserializer=api_pb2.AllocateResponse.FromString,
+        )
+        await node.kubelet.drop_list_and_watch(NEURON_CORE)
+        for i in range(20):
+            call = watch(api_pb2.Empty())
+            await call.read()
+            ids = [f"chip{i % CHIPS}-core{i % GEOMETRY.cores}"]
+            request = api_pb2.AllocateRequest(container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=ids)])
+            try:
+                await allocate(request)
+            except grpc.aio.AioRpcError as e:
+                failures.append(e)
+            call.cancel()
+    await node.kubelet.wait_until(lambda: plugin.registrations > registrations)
+    await node.kubelet.wait_capacity(NEURON_CORE, N_CORES, allocatable=N_CORES)
+    assert failures == []
+    assert plugin.registrations == registrations + 1
+    assert plugin.socket_path.stat().st_ino == socket_before
 
 
 async def test_registration_waits_for_kubelet(short_dir: Path) -> None:

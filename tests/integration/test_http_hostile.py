@@ -181,3 +181,23 @@ def test_token_mode_without_a_token_refuses_to_start(monkeypatch: pytest.MonkeyP
         fault_access(Config(sim_fault_injection="token"))
     monkeypatch.setenv("SNNRM_SIM_FAULT_TOKEN", "x" * 32)
     assert fault_access(Config(sim_fault_injection="token")).token == b"x" * 32
+
+
+async def test_readyz_is_false_while_allocations_cannot_be_written(daemon: tuple[Daemon, str]) -> None:
+    """Issue 16: a state dir that stops being writable (here: replaced by a file) makes /readyz 503 naming the flag;
+    once it is back, ready again."""
+    d, base = daemon
+    state = d.config.state_dir
+    async with aiohttp.ClientSession() as http:
+        async with http.get(base + "/readyz") as r:
+            assert r.status == 200
+        moved = state.with_name("state-moved")
+        state.rename(moved)
+        state.write_text("not a directory\n")
+        async with http.get(base + "/readyz") as r:
+            assert r.status == 503
+            assert "--state-dir" in await r.text()
+        state.unlink()
+        moved.rename(state)
+        async with http.get(base + "/readyz") as r:
+            assert r.status == 200

@@ -102,3 +102,28 @@ def test_config_file_typo_is_named(tmp_path: Path) -> None:
     code, output = _run(["run", "--config", str(f)])
     assert code == 2
     assert "unknown key 'sim_chps' (did you mean 'sim_chips'?)" in _one_error_line(output)
+
+
+@pytest.mark.parametrize("flag", ["--state-dir", "--cdi-dir"])
+def test_unwritable_state_or_cdi_dir_is_one_line(tmp_path: Path, flag: str) -> None:
+    """Issue 16: a directory Allocate cannot write to stops the daemon at start, naming the flag."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    dirs = {"--state-dir": tmp_path / "state", "--cdi-dir": tmp_path / "cdi"}
+    dirs[flag] = blocker / "sub"
+    code, output = _run(
+        [
+            "run",
+            "--kubelet-dir",
+            str(tmp_path),
+            "--http",
+            "127.0.0.1:0",
+            "--state-dir",
+            str(dirs["--state-dir"]),
+            "--cdi-dir",
+            str(dirs["--cdi-dir"]),
+        ]
+    )
+    assert code == 2
+    line = _one_error_line(output)
+    assert f"{flag} {blocker / 'sub'}: cannot write there" in line
