@@ -47,6 +47,9 @@ class MachineSpec:
     """Seconds per chip-to-chip hop."""
     neurons_per_core: int = 256
     """Neurons a workload maps onto one core (used by :mod:`sim_hw.networks` to size stages)."""
+    synapses_per_core: int = 0
+    """Synapses one core stores (0: not published); ``snnrm job plan`` sizes a stage by neurons or synapses,
+    whichever binds."""
     board_cols: int = 0
     """Chip columns on the board grid; 0 means ``ceil(sqrt(chips))`` (row-major tiling, as snnrm's topology)."""
 
@@ -58,6 +61,8 @@ class MachineSpec:
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v > 0):
                 raise ValueError(f"MachineSpec.{name} must be a finite number > 0, got {v!r}")
+        if self.synapses_per_core < 0:
+            raise ValueError("MachineSpec.synapses_per_core must be >= 0")
         if self.board_cols < 0:
             raise ValueError("MachineSpec.board_cols must be >= 0")
         if self.board_cols == 0:

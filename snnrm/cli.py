@@ -261,3 +261,8 @@ def bench(full: bool, seeds: int | None, duration: float | None, scenarios: str,
 from snnrm.cli_controller import controller  # noqa: E402 - registered after the node daemon's commands
 
 main.add_command(controller)
+
+# Split SNN jobs from NIR graphs (nir/h5py are imported only when the command runs): snnrm/job/cli.py.
+from snnrm.job.cli import job  # noqa: E402
+
+main.add_command(job)

@@ -1,0 +1,1 @@
+"""Split SNN jobs from NIR graphs: ``snnrm job plan`` (docs/split-learning.md)."""

@@ -1,0 +1,169 @@
+"""``snnrm job``: split SNN jobs from NIR graphs (registered by :mod:`snnrm.cli`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+PRESETS = ("loihi2", "spinnaker2", "akida")
+
+
+class _PlanFailed(click.ClickException):
+    exit_code = 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+def job() -> None:
+    """Split SNN jobs: plan stages and their spike traffic from a NIR graph."""
+
+
+@job.command()
+@click.argument("graph", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--stages", type=int, default=None, help="Number of pipeline stages (or use --max-cores-per-stage).")
+@click.option("--max-cores-per-stage", type=int, default=None, help="Fewest stages whose cores each fit this budget.")
+@click.option("--preset", type=click.Choice(PRESETS), default="loihi2", help="Hardware: neurons/synapses per core.")
+@click.option(
+    "--input",
+    "input_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Run the graph on these events (.npz: 'spikes' (time, channels), or 't' seconds, 'x', 'y', 'p').",
+)
+@click.option(
+    "--recorded",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Use recorded activity instead: nir.NIRGraphData with per-node 'spikes' observables (.h5).",
+)
+@click.option("--dt", type=float, default=1e-3, help="Seconds per interpreter step (with --input).")
+@click.option("--job", "job_name_", default=None, help="Job name [default: the graph file's name].")
+@click.option("--image", default="registry.example.com/snn-stage:latest", help="Container image of every stage.")
+@click.option("--namespace", default=None, help="Namespace written into the manifests [default: none].")
+@click.option(
+    "-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Directory for the manifests."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON instead of a table.")
+def plan(
+    graph: Path,
+    stages: int | None,
+    max_cores_per_stage: int | None,
+    preset: str,
+    input_path: Path | None,
+    recorded: Path | None,
+    dt: float,
+    job_name_: str | None,
+    image: str,
+    namespace: str | None,
+    out: Path | None,
+    as_json: bool,
+) -> None:
+    """Split GRAPH.nir into stages, measure their spike traffic, write one gated pod manifest per stage.
+
+    Without -o the manifests go to standard output as a YAML stream (the summary then goes to standard error).
+    On any error nothing is written.
+    """
+    import yaml
+
+    from snnrm.job.plan import PlanError, job_name, manifests, plan_job
+
+    if not (dt > 0 and dt <= 1.0):
+        raise _PlanFailed(f"--dt must be in (0, 1] seconds, got {dt}")
+    try:
+        name = job_name(job_name_ or graph.stem)
+        result = plan_job(
+            graph,
+            preset=preset,
+            stages=stages,
+            max_cores_per_stage=max_cores_per_stage,
+            input_path=input_path,
+            recorded_path=recorded,
+            dt=dt,
+            job=name,
+        )
+    except PlanError as e:
+        raise _PlanFailed(str(e)) from None
+    docs = manifests(result, image=image, namespace=namespace)
+    summary_stream = sys.stderr if out is None and not as_json else sys.stdout
+    if as_json:
+        click.echo(json.dumps(_as_json(result), indent=1))
+    else:
+        click.echo(_table(result), file=summary_stream)
+    if out is None:
+        if not as_json:
+            click.echo(yaml.safe_dump_all(docs, sort_keys=False), nl=False)
+        return
+    _write_all(out, {f"{d['metadata']['name']}.yaml": yaml.safe_dump(d, sort_keys=False) for d in docs})
+    if not as_json:
+        click.echo(f"wrote {len(docs)} manifests to {out}/ (kubectl apply -f {out}/)")
+
+
+def _write_all(out: Path, files: dict[str, str]) -> None:
+    """All files or none: written to a temporary directory beside ``out`` and moved in at the end."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name, text in files.items():
+            (tmp / name).write_text(text)
+        out.mkdir(exist_ok=True)
+        for name in files:
+            os.replace(tmp / name, out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _as_json(result: object) -> dict[str, object]:
+    from snnrm.job.plan import JobPlan
+
+    assert isinstance(result, JobPlan)
+    return {
+        "job": result.job,
+        "preset": result.preset,
+        "rates_from": result.source,
+        "stages": [
+            {
+                "index": s.index,
+                "nodes": list(s.nodes),
+                "neurons": s.neurons,
+                "synapses": s.synapses,
+                "cores": s.cores,
+                "in_keps": round(s.in_keps, 3),
+                "out_keps": round(s.out_keps, 3),
+                "internal_keps": round(s.internal_keps, 3),
+            }
+            for s in result.stages
+        ],
+        "node_rates_hz": {k: round(v, 3) for k, v in result.rates_hz.items()},
+    }
+
+
+def _table(result: object) -> str:
+    from snnrm.job.plan import JobPlan
+
+    assert isinstance(result, JobPlan)
+    rows = [("stage", "nodes", "neurons", "cores", "KEPS in", "KEPS out", "KEPS inside")]
+    for s in result.stages:
+        nodes = ",".join(s.nodes)
+        rows.append(
+            (
+                str(s.index),
+                nodes if len(nodes) <= 40 else nodes[:37] + "...",
+                f"{s.neurons:,}",
+                str(s.cores),
+                f"{s.in_keps:.1f}",
+                f"{s.out_keps:.1f}",
+                f"{s.internal_keps:.1f}",
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [f"job {result.job}: {len(result.stages)} stages on {result.preset}; spike rates {result.source}"]
+    for r in rows:
+        lines.append(
+            "  ".join(c.rjust(w) if i >= 2 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        )
+    return "\n".join(lines)

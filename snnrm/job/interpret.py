@@ -1,0 +1,310 @@
+"""A small vectorised numpy interpreter of the NIR primitives the common exporters write.
+
+It runs a NIR graph forward in fixed time steps of ``dt`` seconds (forward Euler, the discretisation of NIR's
+reference equations) and counts the spikes every node emits, which is what the stage split needs. Supported:
+Input, Output, Affine, Linear, Scale, Flatten, Conv2d, SumPool2d, Delay, Threshold, LIF, CubaLIF, IF, LI, CubaLI
+and I (NIR's integrator). Any other node type is refused by name.
+
+Semantics, per step t (``x`` is the sum of the node's inputs):
+
+- LIF: ``v += dt / tau * (v_leak - v + r * x)``; spike where ``v > v_threshold``; ``v = v_reset`` there.
+- CubaLIF: ``i += dt / tau_syn * (-i + w_in * x)``, then as LIF with ``r * i`` as the input.
+- IF: ``v += dt * r * x``; spike and reset as LIF. I: ``v += dt * r * x`` (no spikes). LI/CubaLI: LIF/CubaLIF
+  without spikes (the output is ``v``).
+- Edges inside a recurrent cycle deliver the previous step's output (a one-step synaptic delay), as a chip does.
+
+Batch dimensions are not used: one sample at a time, shapes as the node's ``input_type``/``output_type`` give them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from snnrm.core.split import GraphNode, units
+
+Array = npt.NDArray[np.float64]
+SUPPORTED = (
+    "Input", "Output", "Affine", "Linear", "Scale", "Flatten", "Conv2d", "SumPool2d", "Delay", "Threshold",
+    "LIF", "CubaLIF", "IF", "LI", "CubaLI", "I",
+)  # fmt: skip
+SPIKING = frozenset({"Input", "LIF", "CubaLIF", "IF", "Threshold"})
+
+
+class GraphError(ValueError):
+    """The graph cannot be run: the message names the node and what is wrong."""
+
+
+def _arr(v: Any) -> Array:
+    return np.asarray(v, dtype=np.float64)
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    a = np.atleast_1d(np.asarray(v)).astype(int).tolist()
+    return (a[0], a[0]) if len(a) == 1 else (a[0], a[1])
+
+
+def conv2d(x: Array, weight: Array, bias: Array, stride: Any, padding: Any, dilation: Any, groups: int) -> Array:
+    """2-D cross-correlation of ``x`` (C_in, H, W) with ``weight`` (C_out, C_in/groups, kh, kw), as PyTorch."""
+    sh, sw = _pair(stride)
+    dh, dw = _pair(dilation)
+    c_out, c_in_g, kh, kw = weight.shape
+    if isinstance(padding, str):
+        if padding == "valid":
+            ph = pw = 0
+        elif padding == "same":
+            ph, pw = (dh * (kh - 1)) // 2, (dw * (kw - 1)) // 2
+        else:
+            raise GraphError(f"Conv2d padding {padding!r} is not 'same', 'valid' or a number")
+    else:
+        ph, pw = _pair(padding)
+    xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw)))
+    span_h, span_w = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    win = np.lib.stride_tricks.sliding_window_view(xp, (span_h, span_w), axis=(1, 2))
+    win = win[:, ::sh, ::sw, ::dh, ::dw]  # (C_in, H_out, W_out, kh, kw)
+    out = np.empty((c_out, win.shape[1], win.shape[2]))
+    per_group = c_out // groups
+    for g in range(groups):
+        w = weight[g * per_group : (g + 1) * per_group]
+        xs = win[g * c_in_g : (g + 1) * c_in_g]
+        out[g * per_group : (g + 1) * per_group] = np.einsum("chwij,ocij->ohw", xs, w, optimize=True)
+    result: Array = out + np.asarray(bias, dtype=np.float64).reshape(-1, 1, 1) if np.size(bias) > 1 else out + bias
+    return result
+
+
+def sum_pool2d(x: Array, kernel: Any, stride: Any, padding: Any) -> Array:
+    """Sum pooling of ``x`` (C, H, W)."""
+    kh, kw = _pair(kernel)
+    sh, sw = _pair(stride)
+    ph, pw = _pair(padding)
+    xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(1, 2))[:, ::sh, ::sw]
+    out: Array = win.sum(axis=(3, 4))
+    return out
+
+
+@dataclass(slots=True)
+class _Node:
+    name: str
+    kind: str
+    step: Callable[[Array], Array]
+    out_shape: tuple[int, ...]
+    spikes: float = 0.0
+
+
+def _shape(node: Any, which: str, port: str) -> tuple[int, ...]:
+    types = getattr(node, which, None) or {}
+    value = types.get(port)
+    return tuple(int(v) for v in np.asarray(value).tolist()) if value is not None else ()
+
+
+def _neuron(kind: str, node: Any, dt: float) -> Callable[[Array], Array]:
+    if kind in ("LIF", "LI"):
+        tau, r, leak = _arr(node.tau), _arr(node.r), _arr(node.v_leak)
+        v = np.zeros_like(leak)
+        thr = _arr(node.v_threshold) if kind == "LIF" else None
+        reset = _arr(node.v_reset) if kind == "LIF" else None
+
+        def lif(x: Array) -> Array:
+            nonlocal v
+            v = v + dt / tau * (leak - v + r * x)
+            if thr is None or reset is None:
+                return v.copy()
+            z = v > thr
+            v = np.where(z, reset, v)
+            return z.astype(np.float64)
+
+        return lif
+    if kind in ("CubaLIF", "CubaLI"):
+        tau_syn, tau_mem, r, leak = _arr(node.tau_syn), _arr(node.tau_mem), _arr(node.r), _arr(node.v_leak)
+        w_in = _arr(node.w_in)
+        i_syn = np.zeros_like(leak)
+        v = np.zeros_like(leak)
+        thr = _arr(node.v_threshold) if kind == "CubaLIF" else None
+        reset = _arr(node.v_reset) if kind == "CubaLIF" else None
+
+        def cuba(x: Array) -> Array:
+            nonlocal i_syn, v
+            i_syn = i_syn + dt / tau_syn * (-i_syn + w_in * x)
+            v = v + dt / tau_mem * (leak - v + r * i_syn)
+            if thr is None or reset is None:
+                return v.copy()
+            z = v > thr
+            v = np.where(z, reset, v)
+            return z.astype(np.float64)
+
+        return cuba
+    # IF and I: dv/dt = R x
+    r = _arr(node.r)
+    v = np.zeros_like(r)
+    thr = _arr(node.v_threshold) if kind == "IF" else None
+    reset = _arr(node.v_reset) if kind == "IF" else None
+
+    def integrate(x: Array) -> Array:
+        nonlocal v
+        v = v + dt * r * x
+        if thr is None or reset is None:
+            return v.copy()
+        z = v > thr
+        v = np.where(z, reset, v)
+        return z.astype(np.float64)
+
+    return integrate
+
+
+def _delay(node: Any, dt: float, shape: tuple[int, ...]) -> Callable[[Array], Array]:
+    steps = np.rint(_arr(node.delay) / dt).astype(np.int64).reshape(-1)
+    if steps.size == 1:
+        steps = np.full(int(np.prod(shape)) if shape else 1, int(steps[0]))
+    depth = int(steps.max(initial=0)) + 1
+    ring = np.zeros((depth, steps.size))
+    t = 0
+    cols = np.arange(steps.size)
+
+    def delay(x: Array) -> Array:
+        nonlocal t
+        ring[(t + steps) % depth, cols] += x.reshape(-1)
+        out: Array = ring[t % depth].copy().reshape(x.shape)
+        ring[t % depth] = 0.0
+        t += 1
+        return out
+
+    return delay
+
+
+def _build(name: str, node: Any, dt: float) -> _Node:
+    kind = type(node).__name__
+    if kind not in SUPPORTED:
+        raise GraphError(f"node {name!r}: type {kind} is not supported (supported: {', '.join(SUPPORTED)})")
+    out_shape = _shape(node, "output_type", "output")
+    step: Callable[[Array], Array]
+    if kind in ("Input", "Output"):
+        step = lambda x: x  # noqa: E731 - identity
+    elif kind == "Affine":
+        w, b = _arr(node.weight), _arr(node.bias)
+        step = lambda x: w @ x.reshape(-1) + b  # noqa: E731
+    elif kind == "Linear":
+        w = _arr(node.weight)
+        step = lambda x: w @ x.reshape(-1)  # noqa: E731
+    elif kind == "Scale":
+        scale = _arr(node.scale)
+        step = lambda x: scale * x  # noqa: E731
+    elif kind == "Flatten":
+        shape = out_shape
+
+        def flatten(x: Array) -> Array:
+            return x.reshape(shape) if shape and int(np.prod(shape)) == x.size else x.reshape(-1)
+
+        step = flatten
+    elif kind == "Conv2d":
+        w, b = _arr(node.weight), _arr(node.bias)
+
+        def conv(x: Array) -> Array:
+            return conv2d(x, w, b, node.stride, node.padding, node.dilation, int(node.groups))
+
+        step = conv
+    elif kind == "SumPool2d":
+
+        def pool(x: Array) -> Array:
+            return sum_pool2d(x, node.kernel_size, node.stride, node.padding)
+
+        step = pool
+    elif kind == "Delay":
+        step = _delay(node, dt, out_shape)
+    elif kind == "Threshold":
+        thr = _arr(node.threshold)
+        step = lambda x: (x > thr).astype(np.float64)  # noqa: E731
+    else:
+        step = _neuron(kind, node, dt)
+    return _Node(name, kind, step, out_shape)
+
+
+@dataclass(slots=True)
+class RunResult:
+    """Spikes each node emitted over the run."""
+
+    spikes: dict[str, float]
+    steps: int
+    dt: float
+    outputs: dict[str, list[Array]] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return self.steps * self.dt
+
+    def rates_hz(self) -> dict[str, float]:
+        """Spikes per second, per spiking node (summed over its neurons)."""
+        return {k: v / self.seconds for k, v in self.spikes.items()} if self.steps else {}
+
+
+def run(
+    nodes: Mapping[str, Any],
+    edges: Sequence[tuple[str, str]],
+    inputs: Mapping[str, Array],
+    *,
+    dt: float,
+    keep: Sequence[str] = (),
+) -> RunResult:
+    """Run the graph on ``inputs`` (node name → (T, *shape) array) for T steps of ``dt`` seconds.
+
+    ``keep`` names nodes whose per-step outputs are returned (for tests). Raises :class:`GraphError` naming the
+    node for unsupported types and for shapes that do not match.
+    """
+    if not dt > 0:
+        raise GraphError(f"dt must be > 0 seconds, got {dt}")
+    built = {name: _build(name, node, dt) for name, node in nodes.items()}
+    preds: dict[str, list[str]] = {n: [] for n in nodes}
+    for a, b in edges:
+        if a not in nodes or b not in nodes:
+            raise GraphError(f"edge {a} -> {b} names a node the graph does not have")
+        preds[b].append(a)
+    order = [x for group in units([GraphNode(n, built[n].kind) for n in nodes], edges) for x in group]
+    rank = {n: i for i, n in enumerate(order)}
+    lengths = {len(v) for v in inputs.values()}
+    if len(lengths) != 1:
+        raise GraphError("every input needs the same number of time steps")
+    steps = lengths.pop()
+    for name in inputs:
+        if name not in built or built[name].kind != "Input":
+            raise GraphError(f"input data for {name!r}, which is not an Input node of the graph")
+    missing = [n for n in order if built[n].kind == "Input" and n not in inputs]
+    if missing:
+        raise GraphError(f"no input data for Input node {missing[0]!r}")
+    prev: dict[str, Array] = {}
+    outputs: dict[str, list[Array]] = {k: [] for k in keep}
+    spikes = {n: 0.0 for n in order if built[n].kind in SPIKING}
+    for t in range(steps):
+        cur: dict[str, Array] = {}
+        for name in order:
+            node = built[name]
+            if node.kind == "Input":
+                x = np.asarray(inputs[name][t], dtype=np.float64)
+            else:
+                x_parts = []
+                for p in preds[name]:
+                    src = cur.get(p) if rank[p] < rank[name] else prev.get(p)
+                    if src is None:
+                        src = np.zeros(built[p].out_shape or (1,))
+                    x_parts.append(src)
+                if not x_parts:
+                    raise GraphError(f"node {name!r} has no input edge")
+                x = x_parts[0]
+                for extra in x_parts[1:]:
+                    if extra.shape != x.shape:
+                        raise GraphError(f"node {name!r}: inputs of shapes {x.shape} and {extra.shape} do not match")
+                    x = x + extra
+            try:
+                y = node.step(x)
+            except (ValueError, IndexError) as e:
+                raise GraphError(f"node {name!r} ({node.kind}): input of shape {x.shape} does not fit: {e}") from None
+            cur[name] = y
+            if name in spikes:
+                spikes[name] += float(y.sum())  # input frames may hold event counts per pixel and step
+            if name in outputs:
+                outputs[name].append(y)
+        prev = cur
+    return RunResult(spikes=spikes, steps=steps, dt=dt, outputs=outputs)
