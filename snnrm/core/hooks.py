@@ -285,12 +285,14 @@ class HookSpec:
         return all(m.matches(alert.labels) for m in self.matchers)
 
     def cooldown_key(self, alert: Alert) -> str:
-        """Cooldown is per hook and what it acts on: its target, or for ``reallocate`` the job the alert names."""
+        """Cooldown is per hook and what it acts on: its target, for ``reallocate`` the job the alert names, and
+        for a webhook the alert itself (its fingerprint): an unrelated alert must not be swallowed by another's
+        cooldown, since Alertmanager never resends a notification that was answered 200."""
         if self.target is not None:
             return f"{self.name}:{self.target}"
         if self.action is Action.REALLOCATE:
             return f"{self.name}:{alert.labels.get('namespace', '')}/{alert.labels.get(self.job_label, '')}"
-        return self.name
+        return f"{self.name}:{alert.fingerprint}"
 
 
 def bounded(current: int, delta: int, lo: int, hi: int) -> int:

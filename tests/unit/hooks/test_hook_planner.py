@@ -144,3 +144,15 @@ def test_bounded_never_leaves_the_bounds_it_was_inside_and_never_moves_the_wrong
         assert lo <= new <= hi
     assert (new - current) * delta >= 0  # never against the requested direction
     assert abs(new - current) <= abs(delta)
+
+
+def test_webhook_cooldown_is_per_alert_not_per_hook() -> None:
+    """Issue 16: a second, unrelated alert inside the cooldown of a webhook hook is delivered (Alertmanager never
+    resends a notification answered 200); the same alert again is still held by the cooldown."""
+    hook = HookSpec("notify", (QUEUE,), Action.WEBHOOK, url="http://127.0.0.1:1/", cooldown=300.0)
+    p = HookPlanner((hook,))
+    carry_out(p, p.plan(parse_notification(payload(alert(fingerprint="aa"))), now=0.0), now=0.0)
+    other = parse_notification(payload(alert(fingerprint="bb", chip="1")))
+    assert outcomes(p.plan(other, now=30.0)) == ["notify:apply"]
+    again = parse_notification(payload(alert(fingerprint="aa", starts_at="2026-01-01T00:10:00Z")))
+    assert outcomes(p.plan(again, now=60.0)) == ["notify:cooldown"]
