@@ -84,7 +84,7 @@ class Daemon:
     pods: PodResourcesClient
     transitions: HealthTransitions
     hooks: HookEndpoint | None = None
-    """``POST /hooks/alertmanager`` when hooks are configured (its runner's reallocator is the controller's intake)."""
+    """``POST /hooks/alertmanager`` when hooks are configured."""
     dra: DraPlugin | None = None
     """The DRA kubelet plugin when ``--dra on|only`` (snnrm/dra, docs/dra.md)."""
     placement: NodeAgent | None = None

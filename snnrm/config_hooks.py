@@ -12,7 +12,7 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from snnrm.core.hooks import TARGET_FIELDS, TARGET_KINDS, Action, HookSpec, Matcher, Target, validate_label_name
+from snnrm.core.hooks import TARGET_FIELDS, TARGET_KINDS, Action, HookSpec, Matcher, Target
 
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
@@ -56,8 +56,6 @@ class HookConfig(BaseModel):
     """action webhook: where to POST (http or https)."""
     token_file: Path | None = None
     """action webhook: file holding a bearer token sent with the POST."""
-    job_label: str = "snn_job"
-    """action reallocate: the alert label naming the split-learning job."""
 
     @field_validator("match")
     @classmethod
@@ -65,11 +63,6 @@ class HookConfig(BaseModel):
         for text in v:
             Matcher.parse(text)  # raises ValueError with the matcher in the message
         return v
-
-    @field_validator("job_label")
-    @classmethod
-    def _label(cls, v: str) -> str:
-        return validate_label_name(v)
 
     @model_validator(mode="after")
     def _per_action(self) -> Self:
@@ -117,7 +110,6 @@ class HookConfig(BaseModel):
             cooldown=self.cooldown,
             undo_on_resolve=self.undo_on_resolve,
             url=self.url or "",
-            job_label=self.job_label,
         )
 
 

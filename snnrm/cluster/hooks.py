@@ -1,7 +1,7 @@
 """Alert-driven autoscaling hooks, the I/O part: carry out what :class:`snnrm.core.hooks.HookPlanner` decides.
 
 For each decision the runner talks to the Kubernetes API (through the :class:`~snnrm.cluster.kube.KubeApi` seam),
-to the reallocation controller (through the :class:`Reallocator` seam), or to an outgoing webhook, then records the
+or to an outgoing webhook, then records the
 result with the planner. Every action is logged, counted (``snnrm_hook_actions_total``) and, when it touched a
 Kubernetes object, recorded as an Event on that object.
 
@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import structlog
@@ -31,7 +31,6 @@ from prometheus_client.registry import Collector
 
 from snnrm.cluster.kube import JSON, KubeApi, KubeApiError
 from snnrm.core.hooks import (
-    Action,
     Alert,
     Decision,
     HookPlanner,
@@ -61,39 +60,6 @@ def target_path(t: Target) -> str:
     group = "api" if t.api_version == "v1" else "apis"
     path = f"/{group}/{t.api_version}/namespaces/{t.namespace}/{_PLURALS[t.kind]}/{t.name}"
     return path + "/scale" if t.field == "replicas" else path
-
-
-@dataclass(frozen=True, slots=True)
-class ReallocationRequest:
-    """Move the degraded stages of a split-learning job; from an alert, through a ``reallocate`` hook."""
-
-    namespace: str
-    job: str
-    reason: str
-    hook: str
-    alert_fingerprint: str
-
-
-class Reallocator(Protocol):
-    """The reallocation controller's intake (the controller itself is wired in by the application)."""
-
-    async def request_reallocation(self, request: ReallocationRequest) -> None: ...
-
-
-@dataclass(eq=False)
-class ReallocationQueue:
-    """In-process :class:`Reallocator`: a bounded queue the reallocation controller drains; used until it exists."""
-
-    maxlen: int = 1000
-    requests: deque[ReallocationRequest] = field(init=False)
-    changed: asyncio.Event = field(default_factory=asyncio.Event, init=False)
-
-    def __post_init__(self) -> None:
-        self.requests = deque(maxlen=self.maxlen)
-
-    async def request_reallocation(self, request: ReallocationRequest) -> None:
-        self.requests.append(request)
-        self.changed.set()
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +95,6 @@ class HookRunner:
     planner: HookPlanner
     kube: KubeApi | None
     """None when no hook needs the Kubernetes API (or none is reachable: scaling hooks then fail loudly)."""
-    reallocator: Reallocator
     http: aiohttp.ClientSession | None = None
     """Session for outgoing webhooks (created on first use if None)."""
     node: str = ""
@@ -174,9 +139,6 @@ class HookRunner:
             if hook.action.scales:
                 applied, detail = await self._scale(d)
                 outcome = (Outcome.UNDONE if d.undo else Outcome.APPLIED) if applied else Outcome.AT_BOUND
-            elif hook.action is Action.REALLOCATE:
-                applied, detail = 0, await self._reallocate(hook, alert)
-                outcome = Outcome.APPLIED
             else:
                 applied, detail = 0, await self._webhook(hook, alert, n)
                 outcome = Outcome.APPLIED
@@ -229,17 +191,6 @@ class HookRunner:
                 raise
             return new - current, f"{t} {current} -> {new}"
         raise _TransientError(f"{t}: {CONFLICT_RETRIES} write conflicts in a row")
-
-    async def _reallocate(self, hook: HookSpec, alert: Alert) -> str:
-        job = alert.labels.get(hook.job_label)
-        if not job:
-            raise ValueError(f"alert {alert.name} has no {hook.job_label} label naming the job to reallocate")
-        namespace = alert.labels.get("namespace", "")
-        await self.reallocator.request_reallocation(
-            ReallocationRequest(namespace=namespace, job=job, reason=alert.name, hook=hook.name,
-                                alert_fingerprint=alert.fingerprint)
-        )  # fmt: skip
-        return f"reallocation requested for job {namespace}/{job}"
 
     async def _webhook(self, hook: HookSpec, alert: Alert, n: Notification) -> str:
         if self.http is None:

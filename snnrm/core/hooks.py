@@ -209,8 +209,6 @@ class Action(StrEnum):
     """Change a KEDA ScaledObject's replica bound (``minReplicaCount`` or ``maxReplicaCount``)."""
     HPA = "hpa"
     """Change a HorizontalPodAutoscaler's replica bound (``minReplicas`` or ``maxReplicas``)."""
-    REALLOCATE = "reallocate"
-    """Ask the reallocation controller to move a split-learning job's degraded stages."""
     WEBHOOK = "webhook"
     """POST the alert to an outgoing URL."""
 
@@ -270,8 +268,6 @@ class HookSpec:
     undo_on_resolve: bool = False
     url: str = ""
     """Outgoing webhook URL (action webhook)."""
-    job_label: str = "snn_job"
-    """Alert label naming the split-learning job (action reallocate)."""
 
     def __post_init__(self) -> None:
         if self.action.scales and self.target is None:
@@ -285,13 +281,11 @@ class HookSpec:
         return all(m.matches(alert.labels) for m in self.matchers)
 
     def cooldown_key(self, alert: Alert) -> str:
-        """Cooldown is per hook and what it acts on: its target, for ``reallocate`` the job the alert names, and
-        for a webhook the alert itself (its fingerprint): an unrelated alert must not be swallowed by another's
-        cooldown, since Alertmanager never resends a notification that was answered 200."""
+        """Cooldown is per hook and what it acts on: its target, and for a webhook the alert itself (its
+        fingerprint): an unrelated alert must not be swallowed by another's cooldown, since Alertmanager never
+        resends a notification that was answered 200."""
         if self.target is not None:
             return f"{self.name}:{self.target}"
-        if self.action is Action.REALLOCATE:
-            return f"{self.name}:{alert.labels.get('namespace', '')}/{alert.labels.get(self.job_label, '')}"
         return f"{self.name}:{alert.fingerprint}"
 
 
@@ -377,7 +371,7 @@ class HookPlanner:
     def plan(self, n: Notification, now: float) -> list[Decision | Skip]:
         """What to do with each (matching hook, alert) pair of ``n``, in payload order.
 
-        Firing alerts act (``webhook`` and ``reallocate`` hooks act on firing alerts only); resolved alerts only
+        Firing alerts act (``webhook`` hooks act on firing alerts only); resolved alerts only
         undo what a scaling hook with ``undo_on_resolve`` applied for the same episode.
         """
         self._expire(now)

@@ -20,7 +20,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from snnrm.cluster.hooks import HookRunner, ReallocationQueue, Reallocator
+from snnrm.cluster.hooks import HookRunner
 from snnrm.cluster.kube import KubeApi, KubeConfigError, KubeCredentials, RestKubeApi
 from snnrm.config import ConfigError
 from snnrm.config_hooks import HooksConfig
@@ -79,7 +79,6 @@ async def build_endpoint(
     *,
     node: str,
     scratch: Path,
-    reallocator: Reallocator | None = None,
     kube: KubeApi | None = None,
     token: str | None = None,
 ) -> HookEndpoint:
@@ -104,7 +103,6 @@ async def build_endpoint(
     runner = HookRunner(
         planner=HookPlanner(cfg.specs(), ttl=cfg.dedup_ttl, max_entries=cfg.dedup_max_entries),
         kube=kube,
-        reallocator=reallocator if reallocator is not None else ReallocationQueue(),
         node=node,
         webhook_tokens={h.name: h.token_file for h in cfg.rules if h.token_file is not None},
     )

@@ -30,6 +30,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import yaml
+from aiohttp import web
 
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
 from snnrm.kubelet.standin import KubeletStandIn
@@ -124,9 +125,27 @@ async def live(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Live]:
     token = tmp / "token"
     token.write_text(TOKEN)
     config = tmp / "snnrm.yaml"
+
+    # The hook's outgoing webhook lands here, so the notification succeeds and the hook metrics have data.
+    async def received(_request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    receiver = web.Application()
+    receiver.router.add_post("/", received)
+    receiver_runner = web.AppRunner(receiver)
+    await receiver_runner.setup()
+    receiver_port = free_port()
+    await web.TCPSite(receiver_runner, "127.0.0.1", receiver_port).start()
     hooks = {
         "token_file": str(token),
-        "rules": [{"name": "move-stage", "match": ['alertname="SnnrmCoresUnhealthy"'], "action": "reallocate"}],
+        "rules": [
+            {
+                "name": "notify",
+                "match": ['alertname="SnnrmCoresUnhealthy"'],
+                "action": "webhook",
+                "url": f"http://127.0.0.1:{receiver_port}/",
+            }
+        ],
     }
     config.write_text(yaml.safe_dump({"hooks": hooks}))
     port = free_port()
@@ -180,6 +199,7 @@ async def live(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Live]:
             except TimeoutError:
                 proc.kill()
                 await proc.wait()
+            await receiver_runner.cleanup()
     shutil.rmtree(short, ignore_errors=True)
 
 

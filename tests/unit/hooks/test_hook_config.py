@@ -27,13 +27,12 @@ def test_the_documented_example_is_a_valid_config(tmp_path: Path) -> None:
     f.write_text(yaml.safe_dump(_doc_config()))
     cfg = load_config(f)
     specs = {s.name: s for s in cfg.hooks.specs()}
-    assert set(specs) == {"scale-dvs-stage1", "keda-floor-stage2", "hpa-ceiling", "move-degraded-stage",
-                          "page-platform"}  # fmt: skip
+    assert set(specs) == {"scale-dvs-stage1", "keda-floor-stage2", "hpa-ceiling", "page-platform"}
     assert specs["scale-dvs-stage1"].target == Target("Deployment", "snn", "dvs-gesture-stage1", "replicas")
     assert specs["keda-floor-stage2"].target == Target("ScaledObject", "snn", "dvs-gesture-stage2", "minReplicaCount")
     assert specs["hpa-ceiling"].target is not None
     assert specs["hpa-ceiling"].target.field == "maxReplicas"
-    assert specs["move-degraded-stage"].action is Action.REALLOCATE
+    assert specs["page-platform"].action is Action.WEBHOOK
     assert cfg.hooks.enabled
     assert cfg.hooks.needs_kube
 
@@ -70,8 +69,9 @@ def _hook(**kw: Any) -> dict[str, Any]:
         (_hook(name="Bad_Name"), "name"),
         (_hook(action="webhook", target=None), "action webhook needs an http(s) url"),
         (_hook(action="webhook", target=None, url="file:///etc/passwd"), "http(s) url"),
-        (_hook(action="reallocate", target=None, undo_on_resolve=True), "undo_on_resolve needs a scaling action"),
-        (_hook(action="reallocate"), "takes no target"),
+        (_hook(action="webhook", target=None, url="http://x/", undo_on_resolve=True), "undo_on_resolve needs a scal"),
+        (_hook(action="webhook", url="http://x/"), "takes no target"),
+        (_hook(action="reallocate", target=None), "Input should be"),
         (_hook(colour="blue"), "unknown key 'hooks.rules.0.colour'"),
     ],
 )
@@ -95,7 +95,15 @@ def test_snnrm_run_refuses_hooks_without_a_token(tmp_path: Path, monkeypatch: py
     monkeypatch.delenv("SNNRM_HOOKS_TOKEN", raising=False)
     f = tmp_path / "snnrm.yaml"
     f.write_text(
-        yaml.safe_dump({"hooks": {"rules": [{"name": "r", "match": ['alertname="X"'], "action": "reallocate"}]}})
+        yaml.safe_dump(
+            {
+                "hooks": {
+                    "rules": [
+                        {"name": "r", "match": ['alertname="X"'], "action": "webhook", "url": "http://127.0.0.1:1/"}
+                    ]
+                }
+            }
+        )
     )
     result = CliRunner().invoke(
         main,

@@ -15,7 +15,7 @@ from aiohttp import web
 from hook_payloads import alert, payload
 from prometheus_client import CollectorRegistry
 
-from snnrm.cluster.hooks import HookCollector, HookRunner, ReallocationQueue
+from snnrm.cluster.hooks import HookCollector, HookRunner
 from snnrm.cluster.kube import KubeApiError
 from snnrm.config_hooks import HooksConfig
 from snnrm.core.hooks import Action, HookPlanner, HookSpec, Matcher, Target
@@ -51,7 +51,7 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
                     Target("Deployment", "snn", "stage1", "replicas"), max_replicas=5, cooldown=0.0)  # fmt: skip
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
-    runner = HookRunner(HookPlanner((hook,)), kube=kube, reallocator=ReallocationQueue(), node="n1")
+    runner = HookRunner(HookPlanner((hook,)), kube=kube, node="n1")
     endpoint = HookEndpoint(runner=runner, token=TokenSource(file=token_file), max_body_bytes=16 * 1024)
     app = web.Application()
     setup_hooks(app, endpoint)

@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from hook_payloads import alert, payload
 
-from snnrm.cluster.hooks import HookRunner, ReallocationQueue, target_path
+from snnrm.cluster.hooks import HookRunner, target_path
 from snnrm.cluster.kube import KubeApiError
 from snnrm.core.hooks import Action, HookPlanner, HookSpec, Matcher, Outcome, Target, parse_notification
 from snnrm.testing.fake_kube import FakeKubeApi
@@ -35,7 +35,7 @@ def kube() -> FakeKubeApi:
 
 
 def runner(kube: FakeKubeApi | None, *hooks: HookSpec, clock: Clock | None = None) -> HookRunner:
-    return HookRunner(HookPlanner(hooks), kube=kube, reallocator=ReallocationQueue(), node="n1",
+    return HookRunner(HookPlanner(hooks), kube=kube, node="n1",
                       clock=clock or Clock())  # fmt: skip
 
 
@@ -149,20 +149,6 @@ async def test_keda_and_hpa_bounds_are_patched_on_the_object(kube: FakeKubeApi) 
     assert [x.outcome for x in results] == [Outcome.APPLIED, Outcome.APPLIED]
     assert kube.objects[so_path]["spec"] == {"maxReplicaCount": 10, "minReplicaCount": 2}
     assert kube.objects[hpa_path]["spec"] == {"minReplicas": 1, "maxReplicas": 8}
-
-
-async def test_reallocate_hands_the_job_to_the_controller_intake() -> None:
-    hook = HookSpec("move-stage", QUEUE, Action.REALLOCATE)
-    r = runner(None, hook)
-    [res] = await r.handle(note(alert(namespace="snn", snn_job="dvs-gesture")))
-    assert res.outcome is Outcome.APPLIED
-    assert isinstance(r.reallocator, ReallocationQueue)
-    [req] = r.reallocator.requests
-    assert (req.namespace, req.job, req.reason, req.hook) == ("snn", "dvs-gesture", "SnnrmEventQueueSaturated",
-                                                             "move-stage")  # fmt: skip
-    [res] = await r.handle(note(alert(fingerprint="nojob")))
-    assert res.outcome is Outcome.FAILED
-    assert "snn_job" in res.detail
 
 
 async def test_scaling_without_a_kubernetes_api_fails_loudly() -> None:
