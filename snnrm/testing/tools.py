@@ -1,6 +1,6 @@
 """Where the Go-built tools live: the env files that scripts/build-tools.sh and build-observability-tools.sh write.
 
-Each script writes ``$SNNRM_TOOLS_CACHE/checkouts/<sha256(repo path)[:12]>[.observability].env`` with lines
+Each script writes ``$SNNRM_TOOLS_CACHE/checkouts/<sha256(repo path)[:12]>[.observability|.chart].env`` with lines
 ``export NAME=value`` (one file per checkout, so two worktrees sharing the cache never disagree). A variable set in
 the process environment wins over the files, so ``SNNRM_PROMTOOL=/usr/bin/promtool pytest`` works too.
 """
@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-ENV_FILES = ("{checkout}.env", "{checkout}.observability.env")
+ENV_FILES = ("{checkout}.env", "{checkout}.observability.env", "{checkout}.chart.env")
 
 
 def tools_cache() -> Path:
@@ -43,3 +43,20 @@ def find_tool(var: str) -> Path | None:
     if value and os.access(value, os.X_OK):
         return Path(value)
     return None
+
+
+def require_tool(var: str, what: str, script: str = "build-tools.sh") -> Path:
+    """The path named by ``var`` for a test; when it is missing, skip saying how to build it, or fail when
+    ``SNNRM_E2E_REQUIRE=1`` (what `make test` sets, so a missing tool never passes as a skip there).
+
+    Paths that are directories (schema trees) count as present too.
+    """
+    import pytest  # only tests call this
+
+    value = tool_env().get(var)
+    if value and (os.access(value, os.X_OK) or Path(value).is_dir()) and Path(value).exists():
+        return Path(value)
+    reason = f"{what} is not built: run `make tools` (scripts/{script}); looked for ${var}"
+    if os.environ.get("SNNRM_E2E_REQUIRE") == "1":
+        raise pytest.fail.Exception(reason)
+    raise pytest.skip.Exception(reason, allow_module_level=True)

@@ -7,17 +7,15 @@ scripts/build-chart-tools.sh); a ``SNNRM_*`` variable in the environment wins.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-from snnrm.testing.tools import REPO, tool_env, tools_cache
+from snnrm.testing.tools import REPO, require_tool, tool_env
 
 CHART = REPO / "charts" / "snnrm"
 ALL_FEATURES = CHART / "ci" / "all-features-values.yaml"
@@ -26,29 +24,13 @@ OPERATOR_API = "monitoring.coreos.com/v1"
 
 
 def chart_env() -> dict[str, str]:
-    """tool_env() plus this checkout's .chart.env, with SNNRM_* process variables winning."""
-    values = tool_env()
-    checkout = hashlib.sha256(str(REPO).encode()).hexdigest()[:12]
-    envfile = tools_cache() / "checkouts" / f"{checkout}.chart.env"
-    if envfile.is_file():
-        for raw in envfile.read_text().splitlines():
-            line = raw.strip()
-            if line.startswith("export ") and "=" in line:
-                name, _, value = line.removeprefix("export ").partition("=")
-                values.setdefault(name, value)
-    values.update({k: v for k, v in os.environ.items() if k.startswith("SNNRM_")})
-    return values
+    """The tool paths of this checkout (build, observability and chart env files; SNNRM_* variables win)."""
+    return tool_env()
 
 
 def need(var: str, what: str, script: str) -> Path:
     """The path in ``var``, or skip (fail under SNNRM_E2E_REQUIRE=1, as `make test` sets) saying how to build it."""
-    value = chart_env().get(var)
-    if value and Path(value).exists():
-        return Path(value)
-    reason = f"{what} is not built: run `make tools` (scripts/{script}); looked for ${var}"
-    if os.environ.get("SNNRM_E2E_REQUIRE") == "1":
-        pytest.fail(reason)
-    pytest.skip(reason)
+    return require_tool(var, what, script)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -21,6 +20,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from snnrm.testing.tools import require_tool
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("SNNRM_TOOLS_CACHE", Path.home() / ".cache" / "snnrm-tools"))
 
@@ -30,32 +31,9 @@ SIM_CHIPS = 2
 SIM_CORES = 64
 
 
-def _tool_env() -> dict[str, str]:
-    """NAME -> value from this checkout's env file, overridden by the process environment."""
-    checkout = hashlib.sha256(str(REPO).encode()).hexdigest()[:12]
-    values: dict[str, str] = {}
-    envfile = CACHE / "checkouts" / f"{checkout}.env"
-    if envfile.is_file():
-        for line in envfile.read_text().splitlines():
-            line = line.strip()
-            if line.startswith("export ") and "=" in line:
-                name, _, value = line.removeprefix("export ").partition("=")
-                values[name] = value
-    for name, value in os.environ.items():
-        if name.startswith("SNNRM_"):
-            values[name] = value
-    return values
-
-
 def tool(var: str, name: str) -> Path:
     """Path of a built tool, or skip the test saying how to build it (fail instead if SNNRM_E2E_REQUIRE=1)."""
-    value = _tool_env().get(var)
-    if value and os.access(value, os.X_OK):
-        return Path(value)
-    reason = f"{name} is not built: run `make tools` (scripts/build-tools.sh {name}); looked for ${var}"
-    if os.environ.get("SNNRM_E2E_REQUIRE") == "1":
-        pytest.fail(reason)
-    pytest.skip(reason)
+    return require_tool(var, name, f"build-tools.sh {name}")
 
 
 def free_port() -> int:

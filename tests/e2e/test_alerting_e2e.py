@@ -24,7 +24,7 @@ from snnrm.config import Config
 from snnrm.core.devices import NEURON_CORE
 from snnrm.kubelet.standin import KubeletStandIn
 from snnrm.testing.promstack import Alertmanager, Prometheus, eventually, rules_with_short_for
-from snnrm.testing.tools import REPO, find_tool
+from snnrm.testing.tools import REPO, require_tool
 
 pytestmark = pytest.mark.e2e
 
@@ -44,10 +44,7 @@ class Chain:
 
 
 def _bin(var: str, name: str) -> Path:
-    path = find_tool(var)
-    if path is None:
-        pytest.skip(f"{name} is not built: run `make tools` (scripts/build-observability-tools.sh {name})")
-    return path
+    return require_tool(var, name, f"build-observability-tools.sh {name}")
 
 
 def _deployment(name: str) -> dict[str, Any]:

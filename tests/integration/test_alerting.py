@@ -25,7 +25,7 @@ from snnrm.core.devices import NEURON_CORE
 from snnrm.kubelet.standin import KubeletStandIn
 from snnrm.testing.fake_kube import FakeKubeApi
 from snnrm.testing.promstack import Alertmanager, eventually
-from snnrm.testing.tools import find_tool
+from snnrm.testing.tools import require_tool
 
 DEPLOY = "/apis/apps/v1/namespaces/snn/deployments/dvs-gesture-stage1"
 TOKEN = "alertmanager-to-snnrm"
@@ -48,10 +48,7 @@ class Stack:
 
 
 def _alertmanager_bin() -> Path:
-    path = find_tool("SNNRM_ALERTMANAGER")
-    if path is None:
-        pytest.skip("alertmanager is not built: run `make tools` (scripts/build-observability-tools.sh alertmanager)")
-    return path
+    return require_tool("SNNRM_ALERTMANAGER", "alertmanager", "build-observability-tools.sh alertmanager")
 
 
 @pytest.fixture

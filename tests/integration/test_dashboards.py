@@ -36,7 +36,7 @@ from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
 from snnrm.kubelet.standin import KubeletStandIn
 from snnrm.testing.fake_podresources import FakePodResourcesLister
 from snnrm.testing.promstack import Prometheus, eventually, free_port
-from snnrm.testing.tools import REPO, find_tool
+from snnrm.testing.tools import REPO, require_tool
 
 DASHBOARDS = REPO / "dashboards"
 BOARDS = {p.stem: json.loads(p.read_text()) for p in sorted((DASHBOARDS / "json").glob("*.json"))}
@@ -117,9 +117,7 @@ def _substitute(expr: str) -> str:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def live(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Live]:
-    prom_bin = find_tool("SNNRM_PROMETHEUS")
-    if prom_bin is None:
-        pytest.skip("prometheus is not built: run `make tools` (scripts/build-observability-tools.sh prometheus)")
+    prom_bin = require_tool("SNNRM_PROMETHEUS", "prometheus", "build-observability-tools.sh prometheus")
     tmp = tmp_path_factory.mktemp("dashboards")
     short = Path(tempfile.mkdtemp(prefix="snnrm-dash-", dir="/tmp"))  # unix socket paths must stay short
     token = tmp / "token"

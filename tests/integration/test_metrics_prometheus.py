@@ -26,12 +26,8 @@ from snnrm.obs.metrics import NodeCollector
 from snnrm.obs.rpc import RpcInstrumentation
 from snnrm.testing.fake_podresources import FakePodResourcesLister
 from snnrm.testing.promstack import Prometheus, eventually
-from snnrm.testing.tools import find_tool
+from snnrm.testing.tools import require_tool
 
-PROMETHEUS = find_tool("SNNRM_PROMETHEUS")
-pytestmark = pytest.mark.skipif(
-    PROMETHEUS is None, reason="prometheus is not built: run `make tools` (scripts/build-observability-tools.sh)"
-)
 JOBS = {"negotiated": None, "text": ["PrometheusText0.0.4"]}
 
 
@@ -92,7 +88,7 @@ def _recording(
 
 @pytest.fixture
 async def scraped(short_dir: Path) -> AsyncIterator[Scraped]:
-    assert PROMETHEUS is not None
+    prometheus = require_tool("SNNRM_PROMETHEUS", "prometheus", "build-observability-tools.sh prometheus")
     backend = SimBackend(chips=2, cores_per_chip=16)
     node = await NodeService.start(backend, block_keps=1000.0, sample_period=0.05)
     sock = short_dir / "pr" / "kubelet.sock"
@@ -112,7 +108,7 @@ async def scraped(short_dir: Path) -> AsyncIterator[Scraped]:
         tasks = [asyncio.create_task(backend.run()), asyncio.create_task(node.sample_forever())]
         try:
             await asyncio.wait_for(node.ready.wait(), 10)
-            prom = TwoJobPrometheus(binary=PROMETHEUS, workdir=short_dir / "prom", target=target, protocols=JOBS)
+            prom = TwoJobPrometheus(binary=prometheus, workdir=short_dir / "prom", target=target, protocols=JOBS)
             async with prom:
                 yield Scraped(prom, registry, seen)
         finally:

@@ -8,10 +8,9 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-from snnrm.testing.tools import REPO, find_tool
+from snnrm.testing.tools import REPO, require_tool
 
 RULES = REPO / "rules" / "snnrm.rules.yaml"
 RULE_TESTS = sorted((REPO / "tests" / "rules").glob("*_test.yaml"))
@@ -19,10 +18,7 @@ RUNBOOKS = REPO / "docs" / "runbooks.md"
 
 
 def _promtool() -> Path:
-    path = find_tool("SNNRM_PROMTOOL")
-    if path is None:
-        pytest.skip("promtool is not built: run `make tools` (scripts/build-observability-tools.sh promtool)")
-    return path
+    return require_tool("SNNRM_PROMTOOL", "promtool", "build-observability-tools.sh promtool")
 
 
 def _alerts() -> list[dict[str, Any]]:
