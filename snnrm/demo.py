@@ -224,13 +224,14 @@ async def _scenario(daemon: Daemon, kubelet: KubeletStandIn, sim: SimBackend, su
                 log.warning("fault_injected", kind="core-failure", stage=2, cores=[topo.ids[victim]])
             if now - last_summary >= summary.interval:
                 last_summary = now
-                healthy = node.core_healthy()
+                counts = node.core_counts()
                 port = daemon.http_port
                 summary.update(
                     SummaryView(
                         elapsed_s=now,
                         chips=topo.n_chips,
-                        cores_healthy=int(healthy.sum()),
+                        cores_healthy=counts["healthy"],
+                        cores_withheld=counts["withheld_for_remap"],
                         cores_total=topo.n_cores,
                         blocks_healthy=kubelet.allocatable(EVENT_THROUGHPUT),
                         blocks_total=kubelet.capacity(EVENT_THROUGHPUT),

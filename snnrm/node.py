@@ -16,7 +16,7 @@ import numpy as np
 import structlog
 
 from snnrm.backends.base import HardwareBackend
-from snnrm.core.devices import NEURON_CORE, DeviceSet, ThroughputBlocks
+from snnrm.core.devices import NEURON_CORE, DeviceSet, ThroughputBlocks, core_counts
 from snnrm.core.monitor import NodeMonitor
 from snnrm.core.topology import BoolArray, FloatArray, Topology
 from snnrm.kubelet.feed import DeviceFeed
@@ -87,6 +87,10 @@ class NodeService:
         kubelet still books the stage on its old cores, so the kubelet must not hand these out. None: lend none."""
         self.withheld = None if cores is None or not np.any(cores) else np.asarray(cores, dtype=np.bool_).copy()
         self._publish()
+
+    def core_counts(self) -> dict[str, int]:
+        """Neuron cores by meaning (:func:`snnrm.core.devices.core_counts`)."""
+        return core_counts(self.monitor.core_healthy, self.withheld)
 
     def _devices_now(self) -> dict[str, DeviceSet]:
         devices = self.monitor.devices()

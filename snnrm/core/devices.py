@@ -101,3 +101,18 @@ def event_throughput_devices(blocks: ThroughputBlocks, topology: Topology, healt
         healthy=healthy,
         numa=topology.chip_numa[blocks.chip_of_block],
     )
+
+
+def core_counts(healthy: BoolArray, withheld: BoolArray | None) -> dict[str, int]:
+    """Neuron cores by meaning, so every surface (page, log, /api/v1/node, metrics) says the same thing:
+    ``healthy`` (telemetry says so) = ``allocatable`` (advertised to the kubelet) + ``withheld_for_remap`` (healthy,
+    but lent to a live remap, so the kubelet must not hand them out); ``unhealthy`` = ``total`` - ``healthy``."""
+    n_healthy = int(np.count_nonzero(healthy))
+    lent = int(np.count_nonzero(healthy & withheld)) if withheld is not None else 0
+    return {
+        "total": int(healthy.size),
+        "healthy": n_healthy,
+        "unhealthy": int(healthy.size) - n_healthy,
+        "withheld_for_remap": lent,
+        "allocatable": n_healthy - lent,
+    }

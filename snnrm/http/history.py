@@ -25,6 +25,7 @@ from snnrm.node import NodeService
 
 SERIES: Final = (
     "healthy_cores",
+    "allocatable_cores",
     "healthy_blocks",
     "effective_keps",
     "queue_fill_mean",
@@ -51,7 +52,8 @@ def node_sample(node: NodeService) -> FloatArray:
     blocks = devices.get(EVENT_THROUGHPUT)
     cores = devices.get(NEURON_CORE)
     values = {
-        "healthy_cores": cores.healthy_count if cores is not None else int(np.count_nonzero(m.core_healthy)),
+        "healthy_cores": int(np.count_nonzero(m.core_healthy)),
+        "allocatable_cores": cores.healthy_count if cores is not None else np.nan,
         "healthy_blocks": blocks.healthy_count if blocks is not None else np.nan,
         "effective_keps": float(np.nansum(m.effective_keps())),
         "queue_fill_mean": float(fill.mean()) if fill.size else np.nan,

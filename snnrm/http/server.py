@@ -100,6 +100,7 @@ async def node_state(request: web.Request) -> web.Response:
         "frames": m.frames,
         "telemetry_time": m.last_frame_time,
         "resources": {res: {"total": len(d.ids), "healthy": d.healthy_count} for res, d in node.devices().items()},
+        "core_counts": node.core_counts(),
         "unhealthy_cores": [
             {
                 "id": topo.ids[i],

@@ -190,6 +190,7 @@ def devices_body(node: NodeService, sim: SimBackend | None, *, ids: bool = True)
         "frames": m.frames,
         "rejected_frames": m.rejected_frames,
         "resources": resources,
+        "core_counts": node.core_counts(),
         "legend": {
             "state": [h.name.lower() for h in Health],
             "reasons": {Reason.names(int(r))[0]: int(r) for r in Reason if r},

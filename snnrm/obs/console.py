@@ -55,6 +55,8 @@ class SummaryView:
     dropped_per_s: float = 0.0
     kubelet_allocatable: int | None = None
     """Neuron cores the kubelet sees as allocatable (None: unknown)."""
+    cores_withheld: int = 0
+    """Healthy cores lent to a live remap and so withheld from the kubelet (healthy = allocatable + withheld)."""
     url: str | None = None
 
 
@@ -89,6 +91,8 @@ def render(view: SummaryView, *, color: bool = False) -> list[str]:
         return c(_DIM, f"{text:<15}")
 
     cores = f"{count(view.cores_healthy, view.cores_total)} healthy"
+    if view.cores_withheld:
+        cores += f" · {view.cores_withheld} withheld for a live remap"
     if view.kubelet_allocatable is not None:
         cores += f" · kubelet allocatable {view.kubelet_allocatable}"
     advertised_meps = view.blocks_healthy * view.block_keps / 1e3
@@ -153,8 +157,9 @@ class LiveSummary:
 
     @property
     def interval(self) -> float:
-        """Seconds between updates the caller should aim for: once a second on a screen, every 2 s in a log."""
-        return 1.0 if self.live else 2.0
+        """Seconds between updates the caller should aim for: once a second on a screen, every 10 s in a log (the
+        log also has every transition and move as its own line; the summary is only a heartbeat there)."""
+        return 1.0 if self.live else 10.0
 
     def update(self, view: SummaryView) -> None:
         if not self.live:
@@ -162,6 +167,7 @@ class LiveSummary:
                 "summary",
                 t=round(view.elapsed_s, 1),
                 healthy_cores=f"{view.cores_healthy}/{view.cores_total}",
+                withheld_for_remap_cores=view.cores_withheld,
                 allocatable_cores=view.kubelet_allocatable,
                 throughput_blocks=f"{view.blocks_healthy}/{view.blocks_total}",
                 measured_meps=round(view.measured_keps / 1e3, 1),

@@ -35,7 +35,7 @@ import numpy as np
 import numpy.typing as npt
 
 from snnrm import __version__
-from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE, DeviceSet, ThroughputBlocks
+from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE, DeviceSet, ThroughputBlocks, core_counts
 from snnrm.core.health import Health, Reason
 from snnrm.core.monitor import NodeMonitor
 from snnrm.core.topology import FloatArray, IntArray, Topology
@@ -69,6 +69,10 @@ class NodeView(Protocol):
         ...
 
     def devices(self) -> Mapping[str, DeviceSet]: ...
+
+    def core_counts(self) -> dict[str, int]:
+        """Neuron cores by meaning (:func:`snnrm.core.devices.core_counts`)."""
+        ...
 
 
 class PluginView(Protocol):
@@ -187,6 +191,9 @@ class _MonitorOnly:
 
     def devices(self) -> Mapping[str, DeviceSet]:
         return self.devices_of()
+
+    def core_counts(self) -> dict[str, int]:
+        return core_counts(self.monitor.core_healthy, None)
 
 
 class NodeCollector(SnapshotCollector):
@@ -489,6 +496,7 @@ class NodeCollector(SnapshotCollector):
         name = self._name
         one = self._node_labels
         devices = sorted(node.devices().items())
+        core_counts = {k: v for k, v in node.core_counts().items() if k != "total"}
         rows = [(name, res, s) for res, _ in devices for s in ("healthy", "unhealthy")]
         counts = [v for _, d in devices for v in (d.healthy_count, len(d.ids) - d.healthy_count)]
         fams = [
@@ -498,6 +506,14 @@ class NodeCollector(SnapshotCollector):
                 "Devices advertised to the kubelet by resource and health.",
                 Labels.build(("node", "resource", "state"), rows),
                 np.array(counts, dtype=np.int64),
+            ),
+            Family(
+                "snnrm_neuron_cores",
+                "gauge",
+                "Neuron cores by meaning: healthy (telemetry) = allocatable (advertised to the kubelet) + "
+                "withheld_for_remap (healthy but lent to a live remap); unhealthy = total - healthy.",
+                Labels.build(("node", "state"), [(name, k) for k in core_counts]),
+                np.array(list(core_counts.values()), dtype=np.int64),
             ),
             Family(
                 "snnrm_event_throughput_device_events_per_second",

@@ -347,7 +347,7 @@ async def test_page_renders_live_plots_and_follows_a_fault_without_console_error
         by_load = await cdp.evaluate(CANVAS_STATS)
         assert by_load["heatmap"]["colors"] > before["heatmap"]["colors"]
         await cdp.evaluate("document.querySelector('#heat-metric [data-metric=queue_fill]').click()")
-        assert await cdp.evaluate("document.getElementById('tile-cores').textContent") == "512/ 512"
+        assert await cdp.evaluate("document.getElementById('tile-cores').textContent") == "512/ 512 · 512 healthy"
         assert "every core is healthy" in await cdp.evaluate("document.getElementById('unhealthy').textContent")
 
         # A core failure on two cores of the second stage.
@@ -364,7 +364,7 @@ async def test_page_renders_live_plots_and_follows_a_fault_without_console_error
         )
         assert str(fault_id) in faults
         assert ids[0] in faults
-        assert await cdp.evaluate("document.getElementById('tile-cores').textContent") == "510/ 512"
+        assert await cdp.evaluate("document.getElementById('tile-cores').textContent") == "510/ 512 · 510 healthy"
         # The time charts step once the history has sampled the fault.
         await cdp.until("document.getElementById('tile-faults').textContent.startsWith('1')")
         await asyncio.sleep(2.5)

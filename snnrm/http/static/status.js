@@ -435,7 +435,14 @@
     const res = devices.resources;
     const nc = res["snnrm.io/neuron-core"];
     const ev = res["snnrm.io/event-throughput"];
-    if (nc) setTile("tile-cores", `${nc.healthy_count}`, `/ ${nc.total}`, nc.healthy_count < nc.total);
+    const cc = devices.core_counts;
+    if (cc) {
+      // allocatable = healthy - withheld for a live remap (lent cores the kubelet must not hand out): not a fault
+      const withheld = cc.withheld_for_remap ? ` · ${cc.withheld_for_remap} withheld for remap` : "";
+      setTile("tile-cores", `${cc.allocatable}`, `/ ${cc.total} · ${cc.healthy} healthy${withheld}`, cc.unhealthy > 0);
+    } else if (nc) {
+      setTile("tile-cores", `${nc.healthy_count}`, `/ ${nc.total}`, nc.healthy_count < nc.total);
+    }
     if (ev) {
       setTile(
         "tile-blocks",

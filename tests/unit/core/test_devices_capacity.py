@@ -103,3 +103,18 @@ def test_hard_faults_shrink_at_once(topo: Topology) -> None:
     per_core[0] = 0.0
     assert cap.update(per_core, now=0.0, immediate=True)
     assert cap.healthy_per_chip.tolist() == [7, 8]
+
+
+def test_core_counts_add_up_with_cores_lent_to_a_remap() -> None:
+    """Issue 17: healthy = allocatable + withheld_for_remap, unhealthy = total - healthy; a withheld core that
+    also failed counts once, as unhealthy."""
+    from snnrm.core.devices import core_counts
+
+    healthy = np.ones(512, dtype=bool)
+    healthy[:1] = False
+    withheld = np.zeros(512, dtype=bool)
+    withheld[:16] = True  # 16 lent cores, one of which has also failed
+    counts = core_counts(healthy, withheld)
+    assert counts == {"total": 512, "healthy": 511, "unhealthy": 1, "withheld_for_remap": 15, "allocatable": 496}
+    assert counts["healthy"] == counts["allocatable"] + counts["withheld_for_remap"]
+    assert core_counts(healthy, None)["allocatable"] == 511
