@@ -301,10 +301,14 @@ class NodeReallocator:
             await self.step()
 
     def _view(self) -> tuple[NodeView, BoolArray, BoolArray]:
-        """The node now, the cores that failed (hard), and all Unhealthy cores (any reason)."""
+        """The node now, the cores that failed (hard), and all Unhealthy cores (any reason).
+
+        Stale telemetry is not a failed core: a core whose counters stopped for a few seconds (a glitch) is not a
+        target (it is Unhealthy, so not free) but does not force its stage to move either.
+        """
         m = self.node.monitor
         healthy = self.node.core_healthy()
-        hard = (m.health.reasons & (int(HealthReason.FAILED) | int(HealthReason.STALE))) != 0
+        hard = (m.health.reasons & int(HealthReason.FAILED)) != 0
         failed = hard & ~healthy
         withheld = self.node.withheld if self.node.withheld is not None else np.zeros_like(healthy)
         free = healthy & ~self.allocated() & ~withheld
@@ -342,6 +346,9 @@ class NodeReallocator:
                     await self._report(s, StageHealth("ok"), cores=None, moved_at=None)
                     continue
                 if await self._act(job, members, s, active, watch, view, failed, unhealthy, now):
+                    # The cores just taken are withheld now: the rest of this pass prices other jobs against
+                    # the new state, so two stages never receive the same cores.
+                    view, failed, unhealthy = self._view()
                     break  # one stage of a pipeline per pass; the next pass sees the new placement
 
     async def _act(
@@ -367,6 +374,12 @@ class NodeReallocator:
             await self._report(s, StageHealth("degraded", tuple(reasons), since, "not-opted-in", cost_now), cores=None,
                                moved_at=None)  # fmt: skip
             return False
+        # The move budget first: a job that may not move now costs no evaluation (a replan is the expensive part).
+        last = max((m.last_move for m in members if m.last_move is not None), default=None)
+        blocked = self.budget.blocked(job, now, last_move=last)
+        if blocked is not None:
+            await self.reporter.event(s, reason="RemapDeferred", note=f"{reason}: {blocked}")
+            return False
         with self.tracer.span("snnrm.remap", {"snnrm.job": s.job, "snnrm.stage": s.index, "snnrm.reason": reason}
                               ) as span:  # fmt: skip
             option = evaluate_remap(
@@ -376,12 +389,6 @@ class NodeReallocator:
                 span.set_attribute("snnrm.action", "unavailable")
                 await self._report(s, StageHealth("degraded", tuple(reasons), since, "unavailable", cost_now),
                                    cores=None, moved_at=None)  # fmt: skip
-                return False
-            last = max((m.last_move for m in members if m.last_move is not None), default=None)
-            blocked = self.budget.blocked(job, now, last_move=last)
-            if blocked is not None:
-                span.set_attribute("snnrm.action", "deferred")
-                await self.reporter.event(s, reason="RemapDeferred", note=f"{reason}: {blocked}")
                 return False
             target = option.target
             ids = [self.node.topology.ids[i] for i in np.sort(target).tolist()]

@@ -146,18 +146,23 @@ def signals_of(
     efficiency: FloatArray,
     link_util: FloatArray,
 ) -> StageSignals:
-    """A stage's signals from per-core arrays: ``failed`` marks cores that cannot run (hard failure, or Unhealthy
-    for a reason other than load), ``link_util`` the busiest link leaving each core's router."""
+    """A stage's signals from per-core arrays: ``failed`` marks cores that cannot run (a hard failure),
+    ``link_util`` the busiest link leaving each core's router.
+
+    The worst core speaks for the stage (the busiest queue, the lowest efficiency): a pipeline runs at the pace of
+    its slowest core, and a mean over 16 cores hides one saturated core. An unknown reading (NaN: no telemetry) is
+    not evidence of anything; it neither saturates a queue nor fails a core.
+    """
     c = np.asarray(cores, dtype=np.int64)
     if len(c) == 0:
         return StageSignals(0, 0.0, 1.0, 0.0)
-    fill = np.clip(np.nan_to_num(queue_fill[c], nan=1.0), 0.0, 1.0)
+    fill = np.clip(np.nan_to_num(queue_fill[c], nan=0.0), 0.0, 1.0)
     eff = np.clip(np.nan_to_num(efficiency[c], nan=1.0), 0.0, 1.0)
     return StageSignals(
         failed=int(np.count_nonzero(failed[c])),
-        queue_fill=float(fill.mean()),
-        efficiency=float(eff.mean()),
-        link=float(np.clip(np.nan_to_num(link_util[c], nan=1.0), 0.0, 1.0).max()),
+        queue_fill=float(fill.max()),
+        efficiency=float(eff.min()),
+        link=float(np.clip(np.nan_to_num(link_util[c], nan=0.0), 0.0, 1.0).max()),
     )
 
 

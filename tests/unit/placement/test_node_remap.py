@@ -16,6 +16,7 @@ from snnrm.backends.sim import SimBackend
 from snnrm.cluster.hints import PlanHints, PlannedPod
 from snnrm.cluster.remap import LocalStage, NodeReallocator, RemapLedger, read_allocation
 from snnrm.core.devices import NEURON_CORE
+from snnrm.core.health import Reason as HealthReason
 from snnrm.core.jobs import StageHealth
 from snnrm.core.placement import NodeView, StageDemand, plan_job
 from snnrm.core.reallocation import ReallocationSettings
@@ -220,3 +221,51 @@ def test_hints_match_the_earliest_pending_plan_of_the_right_size() -> None:
 @pytest.mark.parametrize("size", [0, 3])
 def test_hints_without_plans_say_nothing(size: int) -> None:
     assert PlanHints().planned(np.arange(4), size) is None
+
+
+async def test_one_saturated_core_is_not_averaged_away(tmp_path: Path) -> None:
+    """Issue 14: a hot spot under one core of a four-core stage saturates that core's queue; the stage is judged by
+    its worst core, so it moves (a mean over the stage's cores stayed below the threshold)."""
+    backend, node, source, realloc, _, clock = await _rig(tmp_path)
+    await _run(backend, node, realloc, clock, 1.0)
+    hot = int(source.placement[1][0])
+    backend.sim.inject(sim_hw.faults.HotSpot(cores=(hot,), service_divisor=50.0))
+    await _run(backend, node, realloc, clock, 5.0)
+    assert realloc.remaps >= 1
+    assert hot not in source.placement[1].tolist()
+
+
+async def test_stale_telemetry_is_not_a_failed_core(tmp_path: Path) -> None:
+    """Issue 14: counters that freeze for a few seconds (a telemetry glitch) make the core Unhealthy (stale) for
+    the kubelet, but do not move the healthy stage running on it."""
+    backend, node, source, realloc, reporter, clock = await _rig(tmp_path)
+    await _run(backend, node, realloc, clock, 1.0)
+    core = int(source.placement[2][0])
+    before = source.placement[2].copy()
+    backend.sim.inject(sim_hw.faults.TelemetryGlitch(cores=(core,), mode="nan"), duration=5.0)
+    await _run(backend, node, realloc, clock, 4.0)
+    assert node.monitor.health.reasons[core] & int(HealthReason.STALE)  # the kubelet is told, the stage stays
+    await _run(backend, node, realloc, clock, 3.0)
+    assert realloc.remaps == 0
+    assert np.array_equal(source.placement[2], before)
+    assert not [e for e in reporter.events if e[1] == "Remapped"]
+
+
+async def test_the_move_budget_is_checked_before_any_evaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:  # fmt: skip
+    """Issue 14: while a job may not move (cooldown after its last move), a degraded stage costs no replan."""
+    import snnrm.cluster.remap as remap_module
+
+    backend, node, source, realloc, reporter, clock = await _rig(tmp_path)
+    await _run(backend, node, realloc, clock, 1.0)
+    backend.sim.inject(sim_hw.faults.HotSpot(cores=tuple(source.placement[1].tolist()), service_divisor=8.0))
+    await _run(backend, node, realloc, clock, 4.0)
+    assert realloc.remaps == 1
+    calls = []
+    real = remap_module.evaluate_remap
+    monkeypatch.setattr(remap_module, "evaluate_remap", lambda *a, **k: calls.append(1) or real(*a, **k))
+    backend.sim.inject(sim_hw.faults.HotSpot(cores=tuple(source.placement[0].tolist()), service_divisor=8.0))
+    await _run(backend, node, realloc, clock, 4.0)  # inside the 30 s cooldown of the job
+    assert realloc.remaps == 1
+    assert calls == []
+    assert any(r == "RemapDeferred" for _, r, _ in reporter.events)
