@@ -7,7 +7,7 @@ import errno
 import signal
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import click
 
@@ -205,9 +205,12 @@ def run(config: Path | None, **flags: Any) -> None:
 )
 @_opt("sim-chips", type=int, default=4, help="Simulated chips.")
 @_opt("sim-seed", type=int, default=0, help="Simulator seed.")
-def demo(http: str, demo_seconds: float | None, sim_chips: int, sim_seed: int) -> None:
-    """Simulated chips, an embedded kubelet stand-in, a split-learning job, a fault and the answer to it."""
-    configure_logging("console")
+@_opt("log-format", type=click.Choice(["console", "json"]), default="console", help="Log rendering.")
+def demo(
+    http: str, demo_seconds: float | None, sim_chips: int, sim_seed: int, log_format: Literal["console", "json"]
+) -> None:
+    """Simulated chips, an embedded kubelet stand-in, a split-learning job, two faults and the answers to them."""
+    configure_logging(log_format)
     from snnrm.demo import run_demo
 
     host, sep, port = http.rpartition(":")

@@ -19,6 +19,11 @@ from snnrm.config_placement import PlacementConfig
 from snnrm.core.dra import parse_tile
 
 DEFAULT_KUBELET_DIR = Path("/var/lib/kubelet/device-plugins")
+UNIX_PATH_MAX = 107
+"""Longest unix socket path Linux binds (``sun_path`` is 108 bytes with the terminating NUL)."""
+SOCKET_NAME_MAX = 28
+"""Longest socket file name snnrm creates in a socket directory (``snnrm-event-throughput.sock``,
+``snnrm.io-reg.sock``); tests/unit/app/test_config.py checks it against the real names."""
 
 
 class ConfigError(Exception):
@@ -96,6 +101,18 @@ class Config(BaseModel):
     dra_tile: str = "1x1"
     """Routers per core-group device, ``WxH``: 1x1 is one router domain; bigger tiles mean fewer, larger devices
     (e.g. 2x2 on one-core-per-router meshes like Loihi 2, where 1x1 is one device per core)."""
+
+    @field_validator("kubelet_dir", "dra_registry_dir", "dra_plugin_dir")
+    @classmethod
+    def _socket_dir(cls, v: Path) -> Path:
+        # gRPC's bind error for a long path names neither the flag nor the limit; say both before anything starts.
+        longest = len(str(v).encode()) + 1 + SOCKET_NAME_MAX
+        if longest > UNIX_PATH_MAX:
+            raise ValueError(
+                f"too long for the unix sockets snnrm creates in it ({longest} bytes with the socket name, the limit "
+                f"is {UNIX_PATH_MAX}); use a shorter directory"
+            )
+        return v
 
     @field_validator("dra_tile")
     @classmethod

@@ -30,12 +30,14 @@ from snnrm.app import Daemon
 from snnrm.backends.sim import SimBackend
 from snnrm.cluster.hints import PlanHints, PlannedPod
 from snnrm.cluster.remap import LocalStage, NodeReallocator, RemapLedger, read_allocation, stages_body
-from snnrm.config import Config
+from snnrm.config import SOCKET_NAME_MAX, UNIX_PATH_MAX, Config
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
 from snnrm.core.jobs import StageHealth
 from snnrm.core.placement import NodeView, StageDemand, first_fit_plan, plan_job
 from snnrm.core.reallocation import ReallocationSettings
+from snnrm.core.topology import Topology
 from snnrm.kubelet.standin import KubeletStandIn
+from snnrm.node import NodeService
 from snnrm.obs.console import LiveSummary, SummaryView
 
 log = structlog.get_logger("snnrm.demo")
@@ -43,6 +45,7 @@ log = structlog.get_logger("snnrm.demo")
 HOT_SPOT_AT = 6.0
 """Seconds after the job is placed when a hot spot hits stage 1: long enough to see the healthy baseline first."""
 CORE_FAILURE_AT = 24.0
+SHORT_TMPDIR = UNIX_PATH_MAX - SOCKET_NAME_MAX - len("/snnrm-demo-XXXXXXXX/device-plugins/")
 """Seconds after placement when a core under stage 2 fails (after the job's cooldown from the first move)."""
 JOB_NAMESPACE = "demo"
 
@@ -196,27 +199,77 @@ async def _scenario(daemon: Daemon, kubelet: KubeletStandIn, sim: SimBackend, su
         log.warning("runtime_followed_remap", stage=i, cores=len(cores), first=topo.ids[int(cores.min())])
 
     files = [ledger.allocation_file(ids) for ids in admitted]
+    try:
+        await _scenario_loop(
+            sim, source, topo, node, kubelet, daemon, realloc, latency, marks, started, files, moved, summary, job.name
+        )
+    finally:
+        _recap(marks, sim, realloc.remaps)
+
+
+def _recap(marks: dict[str, float], sim: SimBackend, remaps: int) -> None:
+    """The story in one line at the end: latency around the hot spot, how fast each fault was answered, losses."""
+    counters = sim.sim.counters()
+    dropped = float(np.nansum(counters.events_dropped))
+    total = float(np.nansum(counters.events_in))
+
+    def span(a: str, b: str) -> float | None:
+        return round(marks[b] - marks[a], 2) if a in marks and b in marks else None
+
+    def us(key: str) -> float | None:
+        return round(marks[key] * 1e6, 3) if key in marks and math.isfinite(marks[key]) else None
+
+    log.warning(
+        "demo_recap",
+        latency_before_us=us("lat_before"),
+        latency_during_hot_spot_us=us("lat_during"),
+        latency_after_remap_us=us("lat_after"),
+        hot_spot_to_remap_s=span("hot", "moved1"),
+        core_failure_to_remap_s=span("failure", "moved2"),
+        remaps=remaps,
+        events_dropped=int(dropped),
+        events_dropped_pct=round(100.0 * dropped / total, 3) if total > 0 else None,
+    )
+
+
+async def _scenario_loop(
+    sim: SimBackend,
+    source: _DemoStages,
+    topo: Topology,
+    node: NodeService,
+    kubelet: KubeletStandIn,
+    daemon: Daemon,
+    realloc: NodeReallocator,
+    latency: _Latency,
+    marks: dict[str, float],
+    started: float,
+    files: list[Path],
+    moved: Callable[[int, np.ndarray], None],
+    summary: LiveSummary,
+    job_name: str,
+) -> None:
+    """Faults on a schedule, latency phases, the live summary; runs until cancelled."""
     last_summary = -math.inf
     async with asyncio.TaskGroup() as tg:
         tg.create_task(realloc.run(), name="demo-reallocator")
-        tg.create_task(_runtime(sim, job.name, files, moved), name="demo-runtime")
+        tg.create_task(_runtime(sim, job_name, files, moved), name="demo-runtime")
         while True:
             await asyncio.sleep(0.1)
             now = time.monotonic() - started
-            metrics = sim.sim.stage_metrics(job.name)
+            metrics = sim.sim.stage_metrics(job_name)
             latency.add(now, metrics)
             if "hot" not in marks and now >= HOT_SPOT_AT:
                 marks["hot"] = now
-                _log_latency("before", latency.mean(now - 3.0, now))
+                marks["lat_before"] = _log_latency("before", latency.mean(now - 3.0, now))
                 victims = source.stages()[1].cores.tolist()
                 sim.inject({"kind": "hot_spot", "cores": victims, "load_factor": 4.0, "service_divisor": 16.0})
                 log.warning("fault_injected", kind="hot-spot", stage=1, cores=len(victims), first=topo.ids[victims[0]])
             if "moved1" in marks and "during" not in marks:
                 marks["during"] = now
-                _log_latency("during", latency.mean(marks["hot"] + 0.5, marks["moved1"]))
+                marks["lat_during"] = _log_latency("during", latency.mean(marks["hot"] + 0.5, marks["moved1"]))
             if "during" in marks and "after" not in marks and now >= marks["moved1"] + 3.0:
                 marks["after"] = now
-                _log_latency("after", latency.mean(marks["moved1"] + 1.0, now))
+                marks["lat_after"] = _log_latency("after", latency.mean(marks["moved1"] + 1.0, now))
             if "failure" not in marks and now >= CORE_FAILURE_AT:
                 marks["failure"] = now
                 victim = int(source.stages()[2].cores[0])
@@ -247,8 +300,9 @@ async def _scenario(daemon: Daemon, kubelet: KubeletStandIn, sim: SimBackend, su
                 )
 
 
-def _log_latency(phase: str, seconds: float) -> None:
+def _log_latency(phase: str, seconds: float) -> float:
     log.warning("spike_latency", phase=phase, e2e_us=round(seconds * 1e6, 3))
+    return seconds
 
 
 async def run_demo(
@@ -262,7 +316,9 @@ async def run_demo(
     """Run the demo until Ctrl-C, or for ``seconds``."""
     stop = asyncio.Event()
     install_stop(stop)
-    with tempfile.TemporaryDirectory(prefix="snnrm-demo-") as tmp:
+    # The kubelet's sockets live in here: a deep $TMPDIR would push them past the unix socket path limit.
+    base = None if len(tempfile.gettempdir()) <= SHORT_TMPDIR else "/tmp"  # noqa: S108 (mkdtemp: private, unique)
+    with tempfile.TemporaryDirectory(prefix="snnrm-demo-", dir=base) as tmp:
         root = Path(tmp)
         config = Config(
             backend="sim",

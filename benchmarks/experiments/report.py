@@ -570,64 +570,20 @@ def quoted_headlines(path: Path, link: str) -> list[str]:
 def readme_section(
     suite: SuiteResult, items: Sequence[Headline], notes: Sequence[str], extra: Sequence[str] = ()
 ) -> str:
-    """The README's "Experiments" section, between markers (replaced wholesale on every run)."""
-    img = "benchmarks/results/"
+    """The README's short results summary, between markers (replaced wholesale on every run): the headline table
+    and a link. Every table, plot, finding and limit stays in results.md, which the README links; ``notes`` and
+    ``extra`` go there, not here."""
+    cfg = suite.cfg
     lines = [
         README_BEGIN,
-        "## Experiments",
-        "",
-        "`snnrm bench` (or `make bench`, which also runs the performance benchmarks) runs reproducible experiments "
-        "on `sim_hw` in simulated time: several split-SNN jobs share a multi-chip mesh, faults hit them at T/3, and "
-        "snnrm's placement + reallocation (the daemon's real telemetry pipeline, `NodeMonitor`, and its real "
-        "placement and reallocation core) is compared with the classic device plugin's count-based first-fit, "
-        "random placement and static topology-aware placement, plus two ablations. `snnrm bench --full` runs "
-        "10 seeds and 3x longer runs; `snnrm bench --help` lists the knobs. Outputs: "
-        "[results.md](benchmarks/results/results.md) (all tables), "
-        "[summary.csv](benchmarks/results/summary.csv), [runs.csv](benchmarks/results/runs.csv), "
-        "[config.json](benchmarks/results/config.json) (config, seeds, versions).",
-        "",
-        *_intro(suite, img),
-        "",
-        "**Targets** (from the published mapping work and Kubernetes behaviour; they are targets, not promises):",
+        f"Headlines of the last `snnrm bench` run ({cfg.name} set: {len(cfg.seeds)} seeds, {cfg.duration:g} "
+        "simulated s per run), generated from "
+        "[benchmarks/results/headlines.json](benchmarks/results/headlines.json):",
         "",
         headline_table(items),
         "",
-        *extra,
-        "**SLO-violation time**, % of job-time over all jobs (lower is better; best mean in bold):",
-        "",
-        matrix(suite, "slo_violation_pct"),
-        "",
-        "**Dropped events**, % of all events of all jobs:",
-        "",
-        matrix(suite, "dropped_pct"),
-        "",
-        "**Victim job p99 end-to-end spike latency** after the fault, us:",
-        "",
-        matrix(suite, "victim_p99_us"),
-        "",
-        "**Fault -> first reallocation** of a victim stage, s (`n/a`: never):",
-        "",
-        matrix(suite, "realloc_s", fault_scenarios(suite.scenarios)),
-        "",
-        "**Mean hops per spike** between consecutive stages (placement quality):",
-        "",
-        matrix(suite, "hops_per_spike", ["none"] if "none" in suite.scenarios else None),
-        "",
-        "**Resource manager's own cost**:",
-        "",
-        cost_table(suite),
-        "",
-        *(f"![{name}]({img}{name})\n\n{caption}\n" for name, caption in PLOTS),
-        "**What each result shows** (generated from the numbers):",
-        "",
-        *(f"- {s}" for s in findings(suite)),
-        *(f"- {s}" for s in ablations(suite)),
-        "",
-        "**Where snnrm does not beat a baseline:**",
-        "",
-        *([f"- {s}" for s in shortfalls(suite)] or ["- nowhere"]),
-        "",
-        *notes,
+        "All tables, plots, the model's assumptions and where snnrm does not win: "
+        "[benchmarks/results/results.md](benchmarks/results/results.md).",
         README_END,
     ]
     return "\n".join(lines) + "\n"

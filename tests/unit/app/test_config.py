@@ -85,3 +85,22 @@ def test_unreadable_file_is_one_line(tmp_path: Path) -> None:
         load_config(f)
     assert str(e.value).startswith(f"--config {f}: cannot read it")
     assert "\n" not in str(e.value)
+
+
+def test_socket_name_bound_covers_every_socket_we_create() -> None:
+    from snnrm.config import SOCKET_NAME_MAX
+    from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
+    from snnrm.dra.plugin import SERVICE_SOCKET, registration_socket_name
+    from snnrm.kubelet.wire import plugin_socket_name
+
+    names = [plugin_socket_name(NEURON_CORE), plugin_socket_name(EVENT_THROUGHPUT), SERVICE_SOCKET]
+    names.append(registration_socket_name("snnrm.io"))
+    assert max(len(n) for n in names) <= SOCKET_NAME_MAX
+
+
+@pytest.mark.parametrize("key", ["kubelet_dir", "dra_registry_dir", "dra_plugin_dir"])
+def test_socket_directory_too_deep_for_a_unix_socket_is_named(key: str) -> None:
+    flag = "--" + key.replace("_", "-")
+    with pytest.raises(ConfigError, match=rf"{flag}.*too long for the unix sockets.*limit is 107"):
+        load_config(**{key: Path("/tmp/" + "d" * 80)})
+    load_config(**{key: Path("/tmp/" + "d" * 60)})  # fits
