@@ -10,13 +10,15 @@ BENCH_STAMP := $(VENV)/.bench-installed
 # keyed by version, so a warm `make test` does not rebuild them.
 export SNNRM_TOOLS_CACHE ?= $(HOME)/.cache/snnrm-tools
 
-.PHONY: help install dev demo test unit lint fmt protos tools test-deps bench clean
+.PHONY: help install dev demo test unit lint fmt protos tools test-deps bench clean cluster cluster-down
 
 help:
 	@echo "make demo   run the daemon on simulated chips with an embedded kubelet stand-in (Ctrl-C to stop)"
 	@echo "make test   install everything the tests need and run lint + the whole suite"
 	@echo "make bench  run the benchmarks and print numbers against the targets"
 	@echo "make lint   ruff, mypy --strict, import-linter, generated-stub freshness"
+	@echo "make cluster       a real single-node Kubernetes here (root): kubelet, containerd, snnrm by its chart"
+	@echo "make cluster-down  stop it and remove everything it created"
 
 $(VENV)/bin/python:
 	$(PY) -m venv $(VENV)
@@ -71,6 +73,14 @@ test-deps:
 # SNNRM_E2E_REQUIRE=1: a missing Go-built binary fails the e2e tests instead of skipping them.
 test: lint tools test-deps
 	SNNRM_E2E_REQUIRE=1 $(BIN)/pytest
+
+# A real node (root): etcd, apiserver, controller-manager, scheduler, kubelet, kube-proxy, containerd + runc + CNI,
+# the snnrm image built from the Dockerfile, the chart installed (scripts/cluster.sh; .cluster/kubeconfig).
+cluster:
+	bash scripts/cluster.sh up
+
+cluster-down:
+	bash scripts/cluster.sh down
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks

@@ -38,6 +38,14 @@ TOOLS=(
   "kube-scheduler|tools/k8s|k8s.io/kubernetes|SNNRM_KUBE_SCHEDULER|k8s.io/kubernetes/cmd/kube-scheduler|$K8S_LDFLAGS"
   "helm|tools/helm|helm.sh/helm/v3|SNNRM_HELM|helm.sh/helm/v3/cmd/helm|-s -w -X helm.sh/helm/v3/internal/version.version={V} -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
   "kwok|tools/kwok|sigs.k8s.io/kwok|SNNRM_KWOK|sigs.k8s.io/kwok/cmd/kwok|-s -w -X sigs.k8s.io/kwok/pkg/consts.Version={V}"
+  # The real node of `make cluster` (scripts/cluster.sh).
+  "kubelet|tools/node-k8s|k8s.io/kubernetes|SNNRM_KUBELET|k8s.io/kubernetes/cmd/kubelet|$K8S_LDFLAGS"
+  "kube-controller-manager|tools/node-k8s|k8s.io/kubernetes|SNNRM_KUBE_CONTROLLER_MANAGER|k8s.io/kubernetes/cmd/kube-controller-manager|$K8S_LDFLAGS"
+  "kube-proxy|tools/node-k8s|k8s.io/kubernetes|SNNRM_KUBE_PROXY|k8s.io/kubernetes/cmd/kube-proxy|$K8S_LDFLAGS"
+  "kubectl|tools/node-k8s|k8s.io/kubernetes|SNNRM_KUBECTL|k8s.io/kubernetes/cmd/kubectl|$K8S_LDFLAGS"
+  "containerd|tools/containerd|github.com/containerd/containerd/v2|SNNRM_CONTAINERD|-tags no_btrfs,no_devmapper,no_zfs github.com/containerd/containerd/v2/cmd/containerd|-s -w -X github.com/containerd/containerd/v2/version.Version={V}"
+  "containerd-shim-runc-v2|tools/containerd|github.com/containerd/containerd/v2|SNNRM_CONTAINERD_SHIM|github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2|-s -w -X github.com/containerd/containerd/v2/version.Version={V}"
+  "ctr|tools/containerd|github.com/containerd/containerd/v2|SNNRM_CTR|github.com/containerd/containerd/v2/cmd/ctr|-s -w -X github.com/containerd/containerd/v2/version.Version={V}"
 )
 
 die() { echo "build-tools: $*" >&2; exit 1; }
@@ -89,6 +97,9 @@ harness_k8s="$(module_version tests/e2e/devicemanager k8s.io/kubernetes)"
 tools_k8s="$(module_version tools/k8s k8s.io/kubernetes)"
 [[ "$harness_k8s" == "$tools_k8s" ]] ||
   die "k8s.io/kubernetes is $harness_k8s in tests/e2e/devicemanager/go.mod but $tools_k8s in tools/k8s/go.mod"
+node_k8s="$(module_version tools/node-k8s k8s.io/kubernetes)"
+[[ "$node_k8s" == "$tools_k8s" ]] ||
+  die "k8s.io/kubernetes is $node_k8s in tools/node-k8s/go.mod but $tools_k8s in tools/k8s/go.mod"
 dra_k8s="$(module_version tests/e2e/dra k8s.io/kubernetes)"
 [[ "$dra_k8s" == "$tools_k8s" ]] ||
   die "k8s.io/kubernetes is $dra_k8s in tests/e2e/dra/go.mod but $tools_k8s in tools/k8s/go.mod"
@@ -128,7 +139,9 @@ for t in "${TOOLS[@]}"; do
     start="$(now)"
     tmp="$out.tmp.$$"
     rm -rf "$tmp"; mkdir -p "$tmp/bin"
-    if ! (cd "$ROOT/$dir" && go build -o "$tmp/bin/$name" -ldflags "$ldflags" "$pkg"); then
+    # $pkg may carry build flags before the package (e.g. -tags): split on spaces on purpose.
+    # shellcheck disable=SC2086
+    if ! (cd "$ROOT/$dir" && go build -o "$tmp/bin/$name" -ldflags "$ldflags" $pkg); then
       rm -rf "$tmp"
       die "building $name $version failed (module $dir; see the go errors above)"
     fi

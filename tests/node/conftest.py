@@ -1,0 +1,58 @@
+"""Fixtures of the real-node tier: ``node`` (session; brings the node up with scripts/cluster.sh) and ``ns``.
+
+``scripts/cluster.sh up`` (``make cluster``) brings the node up; the session fixture runs it, and takes the node
+down again at the end unless it was already up when the session started (then it is left as it was). Needs root;
+without it the tier skips, or fails under ``SNNRM_E2E_REQUIRE=1`` (what ``make test`` sets).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from node_support import CLUSTER, SCRIPT, Node
+
+
+def _cluster_running() -> bool:
+    pids = CLUSTER / "pids"
+    names = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd", "kubelet"]
+    for name in names:
+        f = pids / f"{name}.pid"
+        if not f.is_file():
+            return False
+        try:
+            os.kill(int(f.read_text()), 0)
+        except (OSError, ValueError):
+            return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def node() -> Iterator[Node]:
+    if os.geteuid() != 0:
+        reason = "the real-node tier needs root (a kubelet and containerd run here): run `make test` as root"
+        if os.environ.get("SNNRM_E2E_REQUIRE") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    was_up = _cluster_running()
+    # Always run `up`: it is idempotent, and rebuilds and reinstalls the image when the sources changed.
+    subprocess.run(["bash", str(SCRIPT), "up"], check=True, timeout=2400)
+    try:
+        yield Node()
+    finally:
+        if not was_up:
+            subprocess.run(["bash", str(SCRIPT), "down"], check=False, timeout=600)
+
+
+@pytest.fixture
+def ns(node: Node) -> Iterator[str]:
+    """A namespace of the test's own, deleted (with its pods) afterwards."""
+    name = f"node-e2e-{uuid.uuid4().hex[:6]}"
+    node.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        node.kubectl("delete", "namespace", name, "--wait=true", "--timeout=120s", check=False)

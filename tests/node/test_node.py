@@ -1,0 +1,114 @@
+"""snnrm on a real node: the chart's DaemonSet under a real kubelet, containerd with CDI, and runc.
+
+What a platform engineer does first, proven end to end: the node advertises cores, a pod gets cores, files and
+CDI devices, a kubelet restart and a daemon restart lose and double-book nothing, a failed core leaves
+allocatable and comes back, and a request nobody can satisfy stays Pending with the scheduler's reason.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from node_support import EVENT_THROUGHPUT, NAMESPACE, NEURON_CORE, Node, core_pod, run_core_pod, wait_for
+
+from sim_hw.spec import load_preset
+
+
+def _expected_cores() -> int:
+    # The chart's defaults for backend sim: the loihi2 preset, 4 chips (charts/snnrm/values.yaml).
+    spec = load_preset("loihi2", chips=4)
+    return spec.chips * spec.cores_per_chip
+
+
+def test_daemonset_ready_and_node_advertises_what_the_sim_config_implies(node: Node) -> None:
+    pod = node.daemon_pod()
+    assert pod["spec"]["nodeName"]
+    total = _expected_cores()
+    alloc = wait_for("allocatable neuron cores", lambda: node.allocatable().get(NEURON_CORE) == str(total) or None)
+    assert alloc
+    daemon = node.daemon("GET", "/api/v1/node")
+    assert daemon["cores"] == total
+    blocks = daemon["resources"][EVENT_THROUGHPUT]["healthy"]
+    assert blocks > 0
+    assert node.allocatable()[EVENT_THROUGHPUT] == str(blocks)
+
+
+def test_pod_gets_four_cores_a_read_only_file_and_cdi_devices(node: Node, ns: str) -> None:
+    got = run_core_pod(node, ns, "four", 4)
+    cores = got["cores"]
+    assert len(cores) == 4, got["raw"]
+    assert len(set(cores)) == 4
+    # The allocation file is mounted read-only at the documented path and describes exactly these cores.
+    assert sorted(c["id"] for c in got["file"]["cores"]) == sorted(cores)
+    assert got["mounts"], got["raw"]
+    assert " ro," in got["mounts"][0] or " ro " in got["mounts"][0], got["mounts"]
+    assert got["writable"] is False
+    # The CDI devices reached the container: the runtime applied the spec's edits for every chip of the cores.
+    chips = {c["chip"] for c in got["file"]["cores"]}
+    assert sorted(got["cdi"]) == sorted(f"SNNRM_CDI_CHIP_{c}=chip{c}" for c in chips), got["raw"]
+
+
+def test_kubelet_restart_keeps_running_pods_cores_and_never_double_books(node: Node, ns: str) -> None:
+    total = str(_expected_cores())
+    first = run_core_pod(node, ns, "before", 4)
+    uid = node.get("pod", "-n", ns, "before")["metadata"]["uid"]
+    node.cluster("restart-kubelet")
+    # The plugin re-registers with the new kubelet: the resource comes back in full.
+    wait_for("neuron cores after the kubelet restart", lambda: node.allocatable().get(NEURON_CORE) == total, 90)
+    pod = node.get("pod", "-n", ns, "before")
+    assert pod["metadata"]["uid"] == uid
+    assert pod["status"]["phase"] == "Running"
+    assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+    second = run_core_pod(node, ns, "after", 4)
+    assert not set(first["cores"]) & set(second["cores"]), (first["cores"], second["cores"])
+
+
+def test_daemon_pod_recreated_keeps_allocations(node: Node, ns: str) -> None:
+    total = str(_expected_cores())
+    first = run_core_pod(node, ns, "held", 8)
+    old = node.daemon_pod()["metadata"]["name"]
+    node.kubectl("delete", "pod", "-n", NAMESPACE, old, "--wait=true")
+
+    def replaced() -> bool:
+        return node.daemon_pod()["metadata"]["name"] != old
+
+    wait_for("a new daemon pod Ready", replaced, 120)
+    wait_for("neuron cores after the daemon restart", lambda: node.allocatable().get(NEURON_CORE) == total, 60)
+    second = run_core_pod(node, ns, "later", 8)
+    assert not set(first["cores"]) & set(second["cores"]), (first["cores"], second["cores"])
+    assert node.get("pod", "-n", ns, "held")["status"]["containerStatuses"][0]["restartCount"] == 0
+
+
+def test_failed_cores_leave_allocatable_and_come_back(node: Node) -> None:
+    total = _expected_cores()
+    wait_for("all cores allocatable", lambda: node.allocatable().get(NEURON_CORE) == str(total), 60)
+    victims = list(range(total - 8, total))  # the far corner of the last chip
+    fault = node.daemon("POST", "/sim/faults", {"kind": "core_failure", "cores": victims})
+    started = time.monotonic()
+    try:
+        wait_for(
+            "the failed cores to leave allocatable",
+            lambda: node.allocatable().get(NEURON_CORE) == str(total - len(victims)),
+            30,
+            every=0.05,
+        )
+        took = time.monotonic() - started
+        print(f"core failure -> node allocatable: {took:.2f} s")  # recorded in the issue note, not asserted
+    finally:
+        node.daemon("DELETE", f"/sim/faults/{fault['id']}")
+    wait_for("the cores back in allocatable", lambda: node.allocatable().get(NEURON_CORE) == str(total), 60)
+
+
+def test_more_cores_than_exist_stays_pending_with_the_schedulers_reason(node: Node, ns: str) -> None:
+    too_many = _expected_cores() + 1
+    node.apply(core_pod("greedy", ns, node.image(), too_many))
+
+    def reason() -> str | None:
+        events: list[dict[str, Any]] = node.get("events", "-n", ns)["items"]
+        msgs = [e["message"] for e in events if e.get("reason") == "FailedScheduling"]
+        return msgs[0] if msgs else None
+
+    msg = wait_for("a FailedScheduling event", reason, 60)
+    assert f"Insufficient {NEURON_CORE}" in msg
+    assert node.get("pod", "-n", ns, "greedy")["status"]["phase"] == "Pending"
