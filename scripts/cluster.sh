@@ -372,9 +372,8 @@ up() {
     --service-account-private-key-file "$p/sa.key" --root-ca-file "$p/ca.crt" \
     --cluster-signing-cert-file "$p/ca.crt" --cluster-signing-key-file "$p/ca.key" \
     --v=1
-  spawn kube-scheduler "$SNNRM_KUBE_SCHEDULER" --kubeconfig "$CL/scheduler.kubeconfig" \
-    --authentication-kubeconfig "$CL/scheduler.kubeconfig" --authorization-kubeconfig "$CL/scheduler.kubeconfig" \
-    --bind-address 127.0.0.1 --secure-port 10359 --leader-elect=false --v=1
+  [[ -f "$CL/etc/scheduler.yaml" ]] || scheduler_config ""
+  start_scheduler
 
   spawn containerd "$SNNRM_CONTAINERD" --config "$CL/etc/containerd.toml"
   wait_for containerd 30 "$SNNRM_CTR" -a "$CONTAINERD_SOCK" version
@@ -391,7 +390,46 @@ up() {
   # The chart's DaemonSet runs where chips are (snnrm.io/present=true): this node has simulated ones.
   kc label node "$NODE" snnrm.io/present=true --overwrite >/dev/null
   install_chart
+  wire_extender
   say "up: node $NODE Ready, snnrm installed. KUBECONFIG=$CL/kubeconfig, kubectl and helm in $CL/bin, logs in $CL/logs"
+}
+
+scheduler_config() { # extenders yaml (list items), or ""
+  {
+    echo "apiVersion: kubescheduler.config.k8s.io/v1"
+    echo "kind: KubeSchedulerConfiguration"
+    echo "clientConnection: {kubeconfig: \"$CL/scheduler.kubeconfig\"}"
+    echo "leaderElection: {leaderElect: false}"
+    echo "profiles:"
+    echo "- schedulerName: default-scheduler"
+    echo "- schedulerName: snnrm-scheduler"
+    if [[ -n "$1" ]]; then echo "extenders:"; echo "$1"; fi
+  } >"$CL/etc/scheduler.yaml.new"
+  if cmp -s "$CL/etc/scheduler.yaml.new" "$CL/etc/scheduler.yaml"; then rm "$CL/etc/scheduler.yaml.new"; return 1; fi
+  mv "$CL/etc/scheduler.yaml.new" "$CL/etc/scheduler.yaml"
+}
+
+start_scheduler() {
+  spawn kube-scheduler "$SNNRM_KUBE_SCHEDULER" --config "$CL/etc/scheduler.yaml" \
+    --authentication-kubeconfig "$CL/scheduler.kubeconfig" --authorization-kubeconfig "$CL/scheduler.kubeconfig" \
+    --bind-address 127.0.0.1 --secure-port 10359 --v=1
+}
+
+# The chart's extenders entry (ConfigMap <release>-scheduler-extender) into this scheduler's configuration. The
+# scheduler runs on the host, outside cluster DNS, so the Service name becomes its ClusterIP (kube-proxy routes
+# it), as on any cluster whose scheduler is not a pod.
+wire_extender() {
+  local extenders ip
+  extenders="$(kc -n "$NAMESPACE" get configmap "$RELEASE-scheduler-extender" -o jsonpath='{.data.extenders\.yaml}')"
+  ip="$(kc -n "$NAMESPACE" get service "$RELEASE-extender" -o jsonpath='{.spec.clusterIP}')"
+  [[ -n "$extenders" && -n "$ip" ]] || die "the chart installed no scheduler extender ConfigMap or Service"
+  extenders="$(sed "s#http://$RELEASE-extender\.$NAMESPACE\.svc:#http://$ip:#" <<<"$extenders")"
+  if scheduler_config "$extenders"; then
+    stop kube-scheduler
+    start_scheduler
+  fi
+  kc -n "$NAMESPACE" rollout status "deployment/$RELEASE-controller" --timeout 180s >>"$CL/logs/helm.log" 2>&1 ||
+    die "the snnrm controller did not become ready (kubectl -n $NAMESPACE describe pods; logs in $CL/logs)"
 }
 
 start_kubelet() {
@@ -405,6 +443,7 @@ install_chart() {
     --namespace "$NAMESPACE" --create-namespace \
     --set image.tag="$IMAGE_TAG" --set image.pullPolicy=Never \
     --set daemon.config.backend=sim --set daemon.config.simFaultInjection=token \
+    --set controller.enabled=true --set controller.replicas=1 --set controller.podDisruptionBudget.enabled=false \
     --set-string daemon.simFaultToken.value="$FAULT_TOKEN" \
     --wait --timeout 5m >>"$CL/logs/helm.log" 2>&1 ||
     die "helm install failed (log: $CL/logs/helm.log; pods: $CL/bin/kubectl --kubeconfig $CL/kubeconfig -n $NAMESPACE get pods)"
@@ -484,7 +523,7 @@ down() {
     find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true
   done
   find /var/log/containers -maxdepth 1 -lname "$VAR/*" -delete 2>/dev/null || true
-  rm -rf "$KUBELET_ROOT" "$RUN" "$VAR" /var/lib/snnrm /var/run/cdi/snnrm* "$CL/pids" "$CL/pki"
+  rm -rf "$KUBELET_ROOT" "$RUN" "$VAR" /var/lib/snnrm /var/run/cdi/snnrm* "$CL/pids" "$CL/pki" "$CL/etc"
   say "down: nothing of the cluster runs; logs kept in $CL/logs"
 }
 

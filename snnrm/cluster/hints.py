@@ -18,6 +18,7 @@ there the claim names the pod.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ class PlanHints:
     _admitted: set[tuple[str, str]] = field(default_factory=set)
     matched: int = 0
     mismatched: int = 0
+    _update: asyncio.Event = field(default_factory=asyncio.Event)
 
     def set_plans(self, plans: Iterable[PlannedPod], *, admitted: Iterable[tuple[str, str]] = ()) -> None:
         """The pending plans now (pods bound here with a plan); ``admitted`` are pods the kubelet already
@@ -61,20 +63,37 @@ class PlanHints:
         self._plans = {p.key: p for p in plans}
         self._admitted = {k for k in self._admitted if k in self._plans} | set(admitted)
         self._claimed = {k: t for k, t in self._claimed.items() if k in self._plans}
+        # Wake admissions waiting for the watch to catch up (refreshed), then arm a new event for the next refresh.
+        self._update.set()
+        self._update = asyncio.Event()
 
-    def planned(self, available: IntArray, size: int) -> IntArray | None:
+    async def refreshed(self) -> None:
+        """Return when the plans are next refreshed (callers bound the wait with ``asyncio.timeout``)."""
+        await self._update.wait()
+
+    def matches(self, available: IntArray, size: int) -> bool:
+        """A pending, unclaimed plan of ``size`` cores lies within ``available`` (claims nothing)."""
+        return self._candidate(np.asarray(available, dtype=np.int64), size) is not None
+
+    def _candidate(self, avail: IntArray, size: int) -> PlannedPod | None:
         now = self.clock()
-        avail = np.asarray(available, dtype=np.int64)
-        best: PlannedPod | None = None
         for p in sorted(self._plans.values(), key=lambda p: (p.created, p.namespace, p.pod)):
             if p.key in self._admitted or now - self._claimed.get(p.key, -np.inf) < self.claim_ttl:
                 continue
             if len(p.cores) == size and np.isin(p.cores, avail).all():
-                best = p
-                break
+                return p
+        return None
+
+    def planned(self, available: IntArray, size: int) -> IntArray | None:
+        avail = np.asarray(available, dtype=np.int64)
+        best = self._candidate(avail, size)
         if best is None:
+            pending = [p for p in self._plans.values() if p.key not in self._admitted and len(p.cores) == size]
+            if pending:  # a plan of this size waits, but some of its cores are not available to the kubelet
+                missing = min(int((~np.isin(p.cores, avail)).sum()) for p in pending)
+                log.info("admission_plan_unmatchable", cores=size, pending_plans=len(pending), missing=missing)
             return None
-        self._claimed[best.key] = now
+        self._claimed[best.key] = self.clock()
         log.info("admission_matched_plan", pod=f"{best.namespace}/{best.pod}", cores=size)
         return best.cores
 

@@ -196,7 +196,7 @@ class RemapLedger:
         return self.dir / f"{namespace}_{pod}.json"
 
     def allocation_file(self, admitted: Sequence[str]) -> Path:
-        return AllocationFiles(self.state_dir).path_for(sorted(admitted))[1]
+        return AllocationFiles(self.state_dir).path_for(admitted)[1]
 
     def lent(self) -> BoolArray:
         """Cores used by remapped stages beyond what the kubelet admitted them to."""

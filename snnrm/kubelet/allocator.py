@@ -5,12 +5,14 @@ indices, asks :mod:`snnrm.core.allocation`, and describes an allocation to the c
 variables, a read-only JSON file describing the devices, and the CDI names of the chips touched.
 
 The Allocate path stays cheap: IDs are resolved with C-level dict lookups, the JSON file is written once per
-distinct set of IDs (its name is the SHA-256 of the sorted IDs, its content a function of them), and the CDI
+distinct set of IDs (its name is the SHA-256 of the IDs sorted as strings, its content a function of them), and the CDI
 spec is static, checked with one ``stat``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 from collections.abc import Sequence
@@ -35,10 +37,19 @@ THROUGHPUT_MOUNT = "/var/run/snnrm/event-throughput.json"
 both resources and two mounts on one path would clash)."""
 
 
+PLAN_SETTLE_S = 0.3
+"""How long GetPreferredAllocation waits for the pod watch when no plan matches: the kubelet hears of a pod bound
+here as soon as the daemon does, and may ask before the daemon has read the pod's plan."""
+
+
 class ResourceAllocator(Protocol):
     """Resource-specific half of the device plugin servicer."""
 
     resource: str
+
+    async def settle(self, available: Sequence[str], size: int) -> None:
+        """Called before :meth:`preferred`: wait (briefly) for whatever the choice depends on to be current."""
+        ...
 
     def preferred(self, available: Sequence[str], must: Sequence[str], size: int, healthy: BoolArray) -> list[str]:
         """Advisory choice of ``size`` IDs in total among ``available``, keeping ``must``."""
@@ -55,19 +66,22 @@ class ResourceAllocator(Protocol):
 
 
 class AllocationFiles:
-    """``<state_dir>/allocations/<sha256 of sorted IDs>.json``, written atomically once per process and name."""
+    """``<state_dir>/allocations/<sha256 of the IDs sorted as strings>.json``, written atomically once per process
+    and name. The name is the one identity of an allocation's file: Allocate (IDs in core order) and the remap
+    ledger (IDs as PodResources lists them) must reach the same file, so the order callers pass is ignored."""
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = Path(state_dir) / "allocations"
         self._written: set[str] = set()
 
-    def path_for(self, sorted_ids: Sequence[str]) -> tuple[str, Path]:
-        digest = hashlib.sha256("\n".join(sorted_ids).encode()).hexdigest()
+    def path_for(self, ids: Sequence[str]) -> tuple[str, Path]:
+        """Digest and path of the file for the allocation of ``ids`` (any order)."""
+        digest = hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
         return digest, self.dir / f"{digest}.json"
 
-    def ensure(self, sorted_ids: Sequence[str], describe: Any) -> Path:
-        """Path of the file for ``sorted_ids``, writing ``describe()`` there the first time (per process)."""
-        digest, path = self.path_for(sorted_ids)
+    def ensure(self, ids: Sequence[str], describe: Any) -> Path:
+        """Path of the file for ``ids``, writing ``describe()`` there the first time (per process)."""
+        digest, path = self.path_for(ids)
         if digest not in self._written:
             write_atomic(path, (json.dumps(describe(), indent=1) + "\n").encode())
             self._written.add(digest)
@@ -99,6 +113,14 @@ class PlacementHints(Protocol):
         """Planned cores of the pod most likely being admitted, or None when no plan matches."""
         ...
 
+    def matches(self, available: IntArray, size: int) -> bool:
+        """Whether :meth:`planned` would find a plan now (claims nothing)."""
+        ...
+
+    async def refreshed(self) -> None:
+        """Return when the plans are next refreshed."""
+        ...
+
     def admitted(self, cores: IntArray) -> None:
         """Allocate handed out ``cores`` (confirms or refutes the guess)."""
         ...
@@ -121,6 +143,15 @@ class CoreAllocator:
         self._files = files
         self._cdi = cdi
         self._hints = hints
+
+    async def settle(self, available: Sequence[str], size: int) -> None:
+        if self._hints is None:
+            return
+        avail = allocation.lookup(self._state.topology.index_of, available)
+        if not self._hints.matches(avail, size):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PLAN_SETTLE_S):
+                    await self._hints.refreshed()
 
     def preferred(self, available: Sequence[str], must: Sequence[str], size: int, healthy: BoolArray) -> list[str]:
         topo = self._state.topology
@@ -189,6 +220,9 @@ class ThroughputAllocator:
             self._index_of = {b: i for i, b in enumerate(blocks.ids)}
             self._blocks = blocks
         return blocks, self._index_of
+
+    async def settle(self, available: Sequence[str], size: int) -> None:
+        return  # blocks are interchangeable within a chip: nothing to wait for
 
     def preferred(self, available: Sequence[str], must: Sequence[str], size: int, healthy: BoolArray) -> list[str]:
         blocks, index_of = self._index()

@@ -147,7 +147,9 @@ class DevicePluginServicer:
         if healthy is None:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, f"no {self.resource} devices published yet")
         response = api_pb2.PreferredAllocationResponse()
-        for req in request.container_requests:
+        for i, req in enumerate(request.container_requests):
+            if i == 0:  # one wait per call, however many containers a (possibly hostile) request lists
+                await self._allocator.settle(req.available_deviceIDs, req.allocation_size)
             ids = self._allocator.preferred(
                 req.available_deviceIDs, req.must_include_deviceIDs, req.allocation_size, healthy
             )

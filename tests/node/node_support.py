@@ -161,3 +161,32 @@ def parse_printout(out: str) -> dict[str, Any]:
         elif line in ("READONLY", "WRITABLE"):
             info["writable"] = line == "WRITABLE"
     return info
+
+
+def stage_deployment(
+    namespace: str, job: str, index: int, stages: int, *, cores: int, keps: float, image: str
+) -> dict[str, Any]:
+    """One stage of a split job as docs/split-learning.md writes it: a Deployment behind the placement gate,
+    scheduled by the snnrm-scheduler profile, opted in to live remap; the container prints its allocation."""
+    labels = {"snnrm.io/job": job, "snnrm.io/stage": str(index)}
+    annotations = {
+        "snnrm.io/stages": str(stages),
+        "snnrm.io/spike-rate-keps": str(keps),
+        "snnrm.io/live-remap": "true",
+    }
+    if index == 0:
+        annotations["snnrm.io/input-rate-keps"] = str(keps)
+    pod = core_pod(f"{job}-stage{index}", namespace, image, cores)
+    spec = pod["spec"]
+    spec["schedulerName"] = "snnrm-scheduler"
+    spec["schedulingGates"] = [{"name": "snnrm.io/placement"}]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": f"{job}-stage{index}", "namespace": namespace, "labels": labels},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels, "annotations": annotations}, "spec": spec},
+        },
+    }

@@ -7,10 +7,21 @@ allocatable and comes back, and a request nobody can satisfy stays Pending with 
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
-from node_support import EVENT_THROUGHPUT, NAMESPACE, NEURON_CORE, Node, core_pod, run_core_pod, wait_for
+from node_support import (
+    EVENT_THROUGHPUT,
+    NAMESPACE,
+    NEURON_CORE,
+    Node,
+    core_pod,
+    parse_printout,
+    run_core_pod,
+    stage_deployment,
+    wait_for,
+)
 
 from sim_hw.spec import load_preset
 
@@ -112,3 +123,63 @@ def test_more_cores_than_exist_stays_pending_with_the_schedulers_reason(node: No
     msg = wait_for("a FailedScheduling event", reason, 60)
     assert f"Insufficient {NEURON_CORE}" in msg
     assert node.get("pod", "-n", ns, "greedy")["status"]["phase"] == "Pending"
+
+
+def _stage_pods(node: Node, ns: str, job: str) -> dict[int, dict[str, Any]]:
+    pods = node.get("pods", "-n", ns, "-l", f"snnrm.io/job={job}")["items"]
+    live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+    return {int(p["metadata"]["labels"]["snnrm.io/stage"]): p for p in live}
+
+
+def test_split_job_is_planned_bound_admitted_on_the_plan_and_moved_off_failed_cores(node: Node, ns: str) -> None:
+    job, stages, image = "gesture", 4, node.image()
+    # Stage sizes differ: the device plugin API names no pod, so equal-sized stages admitted in one kubelet batch
+    # may swap plans (snnrm/cluster/hints.py); the node then tracks each stage by PodResources, not by its plan.
+    sizes = (16, 12, 10, 8)
+    for i, keps in enumerate((800.0, 400.0, 400.0, 200.0)):
+        node.apply(stage_deployment(ns, job, i, stages, cores=sizes[i], keps=keps, image=image))
+
+    def all_running() -> dict[int, dict[str, Any]] | None:
+        pods = _stage_pods(node, ns, job)
+        ok = len(pods) == stages and all(p["status"].get("phase") == "Running" for p in pods.values())
+        return pods if ok else None
+
+    # Gated -> planned by the controller -> released -> bound by the real scheduler (through our extender) ->
+    # admitted by the real kubelet.
+    pods = wait_for("all four stages Running", all_running, 120)
+    printed = {}
+    for i, pod in pods.items():
+        name = pod["metadata"]["name"]
+        assert not pod["spec"].get("schedulingGates"), name
+        planned = pod["metadata"]["annotations"]["snnrm.io/planned-cores"].split(",")
+        out = wait_for(f"{name} prints", lambda n=name: "READONLY" in node.kubectl("logs", "-n", ns, n) or None)
+        assert out
+        printed[i] = parse_printout(node.kubectl("logs", "-n", ns, name))
+        assert sorted(printed[i]["cores"]) == sorted(planned), (name, printed[i]["cores"], planned)
+    cores = [c for got in printed.values() for c in got["cores"]]
+    assert len(cores) == len(set(cores)) == sum(sizes)
+
+    # Cores under stage 1 fail: the node moves the stage (live remap, it opted in) and says why on the pod.
+    victim = pods[1]["metadata"]["name"]
+    failed = [c["index"] for c in printed[1]["file"]["cores"]][:2]
+    fault = node.daemon("POST", "/sim/faults", {"kind": "core_failure", "cores": failed})
+    try:
+
+        def moved() -> list[dict[str, Any]] | None:
+            events = node.get("events", "-n", ns, "--field-selector", f"involvedObject.name={victim}")["items"]
+            return [e for e in events if e["reason"] in ("Remapped", "Evicted")] or None
+
+        events = wait_for("the stage on failed cores to move", moved, 60)
+        assert "failed" in events[0]["message"].lower(), events[0]["message"]
+        if events[0]["reason"] == "Remapped":
+            pod = node.get("pod", "-n", ns, victim)
+            now = set(pod["metadata"]["annotations"]["snnrm.io/cores"].split(","))
+            assert now != set(printed[1]["cores"])
+            ids_failed = {c["id"] for c in printed[1]["file"]["cores"] if c["index"] in failed}
+            assert not now & ids_failed
+            # The container sees the move: its mounted allocation file was rewritten in place.
+            seen = json.loads(node.kubectl("exec", "-n", ns, victim, "--", "cat", "/var/run/snnrm/allocation.json"))
+            assert {c["id"] for c in seen["cores"]} == now, (seen, pod["metadata"]["annotations"], events)
+            assert seen.get("generation", 0) >= 1
+    finally:
+        node.daemon("DELETE", f"/sim/faults/{fault['id']}")

@@ -269,3 +269,22 @@ async def test_the_move_budget_is_checked_before_any_evaluation(tmp_path: Path, 
     assert realloc.remaps == 1
     assert calls == []
     assert any(r == "RemapDeferred" for _, r, _ in reporter.events)
+
+
+def test_the_ledger_rewrites_the_very_file_allocate_mounted(tmp_path: Path) -> None:
+    """A live remap must rewrite the file the container mounted: Allocate names it from IDs in core order, the
+    ledger from IDs as PodResources lists them; "chip0-core10" sorts before "chip0-core2" as a string."""
+    from snnrm.core.devices import ThroughputBlocks
+    from snnrm.core.topology import ChipGeometry, Topology
+    from snnrm.kubelet.allocator import CoreAllocator
+    from snnrm.kubelet.cdi import CdiSpecWriter
+    from snnrm.kubelet.state import StaticAllocationState
+
+    topo = Topology.grid(chips=1, geometry=ChipGeometry(cols=16, rows=1))
+    state = StaticAllocationState(topology=topo, blocks=ThroughputBlocks.plan(topo, block_keps=1000.0))
+    alloc = CoreAllocator(state=state, files=AllocationFiles(tmp_path), cdi=CdiSpecWriter(tmp_path / "cdi", 1))
+    ids = [topo.ids[i] for i in (2, 9, 10)]
+    mounted = Path(alloc.allocate(ids, np.ones(topo.n_cores, dtype=bool)).mounts[0].host_path)
+    ledger = RemapLedger(tmp_path, topo)
+    for order in (ids, sorted(ids), list(reversed(ids))):
+        assert ledger.allocation_file(order) == mounted
