@@ -28,6 +28,8 @@ from snnrm.cluster.kube import KubeApi, KubeConfigError, KubeCredentials
 from snnrm.cluster.node_agent import KubeStageReporter, NodeAgent
 from snnrm.cluster.reallocation import ReallocationMetrics
 from snnrm.cluster.remap import NodeReallocator, RemapLedger
+from snnrm.cluster.sim_workload import SimWorkloads
+from snnrm.cluster.timeline import TimelineReporter
 from snnrm.config import Config, ConfigError
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
 from snnrm.core.placement import INTER_CHIP_WEIGHT
@@ -39,6 +41,7 @@ from snnrm.http.extender import setup_stage_view
 from snnrm.http.history import StatusHistory
 from snnrm.http.hooks import HookEndpoint, build_endpoint, setup_hooks, token_from_env
 from snnrm.http.server import FaultAccess, build_app, serve
+from snnrm.http.status import fault_recorder
 from snnrm.kubelet.files import writable_problem
 from snnrm.kubelet.plugin import DevicePlugin
 from snnrm.kubelet.podresources import PodResourcesClient
@@ -46,6 +49,7 @@ from snnrm.node import NodeService
 from snnrm.obs.exposition import MetricsRegistry
 from snnrm.obs.metrics import NodeCollector
 from snnrm.obs.rpc import RpcInstrumentation
+from snnrm.obs.timeline import Timeline
 from snnrm.obs.tracing import Tracer, Tracing, setup_tracing
 from snnrm.obs.transitions import HealthTransitions
 
@@ -83,6 +87,8 @@ class Daemon:
     tracing: Tracing
     pods: PodResourcesClient
     transitions: HealthTransitions
+    timeline: Timeline
+    """What happened on this node (health transitions, stage verdicts, injected faults): ``GET /api/v1/events``."""
     hooks: HookEndpoint | None = None
     """``POST /hooks/alertmanager`` when hooks are configured."""
     dra: DraPlugin | None = None
@@ -90,7 +96,8 @@ class Daemon:
     placement: NodeAgent | None = None
     """The node's part of split-learning placement when ``placement.enabled`` (snnrm/cluster/node_agent.py)."""
     stage_view: Callable[[], dict[str, Any]] | None = None
-    """``GET /api/v1/stages``: the stages running here and their cores (for the status page), when set."""
+    """``GET /api/v1/stages``: the stages running here and their cores (for the status page); read per request,
+    so it may be set after the server started (the demo sets it once its job is admitted). None: no stages."""
     http_port: int | None = field(default=None, init=False)
     http_started: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
@@ -138,9 +145,17 @@ class Daemon:
         )
         registry.add_scrape_hook(pods.refresh)  # pod labels: one List per 2 s at most, and only while scraped
         ProcessCollector(registry=registry)  # process_resident_memory_bytes & co.
+        timeline = Timeline()
         transitions = HealthTransitions(
-            registry=registry, node=node_name, tracer=tracing.tracer, core_reasons=lambda: node.monitor.health.reasons
+            registry=registry,
+            node=node_name,
+            tracer=tracing.tracer,
+            core_reasons=lambda: node.monitor.health.reasons,
+            core_withheld=lambda: node.withheld,
+            timeline=timeline,
         )
+        if isinstance(backend, SimBackend):
+            backend.on_inject.append(fault_recorder(timeline, node.topology))
         hooks = None
         if config.hooks.enabled:  # alert-driven autoscaling hooks: snnrm/http/hooks.py, docs/autoscaling-hooks.md
             hooks = await build_endpoint(
@@ -154,7 +169,7 @@ class Daemon:
         dra = _dra_plugin(config, node, dra_kube) if config.dra != "off" else None
         placement = None
         if config.placement.enabled and hints is not None:  # snnrm/cluster/node_agent.py, docs/split-learning.md
-            placement = await _placement_agent(config, backend, node, pods, hints, registry, tracing.tracer)
+            placement = await _placement_agent(config, backend, node, pods, hints, registry, tracing.tracer, timeline)
         return cls(
             config=config,
             backend=backend,
@@ -164,6 +179,7 @@ class Daemon:
             tracing=tracing,
             pods=pods,
             transitions=transitions,
+            timeline=timeline,
             hooks=hooks,
             dra=dra,
             placement=placement,
@@ -212,13 +228,15 @@ class Daemon:
             sim=sim,
             fault_access=fault_access(self.config),
             history=history,
+            timeline=self.timeline,
         )
         if self.hooks is not None:
             setup_hooks(app, self.hooks)
         if self.stage_view is None and self.placement is not None:
             self.stage_view = self.placement.stage_view
-        if self.stage_view is not None:
-            setup_stage_view(app, self.stage_view)
+        # Always served, and the view looked up per request: a stage view set after the server started (the demo
+        # admits its job once the plugins registered) must still be seen; no view is no stages, not a 404.
+        setup_stage_view(app, lambda: self.stage_view() if self.stage_view is not None else {"jobs": []})
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.backend.run(), name="backend")
@@ -231,6 +249,9 @@ class Daemon:
                     tg.create_task(self.dra.run(), name="dra-plugin")
                 if self.placement is not None:
                     tg.create_task(self.placement.run(), name="placement-agent")
+                    if isinstance(self.backend, SimBackend):  # simulated chips run the admitted stages' traffic
+                        workloads = SimWorkloads(self.backend.sim, self.placement.stages)
+                        tg.create_task(workloads.run(), name="sim-workloads")
                 for resource, feed in self.node.feeds.items():
                     tg.create_task(self.transitions.watch(feed), name=f"health-transitions:{resource}")
                 tg.create_task(
@@ -315,6 +336,7 @@ async def _placement_agent(
     hints: PlanHints,
     registry: CollectorRegistry,
     tracer: Tracer,
+    timeline: Timeline,
 ) -> NodeAgent:
     """Summary publisher, plan hints and live remaps, with an apiserver client from the config or in cluster."""
     pc = config.placement
@@ -335,7 +357,7 @@ async def _placement_agent(
         return NodeReallocator(
             node,
             agent,
-            KubeStageReporter(api, recorder),
+            TimelineReporter(KubeStageReporter(api, recorder), timeline, node.topology),
             ledger,
             agent.allocated,
             metrics=metrics,

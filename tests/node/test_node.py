@@ -131,8 +131,10 @@ def _stage_pods(node: Node, ns: str, job: str) -> dict[int, dict[str, Any]]:
     return {int(p["metadata"]["labels"]["snnrm.io/stage"]): p for p in live}
 
 
-def test_split_job_is_planned_bound_admitted_on_the_plan_and_moved_off_failed_cores(node: Node, ns: str) -> None:
-    job, stages, image = "gesture", 4, node.image()
+def _start_job(node: Node, ns: str, job: str) -> tuple[dict[int, dict[str, Any]], dict[int, dict[str, Any]]]:
+    """Create a 4-stage job behind the gate; wait until the controller planned it, the real scheduler bound it
+    (through our extender) and the real kubelet admitted every stage on its planned cores."""
+    stages, image = 4, node.image()
     # Stage sizes differ: the device plugin API names no pod, so equal-sized stages admitted in one kubelet batch
     # may swap plans (snnrm/cluster/hints.py); the node then tracks each stage by PodResources, not by its plan.
     sizes = (16, 12, 10, 8)
@@ -144,8 +146,6 @@ def test_split_job_is_planned_bound_admitted_on_the_plan_and_moved_off_failed_co
         ok = len(pods) == stages and all(p["status"].get("phase") == "Running" for p in pods.values())
         return pods if ok else None
 
-    # Gated -> planned by the controller -> released -> bound by the real scheduler (through our extender) ->
-    # admitted by the real kubelet.
     pods = wait_for("all four stages Running", all_running, 120)
     printed = {}
     for i, pod in pods.items():
@@ -158,28 +158,54 @@ def test_split_job_is_planned_bound_admitted_on_the_plan_and_moved_off_failed_co
         assert sorted(printed[i]["cores"]) == sorted(planned), (name, printed[i]["cores"], planned)
     cores = [c for got in printed.values() for c in got["cores"]]
     assert len(cores) == len(set(cores)) == sum(sizes)
+    return pods, printed
 
-    # Cores under stage 1 fail: the node moves the stage (live remap, it opted in) and says why on the pod.
+
+def _moved(node: Node, ns: str, pod: str, printed: dict[str, Any], avoid: set[str]) -> dict[str, Any]:
+    """Wait for the stage in ``pod`` to move (live remap, or eviction and re-admission); check it left ``avoid``
+    and, for a remap, that the container's mounted allocation file shows the new cores. Returns the Event."""
+
+    def moved() -> list[dict[str, Any]] | None:
+        events = node.get("events", "-n", ns, "--field-selector", f"involvedObject.name={pod}")["items"]
+        return [e for e in events if e["reason"] in ("Remapped", "Evicted")] or None
+
+    event = wait_for(f"{pod} to move", moved, 60)[0]
+    if event["reason"] == "Remapped":
+        annotations = node.get("pod", "-n", ns, pod)["metadata"]["annotations"]
+        now = set(annotations["snnrm.io/cores"].split(","))
+        assert now != set(printed["cores"])
+        assert not now & avoid
+        # The container sees the move: its mounted allocation file was rewritten in place.
+        seen = json.loads(node.kubectl("exec", "-n", ns, pod, "--", "cat", "/var/run/snnrm/allocation.json"))
+        assert {c["id"] for c in seen["cores"]} == now, (seen, annotations)
+        assert seen["generation"] >= 1
+    return dict(event)
+
+
+def test_split_job_is_planned_bound_admitted_on_its_plan_and_moves_off_a_hot_spot(node: Node, ns: str) -> None:
+    pods, printed = _start_job(node, ns, "gesture")
+    # The daemon runs the admitted stages' declared traffic on the simulated chips: wait until it does.
+    wait_for("the job's traffic on the chips", lambda: node.daemon("GET", "/api/v1/node")["telemetry_time"] > 0, 10)
     victim = pods[1]["metadata"]["name"]
-    failed = [c["index"] for c in printed[1]["file"]["cores"]][:2]
+    under = [c["index"] for c in printed[1]["file"]["cores"]]
+    hot = {"kind": "hot_spot", "cores": under, "load_factor": 4.0, "service_divisor": 16.0}
+    fault = node.daemon("POST", "/sim/faults", hot)
+    try:
+        event = _moved(node, ns, victim, printed[1], set(printed[1]["cores"]))
+        reason = event["message"].lower()
+        assert any(word in reason for word in ("queue", "efficiency", "congest")), event["message"]
+    finally:
+        node.daemon("DELETE", f"/sim/faults/{fault['id']}")
+
+
+def test_a_stage_on_failed_cores_moves_at_once(node: Node, ns: str) -> None:
+    pods, printed = _start_job(node, ns, "shd")
+    victim = pods[2]["metadata"]["name"]
+    failed = [c["index"] for c in printed[2]["file"]["cores"]][:2]
+    ids = {c["id"] for c in printed[2]["file"]["cores"] if c["index"] in failed}
     fault = node.daemon("POST", "/sim/faults", {"kind": "core_failure", "cores": failed})
     try:
-
-        def moved() -> list[dict[str, Any]] | None:
-            events = node.get("events", "-n", ns, "--field-selector", f"involvedObject.name={victim}")["items"]
-            return [e for e in events if e["reason"] in ("Remapped", "Evicted")] or None
-
-        events = wait_for("the stage on failed cores to move", moved, 60)
-        assert "failed" in events[0]["message"].lower(), events[0]["message"]
-        if events[0]["reason"] == "Remapped":
-            pod = node.get("pod", "-n", ns, victim)
-            now = set(pod["metadata"]["annotations"]["snnrm.io/cores"].split(","))
-            assert now != set(printed[1]["cores"])
-            ids_failed = {c["id"] for c in printed[1]["file"]["cores"] if c["index"] in failed}
-            assert not now & ids_failed
-            # The container sees the move: its mounted allocation file was rewritten in place.
-            seen = json.loads(node.kubectl("exec", "-n", ns, victim, "--", "cat", "/var/run/snnrm/allocation.json"))
-            assert {c["id"] for c in seen["cores"]} == now, (seen, pod["metadata"]["annotations"], events)
-            assert seen.get("generation", 0) >= 1
+        event = _moved(node, ns, victim, printed[2], ids)
+        assert "failed" in event["message"].lower(), event["message"]
     finally:
         node.daemon("DELETE", f"/sim/faults/{fault['id']}")
