@@ -7,7 +7,8 @@ Then a hot spot under stage 1 saturates its event queues; the node's reallocator
 cluster) sees it persist for the dwell time, finds cooler cores on the node and live-remaps the stage by
 rewriting its per-allocation file, which the stage's "runtime" (the simulator) follows. Later a core under
 stage 2 fails and that stage moves at once. The end-to-end spike latency is logged before the hot spot, during
-it and after the remap; ``GET /api/v1/stages`` shows each stage's cores for the status page.
+it and after the remap; ``GET /api/v1/stages`` shows each stage's cores for the status page, and
+``GET /api/v1/events`` the faults, health transitions and remaps with their reasons.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from snnrm.app import Daemon
 from snnrm.backends.sim import SimBackend
 from snnrm.cluster.hints import PlanHints, PlannedPod
 from snnrm.cluster.remap import LocalStage, NodeReallocator, RemapLedger, read_allocation, stages_body
+from snnrm.cluster.timeline import TimelineReporter
 from snnrm.config import SOCKET_NAME_MAX, UNIX_PATH_MAX, Config
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
 from snnrm.core.jobs import StageHealth
@@ -116,8 +118,10 @@ async def _runtime(sim: SimBackend, job: str, files: list[Path], moved: Callable
             moved(i, cores)
 
 
-async def _scenario(daemon: Daemon, kubelet: KubeletStandIn, sim: SimBackend, summary: LiveSummary,
-                    hints: PlanHints) -> None:  # fmt: skip
+async def scenario(daemon: Daemon, kubelet: KubeletStandIn, sim: SimBackend, summary: LiveSummary,
+                   hints: PlanHints) -> None:  # fmt: skip
+    """The demo's story on a running daemon: plan and admit the job, then the faults and the reallocator's answers
+    (runs until cancelled; the status page test and the screenshot script run it too)."""
     node = daemon.node
     topo = node.topology
     await kubelet.wait_capacity(NEURON_CORE, topo.n_cores, within=30.0)
@@ -183,7 +187,7 @@ async def _scenario(daemon: Daemon, kubelet: KubeletStandIn, sim: SimBackend, su
     realloc = NodeReallocator(
         node,
         source,
-        _LogReporter(),
+        TimelineReporter(_LogReporter(), daemon.timeline, topo),  # verdicts on the status page's timeline too
         ledger,
         allocated,
         settings=ReallocationSettings(dwell=2.0, cooldown=8.0, min_age=0.0),
@@ -343,7 +347,7 @@ async def run_demo(
             # The live summary refreshes in place on a terminal (log lines scroll above it), else logs a line.
             summary = LiveSummary()
             with summary.capture_logs():
-                await daemon.run(stop=stop, extra=(_scenario(daemon, kubelet, daemon.backend, summary, hints), timer()))
+                await daemon.run(stop=stop, extra=(scenario(daemon, kubelet, daemon.backend, summary, hints), timer()))
             summary.close()
     with contextlib.suppress(Exception):
         log.info("demo_finished")

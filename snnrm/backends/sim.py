@@ -92,6 +92,8 @@ class SimBackend:
         self._topology: Topology | None = None
         self.faults: dict[int, dict[str, Any]] = {}
         """Faults injected through :meth:`inject` and not cleared, by id (for ``GET /sim/faults``)."""
+        self.on_inject: list[Callable[[dict[str, Any]], None]] = []
+        """Called with each injected fault's record (the daemon puts it on the status page's timeline)."""
         self.sim.on_hard_fault(self._on_hard_fault)
 
     # -- HardwareBackend -------------------------------------------------------------------------------------
@@ -153,6 +155,8 @@ class SimBackend:
         fault_id = self.sim.submit(request)
         self.faults[fault_id] = {**request, "id": fault_id, "injected_at": self.sim.time}
         log.info("sim_fault_injected", id=fault_id, kind=request["kind"])
+        for listener in self.on_inject:
+            listener(self.faults[fault_id])
         return fault_id
 
     def clear(self, fault_id: int) -> None:

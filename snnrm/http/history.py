@@ -5,6 +5,11 @@ small ring buffer: one row per series, one column per second, in a single preall
 reduces the per-core arrays the telemetry pipeline already maintains to a handful of numbers, so it costs a few
 vector reductions per second whatever the core count, and memory is fixed (10 series x 120 samples).
 
+Beside the node-level series, :class:`HeatHistory` keeps the heat map's past (``GET /api/v1/heat``): per core, the
+worst value of each heat-map metric in every ``bucket`` seconds of the last ``buckets`` buckets. A hot spot that a
+remap ends within seconds stays visible there for minutes (its peak and the frames it shows in), where the live
+frame is dark again at once.
+
 :meth:`StatusHistory.run` is a root task: the daemon's TaskGroup owns it (``tg.create_task(history.run(),
 name="status-history")``), like every other long-running loop; nothing here spawns tasks of its own.
 """
@@ -15,9 +20,10 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
 from snnrm.core.topology import FloatArray
@@ -67,6 +73,89 @@ def node_sample(node: NodeService) -> FloatArray:
     return np.array([values[s] for s in SERIES], dtype=np.float64)
 
 
+HeatMetric = Literal["queue_fill", "load", "efficiency"]
+HEAT_METRICS: Final[tuple[HeatMetric, ...]] = ("queue_fill", "load", "efficiency")
+"""What the heat map colours cores by, in the order :class:`HeatHistory` stores them."""
+HEAT_WORST: Final[dict[HeatMetric, Literal["max", "min"]]] = {"queue_fill": "max", "load": "max", "efficiency": "min"}
+"""Which end of each metric is the alarming one, kept per bucket: the fullest queue, the busiest core, the lowest
+spike-transfer efficiency."""
+
+
+def core_load(node: NodeService) -> FloatArray:
+    """Per core: events processed per second over the core's nominal rate (0 where the nominal rate is 0)."""
+    nominal = node.topology.core_nominal_keps * 1e3
+    rate = node.monitor.rates.rates.events_processed_rate
+    return np.divide(rate, nominal, out=np.zeros(node.topology.n_cores), where=nominal > 0)
+
+
+def heat_sample(node: NodeService) -> dict[HeatMetric, FloatArray]:
+    """The heat map's metrics per core now (what ``/api/v1/devices`` carries for the live frame)."""
+    m = node.monitor
+    return {"queue_fill": m.queue_fill, "load": core_load(node), "efficiency": m.rates.rates.efficiency}
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class HeatWindow:
+    """One metric's past: the kept buckets oldest first, and the worst value per core over all of them."""
+
+    t: FloatArray
+    """(k,) Unix second at which each bucket starts."""
+    frames: FloatArray
+    """(k, n_cores) the worst value per core within each bucket (NaN: no reading in it)."""
+    peak: FloatArray
+    """(n_cores,) the worst value per core over every kept bucket."""
+
+
+@dataclass(slots=True, eq=False)
+class HeatHistory:
+    """Per-core worst values of :data:`HEAT_METRICS`, one frame per ``bucket`` seconds, the last ``buckets`` kept.
+
+    Memory is fixed: 3 metrics x ``buckets`` x cores float32 (6 MB at 16k cores and 30 buckets).
+    """
+
+    n_cores: int
+    bucket: float = 10.0
+    """Seconds per frame: a hot spot that lasts three seconds still owns a frame."""
+    buckets: int = 30
+    """Frames kept: five minutes at 10 s."""
+    _start: FloatArray = field(init=False)
+    _frames: npt.NDArray[np.float32] = field(init=False)
+    _cur: int = field(init=False, default=-1)
+    _count: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        if self.buckets < 1 or not self.bucket > 0:
+            raise ValueError("heat history needs buckets >= 1 and bucket > 0")
+        self._start = np.full(self.buckets, np.nan)
+        self._frames = np.full((len(HEAT_METRICS), self.buckets, self.n_cores), np.nan, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, t: float, values: dict[HeatMetric, FloatArray]) -> None:
+        """Fold one reading per core into the bucket of ``t`` (opening a new bucket, over the oldest, when due)."""
+        start = float(np.floor(t / self.bucket) * self.bucket)
+        if self._cur < 0 or start > self._start[self._cur]:
+            self._cur = (self._cur + 1) % self.buckets
+            self._start[self._cur] = start
+            self._frames[:, self._cur, :] = np.nan
+            self._count = min(self._count + 1, self.buckets)
+        for k, name in enumerate(HEAT_METRICS):
+            worst = np.fmax if HEAT_WORST[name] == "max" else np.fmin
+            row = self._frames[k, self._cur]
+            # fmax/fmin ignore NaN: an unknown reading never hides a known one, and never counts as one.
+            worst(row, np.asarray(values[name], dtype=np.float32), out=row)
+
+    def window(self, metric: HeatMetric) -> HeatWindow:
+        """A copy of ``metric``'s kept buckets, oldest first, with the per-core worst over all of them."""
+        k = HEAT_METRICS.index(metric)
+        order = (self._cur - self._count + 1 + np.arange(self._count)) % self.buckets
+        frames = self._frames[k, order].astype(np.float64)
+        worst = np.fmax if HEAT_WORST[metric] == "max" else np.fmin
+        peak = worst.reduce(frames, axis=0) if self._count else np.full(self.n_cores, np.nan)
+        return HeatWindow(t=self._start[order].copy(), frames=frames, peak=peak)
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class HistoryWindow:
     """The filled part of the ring, oldest first."""
@@ -87,6 +176,8 @@ class StatusHistory:
     window: int = 120
     """Samples kept: two minutes at 1 s, long enough to see the baseline before a fault and the recovery after."""
     clock: Callable[[], float] = time.time
+    heat: HeatHistory = field(init=False)
+    """The heat map's past, sampled with the series."""
     _t: FloatArray = field(init=False)
     _values: FloatArray = field(init=False)
     _next: int = field(init=False, default=0)
@@ -97,6 +188,7 @@ class StatusHistory:
             raise ValueError("history needs window >= 1 and period > 0")
         self._t = np.full(self.window, np.nan)
         self._values = np.full((len(SERIES), self.window), np.nan)
+        self.heat = HeatHistory(self.node.topology.n_cores)
 
     def __len__(self) -> int:
         return self._count
@@ -109,8 +201,10 @@ class StatusHistory:
         self._count = min(self._count + 1, self.window)
 
     def sample(self) -> None:
-        """Append the node's state now."""
-        self.append(self.clock(), node_sample(self.node))
+        """Append the node's state now (series and heat map)."""
+        now = self.clock()
+        self.append(now, node_sample(self.node))
+        self.heat.add(now, heat_sample(self.node))
 
     def snapshot(self) -> HistoryWindow:
         """A copy of the filled part, oldest first (safe to serialise after the ring moves on)."""

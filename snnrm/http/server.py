@@ -29,6 +29,7 @@ from snnrm.http.metrics import metrics_handler
 from snnrm.http.middleware import errors_as_json
 from snnrm.http.status import setup_status
 from snnrm.node import NodeService
+from snnrm.obs.timeline import Timeline
 
 NODE = web.AppKey("node", NodeService)
 SIM = web.AppKey("sim", SimBackend)
@@ -171,6 +172,7 @@ def build_app(
     sim: SimBackend | None = None,
     fault_access: FaultAccess = FaultAccess(),
     history: StatusHistory | None = None,
+    timeline: Timeline | None = None,
 ) -> web.Application:
     """The aiohttp application; collaborators are injected (no globals), so tests build their own."""
     app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_as_json])
@@ -188,7 +190,7 @@ def build_app(
     app.router.add_get("/sim/faults", list_faults)
     app.router.add_delete("/sim/faults/{fault_id}", delete_fault)
     # Status page and JSON API; ``history`` is the instance whose run() the daemon's TaskGroup owns.
-    setup_status(app, node=node, sim=sim, history=history)
+    setup_status(app, node=node, sim=sim, history=history, timeline=timeline)
     return app
 
 

@@ -6,8 +6,14 @@
   reason bits, queue fill, spike-transfer efficiency, effective KEPS and load, as parallel arrays indexed like
   ``topology.cores`` (an object per core would be ten times the bytes at 16k cores), plus active sim faults.
 * ``GET /api/v1/history``: the rolling window of node-level series kept by :class:`StatusHistory`.
+* ``GET /api/v1/heat?metric=queue_fill|load|efficiency[&frames=N]``: the heat map's past kept by
+  :class:`~snnrm.http.history.HeatHistory`: per core the worst value per bucket, and over the whole window.
+* ``GET /api/v1/events``: the node's :class:`~snnrm.obs.timeline.Timeline` (health transitions, stage verdicts and
+  reallocations with their reasons, injected sim faults), oldest first.
+* ``GET /api/v1/stages`` (:func:`snnrm.http.extender.setup_stage_view`): the split-learning stages on this node.
 * ``GET /``: a page of plain HTML, CSS and JavaScript (``static/``; no library, no CDN, so it works offline and
-  behind an air gap) that polls the two live endpoints every second and draws on ``<canvas>``.
+  behind an air gap) that polls the live endpoints every second (the heat map's past every few) and draws on
+  ``<canvas>``.
 
 JSON never carries NaN or Infinity (``JSON.parse`` rejects them): non-finite numbers become ``null``. A bad query
 parameter gets 400 with ``{"error": ...}`` like the rest of the server.
@@ -20,6 +26,7 @@ import functools
 import importlib.resources
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -30,8 +37,10 @@ from aiohttp import web
 from snnrm.backends.sim import SimBackend
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
 from snnrm.core.health import Health, Reason
-from snnrm.http.history import SERIES, StatusHistory
+from snnrm.core.topology import Topology
+from snnrm.http.history import HEAT_METRICS, HEAT_WORST, SERIES, HeatMetric, StatusHistory, core_load
 from snnrm.node import NodeService
+from snnrm.obs.timeline import Timeline
 
 MAX_UNHEALTHY_LISTED: Final = 1000
 """Unhealthy cores spelled out with their reasons; past this the per-core arrays still say everything."""
@@ -56,6 +65,7 @@ class StatusSources:
     history: StatusHistory
     sim: SimBackend | None
     assets: dict[str, bytes]
+    timeline: Timeline
 
 
 STATUS = web.AppKey("status", StatusSources)
@@ -169,8 +179,7 @@ def devices_body(node: NodeService, sim: SimBackend | None, *, ids: bool = True)
     unhealthy = np.flatnonzero(state != Health.HEALTHY)
     # Hard failures first (they are what an operator acts on), then by core index.
     unhealthy = unhealthy[np.argsort((reasons[unhealthy] & Reason.FAILED) == 0, kind="stable")]
-    nominal = t.core_nominal_keps * 1e3
-    load = np.divide(m.rates.rates.events_processed_rate, nominal, out=np.zeros(t.n_cores), where=nominal > 0)
+    load = core_load(node)
     age = time.monotonic() - node.last_sample_wall
     resources: dict[str, Any] = {}
     for res, d in node.devices().items():
@@ -238,6 +247,44 @@ def history_body(history: StatusHistory, node: NodeService) -> dict[str, Any]:
     }
 
 
+def heat_body(history: StatusHistory, metric: HeatMetric, frames: int | None = None) -> dict[str, Any]:
+    """The heat map's past for one metric: the newest ``frames`` buckets (all kept when None) and the per-core
+    worst value over every kept bucket (``peak``), arrays indexed like ``topology.cores``."""
+    heat = history.heat
+    w = heat.window(metric)
+    shown = w.frames if frames is None else w.frames[len(w.frames) - min(frames, len(w.frames)) :]
+    return {
+        "metric": metric,
+        "worst": HEAT_WORST[metric],
+        "bucket_s": heat.bucket,
+        "buckets": heat.buckets,
+        "window_s": heat.bucket * heat.buckets,
+        "covered_s": heat.bucket * len(w.t),
+        "t": _floats(w.t[len(w.t) - len(shown) :], 3),
+        "frames": [_floats(f, 3) for f in shown],
+        "peak": _floats(w.peak, 3),
+    }
+
+
+def fault_recorder(timeline: Timeline, topology: Topology) -> Callable[[dict[str, Any]], None]:
+    """A :attr:`SimBackend.on_inject` listener that puts each injected fault on ``timeline``."""
+
+    def record(fault: dict[str, Any]) -> None:
+        kind = str(fault.get("kind", "fault")).replace("_", "-")
+        cores = [int(c) for c in fault.get("cores") or () if 0 <= int(c) < topology.n_cores]
+        ids = [topology.ids[c] for c in cores]
+        if ids:
+            where = f" on {len(ids)} core(s) ({ids[0]}{' ..' if len(ids) > 1 else ''})"
+        elif "chip" in fault:
+            where = f" on chip{fault['chip']}"
+        else:
+            where = ""
+        message = f"sim fault {fault.get('id')} injected: {kind}{where}"
+        timeline.add("fault", "injected", message, reasons=[kind], devices=ids)
+
+    return record
+
+
 async def _json(body: dict[str, Any], *, cache: str = "no-store") -> web.Response:
     """Serialise off the event loop: at 16k cores a body is about a megabyte and ~15 ms of encoding, which
     would otherwise sit in front of a hard fault on its way to ListAndWatch. The body itself is built on the
@@ -254,9 +301,11 @@ def _flag(request: web.Request, name: str, *, default: bool) -> bool:
         return True
     if value.lower() in ("0", "false", "no"):
         return False
-    raise web.HTTPBadRequest(
-        text=json.dumps({"error": f"{name} must be true or false, got {value!r}"}), content_type="application/json"
-    )
+    raise _bad(f"{name} must be true or false, got {value!r}")
+
+
+def _bad(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
 
 
 async def get_topology(request: web.Request) -> web.Response:
@@ -274,6 +323,26 @@ async def get_history(request: web.Request) -> web.Response:
     """``GET /api/v1/history``."""
     s = request.app[STATUS]
     return await _json(history_body(s.history, s.node))
+
+
+async def get_heat(request: web.Request) -> web.Response:
+    """``GET /api/v1/heat?metric=queue_fill|load|efficiency[&frames=N]``."""
+    metric = request.query.get("metric", "queue_fill")
+    if metric not in HEAT_METRICS:
+        raise _bad(f"metric must be one of {', '.join(HEAT_METRICS)}, got {metric!r}")
+    raw = request.query.get("frames")
+    frames = None
+    if raw is not None:
+        if not raw.isdecimal() or len(raw) > 6:
+            raise _bad(f"frames must be a non-negative integer, got {raw!r}")
+        frames = int(raw)
+    s = request.app[STATUS]
+    return await _json(heat_body(s.history, metric, frames))
+
+
+async def get_events(request: web.Request) -> web.Response:
+    """``GET /api/v1/events``."""
+    return await _json(request.app[STATUS].timeline.body())
 
 
 async def index(request: web.Request) -> web.Response:
@@ -311,17 +380,25 @@ def setup_status(
     node: NodeService,
     sim: SimBackend | None = None,
     history: StatusHistory | None = None,
+    timeline: Timeline | None = None,
 ) -> None:
-    """Add the status page and ``/api/v1/{topology,devices,history}`` to ``app``.
+    """Add the status page and ``/api/v1/{topology,devices,history,heat,events}`` to ``app``.
 
     ``history`` should be the instance whose :meth:`StatusHistory.run` the daemon's TaskGroup runs; without one,
-    ``/api/v1/history`` answers with an empty window (nothing samples it).
+    ``/api/v1/history`` and ``/api/v1/heat`` answer with an empty window (nothing samples it). ``timeline`` is the
+    daemon's (its health transitions and reallocator record there); without one the timeline stays empty.
     """
     app[STATUS] = StatusSources(
-        node=node, history=history if history is not None else StatusHistory(node), sim=sim, assets=_load_assets()
+        node=node,
+        history=history if history is not None else StatusHistory(node),
+        sim=sim,
+        assets=_load_assets(),
+        timeline=timeline if timeline is not None else Timeline(),
     )
     app.router.add_get("/", index)
     app.router.add_get("/static/{name}", asset)
     app.router.add_get("/api/v1/topology", get_topology)
     app.router.add_get("/api/v1/devices", get_devices)
     app.router.add_get("/api/v1/history", get_history)
+    app.router.add_get("/api/v1/heat", get_heat)
+    app.router.add_get("/api/v1/events", get_events)

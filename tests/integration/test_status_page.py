@@ -1,23 +1,22 @@
-"""The status page in a real headless Chromium: it loads, its plots render and follow a fault, the console is clean.
+"""The status page in a real headless Chromium: it loads, its plots render and follow a fault, the console is clean;
+during the demo's story it draws the job's stages on the mesh, the timeline and the heat map's past, with the
+values of ``/api/v1/*``.
 
 Chromium (Debian package ``chromium``, installed by ``scripts/install-test-deps.sh``) is driven over the DevTools
-protocol on a websocket: the port is read from ``DevToolsActivePort`` in a fresh profile directory, so tests never
-race for a fixed port. Console messages, uncaught exceptions and browser log entries (failed loads, CSP
-violations) are all collected and must be empty of errors. Set ``SNNRM_TEST_ARTIFACTS=DIR`` to keep the
-screenshot (it is always written under the test's tmp_path too).
+protocol (:mod:`snnrm.testing.browser`, which ``scripts/screenshot-status.py`` uses too). Console messages,
+uncaught exceptions and browser log entries (failed loads, CSP violations) are all collected and must be empty of
+errors. Set ``SNNRM_TEST_ARTIFACTS=DIR`` to keep the screenshots (always written under the test's tmp_path too).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import contextlib
 import itertools
 import json
 import os
 import shutil
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,163 +27,13 @@ import pytest
 import sim_hw
 from snnrm.app import Daemon
 from snnrm.backends.sim import SimBackend
+from snnrm.cluster.hints import PlanHints
 from snnrm.config import Config
 from snnrm.core.devices import NEURON_CORE
+from snnrm.demo import scenario
 from snnrm.kubelet.standin import KubeletStandIn
-
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",  # /dev/shm is small in containers; the tmp dir is not
-    "--window-size=1440,1200",
-    "--remote-debugging-port=0",
-)
-
-# -------------------------------------------------------------------------------------------- DevTools client
-
-
-@dataclass(eq=False)
-class DevTools:
-    """A minimal Chrome DevTools Protocol client over one page target's websocket."""
-
-    ws: aiohttp.ClientWebSocketResponse
-    events: list[dict[str, Any]] = field(default_factory=list)
-    _next_id: int = 0
-    _pending: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
-    _event_arrived: asyncio.Event = field(default_factory=asyncio.Event)
-
-    async def read_forever(self) -> None:
-        async for msg in self.ws:
-            if msg.type is not aiohttp.WSMsgType.TEXT:
-                break
-            data = json.loads(msg.data)
-            if "id" in data:
-                fut = self._pending.pop(data["id"], None)
-                if fut is not None and not fut.done():
-                    if "error" in data:
-                        fut.set_exception(RuntimeError(f"CDP error: {data['error']}"))
-                    else:
-                        fut.set_result(data.get("result", {}))
-            else:
-                self.events.append(data)
-                self._event_arrived.set()
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(ConnectionError("DevTools websocket closed"))
-
-    async def send(self, method: str, **params: Any) -> dict[str, Any]:
-        self._next_id += 1
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[self._next_id] = fut
-        await self.ws.send_json({"id": self._next_id, "method": method, "params": params})
-        return await asyncio.wait_for(fut, 30)
-
-    async def wait_event(self, method: str, *, within: float = 30.0) -> dict[str, Any]:
-        async with asyncio.timeout(within):
-            while True:
-                for e in self.events:
-                    if e["method"] == method:
-                        return e
-                self._event_arrived.clear()
-                await self._event_arrived.wait()
-
-    async def evaluate(self, expression: str) -> Any:
-        """Evaluate JavaScript in the page and return its value (JSON-serialisable)."""
-        r = await self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        if "exceptionDetails" in r:
-            raise AssertionError(f"JS failed: {r['exceptionDetails']}")
-        return r["result"].get("value")
-
-    async def until(self, expression: str, *, within: float = 15.0) -> Any:
-        """Evaluate until the value is truthy."""
-        deadline = asyncio.get_running_loop().time() + within
-        while True:
-            value = await self.evaluate(expression)
-            if value:
-                return value
-            if asyncio.get_running_loop().time() > deadline:
-                pytest.fail(f"page never satisfied {expression!r}; problems so far: {self.problems()}")
-            await asyncio.sleep(0.2)
-
-    def problems(self) -> list[str]:
-        """Console errors, uncaught exceptions and browser log errors seen so far."""
-        out: list[str] = []
-        for e in self.events:
-            p = e.get("params", {})
-            if e["method"] == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-                out.append("console." + p["type"] + ": " + " ".join(str(a.get("value", a)) for a in p["args"]))
-            elif e["method"] == "Runtime.exceptionThrown":
-                d = p["exceptionDetails"]
-                out.append("exception: " + str(d.get("exception", {}).get("description", d.get("text"))))
-            elif e["method"] == "Log.entryAdded" and p["entry"]["level"] == "error":
-                out.append(f"log ({p['entry']['source']}): {p['entry']['text']} {p['entry'].get('url', '')}")
-        return out
-
-
-def _chromium_binary() -> str:
-    for name in ("chromium", "chromium-browser"):
-        path = shutil.which(name)
-        if path:
-            return path
-    pytest.fail("chromium not found: run scripts/install-test-deps.sh (Debian package `chromium`)")
-
-
-@contextlib.asynccontextmanager
-async def chromium(tmp_path: Path) -> AsyncIterator[DevTools]:
-    """Start headless Chromium with a fresh profile and attach to its first page."""
-    profile = tmp_path / "chromium-profile"
-    profile.mkdir()
-    with (tmp_path / "chromium.log").open("wb") as log:
-        proc = await asyncio.create_subprocess_exec(
-            _chromium_binary(),
-            *CHROMIUM_FLAGS,
-            f"--user-data-dir={profile}",
-            "about:blank",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-        )
-    try:
-        port_file = profile / "DevToolsActivePort"
-        async with asyncio.timeout(30):
-            while not port_file.exists() or not port_file.read_text().strip():
-                if proc.returncode is not None:
-                    pytest.fail(f"chromium exited with {proc.returncode}: {(tmp_path / 'chromium.log').read_text()}")
-                await asyncio.sleep(0.05)
-        port = int(port_file.read_text().split()[0])
-        async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(30):
-                while True:
-                    async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
-                        pages = [t for t in await r.json() if t["type"] == "page"]
-                    if pages:
-                        break
-                    await asyncio.sleep(0.05)
-            async with http.ws_connect(pages[0]["webSocketDebuggerUrl"], max_msg_size=0) as ws:
-                cdp = DevTools(ws)
-                reader = asyncio.create_task(cdp.read_forever())
-                try:
-                    for domain in ("Runtime", "Log", "Page"):
-                        await cdp.send(f"{domain}.enable")
-                    yield cdp
-                finally:
-                    await ws.close()
-                    await reader
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
-
+from snnrm.obs.console import LiveSummary
+from snnrm.testing.browser import DevTools, chromium
 
 # -------------------------------------------------------------------------------------------- the daemon
 
@@ -226,19 +75,54 @@ async def running(tmp_path: Path) -> AsyncIterator[Running]:
         await asyncio.wait_for(task, 10)
 
 
+@dataclass
+class Demo:
+    daemon: Daemon
+    base: str
+
+
+@pytest.fixture
+async def demo(tmp_path: Path) -> AsyncIterator[Demo]:
+    """``snnrm demo``'s story on a daemon: the planned 4-stage job, a hot spot under stage 1 that the node's
+    reallocator answers with a live remap, later a failed core under stage 2."""
+    config = Config(
+        backend="sim",
+        kubelet_dir=tmp_path / "dp",
+        http="127.0.0.1:0",
+        sim_chips=4,
+        state_dir=tmp_path / "state",
+        cdi_dir=tmp_path / "cdi",
+    )
+    async with KubeletStandIn(config.kubelet_dir) as kubelet:
+        hints = PlanHints()
+        daemon = await Daemon.create(config, hints=hints)
+        assert isinstance(daemon.backend, SimBackend)
+        story = scenario(daemon, kubelet, daemon.backend, LiveSummary(live=False), hints)
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop=stop, extra=(story,)))
+        await asyncio.wait_for(daemon.http_started.wait(), 10)
+        yield Demo(daemon, f"http://127.0.0.1:{daemon.http_port}")
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
 # -------------------------------------------------------------------------------------------- helpers
 
 # Pixel statistics of every canvas: how much is painted and how many pixels are near given colours (only below
 # the legend band of the time charts, so a legend swatch alone never counts as a drawn line).
 CANVAS_STATS = """
 (() => {
-  const near = {blue: [90, 169, 230], red: [239, 83, 80], unhealthy: [74, 20, 24]};
+  const near = {
+    blue: [90, 169, 230], red: [239, 83, 80], unhealthy: [74, 20, 24], hot: [232, 65, 58],
+    stage0: [255, 95, 210], stage1: [92, 225, 255], stage2: [198, 255, 92], stage3: [255, 160, 64],
+  };
   const out = {};
   for (const c of document.querySelectorAll("canvas")) {
     const {width: w, height: h} = c;
     const d = c.getContext("2d").getImageData(0, 0, w, h).data;
     const top = Math.round(Number(c.dataset.plotTop || 0) * (window.devicePixelRatio || 1));
-    const s = {w, h, painted: 0, colors: 0, blue: 0, red: 0, unhealthy: 0};
+    const s = {w, h, painted: 0, colors: 0};
+    for (const k of Object.keys(near)) s[k] = 0;
     const seen = new Set();
     for (let i = 0; i < d.length; i += 4) {
       if (!d[i + 3]) continue;
@@ -262,16 +146,14 @@ async def _history_len(base: str) -> int:
         return len((await r.json())["t"])
 
 
+async def _api(base: str, path: str) -> Any:
+    async with aiohttp.ClientSession() as http, http.get(base + path) as r:
+        assert r.status == 200, (path, r.status, await r.text())
+        return await r.json()
+
+
 async def _screenshot(cdp: DevTools, path: Path) -> None:
-    metrics = await cdp.send("Page.getLayoutMetrics")
-    size = metrics["cssContentSize"]
-    shot = await cdp.send(
-        "Page.captureScreenshot",
-        format="png",
-        captureBeyondViewport=True,
-        clip={"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1},
-    )
-    _save(path, base64.b64decode(shot["data"]))
+    _save(path, await cdp.screenshot())
 
 
 def _save(path: Path, png: bytes) -> None:
@@ -381,3 +263,116 @@ async def test_page_renders_live_plots_and_follows_a_fault_without_console_error
             e for e in cdp.events if e["method"] == "Runtime.consoleAPICalled" and e["params"].get("type") == "warning"
         ]
         assert warnings == []
+
+
+async def test_page_draws_the_jobs_stages_timeline_and_heat_history_of_the_demo(demo: Demo, tmp_path: Path) -> None:
+    """During the demo's remap: each stage outlined on the mesh with a route to the next, the jobs panel and the
+    timeline saying what ``/api/v1/stages`` and ``/api/v1/events`` say, the hot spot kept in the heat map's past
+    after the stage left it, and no empty band beside the chip grid."""
+    async with asyncio.timeout(40):
+        while not any(e["action"] == "remapped" for e in (await _api(demo.base, "/api/v1/events"))["events"]):  # noqa: ASYNC110 - polling the daemon over HTTP
+            await asyncio.sleep(0.25)
+    await asyncio.sleep(2.0)  # the old hot spot cools down once its stage is gone; the live frame turns calm
+    async with chromium(tmp_path) as cdp:
+        await cdp.send("Page.navigate", url=demo.base + "/")
+        await cdp.wait_event("Page.loadEventFired")
+        updates = int(await cdp.until("document.body.dataset.updates"))
+        await cdp.until(f"Number(document.body.dataset.updates) >= {updates + 2}")
+
+        stages = await _api(demo.base, "/api/v1/stages")
+        [job] = stages["jobs"]
+        assert [st["stage"] for st in job["stages"]] == [0, 1, 2, 3]
+        # The jobs panel: labelled, one row per stage with the API's core count, chips and pod, and the routes.
+        assert (await cdp.evaluate("document.getElementById('jobs-title').textContent")).startswith(
+            "Split-learning jobs on this node"
+        )
+        rows = await cdp.evaluate(
+            "[...document.querySelectorAll('#jobs .stage-row')].map((r) => "
+            "({stage: Number(r.dataset.stage), cores: Number(r.dataset.cores), text: r.textContent}))"
+        )
+        assert [r["stage"] for r in rows] == [0, 1, 2, 3]
+        for row, st in zip(rows, job["stages"], strict=True):
+            assert row["cores"] == len(st["cores"])
+            assert row["text"].startswith(f"S{st['stage']} · {len(st['cores'])} cores on ")
+            assert st["pod"] in row["text"]
+            assert all(f"chip{c}" in row["text"] for c in st["chips"])
+        remapped = [st for st in job["stages"] if st["remapped"]]
+        assert remapped, job
+        assert rows[remapped[0]["stage"]]["text"].endswith(f"remapped generation {remapped[0]['generation']}")
+        routes = await cdp.evaluate("document.querySelector('#jobs .routes').textContent")
+        for r in job["routes"]:
+            assert f"S{r['from']}→S{r['to']} {r['mean_hops']:.2f}" in routes
+        # The mesh: four stages outlined in their colours, three routes drawn.
+        assert await cdp.evaluate("document.getElementById('heatmap').dataset.stages") == "4"
+        assert await cdp.evaluate("document.getElementById('heatmap').dataset.routes") == str(len(job["routes"]))
+        now = await cdp.evaluate(CANVAS_STATS)
+        for k in range(4):
+            assert now["heatmap"][f"stage{k}"] > 20, (k, now["heatmap"])
+
+        # The timeline: newest first, the API's entries with their actions and messages (the fault, the cores
+        # that turned unhealthy and why, the remap with its reason).
+        events = (await _api(demo.base, "/api/v1/events"))["events"]
+        shown = await cdp.evaluate(
+            "[...document.querySelectorAll('#timeline li[data-seq]')].map((li) => ({seq: Number(li.dataset.seq),"
+            " action: li.dataset.action, msg: li.querySelector('.msg').textContent}))"
+        )
+        by_seq = {e["seq"]: e for e in events}
+        assert [e["seq"] for e in shown] == sorted((e["seq"] for e in shown), reverse=True)
+        assert {e["seq"] for e in shown} >= {e["seq"] for e in events[-5:]} - {max(by_seq) + 1}
+        for e in shown:
+            if e["seq"] in by_seq:
+                assert (e["action"], e["msg"]) == (by_seq[e["seq"]]["action"], by_seq[e["seq"]]["message"])
+        actions = [e["action"] for e in shown]
+        assert {"injected", "unhealthy", "remapped", "withheld"} <= set(actions), actions
+        remap = next(e for e in events if e["action"] == "remapped")
+        assert remap["reasons"] == ["queue-saturated"]
+        assert "live remap of stage 1" in remap["message"]
+        unhealthy = next(e for e in events if e["action"] == "unhealthy" and e["resource"] == NEURON_CORE)
+        assert "queue-saturated" in unhealthy["message"]
+
+        # The heat map's past: the strip shows the API's frames; "worst, last 5 min" shows the hot spot that the
+        # live frame no longer has (the stage moved away from it).
+        heat = await _api(demo.base, "/api/v1/heat?metric=queue_fill&frames=12")
+        await cdp.until("Number(document.getElementById('heat-history').dataset.frames) > 0")
+        frames = int(await cdp.evaluate("document.getElementById('heat-history').dataset.frames"))
+        assert frames == len(heat["frames"]) or frames == len(heat["frames"]) + 1  # a new bucket may have opened
+        assert int(await cdp.evaluate("document.getElementById('heat-history').dataset.hot")) >= 16
+        peak = [v for v in heat["peak"] if v is not None]
+        assert sum(v >= 0.8 for v in peak) >= 16  # the 16 cores of the hot spot saturated in the window
+        assert now["heatmap"]["hot"] < 50, now["heatmap"]
+        await cdp.evaluate("document.getElementById('heat-view-peak').click()")
+        assert await cdp.evaluate("document.getElementById('heatmap').dataset.view") == "peak"
+        assert await cdp.evaluate("document.getElementById('legend-label').textContent") == (
+            "event-queue fill: worst in the last 5 min"
+        )
+        worst = await cdp.evaluate(CANVAS_STATS)
+        assert worst["heatmap"]["hot"] > now["heatmap"]["hot"] + 200, (now["heatmap"], worst["heatmap"])
+        assert (await cdp.evaluate("document.getElementById('heat-history-title').textContent")).startswith(
+            "Heat-map history"
+        )
+
+        # No empty band: the side column starts just right of the chip grid and ends at the card's edge.
+        box = await cdp.evaluate(
+            "(() => { const r = (id) => document.getElementById(id).getBoundingClientRect();"
+            " const card = document.getElementById('mesh-row').getBoundingClientRect();"
+            " return {heat: r('heatmap').right, sideLeft: r('mesh-side').left, sideRight: r('mesh-side').right,"
+            " sideTop: r('mesh-side').top, heatTop: r('heatmap').top, row: card.right}; })()"
+        )
+        assert box["sideLeft"] - box["heat"] <= 20, box
+        assert abs(box["row"] - box["sideRight"]) <= 2, box
+        assert abs(box["sideTop"] - box["heatTop"]) <= 4, box
+
+        # Counts by meaning: the lent cores are "withheld for remap" in the device health panel, not unhealthy.
+        counts = (await _api(demo.base, "/api/v1/devices?ids=false"))["core_counts"]
+        assert counts["withheld_for_remap"] == 16, counts
+        expected = (
+            f"{counts['allocatable']} allocatable · {counts['withheld_for_remap']} withheld for remap · "
+            f"{counts['unhealthy']} unhealthy"
+        )
+        await cdp.until(
+            f"document.querySelector('#resources .res .name span:last-child').textContent === {json.dumps(expected)}"
+        )
+
+        await _screenshot(cdp, tmp_path / "status-page-demo.png")
+        problems = cdp.problems()
+        assert problems == [], "\n".join(problems)

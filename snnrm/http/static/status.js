@@ -1,4 +1,5 @@
-// snnrm status page: polls /api/v1/devices and /api/v1/history every second and draws on <canvas>.
+// snnrm status page: polls /api/v1/devices, /api/v1/history, /api/v1/stages and /api/v1/events every second and
+// /api/v1/heat (the heat map's past) every few seconds, and draws on <canvas>.
 //
 // No library and no CDN, so the page works offline; everything is drawn by the small helpers below. Data from the
 // server only ever reaches the DOM through textContent (never innerHTML). For the browser test, the body carries
@@ -11,6 +12,13 @@
   const LABEL_H = 16; // px band above each chip for its label
   const MAX_CELL = 30; // px: keeps a small mesh from turning into a few huge squares
   const MAX_ROWS = 14; // unhealthy cores listed in the table; the heat map shows all of them
+  const MAX_EVENTS = 60; // timeline entries listed (the API keeps more)
+  const HEAT_EVERY = 5; // polls between fetches of the heat map's past (it changes per 10 s bucket)
+  const HEAT_FRAMES = 12; // past frames drawn in the history strip
+  const SIDE_MIN = 320; // px kept beside the mesh for the jobs and the timeline
+  const ROW_GAP = 14; // px between the mesh and the side column (.mesh-row gap)
+  // Stage outlines: bright hues that stay apart from the heat ramp (blue-green-yellow-red) and from each other.
+  const STAGE_COLORS = ["#ff5fd2", "#5ce1ff", "#c6ff5c", "#ffa040", "#a98bff", "#ffffff"];
   const STATE = { HEALTHY: 0, UNKNOWN: 1, UNHEALTHY: 2 };
 
   const COLORS = {
@@ -55,6 +63,13 @@
 
   const $ = (id) => document.getElementById(id);
   let heatMetric = "queue_fill";
+  let heatView = "now"; // "now": the live frame; "peak": the worst value per core over the kept window
+  let heat = {}; // metric -> /api/v1/heat body
+  let stages = null;
+  let events = null;
+  let heatLayoutNow = null;
+  let heatSeq = -1; // newest timeline entry when the heat map's past was last fetched
+  let heatStale = false; // fetch the past on the next poll (the view or the metric changed)
   let topo = null;
   let devices = null;
   let history = null;
@@ -249,6 +264,19 @@
     }
     ctx.restore();
     ctx.setLineDash([]);
+    // What happened, where it happened on the time axis: faults and reallocations from the timeline.
+    for (const m of opts.marks || []) {
+      if (m.time < tEnd - span || m.time > tEnd + period) continue;
+      const x = Math.round(xOf(Math.min(m.time, tEnd))) + 0.5;
+      ctx.strokeStyle = m.color;
+      ctx.lineWidth = 1;
+      ctx.setLineDash([2, 3]);
+      ctx.beginPath();
+      ctx.moveTo(x, pad.t);
+      ctx.lineTo(x, pad.t + ph);
+      ctx.stroke();
+      ctx.setLineDash([]);
+    }
   }
 
   // ---------------------------------------------------------------------------------------------- heat map
@@ -273,17 +301,34 @@
     };
   }
 
+  /** Width the mesh may use: the row minus the side column, unless the window is too narrow to share. */
+  function meshBudget() {
+    const row = $("mesh-row").clientWidth;
+    return row - SIDE_MIN - ROW_GAP >= 420 ? row - SIDE_MIN - ROW_GAP : row;
+  }
+
+  /** The values the heat map shows: the live frame, or the worst per core over the kept window. */
+  function heatValues() {
+    const past = heat[heatMetric];
+    if (heatView === "peak" && past && past.peak.length === topo.cores.count) return past.peak;
+    return devices.cores[heatMetric];
+  }
+
   function drawHeatmap() {
     const canvas = $("heatmap");
-    const L = heatLayout(canvas.clientWidth);
-    const want = `${L.height}px`;
-    if (canvas.style.height !== want) canvas.style.height = want;
+    const L = heatLayout(meshBudget());
+    heatLayoutNow = L;
+    // The canvas is exactly as wide as the chips need; the side column takes the rest of the row.
+    for (const [prop, px] of [["width", L.width], ["height", L.height]]) {
+      if (canvas.style[prop] !== `${px}px`) canvas.style[prop] = `${px}px`;
+    }
     const { ctx } = prepare(canvas);
     const g = topo.geometry;
     const cores = topo.cores;
     const d = devices.cores;
     const metric = METRICS[heatMetric];
-    const values = d[heatMetric];
+    const values = heatValues();
+    canvas.dataset.view = values === d[heatMetric] ? "now" : "peak";
     const failedBit = devices.legend.reasons.failed || 1;
     const q = Math.ceil(Math.sqrt(g.cores_per_router)); // sub-grid of cores sharing one router
     const sub = L.cell / q;
@@ -348,6 +393,217 @@
       ctx.fillStyle = bad ? COLORS.bad : COLORS.axis;
       ctx.fillText(` · ${healthyPerChip[chip.index]}/${chip.cores} healthy`, x + lw, y - LABEL_H / 2);
     }
+    drawStages(ctx, q);
+  }
+
+  /** Core index -> [job number, stage number] for the stages on this node (from /api/v1/stages). */
+  function stageOfCore() {
+    const out = new Map();
+    if (!stages) return out;
+    const index = new Map(topo.cores.ids.map((id, i) => [id, i]));
+    stages.jobs.forEach((job, j) => {
+      for (const st of job.stages) {
+        for (const id of st.cores) {
+          const i = index.get(id);
+          if (i !== undefined) out.set(i, [j, st.stage]);
+        }
+      }
+    });
+    return out;
+  }
+
+  const stageColor = (n) => STAGE_COLORS[n % STAGE_COLORS.length];
+
+  /** Outline each stage's cores (edges towards a core of another stage, a free core or another chip) and draw
+   *  the spike route from each stage to the next as an arrow between their centres, labelled with its mean hops. */
+  function drawStages(ctx, q) {
+    const canvas = $("heatmap");
+    const owner = stageOfCore();
+    const cores = topo.cores;
+    const W = topo.mesh.cols * q;
+    const H = topo.mesh.rows * q;
+    const grid = new Int32Array(W * H).fill(-1);
+    const gxy = (i) => [cores.x[i] * q + (cores.slot[i] % q), cores.y[i] * q + Math.floor(cores.slot[i] / q)];
+    for (const i of owner.keys()) {
+      const [x, y] = gxy(i);
+      grid[y * W + x] = i;
+    }
+    const centres = new Map(); // "j/stage" -> [sumX, sumY, n]
+    const lw = 2;
+    for (const [i, [j, st]] of owner) {
+      const [gx, gy] = gxy(i);
+      const x = heatRects[3 * i];
+      const y = heatRects[3 * i + 1];
+      const s = heatRects[3 * i + 2];
+      const key = `${j}/${st}`;
+      const c = centres.get(key) || [0, 0, 0];
+      centres.set(key, [c[0] + x + s / 2, c[1] + y + s / 2, c[2] + 1]);
+      ctx.strokeStyle = stageColor(st);
+      ctx.lineWidth = lw;
+      ctx.beginPath();
+      for (const [dx, dy, x0, y0, x1, y1] of [
+        [-1, 0, x, y, x, y + s],
+        [1, 0, x + s, y, x + s, y + s],
+        [0, -1, x, y, x + s, y],
+        [0, 1, x, y + s, x + s, y + s],
+      ]) {
+        const nx = gx + dx;
+        const ny = gy + dy;
+        const n = nx >= 0 && ny >= 0 && nx < W && ny < H ? grid[ny * W + nx] : -1;
+        const same = n >= 0 && cores.chip[n] === cores.chip[i] && owner.get(n)[0] === j && owner.get(n)[1] === st;
+        if (same) continue;
+        ctx.moveTo(x0, y0);
+        ctx.lineTo(x1, y1);
+      }
+      ctx.stroke();
+    }
+    let routes = 0;
+    ctx.font = "bold 11px system-ui, sans-serif";
+    (stages ? stages.jobs : []).forEach((job, j) => {
+      const centre = (st) => {
+        const c = centres.get(`${j}/${st}`);
+        return c ? [c[0] / c[2], c[1] / c[2]] : null;
+      };
+      for (const r of job.routes) {
+        const a = centre(r.from);
+        const b = centre(r.to);
+        if (!a || !b) continue;
+        routes += 1;
+        arrow(ctx, a, b, `${r.mean_hops.toFixed(1)} hops`);
+      }
+      for (const st of job.stages) {
+        const c = centre(st.stage);
+        if (c) badge(ctx, c, `S${st.stage}`, stageColor(st.stage));
+      }
+    });
+    ctx.font = "11px system-ui, sans-serif";
+    canvas.dataset.stages = String(new Set([...owner.values()].map(([j, st]) => `${j}/${st}`)).size);
+    canvas.dataset.routes = String(routes);
+  }
+
+  function arrow(ctx, a, b, label) {
+    const [ax, ay] = a;
+    const [bx, by] = b;
+    const len = Math.hypot(bx - ax, by - ay);
+    if (len < 24) return; // stages on top of each other: the badges say it
+    const ux = (bx - ax) / len;
+    const uy = (by - ay) / len;
+    const x0 = ax + ux * 13;
+    const y0 = ay + uy * 13;
+    const x1 = bx - ux * 15;
+    const y1 = by - uy * 15;
+    for (const [color, width] of [["rgba(0,0,0,0.75)", 5], ["#f4f6f8", 2]]) {
+      ctx.strokeStyle = color;
+      ctx.fillStyle = color;
+      ctx.lineWidth = width;
+      ctx.beginPath();
+      ctx.moveTo(x0, y0);
+      ctx.lineTo(x1, y1);
+      ctx.stroke();
+      ctx.beginPath();
+      ctx.moveTo(x1 + ux * 3, y1 + uy * 3);
+      ctx.lineTo(x1 - ux * 9 - uy * 6, y1 - uy * 9 + ux * 6);
+      ctx.lineTo(x1 - ux * 9 + uy * 6, y1 - uy * 9 - ux * 6);
+      ctx.closePath();
+      ctx.fill();
+    }
+    const mx = (x0 + x1) / 2;
+    const my = (y0 + y1) / 2;
+    const tw = ctx.measureText(label).width + 8;
+    ctx.fillStyle = "rgba(11,15,20,0.85)";
+    ctx.fillRect(mx - tw / 2, my - 8, tw, 16);
+    ctx.fillStyle = "#f4f6f8";
+    ctx.textAlign = "center";
+    ctx.fillText(label, mx, my);
+  }
+
+  function badge(ctx, c, text, color) {
+    const tw = ctx.measureText(text).width + 8;
+    ctx.fillStyle = color;
+    ctx.fillRect(c[0] - tw / 2, c[1] - 8, tw, 16);
+    ctx.fillStyle = "#0b0f14";
+    ctx.textAlign = "center";
+    ctx.fillText(text, c[0], c[1]);
+  }
+
+  /** The heat map's past: one small mesh per bucket (the worst value per core in it), oldest left; a frame in
+   *  which a fault was injected or a stage moved is marked above it. */
+  function drawHistory() {
+    const canvas = $("heat-history");
+    const past = heat[heatMetric];
+    const metric = METRICS[heatMetric];
+    const g = topo.geometry;
+    const b = topo.board;
+    const q = Math.ceil(Math.sqrt(g.cores_per_router));
+    const cols = topo.mesh.cols * q;
+    const rows = topo.mesh.rows * q;
+    const CG = 2; // px between chips
+    const FG = 10; // px between frames
+    const TOP = 14; // marks band
+    const BOTTOM = 14; // time labels
+    const width = canvas.clientWidth;
+    let frames = past ? past.frames.slice(-HEAT_FRAMES) : [];
+    let ts = past ? past.t.slice(-frames.length) : [];
+    const fit = (k) => Math.floor(((width - (k - 1) * FG) / k - (b.cols - 1) * CG) / cols);
+    let cs = frames.length ? Math.min(8, fit(frames.length)) : 4;
+    if (frames.length && cs < 2) {
+      const k = Math.max(1, Math.floor((width + FG) / (2 * cols + (b.cols - 1) * CG + FG)));
+      frames = frames.slice(-k);
+      ts = ts.slice(-k);
+      cs = 2;
+    }
+    const fw = cols * cs + (b.cols - 1) * CG;
+    const fh = rows * cs + (b.rows - 1) * CG;
+    const want = `${TOP + fh + BOTTOM}px`;
+    if (canvas.style.height !== want) canvas.style.height = want;
+    const { ctx, w, h } = prepare(canvas);
+    canvas.dataset.frames = String(frames.length);
+    const sub = $("heat-history-sub");
+    if (!past || !frames.length) {
+      sub.textContent = "";
+      ctx.fillStyle = COLORS.axis;
+      ctx.textAlign = "center";
+      ctx.fillText("collecting…", w / 2, h / 2);
+      return;
+    }
+    const worst = past.worst === "min" ? "lowest" : "highest";
+    sub.textContent =
+      `· ${metric.label}, ${worst} per core in each ${past.bucket_s} s, oldest left · ` +
+      `marks above a frame: fault injected (red), stage remapped (violet) · ` +
+      `"worst, last ${Math.round(past.window_s / 60)} min" colours the mesh by the whole window`;
+    const cores = topo.cores;
+    const chipCol = (i) => topo.chips[cores.chip[i]].pos[0];
+    const chipRow = (i) => topo.chips[cores.chip[i]].pos[1];
+    const newest = ts[ts.length - 1];
+    const marks = (events ? events.events : []).filter((e) => e.kind === "fault" || e.action === "remapped");
+    let hot = 0;
+    frames.forEach((frame, k) => {
+      const x0 = k * (fw + FG);
+      ctx.fillStyle = "#10161d";
+      ctx.fillRect(x0, TOP, fw, fh);
+      for (let i = 0; i < cores.count; i++) {
+        const v = frame[i];
+        if (v === null) continue;
+        const pos = metric.pos(v);
+        if (pos >= 0.7) hot++;
+        const slot = cores.slot[i];
+        const x = x0 + (cores.x[i] * q + (slot % q)) * cs + chipCol(i) * CG;
+        const y = TOP + (cores.y[i] * q + Math.floor(slot / q)) * cs + chipRow(i) * CG;
+        ctx.fillStyle = rampColor(pos);
+        ctx.fillRect(x, y, cs, cs);
+      }
+      const t0 = ts[k];
+      const inside = marks.filter((e) => e.time >= t0 && e.time < t0 + past.bucket_s);
+      inside.forEach((e, n) => {
+        ctx.fillStyle = e.kind === "fault" ? COLORS.bad : "#b388ff";
+        ctx.fillRect(x0 + n * 8, 2, 6, 8);
+      });
+      ctx.fillStyle = COLORS.axis;
+      ctx.textAlign = "left";
+      const ago = Math.round(newest - t0);
+      ctx.fillText(k === frames.length - 1 ? "now" : `-${ago}s`, x0, TOP + fh + BOTTOM / 2 + 1);
+    });
+    canvas.dataset.hot = String(hot);
   }
 
   function drawLegend() {
@@ -355,7 +611,9 @@
     const { ctx, w, h } = prepare(canvas);
     const barH = 10;
     const metric = METRICS[heatMetric];
-    $("legend-label").textContent = metric.label;
+    const past = heat[heatMetric];
+    const span = past ? `${Math.round(past.window_s / 60)} min` : "window";
+    $("legend-label").textContent = heatView === "peak" ? `${metric.label}: worst in the last ${span}` : metric.label;
     for (let x = 0; x < w; x++) {
       ctx.fillStyle = rampColor(x / (w - 1));
       ctx.fillRect(x, 0, 1, barH);
@@ -396,7 +654,19 @@
     const head = document.createElement("b");
     head.textContent = topo.cores.ids[hit];
     tip.append(head, ` · ${state}${reasons.length ? " (" + reasons.join(", ") + ")" : ""}`);
+    const owner = stageOfCore().get(hit);
+    const past = heat[heatMetric];
+    const lines = [];
+    if (owner) {
+      const job = stages.jobs[owner[0]];
+      const st = job.stages.find((x) => x.stage === owner[1]);
+      lines.push(`stage ${owner[1]} of ${job.job} (${st ? st.pod : "?"})`);
+    }
+    if (past && past.peak.length === topo.cores.count) {
+      lines.push(`${METRICS[heatMetric].label}: worst ${fmtMetric(past.peak[hit])} in the last ${past.window_s / 60} min`);
+    }
     for (const line of [
+      ...lines,
       `queue fill ${pct(d.queue_fill[hit])} of ${topo.cores.queue_capacity[hit]} events`,
       `efficiency ${pct(d.efficiency[hit])} · load ${pct(d.load[hit])}`,
       `effective ${si(d.effective_keps[hit] * 1e3)}EPS of ${si(topo.cores.nominal_keps[hit] * 1e3)}EPS`,
@@ -410,6 +680,8 @@
     tip.style.left = `${Math.max(0, left)}px`;
     tip.style.top = `${my + 14}px`;
   }
+
+  const fmtMetric = (v) => (heatMetric === "efficiency" ? pct(v) : pct(v, 0));
 
   function reasonNames(mask) {
     const out = [];
@@ -478,6 +750,9 @@
     const tot = h.totals;
     const share = (vals, total) => vals.map((v) => (v === null || !total ? null : v / total));
     const nominal = topo.chips.reduce((a, c) => a + (c.nominal_keps || 0), 0);
+    const marks = (events ? events.events : [])
+      .filter((e) => e.kind === "fault" || e.kind === "reallocation")
+      .map((e) => ({ time: e.time, color: e.kind === "fault" ? "#ef5350" : "#b388ff" }));
     lineChart($("chart-efficiency"), h.t, h.period, h.window, {
       series: [
         { label: "node (delivered/sent)", color: "#5aa9e6", values: s.spike_transfer_ratio },
@@ -487,6 +762,7 @@
       fmt: (v) => pct(v, 0),
       floor: 0.8,
       ceil: 1,
+      marks,
     });
     lineChart($("chart-throughput"), h.t, h.period, h.window, {
       series: [
@@ -495,6 +771,7 @@
       ],
       fmt: (v) => si(v, v >= 1e3 ? 1 : 0),
       min: 0,
+      marks,
     });
     lineChart($("chart-queue"), h.t, h.period, h.window, {
       series: [
@@ -504,6 +781,7 @@
       fmt: (v) => pct(v, 0),
       min: 0,
       ceil: 0.2,
+      marks,
     });
     lineChart($("chart-health"), h.t, h.period, h.window, {
       series: [
@@ -514,6 +792,7 @@
       fmt: (v) => pct(v, v > 0.99 && v < 1 ? 1 : 0),
       floor: 0.98,
       ceil: 1,
+      marks,
     });
   }
 
@@ -547,19 +826,25 @@
       const left = document.createElement("span");
       left.textContent = name;
       const right = document.createElement("span");
-      const bad = r.total - r.healthy_count;
-      right.textContent = `${r.healthy_count} healthy · ${bad} unhealthy`;
+      // Neuron cores by meaning: a core withheld for a live remap is advertised Unhealthy to the kubelet but is
+      // healthy (lent to a stage), so it is counted apart, never as a fault.
+      const cc = name === "snnrm.io/neuron-core" ? devices.core_counts : null;
+      const lent = cc ? cc.withheld_for_remap : 0;
+      const bad = cc ? cc.unhealthy : r.total - r.healthy_count;
+      const ready = cc ? cc.allocatable : r.healthy_count;
+      right.textContent = cc
+        ? `${ready} allocatable · ${lent} withheld for remap · ${bad} unhealthy`
+        : `${ready} healthy · ${bad} unhealthy`;
       if (bad) right.className = "bad-text";
       head.append(left, right);
       const bar = document.createElement("div");
       bar.className = "bar";
-      const ok = document.createElement("div");
-      ok.className = "ok";
-      ok.style.width = `${(100 * r.healthy_count) / Math.max(1, r.total)}%`;
-      const no = document.createElement("div");
-      no.className = "bad";
-      no.style.width = `${(100 * bad) / Math.max(1, r.total)}%`;
-      bar.append(ok, no);
+      for (const [cls, n] of [["ok", ready], ["lent", lent], ["bad", bad]]) {
+        const seg = document.createElement("div");
+        seg.className = cls;
+        seg.style.width = `${(100 * n) / Math.max(1, r.total)}%`;
+        bar.append(seg);
+      }
       div.append(head, bar);
       box.append(div);
     }
@@ -635,10 +920,110 @@
     }
   }
 
+  function renderJobs() {
+    const box = $("jobs");
+    box.replaceChildren();
+    const jobs = stages ? stages.jobs : [];
+    const n = jobs.reduce((a, j) => a + j.stages.length, 0);
+    $("jobs-count").textContent = `(${jobs.length} job${jobs.length === 1 ? "" : "s"}, ${n} stage${n === 1 ? "" : "s"})`;
+    if (!jobs.length) {
+      const p = document.createElement("div");
+      p.className = "muted";
+      p.textContent = "no split-learning stage runs here";
+      box.append(p);
+      return;
+    }
+    for (const job of jobs) {
+      const div = document.createElement("div");
+      div.className = "job";
+      div.dataset.job = job.job;
+      const name = document.createElement("div");
+      name.className = "job-name";
+      name.textContent = `${job.namespace}/${job.job}`;
+      div.append(name);
+      for (const st of job.stages) {
+        const row = document.createElement("div");
+        row.className = "stage-row";
+        row.dataset.stage = String(st.stage);
+        row.dataset.cores = String(st.cores.length);
+        const key = document.createElement("span");
+        key.className = "key";
+        key.style.borderColor = stageColor(st.stage);
+        const text = document.createElement("span");
+        const chips = st.chips.map((c) => `chip${c}`).join("+");
+        text.textContent = `S${st.stage} · ${st.cores.length} cores on ${chips} · ${st.pod}`;
+        row.append(key, text);
+        if (st.remapped) row.append(tags(["remapped"]), ` generation ${st.generation}`);
+        div.append(row);
+      }
+      if (job.routes.length) {
+        const routes = document.createElement("div");
+        routes.className = "routes";
+        routes.textContent =
+          "spike routes (mean hops): " + job.routes.map((r) => `S${r.from}→S${r.to} ${r.mean_hops.toFixed(2)}`).join(" · ");
+        div.append(routes);
+      }
+      box.append(div);
+    }
+  }
+
+  function clock(t) {
+    const d = new Date(t * 1000);
+    return d.toTimeString().slice(0, 8);
+  }
+
+  function renderTimeline() {
+    const list = $("timeline");
+    list.replaceChildren();
+    const all = events ? events.events : [];
+    if (!all.length) {
+      const li = document.createElement("li");
+      li.className = "empty";
+      li.textContent = "nothing happened yet";
+      list.append(li);
+    }
+    const now = devices ? devices.time : Date.now() / 1000;
+    for (const e of all.slice(-MAX_EVENTS).reverse()) {
+      const li = document.createElement("li");
+      li.dataset.seq = String(e.seq);
+      li.dataset.kind = e.kind;
+      li.dataset.action = e.action;
+      const when = document.createElement("span");
+      when.className = "when";
+      when.textContent = clock(e.time);
+      when.title = `${Math.max(0, Math.round(now - e.time))} s ago`;
+      const what = document.createElement("span");
+      what.className = "what";
+      what.append(tags([e.action]));
+      const msg = document.createElement("span");
+      msg.className = "msg";
+      msg.textContent = e.message;
+      what.append(msg);
+      if (e.repeats > 1) what.append(` (×${e.repeats}, last ${clock(e.last)})`);
+      li.append(when, what);
+      list.append(li);
+    }
+    if (events && events.dropped) {
+      const li = document.createElement("li");
+      li.className = "empty";
+      li.textContent = `${events.dropped} older entries dropped (the daemon keeps ${events.capacity})`;
+      list.append(li);
+    }
+    // Beside the mesh, the timeline scrolls within the mesh's height; below it (narrow window), a fixed height.
+    const side = $("mesh-side");
+    const L = heatLayoutNow;
+    const beside = L && side.offsetTop < $("heatmap").offsetTop + 10;
+    const room = beside ? L.height - (list.offsetTop - side.offsetTop) : 320;
+    list.style.maxHeight = `${Math.max(160, Math.round(room))}px`;
+  }
+
   function render() {
     if (!topo || !devices || !history) return;
     renderTiles();
     drawHeatmap();
+    renderJobs();
+    renderTimeline();
+    drawHistory();
     renderCharts();
     renderHealth();
     renderFaults();
@@ -666,9 +1051,26 @@
     inflight = true;
     try {
       if (!topo) topo = await getJSON("api/v1/topology");
-      const [d, h] = await Promise.all([getJSON("api/v1/devices?ids=false"), getJSON("api/v1/history")]);
+      // The past is fetched every few polls, and at once when something happened (a new timeline entry: a
+      // fault or a remap changes what the past holds) or the view asks for it.
+      const seq = events && events.events.length ? events.events[events.events.length - 1].seq : 0;
+      const wantHeat = !heat[heatMetric] || heatStale || seq !== heatSeq || updates % HEAT_EVERY === 0;
+      const [d, h, st, ev, past] = await Promise.all([
+        getJSON("api/v1/devices?ids=false"),
+        getJSON("api/v1/history"),
+        getJSON("api/v1/stages"),
+        getJSON("api/v1/events"),
+        wantHeat ? getJSON(`api/v1/heat?metric=${heatMetric}&frames=${HEAT_FRAMES}`) : null,
+      ]);
       devices = d;
       history = h;
+      stages = st;
+      events = ev;
+      if (past) {
+        heat[past.metric] = past;
+        heatSeq = seq;
+        heatStale = false;
+      }
       render();
       updates += 1;
       document.body.dataset.updates = String(updates);
@@ -686,12 +1088,28 @@
     heatMetric = button.dataset.metric;
     for (const b of $("heat-metric").querySelectorAll("button")) b.classList.toggle("on", b === button);
     drawLegend();
+    heatStale = true;
+    if (topo && devices) render();
+    tick(); // the past of this metric, now
+  }
+
+  function pickView(ev) {
+    const button = ev.target.closest("button[data-view]");
+    if (!button) return;
+    heatView = button.dataset.view;
+    for (const b of $("heat-view").querySelectorAll("button")) b.classList.toggle("on", b === button);
+    drawLegend();
     if (topo && devices) drawHeatmap();
+    if (heatView === "peak") {
+      heatStale = true;
+      tick(); // the window up to now
+    }
   }
 
   function start() {
     drawLegend();
     $("heat-metric").addEventListener("click", pickMetric);
+    $("heat-view").addEventListener("click", pickView);
     const heat = $("heatmap");
     heat.addEventListener("mousemove", onHeatHover);
     heat.addEventListener("mouseleave", () => {

@@ -9,7 +9,7 @@ import pytest
 
 from snnrm.backends.sim import SimBackend
 from snnrm.core.telemetry import FaultKind, HardFault
-from snnrm.http.history import SERIES, StatusHistory, node_sample
+from snnrm.http.history import SERIES, HeatHistory, HeatMetric, StatusHistory, node_sample
 from snnrm.node import NodeService
 
 
@@ -74,3 +74,35 @@ async def test_run_waits_for_the_first_frame_then_samples_each_period(node: Node
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+def _heat(fill: list[float], load: list[float], eff: list[float]) -> dict[HeatMetric, np.ndarray]:
+    return {"queue_fill": np.array(fill), "load": np.array(load), "efficiency": np.array(eff)}
+
+
+def test_the_heat_history_keeps_the_worst_per_core_per_bucket() -> None:
+    """Each bucket keeps the fullest queue, the highest load and the lowest efficiency per core; the peak covers
+    every kept bucket; past ``buckets`` the oldest goes; an unknown reading never hides a known one."""
+    heat = HeatHistory(2, bucket=10.0, buckets=2)
+    assert heat.window("queue_fill").frames.shape == (0, 2)
+    assert np.isnan(heat.window("queue_fill").peak).all()
+    heat.add(100.0, _heat([0.1, 0.2], [0.5, 0.5], [1.0, 0.9]))
+    heat.add(105.0, _heat([0.9, np.nan], [0.1, 0.6], [0.8, np.nan]))  # the hot spot: 5 s of saturation
+    heat.add(111.0, _heat([0.0, 0.3], [0.2, 0.2], [1.0, 1.0]))  # the stage moved: calm again
+    w = heat.window("queue_fill")
+    assert w.t.tolist() == [100.0, 110.0]
+    np.testing.assert_allclose(w.frames, [[0.9, 0.2], [0.0, 0.3]], rtol=1e-6)
+    assert w.peak.tolist() == pytest.approx([0.9, 0.3])
+    assert heat.window("load").frames[0].tolist() == pytest.approx([0.5, 0.6])
+    assert heat.window("efficiency").peak.tolist() == pytest.approx([0.8, 0.9])
+    heat.add(125.0, _heat([0.0, 0.0], [0.0, 0.0], [1.0, 1.0]))  # two buckets kept: the hot spot's is gone
+    assert heat.window("queue_fill").t.tolist() == [110.0, 120.0]
+    assert heat.window("queue_fill").peak.tolist() == pytest.approx([0.0, 0.3])
+
+
+async def test_sampling_fills_the_heat_history(node: NodeService) -> None:
+    node.monitor.observe(await node.backend.read_frame())
+    h = StatusHistory(node, clock=lambda: 1000.0)
+    h.sample()
+    assert len(h.heat) == 1
+    assert h.heat.window("load").frames.shape == (1, node.topology.n_cores)
