@@ -6,6 +6,7 @@
 #                               iptables chains, cgroups and state; idempotent
 #   scripts/cluster.sh image    rebuild the snnrm image from the Dockerfile and import it into the runtime
 #   scripts/cluster.sh status   what runs, and where the logs are
+#   scripts/cluster.sh chart [--set k=v]...   reinstall the chart with the cluster's values plus these
 #   scripts/cluster.sh restart-kubelet   stop the kubelet, wipe its socket, start it again (tests/node)
 #
 # What runs, all built here without a registry or the internet beyond PyPI, the Go module proxy and Debian:
@@ -445,6 +446,7 @@ install_chart() {
     --set daemon.config.backend=sim --set daemon.config.simFaultInjection=token \
     --set controller.enabled=true --set controller.replicas=1 --set controller.podDisruptionBudget.enabled=false \
     --set-string daemon.simFaultToken.value="$FAULT_TOKEN" \
+    "$@" \
     --wait --timeout 5m >>"$CL/logs/helm.log" 2>&1 ||
     die "helm install failed (log: $CL/logs/helm.log; pods: $CL/bin/kubectl --kubeconfig $CL/kubeconfig -n $NAMESPACE get pods)"
   # helm's --wait counts a DaemonSet with nothing scheduled yet as ready: wait for the pod itself.
@@ -542,6 +544,13 @@ case "${1:-}" in
     snnrm_image
     install_chart ;;
   status) status ;;
+  chart)
+    # Reinstall the chart with the cluster's values plus any `--set k=v` given (tests/node switch DRA on and off).
+    shift
+    build_tools >/dev/null 2>&1
+    HOST_IP="$(cat "$CL/host-ip")"
+    snnrm_image  # the sources may have changed since `up`: the chart must name an image the runtime has
+    install_chart "$@" ;;
   restart-kubelet)
     # What a kubelet upgrade or crash looks like to the plugins: the process goes, its sockets are wiped, a new
     # one starts and recreates kubelet.sock (pods keep running).
