@@ -8,8 +8,13 @@ Conventions every dashboard follows (checked by tests/integration/test_dashboard
 
 * a ``datasource`` variable of type prometheus, and every panel, target, variable and annotation uses
   ``${datasource}``, never a fixed uid (the kube-prometheus-stack convention);
-* ``node``, ``chip`` and ``job`` variables (multi-value, "All" = ``.*``) used as ``node=~"$node"`` etc.; ``job`` is
-  the split-learning job (metric label ``snn_job``: Prometheus owns the ``job`` label, the scrape job);
+* ``node``, ``chip`` and ``job`` variables (multi-value) used as ``node=~"$node"`` etc.; ``job`` is the
+  split-learning job (metric label ``snn_job``: Prometheus owns the ``job`` label, the scrape job);
+* fleet size: ``node`` defaults to the first node (no "All" option) on every board that reads per-core or per-link
+  series; only the cluster overview, whose queries read per-chip series and the recording rules of
+  rules/snnrm.rules.yaml (``node_chip:...``), offers "All" and starts there. ``chip`` and ``job`` offer "All"
+  (``.*``): within one node they are few;
+* per-chip panels group by node and chip (two nodes' chip 0 are two lines);
 * every panel has a unit; uids are fixed strings (links and bookmarks survive regeneration);
 * a panel whose metric the daemon does not export yet says so in its description (``PENDING`` below), so the
   live test can tell "pending" from "broken".
@@ -39,24 +44,26 @@ DATASOURCE = common_m.DataSourceRef(type_val="prometheus", uid="${datasource}")
 SEL = 'node=~"$node"'
 CHIP = 'node=~"$node", chip=~"$chip"'
 RATE = "$__rate_interval"
+# Recording rules of rules/snnrm.rules.yaml: per-(node, chip) aggregates of the per-core and per-link families.
+PROCESSED = "node_chip:snnrm_core_events_processed:rate2m"
+DROPPED = "node_chip:snnrm_core_events_dropped:rate2m"
+SENT = "node_chip:snnrm_core_spikes_sent:rate2m"
+DELIVERED = "node_chip:snnrm_core_spikes_delivered:rate2m"
+DEPTH = "node_chip:snnrm_core_event_queue_depth:sum"
+EFF_MIN = "node_chip:snnrm_core_spike_transfer_efficiency_ratio:min"
+EFF_AVG = "node_chip:snnrm_core_spike_transfer_efficiency_ratio:avg"
+EFF_P10 = "node_chip:snnrm_core_spike_transfer_efficiency_ratio:p10"
+LINK_MAX = "node_chip_inter_chip:snnrm_link_utilization_ratio:max"
 
-PENDING: dict[str, str] = {
-    "snnrm_reallocations_total": "a reallocation decision (exported by `snnrm controller` and the daemon's placement "
-    "agent, snnrm/cluster/reallocation.py; no series before the first decision, and the daemon-only test has none)",
-    "snnrm_job_stage_info": "the reallocation controller's job/stage mapping (not built yet)",
-    "snnrm_stage_spike_latency_seconds_bucket": "per-stage spike latency from the split-learning runtime (not built)",
-    "snnrm_device_plugin_rpc_duration_seconds_bucket": "RPC instrumentation (snnrm/obs/rpc.py, not wired in app.py)",
-    "snnrm_device_plugin_rpcs_total": "RPC instrumentation (snnrm/obs/rpc.py, not wired in app.py)",
-    "snnrm_allocations_total": "RPC instrumentation (snnrm/obs/rpc.py, not wired in app.py)",
-    "snnrm_list_and_watch_messages_total": "RPC instrumentation (snnrm/obs/rpc.py, not wired in app.py)",
-    "snnrm_device_plugin_registered": "plugin registration metrics (NodeCollector plugins=, not wired in app.py)",
-    "snnrm_device_health_transitions_total": "health transition counter (snnrm/obs/transitions.py, not wired)",
-    "snnrm_container_devices": "PodResources attribution (NodeCollector pods=, not wired in app.py)",
-    'pod!=""': "namespace/pod labels on core series (NodeCollector pods=, not wired in app.py)",
-}
+PENDING: dict[str, str] = {}
 """Metrics (or label matchers) a panel may use that the running daemon does not export yet -> what will export
-them. A panel using one is marked in its description; tests/integration/test_dashboards.py reports it instead of
-failing, and says so when the metric appears (then remove it here)."""
+them. A panel using one is marked in its description; tests/integration/test_dashboards.py fails when such a panel
+has data (remove the entry then) and when any other panel has none. Empty: the daemon exports every metric the
+boards read."""
+
+FLEET_BOARDS = ("snnrm-cluster-overview",)
+"""Boards whose node variable offers "All" and starts there: their queries read only per-chip and per-node series
+and recording rules, never a per-core or per-link family (the dashboard test checks)."""
 
 
 def pending_in(expr: str) -> list[str]:
@@ -78,6 +85,7 @@ class Board:
     _annotation_extra: dict[str, dict[str, Any]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
+        fleet = self.uid in FLEET_BOARDS
         self.builder = (
             dashboard.Dashboard(self.title)
             .uid(self.uid)
@@ -98,7 +106,7 @@ class Board:
         }
         labels = {"node": "Node", "chip": "Chip", "job": "Split-learning job"}
         for name in self.variables:
-            self.builder.with_variable(
+            var = (
                 dashboard.QueryVariable(name)
                 .label(labels[name])
                 .datasource(DATASOURCE)
@@ -106,9 +114,14 @@ class Board:
                 .refresh(dashboard_m.VariableRefresh.ON_TIME_RANGE_CHANGED)
                 .sort(dashboard_m.VariableSort.NATURAL_ASC)
                 .multi(True)
-                .include_all(True)
-                .all_value(".*")
             )
+            # Grafana starts a variable that offers "All" on "All": at 100 nodes that is every core of the fleet
+            # per query. Without it, Grafana starts on the first value (one node); pick more by hand.
+            if name != "node" or fleet:
+                var.include_all(True).all_value(".*")
+            else:
+                var.include_all(False)
+            self.builder.with_variable(var)
 
     def row(self, title: str) -> None:
         self.builder.with_row(dashboard.Row(title).id(self._take_id()))
@@ -272,7 +285,7 @@ def cluster_overview() -> Board:
         unit="short",
     )
     b.add(big("Dropped events/s", thresholds=[(None, "green"), (1, "orange")]),
-          [(f"sum(rate(snnrm_core_events_dropped_total{{{CHIP}}}[{RATE}]))", "dropped")],
+          [(f"sum({DROPPED}{{{CHIP}}})", "dropped")],
           description="Events dropped at the cores (queue overflow or failure), all selected chips.",
           unit="si:ev/s")  # fmt: skip
     b.row("Capacity")
@@ -300,13 +313,13 @@ def cluster_overview() -> Board:
           description="Container allocations the kubelet asked for (Allocate), by result.", unit="reqps")  # fmt: skip
     b.row("Traffic")
     b.add(ts("Events processed and dropped"),
-          [(f"sum by (node) (rate(snnrm_core_events_processed_total{{{CHIP}}}[{RATE}]))", "{{node}} processed"),
-           (f"sum by (node) (rate(snnrm_core_events_dropped_total{{{CHIP}}}[{RATE}]))", "{{node}} dropped")],
-          description="Event throughput actually processed, and events lost, per node.",
+          [(f"sum by (node) ({PROCESSED}{{{CHIP}}})", "{{node}} processed"),
+           (f"sum by (node) ({DROPPED}{{{CHIP}}})", "{{node}} dropped")],
+          description="Event throughput actually processed, and events lost, per node (2-minute rates).",
           unit="si:ev/s")  # fmt: skip
     b.add(ts("Spike-transfer efficiency", lo=0, hi=1),
-          [(f"min by (node) (snnrm_core_spike_transfer_efficiency_ratio{{{CHIP}}})", "{{node}} worst"),
-           (f"avg by (node) (snnrm_core_spike_transfer_efficiency_ratio{{{CHIP}}})", "{{node}} mean")],
+          [(f"min by (node) ({EFF_MIN}{{{CHIP}}})", "{{node}} worst"),
+           (f"avg by (node) ({EFF_AVG}{{{CHIP}}})", "{{node}} mean")],
           description="Delivered over sent spikes: the worst core/group and the mean per node.",
           unit="percentunit")  # fmt: skip
     return b
@@ -329,58 +342,58 @@ def node_chip() -> Board:
     )
     b.row("Event queues")
     b.add(heat("Event-queue fill over the mesh (rows: cores or groups)"),
-          [(f"snnrm_core_event_queue_fill_ratio{{{CHIP}}}", "chip {{chip}} {{core}}{{group}}")],
+          [(f"snnrm_core_event_queue_fill_ratio{{{CHIP}}}", "{{node}} chip {{chip}} {{core}}{{group}}")],
           description="Queued events over queue capacity per core (or router group, by --metrics-granularity); "
           "a hot spot shows as a bright band.", unit="percentunit")  # fmt: skip
     b.add(ts("Fullest queues", lo=0, hi=1),
-          [(f"topk(5, snnrm_core_event_queue_fill_ratio{{{CHIP}}})", "chip {{chip}} {{core}}{{group}}")],
+          [(f"topk(5, snnrm_core_event_queue_fill_ratio{{{CHIP}}})", "{{node}} chip {{chip}} {{core}}{{group}}")],
           description="The five fullest event queues; above 0.8 the daemon marks the core queue-saturated.",
           unit="percentunit")  # fmt: skip
     b.add(ts("Queued events per chip"),
-          [(f"sum by (chip) (snnrm_core_event_queue_depth{{{CHIP}}})", "chip {{chip}}")],
+          [(f"{DEPTH}{{{CHIP}}}", "{{node}} chip {{chip}}")],
           description="Events waiting in the input queues of each chip (smoothed).", unit="short")  # fmt: skip
     b.row("Mesh links")
     b.add(ts("Link utilisation, hottest 10", lo=0, hi=1, legend_right=True),
           [(f"topk(10, snnrm_link_utilization_ratio{{{CHIP}}})",
-            "chip {{chip}} {{link}}{{group}} inter={{inter_chip}}")],
+            "{{node}} chip {{chip}} {{link}}{{group}} inter={{inter_chip}}")],
           description="Load of directed mesh links, 0-1 of capacity (per link at core granularity, the hottest "
           "link of each group or chip otherwise).", unit="percentunit")  # fmt: skip
     b.add(bars("Hottest link per chip", hi=1),
-          [(f"max by (chip, inter_chip) (snnrm_link_utilization_ratio{{{CHIP}}})",
-            "chip {{chip}} inter={{inter_chip}}")],
+          [(f"{LINK_MAX}{{{CHIP}}}", "{{node}} chip {{chip}} inter={{inter_chip}}")],
           description="Highest link utilisation on each chip, on-chip and inter-chip links apart.",
           unit="percentunit")  # fmt: skip
-    b.add(ts("Failed links"), [(f"snnrm_chip_failed_links{{{CHIP}}}", "chip {{chip}}")],
+    b.add(ts("Failed links"), [(f"snnrm_chip_failed_links{{{CHIP}}}", "{{node}} chip {{chip}}")],
           description="Mesh links leaving the chip's routers that hardware reports failed.", unit="short")  # fmt: skip
     b.row("Spikes")
     b.add(ts("Spike-transfer efficiency", lo=0, hi=1),
-          [(f"min by (chip) (snnrm_core_spike_transfer_efficiency_ratio{{{CHIP}}})", "chip {{chip}} worst"),
-           (f"quantile by (chip) (0.1, snnrm_core_spike_transfer_efficiency_ratio{{{CHIP}}})", "chip {{chip}} p10")],
+          [(f"{EFF_MIN}{{{CHIP}}}", "{{node}} chip {{chip}} worst"),
+           (f"{EFF_P10}{{{CHIP}}}", "{{node}} chip {{chip}} p10")],
           description="Delivered over sent spikes per chip: the worst unit and the 10th percentile (what "
           "SnnrmLowSpikeTransferEfficiency alerts on).", unit="percentunit")  # fmt: skip
     b.add(ts("Spikes sent and delivered"),
-          [(f"sum by (chip) (rate(snnrm_core_spikes_sent_total{{{CHIP}}}[{RATE}]))", "chip {{chip}} sent"),
-           (f"sum by (chip) (rate(snnrm_core_spikes_delivered_total{{{CHIP}}}[{RATE}]))", "chip {{chip}} delivered")],
+          [(f"{SENT}{{{CHIP}}}", "{{node}} chip {{chip}} sent"),
+           (f"{DELIVERED}{{{CHIP}}}", "{{node}} chip {{chip}} delivered")],
           description="Spike rate leaving the chip's cores and reaching their destination (KSPS/MSPS).",
           unit="si:spikes/s")  # fmt: skip
     b.add(ts("Events processed and dropped"),
-          [(f"sum by (chip) (rate(snnrm_core_events_processed_total{{{CHIP}}}[{RATE}]))", "chip {{chip}} processed"),
-           (f"sum by (chip) (rate(snnrm_core_events_dropped_total{{{CHIP}}}[{RATE}]))", "chip {{chip}} dropped")],
-          description="Event throughput per chip (KEPS/MEPS) and events lost.", unit="si:ev/s")  # fmt: skip
+          [(f"{PROCESSED}{{{CHIP}}}", "{{node}} chip {{chip}} processed"),
+           (f"{DROPPED}{{{CHIP}}}", "{{node}} chip {{chip}} dropped")],
+          description="Event throughput per chip (KEPS/MEPS) and events lost (2-minute rates).",
+          unit="si:ev/s")  # fmt: skip
     b.row("Health and capacity")
     b.add(ts("Cores by state", stack=True),
-          [(f"sum by (chip, state) (snnrm_chip_cores{{{CHIP}}})", "chip {{chip}} {{state}}")],
+          [(f"sum by (node, chip, state) (snnrm_chip_cores{{{CHIP}}})", "{{node}} chip {{chip}} {{state}}")],
           description="Neuron cores of each chip by health state.", unit="short")  # fmt: skip
     b.add(ts("Degraded cores by reason", stack=True),
-          [(f'sum by (reason) (snnrm_chip_degraded_cores{{{CHIP}}}) > 0', "{{reason}}")],
+          [(f'sum by (node, reason) (snnrm_chip_degraded_cores{{{CHIP}}}) > 0', "{{node}} {{reason}}")],
           description="Cores not Healthy, by reason (failed, stale, queue-saturated, low-efficiency, link-congested, "
           "recovering); a core with several reasons counts under each.", unit="short")  # fmt: skip
     b.add(ts("Capacity per chip"),
-          [(f"snnrm_chip_capacity_effective_events_per_second{{{CHIP}}}", "chip {{chip}} effective"),
-           (f"snnrm_chip_capacity_advertised_events_per_second{{{CHIP}}}", "chip {{chip}} advertised")],
+          [(f"snnrm_chip_capacity_effective_events_per_second{{{CHIP}}}", "{{node}} chip {{chip}} effective"),
+           (f"snnrm_chip_capacity_advertised_events_per_second{{{CHIP}}}", "{{node}} chip {{chip}} advertised")],
           description="Measured effective and advertised event throughput per chip.", unit="si:ev/s")  # fmt: skip
     b.add(ts("Telemetry age per chip"),
-          [(f"snnrm_chip_telemetry_age_seconds{{{CHIP}}}", "chip {{chip}}")],
+          [(f"snnrm_chip_telemetry_age_seconds{{{CHIP}}}", "{{node}} chip {{chip}}")],
           description="Age of the oldest last-accepted core sample of each chip (backend clock); growth means a "
           "chip's telemetry went quiet.", unit="s")  # fmt: skip
     return b
@@ -390,27 +403,33 @@ def split_learning() -> Board:
     b = Board(
         "snnrm-split-learning",
         "snnrm / Split-learning jobs",
-        "Split-learning / split-inference jobs: stages (one pod each) on their cores, per-stage spike rates and "
-        "latency, and reallocations.",
+        "Split-learning / split-inference jobs: stages (one pod each) on their cores, per-stage spike latency and "
+        "rates, and reallocations. The stage series come from the daemons (placement enabled), no controller needed.",
         ["jobs"],
     )
+    stage = 'snn_job=~"$job"'
+    moves = f"snnrm_reallocations_total{{{stage}}}"
+    # A counter series is born at 1 on the first decision of its (job, stage, reason, action): increase() cannot
+    # see that one, so a series that did not exist a minute ago counts as an event too.
     b.annotation(
         "Reallocations",
-        'sum by (namespace, snn_job, stage, reason) (increase(snnrm_reallocations_total{snn_job=~"$job"}[1m])) > 0',
-        title="{{snn_job}} stage {{stage}} reallocated",
+        f"sum by (namespace, snn_job, stage, reason, action) ((increase({moves}[1m]) > 0) or ({moves} unless "
+        f"{moves} offset 1m))",
+        title="{{snn_job}} stage {{stage}}: {{action}}",
         text="{{namespace}}: {{reason}}",
         color="orange",
     )
-    stage = 'snn_job=~"$job"'
     join = f" * on (namespace, pod) group_left (snn_job, stage) snnrm_job_stage_info{{{stage}}}"
     b.row("Stages")
-    b.add(ts("Spike latency per stage (p99)"),
-          [(f"histogram_quantile(0.99, sum by (snn_job, stage, le) "
-            f"(rate(snnrm_stage_spike_latency_seconds_bucket{{{stage}}}[{RATE}])))", "{{snn_job}} stage {{stage}} p99"),
-           (f"histogram_quantile(0.5, sum by (snn_job, stage, le) "
-            f"(rate(snnrm_stage_spike_latency_seconds_bucket{{{stage}}}[{RATE}])))",
-            "{{snn_job}} stage {{stage}} p50")],
-          description="End-to-end spike latency into each stage.", unit="s")  # fmt: skip
+    b.add(ts("Spike latency per stage"),
+          [(f"max by (snn_job, stage) (snnrm_stage_spike_latency_seconds{{{stage}}})", "{{snn_job}} stage {{stage}}")],
+          description="Spike latency into each stage (route from the previous stage plus queueing delay), as the "
+          "node running the stage measures it (today: simulated chips only).", unit="s")  # fmt: skip
+    b.add(ts("Cores per stage"),
+          [(f"max by (node, snn_job, stage) (snnrm_stage_cores{{{stage}}})",
+            "{{snn_job}} stage {{stage}} on {{node}}")],
+          description="Neuron cores each stage uses now (a live remap's target, else the cores it was admitted "
+          "to).", unit="short")  # fmt: skip
     b.add(ts("Spike rate per stage"),
           [(f"sum by (snn_job, stage) (rate(snnrm_core_spikes_sent_total{{{SEL}, pod!=\"\"}}[{RATE}]){join})",
             "{{snn_job}} stage {{stage}}")],
@@ -435,10 +454,16 @@ def split_learning() -> Board:
           description="snnrm devices each pod's containers hold, from the kubelet PodResources API.",
           unit="short")  # fmt: skip
     b.row("Reallocations")
-    b.add(ts("Reallocations by reason"),
-          [(f"sum by (snn_job, reason) (increase(snnrm_reallocations_total{{{stage}}}[1h]))",
-            "{{snn_job}} {{reason}}")],
-          description="Stage moves in the last hour (SnnrmReallocationStorm fires above 6).", unit="short")  # fmt: skip
+    b.add(ts("Reallocation decisions by reason"),
+          [(f"sum by (snn_job, reason, action) (increase({moves}[1h]))", "{{snn_job}} {{reason}} {{action}}")],
+          description="Decisions in the last hour, from the nodes (live remaps) and the controller (evictions), "
+          "by degradation reason and action (SnnrmReallocationStorm fires above 6 moves).",
+          unit="short")  # fmt: skip
+    b.add(ts("Live remaps per stage"),
+          [(f"sum by (snn_job, stage) (increase(snnrm_stage_remaps_total{{{stage}}}[1h]))",
+            "{{snn_job}} stage {{stage}}")],
+          description="Live remaps of each stage on its node in the last hour (0 from the stage's admission, so "
+          "the first move counts).", unit="short")  # fmt: skip
     return b
 
 
@@ -460,9 +485,10 @@ def daemon_health() -> Board:
           description="Time to answer device plugin RPCs (Allocate, GetPreferredAllocation, ...).",
           unit="s")  # fmt: skip
     b.add(ts("RPC errors"),
-          [(f'sum by (rpc, code) (rate(snnrm_device_plugin_rpcs_total{{{SEL}, code!="OK"}}[{RATE}]))',
-            "{{rpc}} {{code}}")],
-          description="Device plugin RPCs answered with a non-OK gRPC status.", unit="reqps")  # fmt: skip
+          [(f'sum by (rpc, code) (rate(snnrm_device_plugin_rpcs_total{{{SEL}, code!="OK"}}[{RATE}])) or on (rpc) '
+            f"sum by (rpc) (rate(snnrm_device_plugin_rpcs_total{{{SEL}}}[{RATE}])) * 0", "{{rpc}} {{code}}")],
+          description="Device plugin RPCs answered with a non-OK gRPC status (0 for an RPC served without error, so "
+          "no errors and no data look different).", unit="reqps")  # fmt: skip
     b.add(ts("ListAndWatch messages"),
           [(f"sum by (resource) (rate(snnrm_list_and_watch_messages_total{{{SEL}}}[{RATE}]))", "{{resource}}")],
           description="Device lists sent to the kubelet (one per health or capacity change).",

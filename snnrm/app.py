@@ -29,6 +29,7 @@ from snnrm.cluster.node_agent import KubeStageReporter, NodeAgent
 from snnrm.cluster.reallocation import ReallocationMetrics
 from snnrm.cluster.remap import NodeReallocator, RemapLedger
 from snnrm.cluster.sim_workload import SimWorkloads
+from snnrm.cluster.stage_metrics import StageCollector
 from snnrm.cluster.timeline import TimelineReporter
 from snnrm.config import Config, ConfigError
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
@@ -95,6 +96,8 @@ class Daemon:
     """The DRA kubelet plugin when ``--dra on|only`` (snnrm/dra, docs/dra.md)."""
     placement: NodeAgent | None = None
     """The node's part of split-learning placement when ``placement.enabled`` (snnrm/cluster/node_agent.py)."""
+    workloads: SimWorkloads | None = None
+    """With placement on simulated chips: the admitted stages' traffic in the simulator (cluster/sim_workload.py)."""
     stage_view: Callable[[], dict[str, Any]] | None = None
     """``GET /api/v1/stages``: the stages running here and their cores (for the status page); read per request,
     so it may be set after the server started (the demo sets it once its job is admitted). None: no stages."""
@@ -167,9 +170,20 @@ class Daemon:
             )
             registry.register(HookCollector(hooks.runner, node=socket.gethostname()))
         dra = _dra_plugin(config, node, dra_kube) if config.dra != "off" else None
-        placement = None
+        placement = workloads = None
         if config.placement.enabled and hints is not None:  # snnrm/cluster/node_agent.py, docs/split-learning.md
             placement = await _placement_agent(config, backend, node, pods, hints, registry, tracing.tracer, timeline)
+            if isinstance(backend, SimBackend):  # simulated chips run the admitted stages' traffic
+                workloads = SimWorkloads(backend.sim, placement.stages)
+            # The stages this node runs, without the controller: what the split-learning dashboard reads.
+            registry.register(
+                StageCollector(
+                    node=node_name,
+                    stages=placement.stages,
+                    ledger=placement.ledger,
+                    latency=workloads.latencies if workloads is not None else None,
+                )
+            )
         return cls(
             config=config,
             backend=backend,
@@ -183,6 +197,7 @@ class Daemon:
             hooks=hooks,
             dra=dra,
             placement=placement,
+            workloads=workloads,
         )
 
     def _ready_checks(self) -> list[Callable[[], str | None]]:
@@ -249,9 +264,8 @@ class Daemon:
                     tg.create_task(self.dra.run(), name="dra-plugin")
                 if self.placement is not None:
                     tg.create_task(self.placement.run(), name="placement-agent")
-                    if isinstance(self.backend, SimBackend):  # simulated chips run the admitted stages' traffic
-                        workloads = SimWorkloads(self.backend.sim, self.placement.stages)
-                        tg.create_task(workloads.run(), name="sim-workloads")
+                if self.workloads is not None:
+                    tg.create_task(self.workloads.run(), name="sim-workloads")
                 for resource, feed in self.node.feeds.items():
                     tg.create_task(self.transitions.watch(feed), name=f"health-transitions:{resource}")
                 tg.create_task(

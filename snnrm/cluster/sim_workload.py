@@ -14,6 +14,7 @@ it every ``period`` seconds.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -37,6 +38,8 @@ class SimJob:
 
     job: sim_hw.Job
     cores: tuple[IntArray, ...]
+    stages: tuple[tuple[str, str, int], ...] = ()
+    """(namespace, job, stage index) of each simulator stage, in order."""
 
 
 def desired(stages: Sequence[LocalStage], neurons_per_core: int) -> dict[str, SimJob]:
@@ -55,12 +58,13 @@ def desired(stages: Sequence[LocalStage], neurons_per_core: int) -> dict[str, Si
             name = f"{ns}/{job}"
             chain = tuple(_stage(demands, i, local[i], neurons_per_core) for i in sorted(local))
             cores = tuple(local[i].cores for i in sorted(local))
-            out[name] = SimJob(sim_hw.Job(name, chain, input_rate=_fed(demands, 0)), cores)
+            keys = tuple((ns, job, i) for i in sorted(local))
+            out[name] = SimJob(sim_hw.Job(name, chain, input_rate=_fed(demands, 0)), cores, keys)
         else:
             for i, s in sorted(local.items()):
                 name = f"{ns}/{job}/{i}"
                 one = (_stage(demands, i, s, neurons_per_core),)
-                out[name] = SimJob(sim_hw.Job(name, one, input_rate=_fed(demands, i)), (s.cores,))
+                out[name] = SimJob(sim_hw.Job(name, one, input_rate=_fed(demands, i)), (s.cores,), ((ns, job, i),))
     return out
 
 
@@ -86,6 +90,9 @@ class SimWorkloads:
     sim: sim_hw.Simulator
     stages: Callable[[], Sequence[LocalStage]]
     period: float = 0.5
+    latency: dict[tuple[str, str, int], float] = field(default_factory=dict)
+    """Spike latency into each placed stage, seconds, as of the last pass (key: namespace, job, stage index); a
+    stage whose cores all failed has none (the simulator says infinite). What the node exports per stage."""
     _placed: dict[str, SimJob] = field(default_factory=dict)
 
     def reconcile(self) -> None:
@@ -108,6 +115,16 @@ class SimWorkloads:
                 self._placed[name] = job
             except ValueError as e:
                 log.info("sim_job_deferred", job=name, reason=str(e))
+        latency: dict[tuple[str, str, int], float] = {}
+        for name, placed in self._placed.items():
+            for key, m in zip(placed.stages, self.sim.stage_metrics(name), strict=False):
+                if math.isfinite(m.latency_s):
+                    latency[key] = m.latency_s
+        self.latency = latency
+
+    def latencies(self) -> dict[tuple[str, str, int], float]:
+        """:attr:`latency` now (read at scrape time)."""
+        return self.latency
 
     async def run(self) -> None:
         while True:

@@ -1,5 +1,6 @@
-"""rules/snnrm.rules.yaml passes `promtool check rules` (with every lint fatal) and `promtool test rules`, and every
-alert is unit-tested both firing and not firing, with the annotations the runbook contract needs."""
+"""rules/snnrm.rules.yaml passes `promtool check rules` (with every lint fatal) and `promtool test rules`, every
+alert is unit-tested both firing and not firing, with the annotations the runbook contract needs, and every
+recording rule's output is checked by a promtool expression test."""
 
 from __future__ import annotations
 
@@ -21,9 +22,17 @@ def _promtool() -> Path:
     return require_tool("SNNRM_PROMTOOL", "promtool", "build-observability-tools.sh promtool")
 
 
-def _alerts() -> list[dict[str, Any]]:
+def _rules() -> list[dict[str, Any]]:
     doc = yaml.safe_load(RULES.read_text())
-    return [rule for group in doc["groups"] for rule in group["rules"] if "alert" in rule]
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def _alerts() -> list[dict[str, Any]]:
+    return [rule for rule in _rules() if "alert" in rule]
+
+
+def _records() -> list[dict[str, Any]]:
+    return [rule for rule in _rules() if "record" in rule]
 
 
 def _anchors(markdown: str) -> set[str]:
@@ -42,7 +51,7 @@ def test_promtool_check_rules_with_lints_fatal() -> None:
         [_promtool(), "check", "rules", "--lint=all", "--lint-fatal", str(RULES)], capture_output=True, text=True
     )
     assert r.returncode == 0, r.stdout + r.stderr
-    assert f"SUCCESS: {len(_alerts())} rules found" in r.stdout
+    assert f"SUCCESS: {len(_rules())} rules found" in r.stdout
 
 
 def test_promtool_unit_tests_pass() -> None:
@@ -84,3 +93,21 @@ def test_every_alert_is_tested_firing_and_not_firing() -> None:
     names = {a["alert"] for a in _alerts()}
     assert names - firing == set(), "never tested firing"
     assert names - silent == set(), "never tested silent"
+
+
+def test_every_recording_rule_is_tested() -> None:
+    """Each recorded series is the expression of a promql_expr_test with expected samples, and keeps (node, chip):
+    the dashboards filter recorded series by node and chip, so a record that drops them would show nothing."""
+    tested: set[str] = set()
+    for path in RULE_TESTS:
+        for case in yaml.safe_load(path.read_text())["tests"]:
+            for check in case.get("promql_expr_test", []):
+                if check.get("exp_samples"):
+                    tested.add(check["expr"].strip())
+    names = [r["record"] for r in _records()]
+    assert names, "no recording rules"
+    assert len(names) == len(set(names))
+    assert set(names) - tested == set(), "recording rules without an expression test"
+    for rule in _records():
+        assert re.fullmatch(r"node_chip(_inter_chip)?:snnrm_\w+:\w+", rule["record"]), rule["record"]
+        assert "by (node, chip" in rule["expr"], rule

@@ -49,3 +49,24 @@ def test_reconcile_places_follows_a_remap_and_removes() -> None:
     now.clear()  # the pods ended
     loads.reconcile()
     assert backend.sim.jobs() == {}
+
+
+def test_reconcile_measures_each_stages_spike_latency_and_forgets_ended_stages() -> None:
+    """What the node exports per stage: latency keyed by (namespace, job, stage index), for chains and for lone
+    stages alike, grows when a stage's cores saturate, and goes with the stage."""
+    backend = SimBackend(chips=1, cores_per_chip=16, seed=0)
+    now = [stage(0, [0, 1, 2, 3]), stage(1, [4, 5, 6, 7]), stage(2, [8, 9]), stage(1, [12, 13], job="lone")]
+    loads = SimWorkloads(backend.sim, lambda: now)
+    loads.reconcile()
+    backend.sim.advance(20)
+    loads.reconcile()
+    calm = loads.latencies()
+    assert set(calm) == {("ns", "gesture", 0), ("ns", "gesture", 1), ("ns", "gesture", 2), ("ns", "lone", 1)}
+    assert all(v > 0 and np.isfinite(v) for v in calm.values())
+    backend.inject({"kind": "hot_spot", "cores": [4, 5, 6, 7], "load_factor": 4.0, "service_divisor": 16.0})
+    backend.sim.advance(50)
+    loads.reconcile()
+    assert loads.latencies()[("ns", "gesture", 1)] > 10 * calm[("ns", "gesture", 1)]
+    del now[3]
+    loads.reconcile()
+    assert ("ns", "lone", 1) not in loads.latencies()
