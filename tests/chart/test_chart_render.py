@@ -365,7 +365,7 @@ Rule = tuple[str, str, str]
 CLUSTER = REPO / "snnrm" / "cluster"
 CONTROLLER_MODULES = ("cache", "controller", "events", "leader", "native", "planner", "reallocation")
 """What ``snnrm controller`` runs (snnrm/cli_controller.py: PlacementController + ReallocationController)."""
-NODE_AGENT_MODULES = ("events", "node_agent", "remap", "sim_workload", "stage_metrics")
+NODE_AGENT_MODULES = ("events", "node_agent", "remap", "sim_workload", "stage_metrics", "timeline")
 """What the daemon's placement agent runs (snnrm/app.py _placement_agent: NodeAgent, KubeStageReporter, remaps,
 simulated workloads, per-stage metrics)."""
 NOT_PLACEMENT = ("__init__", "api", "hooks", "kube", "hints")
