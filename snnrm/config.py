@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from snnrm.config_hooks import HooksConfig
 from snnrm.config_placement import PlacementConfig
@@ -21,9 +21,14 @@ from snnrm.core.dra import parse_tile
 DEFAULT_KUBELET_DIR = Path("/var/lib/kubelet/device-plugins")
 UNIX_PATH_MAX = 107
 """Longest unix socket path Linux binds (``sun_path`` is 108 bytes with the terminating NUL)."""
-SOCKET_NAME_MAX = 28
-"""Longest socket file name snnrm creates in a socket directory (``snnrm-event-throughput.sock``,
-``snnrm.io-reg.sock``); tests/unit/app/test_config.py checks it against the real names."""
+SOCKET_NAMES = {
+    "kubelet_dir": "snnrm-event-throughput.sock",  # and snnrm-neuron-core.sock
+    "dra_registry_dir": "snnrm.io-reg.sock",
+    "dra_plugin_dir": "dra.sock",
+}
+"""The longest socket file name snnrm creates in each socket directory; tests/unit/app/test_config.py checks them
+against the names the plugins really use."""
+SOCKET_NAME_MAX = max(len(n) for n in SOCKET_NAMES.values())
 
 
 class ConfigError(Exception):
@@ -37,6 +42,11 @@ class Config(BaseModel):
 
     backend: Literal["sim", "sysfs"] = "sim"
     """Where chips come from: the in-process simulator, or a driver's sysfs-style tree."""
+    # Before the socket directories: which of them get sockets depends on it.
+    dra: Literal["off", "on", "only"] = "off"
+    """Dynamic Resource Allocation (resource.k8s.io/v1, driver snnrm.io): ``off`` serves the device plugins only;
+    ``on`` serves core groups and chips through DRA and keeps snnrm.io/event-throughput on the device plugin (each
+    resource sold through one API, never twice); ``only`` serves everything through DRA."""
     kubelet_dir: Path = DEFAULT_KUBELET_DIR
     """Directory holding kubelet.sock; our plugin sockets are created beside it (the kubelet only dials there)."""
     http: str = "127.0.0.1:9400"
@@ -85,10 +95,6 @@ class Config(BaseModel):
     """Publish the node summary, follow plans on admission, live-remap degraded stages; from the config file."""
 
     # -- DRA kubelet plugin (snnrm/dra; docs/dra.md) --
-    dra: Literal["off", "on", "only"] = "off"
-    """Dynamic Resource Allocation (resource.k8s.io/v1, driver snnrm.io): ``off`` serves the device plugins only;
-    ``on`` serves core groups and chips through DRA and keeps snnrm.io/event-throughput on the device plugin (each
-    resource sold through one API, never twice); ``only`` serves everything through DRA."""
     dra_registry_dir: Path = Path("/var/lib/kubelet/plugins_registry")
     """The kubelet's plugin registration directory (our ``snnrm.io-reg.sock`` goes there)."""
     dra_plugin_dir: Path = Path("/var/lib/kubelet/plugins/snnrm.io")
@@ -104,9 +110,13 @@ class Config(BaseModel):
 
     @field_validator("kubelet_dir", "dra_registry_dir", "dra_plugin_dir")
     @classmethod
-    def _socket_dir(cls, v: Path) -> Path:
+    def _socket_dir(cls, v: Path, info: ValidationInfo) -> Path:
         # gRPC's bind error for a long path names neither the flag nor the limit; say both before anything starts.
-        longest = len(str(v).encode()) + 1 + SOCKET_NAME_MAX
+        # Only directories that get sockets in this mode count: `dra: only` serves no device plugin, `off` no DRA.
+        dra = info.data.get("dra", "off")
+        if (info.field_name == "kubelet_dir" and dra == "only") or (info.field_name != "kubelet_dir" and dra == "off"):
+            return v
+        longest = len(str(v).encode()) + 1 + len(SOCKET_NAMES[str(info.field_name)])
         if longest > UNIX_PATH_MAX:
             raise ValueError(
                 f"too long for the unix sockets snnrm creates in it ({longest} bytes with the socket name, the limit "

@@ -58,6 +58,8 @@ MAX_BACKOFF_S = 5.0
 """Upper bound between attempts when the kubelet refuses registration or keeps dropping us."""
 ORPHAN_GRACE_S = 5.0
 """Seconds without any ListAndWatch stream (same kubelet) before registering again on the same server."""
+WAITING_LOG_EVERY = 30.0
+"""Seconds between "waiting for kubelet" lines while its socket is absent."""
 QUICK_CYCLE_S = 2.0
 """A serve-register-watch cycle shorter than this counts as quick; consecutive quick cycles back off."""
 
@@ -167,12 +169,20 @@ class DevicePlugin:
                 self.socket_path.unlink(missing_ok=True)
 
     async def _wait_for_kubelet(self) -> None:
-        logged = False
+        since, next_log = time.monotonic(), 0.0
         while identity(self.kubelet_socket) is None:
-            if not logged:
-                log.info("waiting for kubelet", resource=self.resource, socket=str(self.kubelet_socket))
-                logged = True
+            next_log = self._log_waiting(since, next_log)
             await asyncio.sleep(self._poll)
+
+    def _log_waiting(self, since: float, next_log: float) -> float:
+        """Say we are waiting for the kubelet at once, then every WAITING_LOG_EVERY s (a wrong --kubelet-dir must
+        not look like a quiet, healthy daemon). Returns when to say it next."""
+        now = time.monotonic()
+        if now >= next_log:
+            log.info("waiting for kubelet", resource=self.resource, socket=str(self.kubelet_socket),
+                     waited_s=round(now - since, 1))  # fmt: skip
+            return now + WAITING_LOG_EVERY
+        return next_log
 
     async def _serve(self, servicer: DevicePluginServicer) -> tuple[grpc.aio.Server, FileIdentity | None]:
         self.kubelet_dir.mkdir(parents=True, exist_ok=True)
@@ -194,15 +204,13 @@ class DevicePlugin:
         during a kubelet restart), and a fresh server on a fresh socket is what the next attempt needs. The run
         loop backs off when cycles keep ending quickly, so a kubelet that refuses us is not hammered.
         """
-        waiting_logged = False
+        since, next_log = time.monotonic(), 0.0
         while True:
             if identity(self.socket_path) != ours:
                 return "plugin socket removed before registration"
             kubelet = identity(self.kubelet_socket)
             if kubelet is None:
-                if not waiting_logged:
-                    log.info("waiting for kubelet", resource=self.resource, socket=str(self.kubelet_socket))
-                    waiting_logged = True
+                next_log = self._log_waiting(since, next_log)
                 await asyncio.sleep(self._poll)
                 continue
             try:

@@ -605,7 +605,9 @@ def test_dra_is_off_by_default_and_on_only_where_needed(helm: Helm, tmp_path: Pa
     assert cfg.placement.kubeconfig is None
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
-    for d in (cfg.dra_registry_dir, cfg.dra_plugin_dir.parent):
+    # Only the driver's own plugin directory is mounted, not the kubelet's plugins/ with every other driver's socket.
+    assert str(cfg.dra_plugin_dir.parent) not in mounts
+    for d in (cfg.dra_registry_dir, cfg.dra_plugin_dir):
         m = mounts[str(d)]
         assert not m.get("readOnly")
         assert host[m["name"]] == str(d)  # the kubelet dials the paths the plugin reports: host path = container path

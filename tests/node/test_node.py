@@ -209,3 +209,24 @@ def test_a_stage_on_failed_cores_moves_at_once(node: Node, ns: str) -> None:
         assert "failed" in event["message"].lower(), event["message"]
     finally:
         node.daemon("DELETE", f"/sim/faults/{fault['id']}")
+
+
+def test_with_every_core_failed_a_core_pod_is_not_admitted(node: Node, ns: str) -> None:
+    total = _expected_cores()
+    fault = node.daemon("POST", "/sim/faults", {"kind": "core_failure", "cores": list(range(total))})
+    try:
+        wait_for("no neuron core allocatable", lambda: node.allocatable().get(NEURON_CORE) == "0", 30, every=0.1)
+        node.apply(core_pod("starved", ns, node.image(), 1))
+
+        def reason() -> str | None:
+            events: list[dict[str, Any]] = node.get("events", "-n", ns)["items"]
+            msgs = [e["message"] for e in events if e.get("reason") == "FailedScheduling"]
+            return msgs[0] if msgs else None
+
+        assert f"Insufficient {NEURON_CORE}" in wait_for("a FailedScheduling event", reason, 60)
+        assert node.get("pod", "-n", ns, "starved")["status"]["phase"] == "Pending"
+    finally:
+        node.daemon("DELETE", f"/sim/faults/{fault['id']}")
+    # Healthy again, the same pod is admitted: nothing was lost or booked while every core was down.
+    wait_for("all cores back", lambda: node.allocatable().get(NEURON_CORE) == str(total), 60)
+    wait_for("the pod Running", lambda: node.get("pod", "-n", ns, "starved")["status"].get("phase") == "Running", 60)

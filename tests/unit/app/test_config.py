@@ -87,20 +87,28 @@ def test_unreadable_file_is_one_line(tmp_path: Path) -> None:
     assert "\n" not in str(e.value)
 
 
-def test_socket_name_bound_covers_every_socket_we_create() -> None:
-    from snnrm.config import SOCKET_NAME_MAX
+def test_socket_names_are_the_ones_the_plugins_create() -> None:
+    from snnrm.config import SOCKET_NAMES
     from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
     from snnrm.dra.plugin import SERVICE_SOCKET, registration_socket_name
     from snnrm.kubelet.wire import plugin_socket_name
 
-    names = [plugin_socket_name(NEURON_CORE), plugin_socket_name(EVENT_THROUGHPUT), SERVICE_SOCKET]
-    names.append(registration_socket_name("snnrm.io"))
-    assert max(len(n) for n in names) <= SOCKET_NAME_MAX
+    plugin_sockets = [plugin_socket_name(NEURON_CORE), plugin_socket_name(EVENT_THROUGHPUT)]
+    assert SOCKET_NAMES["kubelet_dir"] == max(plugin_sockets, key=len)
+    assert SOCKET_NAMES["dra_registry_dir"] == registration_socket_name("snnrm.io")
+    assert SOCKET_NAMES["dra_plugin_dir"] == SERVICE_SOCKET
 
 
 @pytest.mark.parametrize("key", ["kubelet_dir", "dra_registry_dir", "dra_plugin_dir"])
 def test_socket_directory_too_deep_for_a_unix_socket_is_named(key: str) -> None:
     flag = "--" + key.replace("_", "-")
+    mode = "on"  # device plugin and DRA sockets both
     with pytest.raises(ConfigError, match=rf"{flag}.*too long for the unix sockets.*limit is 107"):
-        load_config(**{key: Path("/tmp/" + "d" * 80)})
-    load_config(**{key: Path("/tmp/" + "d" * 60)})  # fits
+        load_config(dra=mode, **{key: Path("/tmp/" + "d" * 100)})
+    load_config(dra=mode, **{key: Path("/tmp/" + "d" * 70)})  # fits even the longest name (27 bytes)
+
+
+def test_a_directory_that_gets_no_socket_in_this_mode_may_be_long() -> None:
+    deep = Path("/tmp/" + "d" * 90)
+    load_config(dra="only", kubelet_dir=deep)  # no device plugin serves there
+    load_config(dra="off", dra_registry_dir=deep, dra_plugin_dir=deep)  # no DRA plugin
