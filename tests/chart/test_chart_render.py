@@ -83,6 +83,18 @@ def test_every_feature_on_renders_every_object(helm: Helm) -> None:
             "additional properties 'max_replica' not allowed",
             id="hook-typo",
         ),
+        pytest.param({"image": {"tag": "0.1 beta"}}, "at '/image/tag'", id="tag-with-space"),
+        pytest.param(
+            {"controller": {"resources": {"requests": {"memory": "-128Mi"}}}},
+            "at '/controller/resources/requests/memory'",
+            id="negative-quantity",
+        ),
+        pytest.param(
+            {"controller": {"resources": {"limits": {"cpu": "1.2.3"}}}},
+            "at '/controller/resources/limits/cpu'",
+            id="malformed-quantity",
+        ),
+        pytest.param({"controller": {"resources": {"requests": {"cpus": "1"}}}}, "cpus", id="resource-name-typo"),
         pytest.param(
             {"dashboards": {"labelValue": 1}},
             "at '/dashboards/labelValue': got number, want string",
@@ -99,6 +111,22 @@ def test_schema_rejects_bad_values_with_a_clear_message(
     assert r.returncode != 0
     assert "values don't meet the specifications of the schema" in r.stderr
     assert message in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("min_available", ["2", "100%"])
+def test_a_controller_budget_that_blocks_every_drain_is_refused(helm: Helm, min_available: str) -> None:
+    r = helm.template(
+        set_=(
+            "controller.enabled=true",
+            "controller.replicas=2",
+            f"controller.podDisruptionBudget.minAvailable={min_available}",
+        ),
+        check=False,
+    )
+    assert r.returncode != 0
+    assert "must be below controller.replicas (2)" in r.stderr, r.stderr
+    ok = helm.template(set_=("controller.enabled=true", "controller.replicas=2"), check=False)
+    assert ok.returncode == 0, ok.stderr
 
 
 def _keys(values: dict[str, Any], schema: dict[str, Any], path: str = "") -> list[str]:
