@@ -90,7 +90,9 @@ class _TransientError(Exception):
 
 @dataclass(eq=False)
 class HookRunner:
-    """Carries out hook decisions; one notification at a time (decisions and read-modify-writes stay consistent)."""
+    """Carries out hook decisions. Notifications that touch the same hook run one at a time (plan, act and record
+    stay consistent per hook); unrelated hooks never wait for each other, and at most ``max_outgoing`` webhook
+    calls are in flight at once."""
 
     planner: HookPlanner
     kube: KubeApi | None
@@ -106,7 +108,9 @@ class HookRunner:
     """(hook, action, outcome) -> count."""
     notifications: Counter[str] = field(default_factory=Counter, init=False)
     """HTTP-level result -> count (``ok``, ``retry``, ``unauthorized``, ``bad-request``, ``too-large``, ...)."""
-    _lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False)
+    max_outgoing: int = 8
+    _locks: dict[str, asyncio.Lock] = field(default_factory=dict, init=False)
+    _outgoing: asyncio.Semaphore | None = field(default=None, init=False)
     _own_http: bool = field(default=False, init=False)
 
     async def aclose(self) -> None:
@@ -116,7 +120,10 @@ class HookRunner:
 
     async def handle(self, n: Notification) -> list[HookResult]:
         """Plan and carry out every (hook, alert) pair of ``n``."""
-        async with self._lock:
+        async with contextlib.AsyncExitStack() as held:
+            # Locks of every hook this notification touches, in name order (two notifications never deadlock).
+            for name in sorted(self.planner.involved(n)):
+                await held.enter_async_context(self._locks.setdefault(name, asyncio.Lock()))
             results = []
             for item in self.planner.plan(n, self.clock()):
                 result = await self._carry_out(item, n) if isinstance(item, Decision) else self._skipped(item)
@@ -193,6 +200,12 @@ class HookRunner:
         raise _TransientError(f"{t}: {CONFLICT_RETRIES} write conflicts in a row")
 
     async def _webhook(self, hook: HookSpec, alert: Alert, n: Notification) -> str:
+        if self._outgoing is None:
+            self._outgoing = asyncio.Semaphore(self.max_outgoing)
+        async with self._outgoing:
+            return await self._post_webhook(hook, alert, n)
+
+    async def _post_webhook(self, hook: HookSpec, alert: Alert, n: Notification) -> str:
         if self.http is None:
             self.http = aiohttp.ClientSession()
             self._own_http = True

@@ -343,7 +343,8 @@ class _Done:
 
 @dataclass(slots=True)
 class HookPlanner:
-    """Dedup, cooldown and undo bookkeeping for a fixed set of hooks. Not thread-safe; the caller serialises."""
+    """Dedup, cooldown and undo bookkeeping for a fixed set of hooks. Not thread-safe: the caller serialises
+    plan-to-record per hook (:meth:`involved` names the hooks a notification touches)."""
 
     hooks: tuple[HookSpec, ...]
     ttl: float = 7 * 24 * 3600.0
@@ -367,6 +368,18 @@ class HookPlanner:
             if now - done.at <= self.ttl and len(self._done) <= self.max_entries:
                 break
             del self._done[key]
+
+    def involved(self, n: Notification) -> set[str]:
+        """Names of the hooks :meth:`plan` would consider for ``n`` (so a caller can serialise per hook)."""
+        by_name = self.by_name
+        names: set[str] = set()
+        for alert in n.alerts:
+            wanted = alert.labels.get(HOOK_LABEL)
+            if wanted is not None:
+                names.update({wanted} & by_name.keys())
+            else:
+                names.update(h.name for h in self.hooks if h.matches(alert))
+        return names
 
     def plan(self, n: Notification, now: float) -> list[Decision | Skip]:
         """What to do with each (matching hook, alert) pair of ``n``, in payload order.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -199,3 +200,48 @@ async def test_outgoing_webhook_posts_the_alert_once_with_its_token(
     assert got[1]["body"]["hook"] == "notify"
     assert got[1]["body"]["alert"]["labels"]["alertname"] == "SnnrmEventQueueSaturated"
     await r.aclose()
+
+
+async def test_a_slow_webhook_delays_only_its_own_hook() -> None:
+    """A target that hangs holds back later notifications for the same hook, never an unrelated hook's."""
+    release, entered = asyncio.Event(), asyncio.Event()
+    got: list[str] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        got.append("slow")
+        entered.set()
+        await release.wait()
+        return web.Response(status=200)
+
+    async def fast(request: web.Request) -> web.Response:
+        got.append("fast")
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/slow", slow)
+    app.router.add_post("/fast", fast)
+    server = web.AppRunner(app)
+    await server.setup()
+    site = web.TCPSite(server, "127.0.0.1", 0)
+    await site.start()
+    base = f"http://127.0.0.1:{server.addresses[0][1]}"
+    other = (Matcher.parse('alertname="SnnrmSpikeEfficiencyLow"'),)
+    r = runner(None, HookSpec("slow", QUEUE, Action.WEBHOOK, url=f"{base}/slow"),
+               HookSpec("fast", other, Action.WEBHOOK, url=f"{base}/fast"))  # fmt: skip
+    try:
+        first = asyncio.create_task(r.handle(note(alert())))
+        await asyncio.wait_for(entered.wait(), timeout=10)
+        # The slow hook is mid-call; an unrelated alert goes through now (before the fix: it waited for the lock).
+        [res] = await asyncio.wait_for(
+            r.handle(note(alert("SnnrmSpikeEfficiencyLow", fingerprint="0807060504030201"))), timeout=10
+        )
+        assert res.outcome is Outcome.APPLIED
+        assert not first.done()
+        release.set()
+        [res] = await first
+        assert res.outcome is Outcome.APPLIED
+        assert got == ["slow", "fast"]
+    finally:
+        release.set()
+        await r.aclose()
+        await server.cleanup()
