@@ -56,6 +56,10 @@ class HookConfig(BaseModel):
     """action webhook: where to POST (http or https)."""
     token_file: Path | None = None
     """action webhook: file holding a bearer token sent with the POST."""
+    send_resolved: bool = False
+    """action webhook: also POST when a matching alert resolves (``"status": "resolved"``), once per alert episode
+    and never held back by the cooldown. Off: resolved alerts are ignored. Alertmanager must send them too (its
+    ``send_resolved``, on by default for webhooks)."""
 
     @field_validator("match")
     @classmethod
@@ -83,8 +87,8 @@ class HookConfig(BaseModel):
         if self.action is Action.WEBHOOK:
             if not self.url or not self.url.startswith(("http://", "https://")):
                 raise ValueError("action webhook needs an http(s) url")
-        elif self.url is not None or self.token_file is not None:
-            raise ValueError(f"url/token_file are for action webhook, not {self.action}")
+        elif self.url is not None or self.token_file is not None or self.send_resolved:
+            raise ValueError(f"url/token_file/send_resolved are for action webhook, not {self.action}")
         if self.undo_on_resolve and not self.action.scales:
             raise ValueError(f"undo_on_resolve needs a scaling action (scale, keda, hpa), not {self.action}")
         return self
@@ -110,6 +114,7 @@ class HookConfig(BaseModel):
             cooldown=self.cooldown,
             undo_on_resolve=self.undo_on_resolve,
             url=self.url or "",
+            send_resolved=self.send_resolved,
         )
 
 

@@ -222,6 +222,7 @@ class HookRunner:
                 "labels": dict(alert.labels),
                 "annotations": dict(alert.annotations),
                 "startsAt": alert.starts_at,
+                "endsAt": alert.ends_at,
                 "fingerprint": alert.fingerprint,
             },
         }

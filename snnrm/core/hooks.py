@@ -9,7 +9,10 @@ decides, per configured hook and alert, whether to act, and remembers what it di
 * **cooldown**: after a hook acted on a target it does not act on that target again for ``cooldown`` seconds. A
   skipped alert is not remembered, so a later delivery after the cooldown can still act on it;
 * **undo**: when a hook has ``undo_on_resolve``, the resolved notification of an alert it scaled reverts exactly the
-  delta it applied (bounded again), once.
+  delta it applied (bounded again), once;
+* **resolved forwarding**: a ``webhook`` hook with ``send_resolved`` also forwards the resolved notification of each
+  alert it matches, once per episode and never held back by a cooldown (the target must learn that it is over);
+  without it resolved alerts are ignored.
 
 Only hooks in the configuration exist; an alert may narrow its routing to one of them with the ``snnrm_hook``
 label, and naming an unconfigured hook is reported as such (never guessed). Memory is bounded (entries expire and
@@ -268,6 +271,8 @@ class HookSpec:
     undo_on_resolve: bool = False
     url: str = ""
     """Outgoing webhook URL (action webhook)."""
+    send_resolved: bool = False
+    """Action webhook: forward resolved alerts too (as Alertmanager's own ``send_resolved``); off, they are dropped."""
 
     def __post_init__(self) -> None:
         if self.action.scales and self.target is None:
@@ -276,6 +281,8 @@ class HookSpec:
             raise ValueError(f"hook {self.name}: min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
         if not self.matchers:
             raise ValueError(f"hook {self.name}: needs at least one matcher (a hook that takes every alert is a trap)")
+        if self.send_resolved and self.action is not Action.WEBHOOK:
+            raise ValueError(f"hook {self.name}: send_resolved is for action webhook, not {self.action}")
 
     def matches(self, alert: Alert) -> bool:
         return all(m.matches(alert.labels) for m in self.matchers)
@@ -295,6 +302,10 @@ def bounded(current: int, delta: int, lo: int, hi: int) -> int:
     if delta >= 0:
         return max(current, min(wanted, hi)) if current <= hi else current
     return min(current, max(wanted, lo)) if current >= lo else current
+
+
+RESOLVED = "/resolved"
+"""Appended to an episode's ``startsAt`` in the dedup key of its forwarded resolved notification."""
 
 
 # -- decisions --------------------------------------------------------------------------------------------------
@@ -384,8 +395,8 @@ class HookPlanner:
     def plan(self, n: Notification, now: float) -> list[Decision | Skip]:
         """What to do with each (matching hook, alert) pair of ``n``, in payload order.
 
-        Firing alerts act (``webhook`` hooks act on firing alerts only); resolved alerts only
-        undo what a scaling hook with ``undo_on_resolve`` applied for the same episode.
+        Firing alerts act; resolved alerts undo what a scaling hook with ``undo_on_resolve`` applied for the same
+        episode, or are forwarded by a ``webhook`` hook with ``send_resolved``, and are otherwise ignored.
         """
         self._expire(now)
         by_name = self.by_name
@@ -405,6 +416,14 @@ class HookPlanner:
 
     def _decide(self, hook: HookSpec, alert: Alert, key: tuple[str, str, str, str], now: float) -> Decision | Skip:
         done = self._done.get(key)
+        if alert.status == "resolved" and hook.send_resolved:
+            # The firing episode is over; forward its end once (Alertmanager re-sends a group's resolved alerts
+            # until a notification succeeds). No cooldown: it would hide the end of an alert that was delivered.
+            self._done.pop(key, None)
+            resolved_key = (key[0], key[1], key[2], key[3] + RESOLVED)
+            if resolved_key in self._done:
+                return Skip(hook.name, alert, Outcome.DUPLICATE)
+            return Decision(hook, alert, resolved_key)
         if alert.status == "resolved":
             if not (hook.undo_on_resolve and hook.action.scales) or done is None or done.delta == 0:
                 # Nothing to revert: forget the episode (a new firing has a new startsAt anyway).
@@ -429,7 +448,9 @@ class HookPlanner:
             return
         self._done[decision.key] = _Done(at=now, delta=applied_delta)
         self._done.move_to_end(decision.key)
-        if applied_delta != 0 or not decision.hook.action.scales:
+        if decision.alert.status == "resolved":
+            pass  # a forwarded resolve starts no cooldown: it must not delay the next firing of anything
+        elif applied_delta != 0 or not decision.hook.action.scales:
             self._last_action[decision.hook.cooldown_key(decision.alert)] = now
         self._expire(now)
 

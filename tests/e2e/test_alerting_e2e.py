@@ -1,6 +1,8 @@
 """The whole alert-to-hook path with real programs: a fault in the simulator, the daemon's metrics scraped by a real
 Prometheus evaluating rules/snnrm.rules.yaml, a real Alertmanager delivering to ``/hooks/alertmanager``, and the
 hook scaling a Deployment on a real kube-apiserver through the scale subresource; and back when the fault clears.
+A ``webhook`` hook with ``send_resolved`` on the same alert receives the firing and, when it clears, the resolved
+notification Alertmanager sends.
 
 The rule file is the real one with every ``for:`` shortened to 0s (the expressions are untouched), so the test
 takes seconds, not minutes.
@@ -9,6 +11,8 @@ takes seconds, not minutes.
 from __future__ import annotations
 
 import asyncio
+import calendar
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from e2e_controlplane import ControlPlane
 
 from snnrm.app import Daemon
@@ -38,6 +43,8 @@ class Chain:
     base: str
     prom: Prometheus
     deploy: str
+    forwarded: list[dict[str, Any]]
+    """Bodies the webhook hook POSTed to its target."""
 
     def replicas(self) -> int:
         return int(self.cp.client().get(self.deploy + "/scale")["spec"].get("replicas", 0))
@@ -65,9 +72,30 @@ def _deployment(name: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def chain(control_plane: ControlPlane, tmp_path: Path) -> AsyncIterator[Chain]:
+async def webhook_target() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """A real HTTP server standing in for the webhook hook's target."""
+    got: list[dict[str, Any]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        got.append(await request.json())
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/notify", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}/notify", got
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def chain(
+    control_plane: ControlPlane, tmp_path: Path, webhook_target: tuple[str, list[dict[str, Any]]]
+) -> AsyncIterator[Chain]:
     prom_bin = _bin("SNNRM_PROMETHEUS", "prometheus")
     am_bin = _bin("SNNRM_ALERTMANAGER", "alertmanager")
+    target_url, forwarded = webhook_target
     name = f"stage1-{uuid.uuid4().hex[:6]}"
     k = control_plane.client()
     k.create("/apis/apps/v1/namespaces/default/deployments", _deployment(name))
@@ -97,7 +125,15 @@ async def chain(control_plane: ControlPlane, tmp_path: Path) -> AsyncIterator[Ch
                         "max_replicas": 5,
                         "cooldown": 600,
                         "undo_on_resolve": True,
-                    }
+                    },
+                    {
+                        "name": "notify-on-unhealthy-cores",
+                        "match": ['alertname="SnnrmCoresUnhealthy"', 'chip="1"'],
+                        "action": "webhook",
+                        "url": target_url,
+                        "cooldown": 600,
+                        "send_resolved": True,
+                    },
                 ],
             },
         }
@@ -111,13 +147,16 @@ async def chain(control_plane: ControlPlane, tmp_path: Path) -> AsyncIterator[Ch
             await kubelet.wait_capacity(NEURON_CORE, 32, within=10)
             base = f"http://127.0.0.1:{daemon.http_port}"
             rules = rules_with_short_for(REPO / "rules" / "snnrm.rules.yaml", tmp_path / "rules.yaml")
-            am = Alertmanager(am_bin, tmp_path / "am", webhook_url=base + "/hooks/alertmanager", token_file=token)
+            # repeat_interval 3s: Alertmanager re-notifies the still-firing alert within seconds, so the test can
+            # wait for a re-delivery (seen as a "duplicate" outcome) instead of sleeping and hoping it came.
+            am = Alertmanager(am_bin, tmp_path / "am", webhook_url=base + "/hooks/alertmanager", token_file=token,
+                              repeat_interval="3s")  # fmt: skip
             async with am:
                 prom = Prometheus(prom_bin, tmp_path / "prom", targets=[f"127.0.0.1:{daemon.http_port}"],
                                   rule_files=[rules], alertmanager=am.address)  # fmt: skip
                 async with prom:
                     yield Chain(control_plane, daemon, base, prom,
-                                f"/apis/apps/v1/namespaces/default/deployments/{name}")  # fmt: skip
+                                f"/apis/apps/v1/namespaces/default/deployments/{name}", forwarded)  # fmt: skip
         finally:
             stop.set()
             await asyncio.wait_for(task, 15)
@@ -132,12 +171,28 @@ async def _firing(prom: Prometheus, alertname: str, **labels: str) -> bool:
     )
 
 
+async def _evaluated_after(prom: Prometheus, alertname: str, t: float) -> bool:
+    """Whether Prometheus evaluated the alerting rule ``alertname`` after wall-clock time ``t``."""
+    async with aiohttp.ClientSession() as http, http.get(prom.base + "/api/v1/rules?type=alert") as r:
+        groups = (await r.json())["data"]["groups"]
+    for rule in (rule for g in groups for rule in g["rules"]):
+        if rule["name"] == alertname and rule["health"] == "ok":
+            stamp = rule["lastEvaluation"].rstrip("Z")
+            day, _, frac = stamp.partition(".")
+            evaluated = calendar.timegm(time.strptime(day, "%Y-%m-%dT%H:%M:%S")) + float("0." + (frac or "0"))
+            return evaluated > t
+    return False
+
+
 async def test_fault_fires_rule_alertmanager_delivers_hook_scales_and_undoes(chain: Chain) -> None:
-    # Baseline: scraped, nothing firing for chip 1, one replica.
-    await eventually(lambda: chain.prom.query('up{job="snnrm"} == 1'), within=30, what="daemon scraped")
-    await asyncio.sleep(3)
+    # Baseline: chip 1 scraped and the rule evaluated on it since, nothing firing for chip 1, one replica.
+    await eventually(lambda: chain.prom.query('snnrm_chip_cores{chip="1"}'), within=30, what="chip 1 scraped")
+    scraped = time.time()
+    await eventually(lambda: _evaluated_after(chain.prom, "SnnrmCoresUnhealthy", scraped), within=30,
+                     what="SnnrmCoresUnhealthy evaluated on the scraped data")  # fmt: skip
     assert not await _firing(chain.prom, "SnnrmCoresUnhealthy", chip="1")
     assert chain.replicas() == 1
+    assert chain.forwarded == []
 
     async with aiohttp.ClientSession() as http:
         async with http.post(chain.base + "/sim/faults", json={"kind": "core-failure", "chip": 1, "core": 3}) as r:
@@ -150,16 +205,28 @@ async def test_fault_fires_rule_alertmanager_delivers_hook_scales_and_undoes(cha
         mine = [e for e in events if e["involvedObject"]["name"] == chain.deploy.rsplit("/", 1)[1]]
         assert [e["reason"] for e in mine] == ["SnnrmHookScaled"]
 
-        await asyncio.sleep(5)  # Prometheus re-sends the firing alert; Alertmanager re-notifies: no second action
+        assert chain.daemon.hooks is not None
+        counts = chain.daemon.hooks.runner.actions
+        # Alertmanager re-notifies (repeat_interval): the re-delivery reaches both hooks and neither acts again.
+        await eventually(lambda: _async(counts[("scale-on-unhealthy-cores", "scale", "duplicate")] >= 1),
+                         within=30, what="Alertmanager re-delivered the firing alert")  # fmt: skip
         assert chain.replicas() == 3
+        assert [f["alert"]["status"] for f in chain.forwarded] == ["firing"]
 
         async with http.delete(f"{chain.base}/sim/faults/{fault}") as r:
             assert r.status == 204
     await eventually(lambda: _async(chain.replicas() == 1), within=60, what="Deployment scaled back to 1")
-    assert chain.daemon.hooks is not None
-    counts = chain.daemon.hooks.runner.actions
+    await eventually(lambda: _async(len(chain.forwarded) == 2), within=30, what="resolved alert forwarded")
     assert counts[("scale-on-unhealthy-cores", "scale", "applied")] == 1
     assert counts[("scale-on-unhealthy-cores", "scale", "undone")] == 1
+    firing, resolved = chain.forwarded
+    assert (firing["hook"], firing["alert"]["status"]) == ("notify-on-unhealthy-cores", "firing")
+    assert (resolved["alert"]["status"], resolved["alert"]["fingerprint"]) == (
+        "resolved",
+        firing["alert"]["fingerprint"],
+    )
+    assert resolved["alert"]["labels"]["chip"] == "1"
+    assert counts[("notify-on-unhealthy-cores", "webhook", "applied")] == 2
 
 
 async def _async(value: bool) -> bool:

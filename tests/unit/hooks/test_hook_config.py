@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from snnrm.config import ConfigError, load_config
+from snnrm.config_hooks import HooksConfig
 from snnrm.core.hooks import Action, Target
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "autoscaling-hooks.md"
@@ -112,3 +114,11 @@ def test_snnrm_run_refuses_hooks_without_a_token(tmp_path: Path, monkeypatch: py
     )  # fmt: skip
     assert result.exit_code == 2, result.output
     assert "no bearer token is available" in result.output
+
+
+def test_send_resolved_is_refused_on_a_scaling_hook() -> None:
+    with pytest.raises(ValidationError, match="send_resolved are for action webhook"):
+        HooksConfig.model_validate({"rules": [{
+            "name": "s", "match": ['alertname="X"'], "action": "scale", "send_resolved": True,
+            "target": {"kind": "Deployment", "namespace": "a", "name": "b"},
+        }]})  # fmt: skip

@@ -167,3 +167,60 @@ async def test_scaling_hooks_outside_a_cluster_without_kubeconfig_refuse_to_star
     )  # fmt: skip
     with pytest.raises(HookSetupError, match="KUBERNETES_SERVICE_HOST"):
         await build_endpoint(cfg, node="n1", scratch=tmp_path, token="t")
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """A real HTTP server standing in for a webhook hook's target; records every body it receives."""
+    got: list[dict[str, Any]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        got.append(await request.json())
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/notify", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}/notify", got
+    await runner.cleanup()
+
+
+@pytest.mark.parametrize("send_resolved", [True, False])
+async def test_a_webhook_hook_forwards_resolved_alerts_only_when_asked(
+    tmp_path: Path, target: tuple[str, list[dict[str, Any]]], send_resolved: bool
+) -> None:
+    """The configured path: hooks config -> endpoint over HTTP -> an Alertmanager v4 payload with status resolved
+    -> the hook's target receives it once (re-sends are duplicates); without send_resolved it never does."""
+    url, got = target
+    cfg = HooksConfig.model_validate({"rules": [{
+        "name": "notify", "match": ['alertname="SnnrmEventQueueSaturated"'], "action": "webhook", "url": url,
+        "cooldown": 600, "send_resolved": send_resolved,
+    }]})  # fmt: skip
+    endpoint = await build_endpoint(cfg, node="n1", scratch=tmp_path, token=TOKEN)
+    app = web.Application()
+    setup_hooks(app, endpoint)
+    server = web.AppRunner(app)
+    await server.setup()
+    await web.TCPSite(server, "127.0.0.1", 0).start()
+    served = Served(f"http://127.0.0.1:{server.addresses[0][1]}{PATH}", FakeKubeApi(), endpoint, tmp_path / "none")
+    try:
+        status, body = await served.post(payload(alert()))
+        assert (status, body["results"][0]["outcome"]) == (200, "applied")
+        resolved = payload(alert(status="resolved"))
+        assert resolved["status"] == "resolved"
+        for _ in range(2):  # Alertmanager re-sends a resolved group until a delivery succeeds
+            status, body = await served.post(resolved)
+            assert status == 200
+        outcomes = [r["outcome"] for r in body["results"]]
+        if send_resolved:
+            assert outcomes == ["duplicate"]
+            assert [g["alert"]["status"] for g in got] == ["firing", "resolved"]
+            assert got[1]["alert"]["endsAt"] == "2026-11-25T10:30:00Z"
+            assert got[1]["alert"]["fingerprint"] == "a1b2c3d4e5f60708"
+        else:
+            assert outcomes == ["nothing-to-undo"]
+            assert [g["alert"]["status"] for g in got] == ["firing"]
+    finally:
+        await server.cleanup()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hook_payloads import alert, payload
 from hypothesis import given
 from hypothesis import strategies as st
@@ -156,3 +157,23 @@ def test_webhook_cooldown_is_per_alert_not_per_hook() -> None:
     assert outcomes(p.plan(other, now=30.0)) == ["notify:apply"]
     again = parse_notification(payload(alert(fingerprint="aa", starts_at="2026-01-01T00:10:00Z")))
     assert outcomes(p.plan(again, now=60.0)) == ["notify:cooldown"]
+
+
+def test_a_forwarded_resolve_is_sent_once_and_starts_no_cooldown() -> None:
+    """A webhook hook with send_resolved forwards each episode's end once; the resolve does not push the next
+    firing of the same alert further out (only the firing that was forwarded counts for the cooldown)."""
+    hook = HookSpec("notify", (QUEUE,), Action.WEBHOOK, url="http://x/", cooldown=60.0, send_resolved=True)
+    p = HookPlanner((hook,))
+    carry_out(p, p.plan(parse_notification(payload(alert())), now=0.0), now=0.0, applied=0)
+    resolved = parse_notification(payload(alert(status="resolved")))
+    first = p.plan(resolved, now=50.0)
+    assert outcomes(first) == ["notify:apply"]
+    carry_out(p, first, now=50.0, applied=0)
+    assert outcomes(p.plan(resolved, now=51.0)) == ["notify:duplicate"]
+    again = parse_notification(payload(alert(starts_at="2026-11-25T11:00:00Z")))
+    assert outcomes(p.plan(again, now=61.0)) == ["notify:apply"]  # 61 s after the firing, 11 s after the resolve
+
+
+def test_send_resolved_is_only_for_webhooks() -> None:
+    with pytest.raises(ValueError, match="send_resolved is for action webhook"):
+        HookSpec("s", (QUEUE,), Action.SCALE, TARGET, send_resolved=True)
