@@ -58,7 +58,7 @@ def test_every_feature_on_renders_every_object(helm: Helm) -> None:
     assert kinds == {
         "DaemonSet", "Deployment", "Service", "ServiceAccount", "ConfigMap", "Secret", "Role", "RoleBinding",
         "ClusterRole", "ClusterRoleBinding", "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule",
-        "AlertmanagerConfig", "ScaledObject", "Pod", "DeviceClass", "ResourceClaimTemplate",
+        "AlertmanagerConfig", "ScaledObject", "Pod", "DeviceClass", "ResourceClaimTemplate", "NetworkPolicy",
     }  # fmt: skip
 
 
@@ -683,3 +683,135 @@ def test_dockerfile_matches_the_chart_image_settings(helm: Helm) -> None:
     assert one(manifests, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["image"] == (
         "registry.example.com/platform/snnrm@sha256:" + "0123456789abcdef" * 4
     )
+
+
+# -- NetworkPolicy -------------------------------------------------------------------------------------------------
+
+
+def _selects(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    """A LabelSelector (matchLabels, the only form the chart renders by default) against labels."""
+    if selector is None:
+        return True
+    assert set(selector) <= {"matchLabels"}, selector
+    return all(labels.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+
+def _admits(policy: dict[str, Any], port: str, ns: str, ns_labels: dict[str, str], pod: dict[str, str]) -> bool:
+    """NetworkPolicy ingress semantics for a pod client: a peer's namespaceSelector and podSelector both match
+    (a podSelector alone means the policy's namespace); ipBlocks never match a pod here."""
+    for rule in policy["spec"]["ingress"]:
+        if port not in [p["port"] for p in rule["ports"]]:
+            continue
+        for peer in rule["from"]:
+            if "ipBlock" in peer:
+                continue
+            in_ns = (
+                _selects(peer["namespaceSelector"], ns_labels)
+                if "namespaceSelector" in peer
+                else ns == policy["metadata"]["namespace"]
+            )
+            if in_ns and _selects(peer.get("podSelector"), pod):
+                return True
+    return False
+
+
+def test_network_policies_admit_only_the_scraper_controller_alertmanager_and_scheduler(helm: Helm) -> None:
+    manifests = helm.render(ALL_FEATURES, namespace="snnrm")
+    daemon_np = one(manifests, "NetworkPolicy", "snnrm-daemon")
+    controller_np = one(manifests, "NetworkPolicy", "snnrm-controller")
+    daemon, controller = one(manifests, "DaemonSet"), one(manifests, "Deployment", "snnrm-controller")
+    test_pod = one(manifests, "Pod")
+    # Each policy selects its own pods, on the port their container names "http".
+    assert _selects(daemon_np["spec"]["podSelector"], daemon["spec"]["template"]["metadata"]["labels"])
+    assert not _selects(daemon_np["spec"]["podSelector"], controller["spec"]["template"]["metadata"]["labels"])
+    assert _selects(controller_np["spec"]["podSelector"], controller["spec"]["template"]["metadata"]["labels"])
+    assert [p["name"] for p in _container(daemon)["ports"]] == ["http"]
+    assert [p["name"] for p in _container(controller)["ports"]] == ["http"]
+    for np in (daemon_np, controller_np):
+        assert np["spec"]["policyTypes"] == ["Ingress"]
+
+    mon = ("monitoring", {"kubernetes.io/metadata.name": "monitoring"})
+    own = ("snnrm", {"kubernetes.io/metadata.name": "snnrm"})
+    other = ("snn-jobs", {"kubernetes.io/metadata.name": "snn-jobs"})
+    system = ("kube-system", {"kubernetes.io/metadata.name": "kube-system"})
+    prometheus = {"app.kubernetes.io/name": "prometheus"}
+    alertmanager = {"app.kubernetes.io/name": "alertmanager"}
+    scheduler = {"component": "kube-scheduler", "tier": "control-plane"}
+    ctrl = controller["spec"]["template"]["metadata"]["labels"]
+    clients = {
+        "prometheus in monitoring": (*mon, prometheus),
+        "prometheus in snn-jobs": (*other, prometheus),
+        "alertmanager in snn-jobs": (*other, alertmanager),
+        "controller pod": (*own, ctrl),
+        "helm test pod": (*own, test_pod["metadata"]["labels"]),
+        "status proxy": (*own, {"app.kubernetes.io/name": "status-proxy"}),
+        "any pod in the release namespace": (*own, {"app": "x"}),
+        "a workload pod": (*other, {"app": "stage1"}),
+        "scheduler pod": (*system, scheduler),
+        "scheduler-labelled pod elsewhere": (*other, scheduler),
+    }
+    to_daemon = {name for name, c in clients.items() if _admits(daemon_np, "http", *c)}
+    to_controller = {name for name, c in clients.items() if _admits(controller_np, "http", *c)}
+    assert to_daemon == {
+        "prometheus in monitoring", "alertmanager in snn-jobs", "controller pod", "helm test pod", "status proxy"
+    }  # fmt: skip
+    assert to_controller == {"scheduler pod", "prometheus in monitoring"}
+    # A host-network scheduler has its node's address: admitted by ipBlocks only.
+    assert {"ipBlock": {"cidr": "10.0.0.10/32"}} in controller_np["spec"]["ingress"][0]["from"]
+
+
+def test_network_policies_are_off_by_default_and_follow_the_features(helm: Helm) -> None:
+    assert [m for m in helm.render() if m["kind"] == "NetworkPolicy"] == []
+    daemon_only = helm.render(set_=("networkPolicy.enabled=true",))
+    [np] = [m for m in daemon_only if m["kind"] == "NetworkPolicy"]
+    peers = np["spec"]["ingress"][0]["from"]
+    # No controller, no hooks: only the scraper (and the helm test pod).
+    assert [p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name") for p in peers] == [
+        "prometheus", "snnrm"
+    ]  # fmt: skip
+    r = helm.template(
+        set_=("networkPolicy.enabled=true", "networkPolicy.scraper.podSelector=null",
+              "networkPolicy.scraper.namespaceSelector=null"),
+        check=False,
+    )  # fmt: skip
+    assert r.returncode != 0
+    assert "networkPolicy.scraper: set a namespaceSelector or a podSelector" in r.stderr
+
+
+# -- requests and limits -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("where", "request_", "limit", "refused"),
+    [
+        ("daemon", "memory=300Mi", "memory=256Mi", True),
+        ("daemon", "memory=256Mi", "memory=256Mi", False),
+        ("daemon", "memory=0.5Gi", "memory=512Mi", False),
+        ("daemon", "memory=1.1e9", "memory=1G", True),
+        ("daemon", "memory=1e9", "memory=1G", False),
+        ("daemon", "cpu=100m", "cpu=0.1", False),
+        ("daemon", "cpu=101m", "cpu=0.1", True),
+        ("controller", "cpu=2", "cpu=1500m", True),
+        ("controller", "cpu=1", "cpu=1500m", False),
+        ("controller", "memory=1Gi", "memory=1000Mi", True),
+        ("controller", "ephemeral-storage=2Ki", "ephemeral-storage=2k", True),
+    ],
+)
+def test_requests_above_limits_fail_the_render(
+    helm: Helm, where: str, request_: str, limit: str, refused: bool
+) -> None:
+    """The apiserver would reject such a pod (for the DaemonSet: every pod, after `helm install` said deployed)."""
+    name, req = request_.split("=")
+    lim = limit.split("=")[1]
+    r = helm.template(
+        set_=("controller.enabled=true", f"{where}.resources.requests.{name}={req}",
+              f"{where}.resources.limits.{name}={lim}"),
+        check=False,
+    )  # fmt: skip
+    if refused:
+        assert r.returncode != 0
+        assert (
+            f"{where}.resources.requests.{name} ({req}) is above {where}.resources.limits.{name} ({lim})" in r.stderr
+        ), r.stderr
+    else:
+        assert r.returncode == 0, r.stderr

@@ -223,3 +223,41 @@ true
 {{- define "snnrm.simFaultToken.secretName" -}}
 {{- default (include "snnrm.componentName" (dict "root" . "suffix" "sim-faults")) .Values.daemon.simFaultToken.existingSecret -}}
 {{- end -}}
+
+{{/* A Kubernetes quantity ("128Mi", "100m", "1.5", "2e3") as a plain number, so templates can compare them.
+The schema has already checked the grammar; anything else fails here with the value named. */}}
+{{- define "snnrm.quantity" -}}
+{{- $q := toString . -}}
+{{- $num := regexFind "^[+-]?([0-9]+[.]?[0-9]*|[.][0-9]+)" $q -}}
+{{- $suffix := trimPrefix $num $q -}}
+{{- $mult := dict "" 1.0 "n" 0.000000001 "u" 0.000001 "m" 0.001 "k" 1000.0 "M" 1000000.0 "G" 1000000000.0 "T" 1000000000000.0 "P" 1000000000000000.0 "E" 1000000000000000000.0 "Ki" 1024.0 "Mi" 1048576.0 "Gi" 1073741824.0 "Ti" 1099511627776.0 "Pi" 1125899906842624.0 "Ei" 1152921504606846976.0 -}}
+{{- if not $num -}}
+{{- fail (printf "%q is not a Kubernetes quantity" $q) -}}
+{{- else if hasKey $mult $suffix -}}
+{{- mulf (float64 $num) (get $mult $suffix) -}}
+{{- else if regexMatch "^[eE][+-]?[0-9]+$" $suffix -}}
+{{- $exp := int (trimPrefix "+" (substr 1 -1 $suffix)) -}}
+{{- $v := float64 $num -}}
+{{- range until (int (max $exp (sub 0 $exp))) -}}{{- $v = ternary (mulf $v 10.0) (divf $v 10.0) (gt $exp 0) -}}{{- end -}}
+{{- $v -}}
+{{- else -}}
+{{- fail (printf "%q is not a Kubernetes quantity (suffix %q)" $q $suffix) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Requests above limits make the apiserver reject the pod (or, for a DaemonSet, every pod, long after the
+install "succeeded"): refuse them at render time. Pass (dict "resources" ... "where" "daemon.resources"). */}}
+{{- define "snnrm.checkResources" -}}
+{{- $req := .resources.requests | default dict -}}
+{{- $lim := .resources.limits | default dict -}}
+{{- range $name := keys $req | sortAlpha -}}
+{{- if hasKey $lim $name -}}
+{{- $r := get $req $name -}}
+{{- $l := get $lim $name -}}
+{{- /* float64 arithmetic: equal quantities spelt differently ("100m", "0.1") may differ in the last bit */ -}}
+{{- if gt (float64 (include "snnrm.quantity" $r)) (mulf (float64 (include "snnrm.quantity" $l)) 1.000000001) -}}
+{{- fail (printf "%s.requests.%s (%v) is above %s.limits.%s (%v): a request may not exceed its limit (Kubernetes rejects the pod)" $.where $name $r $.where $name $l) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
