@@ -27,7 +27,7 @@ from snnrm.cluster.hooks import HookCollector
 from snnrm.cluster.kube import KubeApi, KubeConfigError, KubeCredentials
 from snnrm.cluster.node_agent import KubeStageReporter, NodeAgent
 from snnrm.cluster.reallocation import ReallocationMetrics
-from snnrm.cluster.remap import NodeReallocator, RemapLedger
+from snnrm.cluster.remap import NodeReallocator, RemapLedger, remapped_allocation_files
 from snnrm.cluster.sim_workload import SimWorkloads
 from snnrm.cluster.stage_metrics import StageCollector
 from snnrm.cluster.timeline import TimelineReporter
@@ -43,9 +43,10 @@ from snnrm.http.history import StatusHistory
 from snnrm.http.hooks import HookEndpoint, build_endpoint, setup_hooks, token_from_env
 from snnrm.http.server import FaultAccess, build_app, serve
 from snnrm.http.status import fault_recorder
+from snnrm.kubelet.allocator import AllocationFiles, verify_allocation_files
 from snnrm.kubelet.files import writable_problem
 from snnrm.kubelet.plugin import DevicePlugin
-from snnrm.kubelet.podresources import PodResourcesClient
+from snnrm.kubelet.podresources import PodResourcesClient, PodResourcesError
 from snnrm.node import NodeService
 from snnrm.obs.exposition import MetricsRegistry
 from snnrm.obs.metrics import NodeCollector
@@ -232,8 +233,40 @@ class Daemon:
         self.http_started.set()
         log.info("http_serving", address=f"http://{self.config.http_host}:{port}")
 
+    async def verify_allocation_files(self) -> None:
+        """Verify, and rewrite where missing or corrupt, the allocation file of every container the kubelet still
+        holds devices for (PodResources persists admissions; a file's content is a function of its IDs). Without
+        a kubelet answering, nothing is verified (logged): Allocate rewrites a file the next time its IDs come."""
+        resources = {p.resource for p in self.plugins}
+        if not resources:
+            return
+        if not self.pods.available:
+            log.warning("allocation_files_unverified", reason="no PodResources socket", at=str(self.pods.socket_path))
+            return
+        try:
+            assignments = await self.pods.list()
+        except PodResourcesError as e:
+            log.warning("allocation_files_unverified", reason=str(e))
+            return
+        held: dict[str, list[list[str]]] = {}
+        for resource, owners in assignments.owners.items():
+            if resource not in resources:
+                continue
+            per_container: dict[object, list[str]] = {}
+            for device_id, ref in owners.items():
+                per_container.setdefault(ref, []).append(device_id)
+            held[resource] = list(per_container.values())
+        found = verify_allocation_files(
+            AllocationFiles(self.config.state_dir),
+            self.node,
+            held,
+            remapped=remapped_allocation_files(self.config.state_dir),
+        )
+        log.info("allocation_files_verified", intact=found.intact, rewritten=found.rewritten, skipped=found.skipped)
+
     async def run(self, *, stop: asyncio.Event, extra: tuple[Coroutine[Any, Any, None], ...] = ()) -> None:
         """Run every root task until ``stop`` is set or one of them fails."""
+        await self.verify_allocation_files()  # before the plugins register: no Allocate races the repair
         sim = self.backend if isinstance(self.backend, SimBackend) else None
         history = StatusHistory(self.node)
         app = build_app(

@@ -57,6 +57,8 @@ from snnrm.core.reallocation import (
     signals_of,
 )
 from snnrm.core.topology import BoolArray, IntArray, Topology
+from snnrm.kubelet.allocation_file import Remap, core_allocation, write_allocation
+from snnrm.kubelet.allocation_file import read_allocation as read_allocation  # what runtimes read; the demo uses it
 from snnrm.kubelet.allocator import AllocationFiles
 from snnrm.node import NodeService
 from snnrm.obs.tracing import NoopTracer, Tracer
@@ -132,52 +134,21 @@ class RemapRecord:
         )
 
 
-def rewrite_in_place(path: Path, body: dict[str, Any]) -> None:
-    """Replace a file's content keeping its inode (a bind mount into a container pins the inode)."""
-    data = (json.dumps(body, indent=1) + "\n").encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, data, 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def remap_fields(admitted: Sequence[str], generation: int, at: float) -> Remap:
+    """What a remap adds to the allocation file Allocate wrote for ``admitted``."""
+    return {"generation": generation, "remapped_from": list(admitted), "remapped_at": at}
 
 
-def allocation_body(topology: Topology, cores: IntArray, *, admitted: Sequence[str], generation: int, at: float
-                    ) -> dict[str, Any]:  # fmt: skip
-    """The per-allocation file after a remap: the same shape Allocate writes, plus the remap fields."""
-    idx = np.sort(np.asarray(cores, dtype=np.int64))
-    chips = topology.chip_of[idx]
-    return {
-        "resource": "snnrm.io/neuron-core",
-        "generation": generation,
-        "remapped_from": list(admitted),
-        "remapped_at": at,
-        "cores": [
-            {
-                "id": topology.ids[k],
-                "index": k,
-                "chip": int(c),
-                "router": int(topology.router[k]),
-                "x": int(topology.gx[k]),
-                "y": int(topology.gy[k]),
-                "numa": int(topology.chip_numa[c]),
-            }
-            for k, c in zip(idx.tolist(), chips.tolist(), strict=True)
-        ],
-        "chips": np.unique(chips).tolist(),
-    }
-
-
-def read_allocation(path: Path) -> dict[str, Any] | None:
-    """What a runtime reads: None while the file is missing or mid-rewrite (then read again)."""
-    try:
-        body = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return body if isinstance(body, dict) else None
+def remapped_allocation_files(state_dir: Path) -> set[Path]:
+    """The allocation files live remaps rewrote (from the records on disk, read-only): the ledger's to restore."""
+    files = AllocationFiles(state_dir)
+    out = set()
+    for path in sorted((state_dir / "remaps").glob("*.json")):
+        try:
+            out.add(files.path_for(RemapRecord.from_json(json.loads(path.read_text())).admitted)[1])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # unreadable: RemapLedger.recover deletes it, and the file is then Allocate's again
+    return out
 
 
 @dataclass(eq=False)
@@ -251,9 +222,10 @@ class RemapLedger:
                 continue
             self.records[(rec.namespace, rec.pod)] = rec
             idx = np.array([self.topology.index_of[c] for c in rec.cores if c in self.topology.index_of])
-            rewrite_in_place(
+            write_allocation(
                 self.allocation_file(rec.admitted),
-                allocation_body(self.topology, idx, admitted=rec.admitted, generation=rec.generation, at=rec.at),
+                core_allocation(self.topology, idx, remap_fields(rec.admitted, rec.generation, rec.at)),
+                in_place=True,
             )
             kept.append(rec)
         return kept
@@ -405,9 +377,10 @@ class NodeReallocator:
                 return False
             rec = self.ledger.record(s, target, now)
             self.node.withhold(self.ledger.lent())
-            rewrite_in_place(
+            write_allocation(
                 self.ledger.allocation_file(s.admitted),
-                allocation_body(self.node.topology, target, admitted=s.admitted, generation=rec.generation, at=now),
+                core_allocation(self.node.topology, target, remap_fields(s.admitted, rec.generation, now)),
+                in_place=True,
             )
             self.budget.record(job, now)
             self.remaps += 1

@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -25,8 +25,14 @@ from snnrm.core import allocation
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE, ThroughputBlocks
 from snnrm.core.placement import follow_plan
 from snnrm.core.topology import BoolArray, IntArray
+from snnrm.kubelet.allocation_file import (
+    AllocationFile,
+    core_allocation,
+    encode,
+    throughput_allocation,
+    write_allocation,
+)
 from snnrm.kubelet.cdi import CdiSpecWriter, qualified_name
-from snnrm.kubelet.files import write_atomic
 from snnrm.kubelet.protos.deviceplugin.v1beta1 import api_pb2
 from snnrm.kubelet.state import AllocationState
 
@@ -79,13 +85,83 @@ class AllocationFiles:
         digest = hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
         return digest, self.dir / f"{digest}.json"
 
-    def ensure(self, ids: Sequence[str], describe: Any) -> Path:
+    def ensure(self, ids: Sequence[str], describe: Callable[[], AllocationFile]) -> Path:
         """Path of the file for ``ids``, writing ``describe()`` there the first time (per process)."""
         digest, path = self.path_for(ids)
         if digest not in self._written:
-            write_atomic(path, (json.dumps(describe(), indent=1) + "\n").encode())
+            write_allocation(path, describe(), in_place=False)
             self._written.add(digest)
         return path
+
+    def verify(self, ids: Sequence[str], body: AllocationFile) -> bool:
+        """Make the file for ``ids`` hold exactly ``body``: rewritten in place (a running container may have it
+        bind-mounted) when it is missing, unreadable or different. Returns whether it had to be rewritten."""
+        digest, path = self.path_for(ids)
+        data = encode(body)
+        try:
+            intact = path.read_bytes() == data
+        except OSError:
+            intact = False
+        if not intact:
+            write_allocation(path, body, in_place=True)
+        self._written.add(digest)  # now current: Allocate of the same IDs need not write it again
+        return not intact
+
+
+@dataclass(frozen=True, slots=True)
+class Verified:
+    """What :func:`verify_allocation_files` found."""
+
+    intact: int = 0
+    rewritten: int = 0
+    skipped: int = 0
+    """Allocations left alone: remapped (the remap ledger restores them) or naming devices this node lacks."""
+
+
+def verify_allocation_files(
+    files: AllocationFiles,
+    state: AllocationState,
+    held: Mapping[str, Iterable[Sequence[str]]],
+    *,
+    remapped: Collection[Path] = (),
+) -> Verified:
+    """At start: make every allocation file the kubelet still holds a container to match its devices.
+
+    ``held``: resource -> the device IDs of each container holding that resource (from the kubelet's PodResources,
+    which persists admissions across restarts). A missing or corrupt file is rewritten from the IDs (its content
+    is a function of them, as Allocate wrote it). Files in ``remapped`` are a live remap's, restored by the remap
+    ledger; they are not touched. Files of containers the kubelet no longer holds are left as they are.
+    """
+    intact = rewritten = skipped = 0
+    for resource, groups in held.items():
+        for ids in groups:
+            if files.path_for(ids)[1] in remapped:
+                skipped += 1
+                continue
+            body = _describe(state, resource, ids)
+            if body is None:
+                skipped += 1
+            elif files.verify(ids, body):
+                rewritten += 1
+            else:
+                intact += 1
+    return Verified(intact, rewritten, skipped)
+
+
+def _describe(state: AllocationState, resource: str, ids: Sequence[str]) -> AllocationFile | None:
+    """The file Allocate writes for ``ids`` of ``resource``, or None if an ID is not one of this node's."""
+    if resource == NEURON_CORE:
+        index_of = state.topology.index_of
+        if not all(i in index_of for i in ids):
+            return None
+        return core_allocation(state.topology, allocation.lookup(index_of, ids))
+    if resource == EVENT_THROUGHPUT:
+        blocks = state.blocks
+        block_of = {b: i for i, b in enumerate(blocks.ids)}
+        if not all(i in block_of for i in ids):
+            return None
+        return throughput_allocation(blocks, allocation.lookup(block_of, ids))
+    return None
 
 
 def _chips_csv(chips: IntArray) -> str:
@@ -176,27 +252,7 @@ class CoreAllocator:
         all_ids = topo.ids
         sorted_ids = [all_ids[i] for i in idx.tolist()]
         chips = topo.chip_of[idx]
-
-        def describe() -> dict[str, Any]:
-            return {
-                "resource": self.resource,
-                "cores": [
-                    {"id": i, "index": k, "chip": c, "router": r, "x": x, "y": y, "numa": m}
-                    for i, k, c, r, x, y, m in zip(
-                        sorted_ids,
-                        idx.tolist(),
-                        chips.tolist(),
-                        topo.router[idx].tolist(),
-                        topo.gx[idx].tolist(),
-                        topo.gy[idx].tolist(),
-                        topo.chip_numa[chips].tolist(),
-                        strict=True,
-                    )
-                ],
-                "chips": np.unique(chips).tolist(),
-            }
-
-        path = self._files.ensure(sorted_ids, describe)
+        path = self._files.ensure(sorted_ids, lambda: core_allocation(topo, idx))
         self._cdi.ensure()
         envs = {"SNNRM_CORES": ",".join(sorted_ids), "SNNRM_CHIPS": _chips_csv(chips)}
         return _response(envs, path, CORES_MOUNT, chips)
@@ -247,18 +303,7 @@ class ThroughputAllocator:
         sorted_ids = [all_ids[i] for i in idx.tolist()]
         chips = blocks.chip_of_block[idx]
         keps = blocks.block_keps * len(idx)
-        per_chip = np.bincount(chips, minlength=1) * blocks.block_keps
-
-        def describe() -> dict[str, Any]:
-            return {
-                "resource": self.resource,
-                "block_keps": blocks.block_keps,
-                "total_keps": keps,
-                "blocks": sorted_ids,
-                "chips": {f"chip{c}": float(per_chip[c]) for c in np.unique(chips).tolist()},
-            }
-
-        path = self._files.ensure(sorted_ids, describe)
+        path = self._files.ensure(sorted_ids, lambda: throughput_allocation(blocks, idx))
         self._cdi.ensure()
         envs = {
             "SNNRM_EVENT_THROUGHPUT_KEPS": f"{keps:g}",

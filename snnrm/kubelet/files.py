@@ -10,9 +10,9 @@ from pathlib import Path
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` so that readers see either the old or the new file, never a partial one.
 
-    The temporary file sits in the same directory (``rename`` is atomic only within a file system). No fsync:
-    an allocation file is rewritten the first time its IDs are allocated again by this process, the CDI spec at
-    every start; an allocation file of a pod that is not re-admitted is *not* verified at start (known gap).
+    The temporary file sits in the same directory (``rename`` is atomic only within a file system). No fsync: the
+    CDI spec is rewritten at every start, and every allocation file the kubelet still holds a container to is
+    verified at start and rewritten if torn or missing (:meth:`snnrm.app.Daemon.verify_allocation_files`).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
