@@ -20,17 +20,20 @@ from benchmarks.experiments.suite import SuiteResult, default_workers, policy_na
 
 NOTES = (
     "**Fairness.** Every policy sees the same workload, the same faults on the same job and stage (chosen from the "
-    "seed, never from a placement) and the same simulator noise. snnrm runs with the daemon's default settings "
-    "(health dwell 0.5 s, stage dwell 2 s, cooldown 60 s, margin 20%), not tuned for these experiments, and the "
-    "baselines are not tuned at all.",
+    "seed, never from a placement), the same simulator noise and the same telemetry: every frame with 5% noise, "
+    "read 0.1 s late, every 0.1 s (the daemon's sample period). snnrm is the daemon's own NodeReallocator with its "
+    "default settings (health dwell 0.5 s, stage dwell 2 s, cooldown 60 s, margin 20%), not tuned for these "
+    "experiments. The reactive baseline reads the same device health and acts on the same 0.5 s tick. Every move "
+    "is charged: the stage stops while its weights load (cores x 937,500 synapses x 1 B / 1 GB/s, assumed), and a "
+    "rescheduled pod also restarts (6 s). A move of a stage that was not degraded in truth is a false move.",
     "",
     "**Limits of these results.** Everything runs on `sim_hw`: latency is the simulator's analytical estimate "
-    "(hop latency + queueing delay per stage), not a cycle-accurate model; a live remap moves a stage at once, "
-    "losing only the events queued on the cores it leaves (weight reloading is not modelled); the eviction "
-    "ablation's 8 s outage per move is an assumption (graceful stop + the Kubernetes pod start-up SLO + weight "
-    "loading); the cluster controller is played on one node with the node's own view instead of published node "
-    "summaries. The baselines are what a classic device plugin and a static planner do: they never move a "
-    "running stage, which is also what default Kubernetes does when only a device fails.",
+    "(hop latency + queueing delay per stage), not a cycle-accurate model, and latencies are per spike in "
+    "microseconds, not per timestep; queue capacity, hop latency, service rate, weight-load bandwidth, telemetry "
+    "noise and delay are assumed, with no sensitivity sweep yet; workloads are still rescaled to a target load; "
+    "no energy model. first-fit, random and static never move a running stage, which is what default Kubernetes "
+    "does when only a device fails (a failed node's pods are evicted after ~340 s); the reactive baseline is the "
+    "fair comparison. The eviction path (cluster controller) is not run.",
     "",
 )
 

@@ -23,9 +23,9 @@ COLORS = {
     "static": "#8c564b",
     "snnrm": "#1f77b4",
     "snnrm-no-hysteresis": "#17becf",
-    "snnrm-evict": "#9467bd",
+    "reactive": "#9467bd",
 }
-STYLES = {"random": ":", "static": "-.", "snnrm-no-hysteresis": "--", "snnrm-evict": (0, (1, 1))}
+STYLES = {"random": ":", "static": "-.", "snnrm-no-hysteresis": "--", "reactive": (0, (1, 1))}
 WIDTH = {"snnrm": 2.2}
 DPI = 110
 

@@ -1,52 +1,55 @@
-"""The policies compared, and snnrm's reallocation loop as the daemon runs it, minus the I/O.
+"""The policies compared. snnrm's decisions are made by the daemon's own reallocator, not a copy of it.
 
 Baselines:
 
 * ``first-fit``: count-based first-fit, the lowest-numbered free cores stage after stage. That is what a classic
   device plugin gets from the kubelet (any N healthy devices); device health changes never move a running pod.
+* ``reactive``: the same first-fit placement, plus what a descheduler adds: every ``realloc_period`` a stage with
+  a core the device plugin advertises Unhealthy (the same :class:`~snnrm.core.monitor.NodeMonitor` health
+  snnrm's device plugin publishes, from the same noisy, delayed telemetry) is evicted and re-placed on the
+  lowest-numbered free healthy cores (:func:`reactive_moves`). It pays a pod restart plus the weight reload.
 * ``random``: any N free cores, drawn at random (seeded).
 * ``static``: snnrm's planner (:func:`snnrm.core.placement.plan_job`) at admission, on the measured node view,
   and nothing afterwards (static topology-aware placement in the style of SNEAP/SpiNeMap).
 
-snnrm and its ablations place like ``static`` and then watch every stage:
+snnrm and its ablation place like ``static`` and then watch every stage:
 
-* ``snnrm``: :class:`NodeReallocatorMirror` is :class:`snnrm.cluster.remap.NodeReallocator`'s decision path
-  (signals from :class:`~snnrm.core.monitor.NodeMonitor`, :class:`~snnrm.core.reallocation.StageWatch` dwell and
-  hysteresis, :func:`~snnrm.core.reallocation.evaluate_remap`, :class:`~snnrm.core.reallocation.MoveBudget`)
-  with the daemon's default settings, executed as a live remap (:meth:`sim_hw.Simulator.move_stage`);
+* ``snnrm``: :class:`DaemonReallocator` runs :class:`snnrm.cluster.remap.NodeReallocator` itself (its signals,
+  :class:`~snnrm.core.reallocation.StageWatch` hysteresis, budget, :func:`~snnrm.core.reallocation.evaluate_remap`
+  and its ledger of lent cores) against a :class:`snnrm.node.NodeService` whose monitor the runner feeds, with the
+  simulator's clock injected; each remap it decides is executed as a live remap that stalls the stage while its
+  weights load onto the new cores;
 * ``snnrm-no-hysteresis``: the same with every dwell, exit threshold and cooldown removed, in the health
-  machine and in the stage watch (the margin on cost stays: it is a price test, not hysteresis);
-* ``snnrm-evict``: no live remap. The node only reports the degradation; :class:`EvictControllerMirror` plays the
-  cluster's :class:`snnrm.cluster.reallocation.ReallocationController` (1 s reconcile tick, 1 s confirmation,
-  minimum stage age, eviction-priced migration cost) and the evicted stage is down for
-  ``ExperimentConfig.evict_restart`` seconds before it runs again on its new cores.
+  machine and in the stage watch (the margin on cost stays: it is a price test, not hysteresis).
+
+The eviction ablation (``snnrm-evict``) was removed with its mirror of the cluster controller: driving
+:class:`snnrm.cluster.reallocation.ReallocationController` needs an injected cluster API, not done yet.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal, cast
 
 import numpy as np
 
+from snnrm.backends.base import HardwareBackend
+from snnrm.cluster.remap import LocalStage, NodeReallocator, RemapLedger
+from snnrm.core.devices import ThroughputBlocks
 from snnrm.core.health import HealthSettings
-from snnrm.core.health import Reason as HealthReason
+from snnrm.core.jobs import StageHealth
 from snnrm.core.monitor import NodeMonitor
 from snnrm.core.placement import NodeView, StageDemand, first_fit_plan, plan_job
-from snnrm.core.reallocation import (
-    MoveBudget,
-    ReallocationSettings,
-    Reason,
-    StageWatch,
-    evaluate_remap,
-    local_job,
-    signals_of,
-)
+from snnrm.core.reallocation import ReallocationSettings
 from snnrm.core.topology import BoolArray, IntArray, Topology
+from snnrm.node import NodeService
 
 Placer = Literal["first-fit", "random", "plan"]
-Realloc = Literal["none", "remap", "evict"]
+Realloc = Literal["none", "remap", "reschedule"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,19 +65,31 @@ class PolicySpec:
         """Runs snnrm's telemetry pipeline (a classic device plugin only reports hard failures)."""
         return self.placer == "plan" or self.realloc != "none"
 
+    @property
+    def restarts(self) -> bool:
+        """A move is a pod restart (evict + reschedule) rather than a live remap."""
+        return self.realloc == "reschedule"
+
 
 POLICIES: dict[str, PolicySpec] = {
     p.name: p
     for p in (
         PolicySpec("first-fit", "first-fit", "none", True, "count-based first-fit (classic device plugin), no moves"),
+        PolicySpec(
+            "reactive",
+            "first-fit",
+            "reschedule",
+            True,
+            "first-fit + descheduler: a stage on an Unhealthy core is restarted on first-fit free cores",
+        ),
         PolicySpec("random", "random", "none", True, "any N free cores at random, no moves"),
         PolicySpec("static", "plan", "none", True, "snnrm's planner at admission, no reallocation"),
         PolicySpec("snnrm", "plan", "remap", True, "snnrm: planner + telemetry-driven live remap, with hysteresis"),
         PolicySpec("snnrm-no-hysteresis", "plan", "remap", False, "ablation: snnrm without dwell/exit/cooldown"),
-        PolicySpec("snnrm-evict", "plan", "evict", True, "ablation: snnrm without live remap (evict + reschedule)"),
     )
 }
-BASELINES = ("first-fit", "random", "static")
+BASELINES = ("reactive", "first-fit", "random", "static")
+REACTIVE = "reactive"
 
 
 def health_settings(policy: PolicySpec) -> HealthSettings:
@@ -142,7 +157,7 @@ class RunningJob:
     demands: tuple[StageDemand, ...]
     stages: list[RunningStage]
     in_flight: bool = False
-    """A stage is evicted and not yet running again."""
+    """A stage is stalled (restarting, or loading its weights after a move) and not running."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -153,187 +168,185 @@ class Move:
     stage: int
     target: IntArray
     reasons: tuple[str, ...]
-    must_move: bool
-    cost_before: float
-    cost_after: float
-    migration: float
-    action: Literal["remap", "evict"]
+    action: Literal["remap", "reschedule"]
     at: float
 
 
-def node_view(monitor: NodeMonitor, booked: BoolArray, inter_chip_weight: float) -> tuple[NodeView, BoolArray]:
-    """What NodeReallocator._view computes: free = healthy and not booked; ``failed`` = cores Unhealthy for a hard
-    reason (a failure or telemetry gone quiet), which must be left."""
-    healthy = monitor.core_healthy
-    hard = (monitor.health.reasons & (int(HealthReason.FAILED) | int(HealthReason.STALE))) != 0
-    failed: BoolArray = hard & ~healthy
-    view = NodeView.measured(
-        monitor.topology,
-        free=healthy & ~booked,
-        queue_fill=monitor.queue_fill,
-        link_utilization=monitor.link_utilization,
-        link_failed=monitor.link_failed,
-        inter_chip_weight=inter_chip_weight,
-    )
-    return view, failed
+NAMESPACE = "default"
+
+
+def pod_name(job: str, stage: int) -> str:
+    return f"{job}-s{stage}"
+
+
+def _drive(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a coroutine that never suspends (the reallocator's awaits here are all on in-process recorders)."""
+    try:
+        coro.send(None)
+    except StopIteration:
+        return
+    coro.close()
+    raise RuntimeError("the reallocator suspended: an await reached real I/O")
 
 
 @dataclass(eq=False)
-class NodeReallocatorMirror:
-    """:class:`snnrm.cluster.remap.NodeReallocator`'s decisions, synchronous and without pods or files.
+class _Source:
+    stages_now: list[LocalStage] = field(default_factory=list)
 
-    With ``live_remap`` it decides and returns moves; without, it only records which stages it would report
-    degraded (``reports``), for :class:`EvictControllerMirror`.
+    def stages(self) -> Sequence[LocalStage]:
+        return self.stages_now
+
+
+@dataclass(eq=False)
+class _Recorder:
+    """The daemon's StageReporter, recording what it would write on pods (detection, outcomes)."""
+
+    clock: Callable[[], float]
+    activations: list[tuple[float, str]] = field(default_factory=list)
+    """(time, job) each time a stage is first reported degraded."""
+    outcomes: list[tuple[float, str, str]] = field(default_factory=list)
+    """(time, job, outcome) of evaluations that did not move: ``unavailable`` or ``blocked``."""
+    done: dict[tuple[str, int], tuple[str, ...]] = field(default_factory=dict)
+    """Reasons of the last remap of each (job, stage)."""
+    _degraded: set[tuple[str, str]] = field(default_factory=set)
+
+    async def report(self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None,
+                     moved_at: float | None) -> None:  # fmt: skip
+        key = (stage.namespace, stage.pod)
+        if health.remap == "done":  # a failed core moves at once, without a "degraded" report first
+            self.done[(stage.job, stage.index)] = health.reasons
+        if (health.state == "degraded" or health.remap == "done") and key not in self._degraded:
+            self.activations.append((self.clock(), stage.job))
+        if health.state != "degraded":
+            self._degraded.discard(key)
+            return
+        self._degraded.add(key)
+        if health.remap == "unavailable":
+            self.outcomes.append((self.clock(), stage.job, "unavailable"))
+
+    async def event(self, stage: LocalStage, *, reason: str, note: str, warning: bool = False) -> None:
+        if reason == "RemapDeferred":
+            self.outcomes.append((self.clock(), stage.job, "blocked"))
+
+
+class _NoBackend:
+    """NodeService is given no hardware: the runner feeds its monitor the frames it reads from the simulator."""
+
+    name = "experiment"
+
+
+@dataclass(eq=False)
+class DaemonReallocator:
+    """:class:`snnrm.cluster.remap.NodeReallocator` itself, on a :class:`snnrm.node.NodeService` whose monitor
+    the runner feeds, with the simulator's clock and the runner's book of allocated cores injected.
+
+    Remap records and per-allocation files go to a private temporary directory (the daemon's state dir).
     """
 
     topology: Topology
+    monitor: NodeMonitor
     settings: ReallocationSettings
     inter_chip_weight: float
-    live_remap: bool = True
-    budget: MoveBudget = field(init=False)
-    watches: dict[tuple[str, int, int], StageWatch] = field(default_factory=dict)
-    reports: dict[tuple[str, int, int], tuple[str, ...]] = field(default_factory=dict)
-    """Stages reported degraded now -> their active reasons (evict mode)."""
-    evaluations: int = 0
-    activations: list[tuple[float, str]] = field(default_factory=list)
-    """(time, job) each time a stage's watch turns active (detection, for the experiment)."""
-    _active: set[tuple[str, int, int]] = field(default_factory=set)
-    outcomes: list[tuple[float, str, str]] = field(default_factory=list)
-    """(time, job, outcome) of every evaluation that did not move: ``no-target`` (no better home on the node),
-    ``not-worth-it`` (the cost test), ``blocked`` (cooldown / move budget)."""
+    clock: Callable[[], float]
+    service: NodeService = field(init=False)
+    realloc: NodeReallocator = field(init=False)
+    recorder: _Recorder = field(init=False)
+    _source: _Source = field(init=False)
+    _booked: BoolArray = field(init=False)
+    _moves: list[Move] = field(init=False, default_factory=list)
+    _tmp: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.budget = MoveBudget(self.settings)
+        self._tmp = tempfile.mkdtemp(prefix="snnrm-exp-")
+        blocks = ThroughputBlocks.plan(self.topology, block_keps=1000.0)
+        self.service = NodeService(cast(HardwareBackend, _NoBackend()), self.topology, blocks, 0.1)
+        self.service.monitor = self.monitor
+        self._booked = np.zeros(self.topology.n_cores, dtype=np.bool_)
+        self._source = _Source()
+        self.recorder = _Recorder(self.clock)
+        self.realloc = NodeReallocator(
+            node=self.service,
+            source=self._source,
+            reporter=self.recorder,
+            ledger=RemapLedger(Path(self._tmp), self.topology),
+            allocated=lambda: self._booked,
+            settings=self.settings,
+            inter_chip_weight=self.inter_chip_weight,
+            clock=self.clock,
+            on_remap=self._on_remap,
+        )
 
-    def step(self, now: float, monitor: NodeMonitor, jobs: Mapping[str, RunningJob], booked: BoolArray) -> list[Move]:
-        """One pass over every stage on the node (NodeReallocator.step)."""
-        live = {(j.name, s.index, s.uid) for j in jobs.values() if not j.in_flight for s in j.stages}
-        for key in [k for k in self.watches if k not in live]:
-            del self.watches[key]
-        for key in [k for k in self.reports if k not in live]:
-            del self.reports[key]
-        view, failed = node_view(monitor, booked, self.inter_chip_weight)
-        eff = monitor.rates.rates.efficiency
-        moves: list[Move] = []
+    def close(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    @property
+    def activations(self) -> list[tuple[float, str]]:
+        return self.recorder.activations
+
+    @property
+    def outcomes(self) -> list[tuple[float, str, str]]:
+        return self.recorder.outcomes
+
+    @property
+    def evaluations(self) -> int:
+        return self.realloc.remaps
+
+    def _on_remap(self, stage: LocalStage, target: IntArray) -> None:
+        # The daemon reported the stage "ok, remap done" with the reasons just before calling back.
+        reasons = self.recorder.done.get((stage.job, stage.index), ())
+        target = np.sort(np.asarray(target, dtype=np.int64))
+        self._moves.append(Move(stage.job, stage.index, target, reasons, "remap", self.clock()))
+
+    def local_stages(self, jobs: Mapping[str, RunningJob]) -> list[LocalStage]:
+        """The stages on the node as the daemon's StageSource gives them (pods with live remap opted in)."""
+        ids = self.topology.ids
+        out = []
         for name in sorted(jobs):
             job = jobs[name]
             if job.in_flight:
                 continue
-            for s in sorted(job.stages, key=lambda x: x.index):
-                key = (name, s.index, s.uid)
-                watch = self.watches.setdefault(key, StageWatch())
-                sig = signals_of(s.cores, failed=failed, queue_fill=view.queue_fill, efficiency=eff,
-                                 link_util=view.link_util)  # fmt: skip
-                active = watch.observe(sig, now, self.settings)
-                if not active:
-                    self.reports.pop(key, None)
-                    self._active.discard(key)
-                    continue
-                reasons = tuple(sorted(r.value for r in active))
-                if key not in self._active:
-                    self._active.add(key)
-                    self.activations.append((now, name))
-                if not self.live_remap:
-                    self.reports[key] = reasons
-                    continue
-                move = self._remap(job, s, reasons, watch, view, failed, now)
-                if move is not None:
-                    moves.append(move)
-                    # The daemon prices every job of a pass against one view; keep the cores just taken out of
-                    # it so that two moves in one pass can never pick the same cores.
-                    view = view.without(move.target)
-                    break  # one stage of a pipeline per pass
-        return moves
+            for s in job.stages:
+                out.append(LocalStage(NAMESPACE, pod_name(name, s.index), str(s.uid), name, s.index, job.demands,
+                                      tuple(ids[i] for i in np.sort(s.admitted).tolist()),
+                                      np.asarray(s.cores, dtype=np.int64), True, s.last_move))  # fmt: skip
+        return out
 
-    def _remap(
-        self,
-        job: RunningJob,
-        s: RunningStage,
-        reasons: tuple[str, ...],
-        watch: StageWatch,
-        view: NodeView,
-        failed: BoolArray,
-        now: float,
-    ) -> Move | None:
-        lj = local_job(job.demands, {m.index: m.cores for m in job.stages})
-        pos = lj.position(s.index)
-        self.evaluations += 1
-        option = evaluate_remap(view, lj.demands, lj.placement, pos, failed=failed, settings=self.settings)
-        if option is None or not option.worth_it(self.settings.margin):
-            self.outcomes.append((now, job.name, "no-target" if option is None else "not-worth-it"))
-            return None
-        last = max((m.last_move for m in job.stages if m.last_move is not None), default=None)
-        if self.budget.blocked(("default", job.name), now, last_move=last) is not None:
-            self.outcomes.append((now, job.name, "blocked"))
-            return None
-        self.budget.record(("default", job.name), now)
-        watch.active.clear()
-        watch.bad_since.clear()
-        watch.since = None
-        self._active.discard((job.name, s.index, s.uid))
-        return Move(job.name, s.index, np.sort(option.target), reasons, option.must_move, option.cost_before,
-                    option.cost_after, option.migration_cost, "remap", now)  # fmt: skip
+    def step(self, jobs: Mapping[str, RunningJob], booked: BoolArray) -> list[Move]:
+        """One NodeReallocator pass; returns the remaps it made."""
+        self._source.stages_now = self.local_stages(jobs)
+        self._booked = np.asarray(booked, dtype=np.bool_)
+        self._moves = []
+        _drive(self.realloc.step())
+        return list(self._moves)
+
+    def forget(self, job: str, stage: int) -> None:
+        """The stage's pod ended (or was replaced): drop its remap record and stop lending its cores."""
+        self.realloc.ledger.forget(NAMESPACE, pod_name(job, stage))
+        self.service.withhold(self.realloc.ledger.lent())
 
 
-@dataclass(eq=False)
-class EvictControllerMirror:
-    """:class:`snnrm.cluster.reallocation.ReallocationController` on a one-node cluster: confirms a node's
-    degraded report for ``confirm`` seconds, checks in-flight moves, the move budget and the stage's age, and
-    evicts when the best home beats the current cost by the margin after an eviction's migration cost."""
-
-    settings: ReallocationSettings
-    inter_chip_weight: float
-    confirm: float
-    budget: MoveBudget = field(init=False)
-    first_seen: dict[tuple[str, int, int], float] = field(default_factory=dict)
-    evaluations: int = 0
-    outcomes: list[tuple[float, str, str]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.budget = MoveBudget(self.settings)
-
-    def step(
-        self,
-        now: float,
-        node: NodeReallocatorMirror,
-        monitor: NodeMonitor,
-        jobs: Mapping[str, RunningJob],
-        booked: BoolArray,
-    ) -> list[Move]:
-        live = set(node.reports)
-        for key in [k for k in self.first_seen if k not in live]:
-            del self.first_seen[key]
-        view: NodeView | None = None
-        failed: BoolArray | None = None
-        moves: list[Move] = []
-        for name in sorted(jobs):
-            job = jobs[name]
-            confirmed = []
-            for s in sorted(job.stages, key=lambda x: x.index):
-                key = (name, s.index, s.uid)
-                if key in node.reports and now - self.first_seen.setdefault(key, now) >= self.confirm:
-                    confirmed.append(s)
-            if not confirmed or job.in_flight:
+def reactive_moves(
+    healthy: BoolArray, jobs: Mapping[str, RunningJob], booked: BoolArray, now: float
+) -> tuple[list[Move], list[tuple[float, str, str]]]:
+    """The reactive baseline's pass: every stage with a core advertised Unhealthy is evicted and re-placed on the
+    lowest-numbered free healthy cores (a descheduler plus the default scheduler with a count-based device
+    plugin). One pass never gives two stages the same cores; a stage with no room stays (``no-room``)."""
+    free = np.asarray(healthy, dtype=np.bool_) & ~np.asarray(booked, dtype=np.bool_)
+    moves: list[Move] = []
+    failed: list[tuple[float, str, str]] = []
+    for name in sorted(jobs):
+        job = jobs[name]
+        if job.in_flight:
+            continue
+        for s in sorted(job.stages, key=lambda x: x.index):
+            if np.all(healthy[s.cores]):
                 continue
-            s = confirmed[0]
-            last = max((m.last_move for m in job.stages if m.last_move is not None), default=None)
-            if self.budget.blocked(("default", name), now, last_move=last) is not None or (
-                now - s.created < self.settings.min_age
-            ):
-                self.outcomes.append((now, name, "blocked"))
+            pool = np.flatnonzero(free)
+            if len(pool) < len(s.cores):
+                failed.append((now, name, "no-room"))
                 continue
-            if view is None or failed is None:
-                view, failed = node_view(monitor, booked, self.inter_chip_weight)
-            self.evaluations += 1
-            option = evaluate_remap(view, job.demands, [m.cores for m in job.stages], s.index, failed=failed,
-                                    settings=self.settings, migration_hops=self.settings.evict_cost_hops)  # fmt: skip
-            reasons = node.reports[(name, s.index, s.uid)]
-            must = Reason.FAILED_CORE.value in reasons
-            if option is None or not (must or option.worth_it(self.settings.margin)):
-                self.outcomes.append((now, name, "no-target" if option is None else "not-worth-it"))
-                continue
-            self.budget.record(("default", name), now)
-            moves.append(Move(name, s.index, np.sort(option.target), reasons, must, option.cost_before,
-                              option.cost_after, option.migration_cost, "evict", now))  # fmt: skip
-            view = view.without(option.target)
-        return moves
+            target = pool[: len(s.cores)].astype(np.int64)
+            free[target] = False
+            moves.append(Move(name, s.index, target, ("unhealthy-device",), "reschedule", now))
+            break  # the job restarts this stage; the next pass sees the rest
+    return moves, failed

@@ -242,13 +242,12 @@ def _why_no_move(suite: SuiteResult, sc: str, *, moved: int = 0) -> str:
         where = " in those seeds" if moved else ""
         return (f"{lead}: the degradation never became active in its stage watch{where} (the stage-level signals "
                 f"stayed under their thresholds or did not last the dwell)")  # fmt: skip
-    no_home = suite.estimate(sc, SNNRM, "declined_no_target")
-    not_worth = suite.estimate(sc, SNNRM, "declined_not_worth_it")
+    unavailable = suite.estimate(sc, SNNRM, "declined_unavailable")
     blocked = suite.estimate(sc, SNNRM, "declined_blocked")
     return (
         f"{lead}; its stage watch flagged the degradation in {det.n}/{det.of} seeds ({det.fmt(2)} s after the "
-        f"fault) and evaluate_remap declined the move (passes per run: {no_home.fmt(0)} without a better home on "
-        f"the node, {not_worth.fmt(0)} with a gain below the margin, {blocked.fmt(0)} blocked by the move budget)"
+        f"fault) and the reallocator declined the move (passes per run: {unavailable.fmt(0)} with no home on the "
+        f"node better by the margin, {blocked.fmt(0)} blocked by the move budget)"
     )
 
 
@@ -259,7 +258,7 @@ def ablations(suite: SuiteResult) -> list[str]:
     if SNNRM not in pol:
         return out
     faults = fault_scenarios(suite.scenarios)
-    for abl, what in (("snnrm-no-hysteresis", "without hysteresis"), ("snnrm-evict", "without live remap")):
+    for abl, what in (("snnrm-no-hysteresis", "without hysteresis"),):
         if abl not in pol:
             continue
         moves_s = _mean_over(suite, suite.scenarios, SNNRM, "moves_per_hour")

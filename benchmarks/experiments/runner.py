@@ -1,11 +1,18 @@
 """One run: a workload on the simulator under one policy and one fault scenario, in simulated time.
 
 No sockets and no wall clock: the runner drives :class:`sim_hw.Simulator` step by step and plays the daemon's
-schedule against it: a telemetry frame every ``sample_period`` (``sim.counters()`` -> :class:`TelemetryFrame` ->
-:meth:`NodeMonitor.observe`, the daemon's real validation, smoothing, health and hysteresis), hard faults pushed
-the moment the simulator applies them (:meth:`NodeMonitor.hard_fault`), a reallocation pass every
-``realloc_period`` and, for the eviction ablation, a controller tick every ``controller_tick``. The phases of
-those clocks are drawn from the seed (a daemon is not started in step with a fault).
+schedule against it: a telemetry frame every ``sample_period`` (``sim.counters()`` -> :class:`TelemetryFrame`,
+with noise and a read-out delay (:mod:`benchmarks.experiments.telemetry`) -> :meth:`NodeMonitor.observe`, the
+daemon's real validation, smoothing, health and hysteresis), hard faults pushed the moment the simulator applies
+them (:meth:`NodeMonitor.hard_fault`), and a reallocation pass every ``realloc_period``: the daemon's own
+:class:`snnrm.cluster.remap.NodeReallocator` for snnrm, :func:`~benchmarks.experiments.policies.reactive_moves`
+for the reactive baseline. The phases of those clocks are drawn from the seed (a daemon is not started in step
+with a fault) and are the same for every policy.
+
+Every move costs: the moved stage stops while its weights load onto the new cores (cores x synapses per core x
+bytes per synapse / load bandwidth), and a rescheduled pod also restarts (``pod_restart``); the job's traffic into
+the stage during that time is dropped. A move counts as *false* when the stage it moved was not degraded in truth
+(no failed or faulted core under it, no true queue above half full), whatever telemetry said.
 
 What is measured, and how (all per job, then summed or averaged):
 
@@ -25,25 +32,27 @@ What is measured, and how (all per job, then summed or averaged):
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+import structlog
 
 from benchmarks.experiments.config import ExperimentConfig
 from benchmarks.experiments.metrics import DecisionMeter, FloatArray, percentile, recovery_time
 from benchmarks.experiments.policies import (
     POLICIES,
-    EvictControllerMirror,
+    DaemonReallocator,
     Move,
-    NodeReallocatorMirror,
     PolicySpec,
     RunningJob,
     RunningStage,
     health_settings,
     place,
+    reactive_moves,
     realloc_settings,
 )
 from benchmarks.experiments.scenarios import (
@@ -55,6 +64,7 @@ from benchmarks.experiments.scenarios import (
     flaky_glitches,
     pick_victims,
 )
+from benchmarks.experiments.telemetry import NoisyTelemetry
 from benchmarks.experiments.workloads import JobSpec, make_workload, stage_utilisation
 from sim_hw import Job, MachineSpec, Simulator, StageMetrics, load_preset
 from snnrm.backends.sim import frame_of, topology_of
@@ -87,6 +97,10 @@ class MoveRecord:
     reasons: tuple[str, ...]
     cores: int
     victim: bool
+    degraded: bool
+    """The moved stage was degraded in truth (failed/faulted core under it, or a true queue over half full)."""
+    stall: float
+    """Seconds the stage was down for the move (weight reload, plus a pod restart for a reschedule)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -132,6 +146,8 @@ class _Track:
     evicted_at: float = math.nan
     evicted_stage: int = -1
     restart_step: int = -1
+    restart_uid: bool = False
+    """The stalled stage comes back as a new pod (reschedule) rather than the same pod (live remap)."""
 
 
 def _loss_rates(ms: tuple[StageMetrics, ...]) -> tuple[float, float, float, float]:
@@ -177,10 +193,8 @@ class Run:
         phase = np.random.default_rng(np.random.SeedSequence([seed, 4]))
         self.tel_every = max(1, round(cfg.sample_period / cfg.dt))
         self.realloc_every = max(1, round(cfg.realloc_period / cfg.dt))
-        self.ctrl_every = max(1, round(cfg.controller_tick / cfg.dt))
         self.next_tel = int(phase.integers(1, self.tel_every + 1))
         self.next_realloc = int(phase.integers(1, self.realloc_every + 1))
-        self.next_ctrl = int(phase.integers(1, self.ctrl_every + 1))
         self.next_metric = cfg.metric_stride
 
         self.specs = make_workload(seed, cfg, self.spec)
@@ -200,6 +214,11 @@ class Run:
         self.moves: list[MoveRecord] = []
         self.victims: list[tuple[str, int, str]] = []
         self.fault_cores = np.zeros(0, dtype=np.int64)
+        self.faulted: list[tuple[IntArray, float, float]] = []
+        """(cores, start, end) of every injected fault that degrades hardware (not telemetry glitches)."""
+        self.telemetry = NoisyTelemetry(cfg.telemetry_noise, cfg.telemetry_delay,
+                                        np.random.default_rng(np.random.SeedSequence([seed, 6])))  # fmt: skip
+        self.declined: list[tuple[float, str, str]] = []
         self.owner_at_fault = np.full(self.n, -1, dtype=np.int16)
         self.hop_spikes = 0.0
         self.spikes = 0.0
@@ -208,8 +227,7 @@ class Run:
         self.util_samples = 0
 
         self.monitor: NodeMonitor | None = None
-        self.node: NodeReallocatorMirror | None = None
-        self.controller: EvictControllerMirror | None = None
+        self.node: DaemonReallocator | None = None
         with self.meter.state():
             if self.policy.uses_monitor:
                 self.monitor = NodeMonitor(
@@ -217,13 +235,11 @@ class Run:
                     ThroughputBlocks.plan(self.topology, block_keps=BLOCK_KEPS),
                     health_settings=health_settings(self.policy),
                 )
-            if self.policy.realloc != "none":
-                settings = realloc_settings(self.policy)
-                self.node = NodeReallocatorMirror(
-                    self.topology, settings, self.weight, live_remap=self.policy.realloc == "remap"
+            if self.policy.realloc == "remap":
+                assert self.monitor is not None
+                self.node = DaemonReallocator(
+                    self.topology, self.monitor, realloc_settings(self.policy), self.weight, lambda: self.sim.time
                 )
-                if self.policy.realloc == "evict":
-                    self.controller = EvictControllerMirror(settings, self.weight, cfg.controller_confirm)
         self.sim.on_hard_fault(self._on_hard_fault)
 
     # -- time ------------------------------------------------------------------------------------------------
@@ -312,45 +328,59 @@ class Run:
         if t.spec.name in self.sim.jobs():
             self.sim.remove_job(t.spec.name)
         self._account()
+        if self.node is not None:
+            for s in t.running.stages:
+                self.node.forget(t.spec.name, s.index)
         t.running = None
         t.restart_step = -1
         self._set_owner(t)
 
-    def _remap(self, mv: Move) -> None:
-        t = self.tracks[mv.job]
-        assert t.running is not None
-        s = t.running.stages[mv.stage]
-        self._account()
-        self.sim.move_stage(mv.job, mv.stage, mv.target)
-        self._account()  # the queues the move flushed, charged to the job that left them
-        s.cores = np.asarray(mv.target, dtype=np.int64)
-        s.last_move = self.now
-        self._set_owner(t)
-        self._record(mv)
+    def stall_of(self, cores: int) -> float:
+        """Seconds a stage of ``cores`` cores is down while its weights load onto new cores."""
+        synapses = cores * self.spec.synapses_per_core
+        return synapses * self.cfg.weight_bytes_per_synapse / self.cfg.weight_load_bandwidth
 
-    def _evict(self, mv: Move) -> None:
+    def _truly_degraded(self, cores: IntArray) -> bool:
+        """Ground truth: a failed or faulted core under the stage, or a true queue over half full."""
+        c = np.asarray(cores, dtype=np.int64)
+        if self.hw_failed[c].any():
+            return True
+        now = self.now
+        for fc, start, end in self.faulted:
+            if start - 1e-9 <= now <= end + 1e-9 and np.isin(c, fc).any():
+                return True
+        q = self.sim.truth()["queue_depth"][c]
+        return bool(np.nanmax(q) > 0.5 * self.spec.core_queue_capacity) if len(c) else False
+
+    def _move(self, mv: Move) -> None:
+        """Execute a move: the stage stops, its weights load onto the target cores (and a rescheduled pod
+        restarts); the stages before it keep running and their output into it is lost until it is back."""
         t = self.tracks[mv.job]
         assert t.running is not None
         i = mv.stage
+        s = t.running.stages[i]
+        degraded = self._truly_degraded(s.cores)
+        down = self.stall_of(len(mv.target)) + (self.cfg.pod_restart if mv.action == "reschedule" else 0.0)
         job = t.spec.job
         self._account()
         self.sim.remove_job(job.name)
-        if i > 0:  # the stages before the evicted one keep running; their output now goes nowhere
-            truncated = Job(job.name, job.stages[:i], job.input_rate)
-            self.sim.add_job(truncated, [s.cores for s in t.running.stages[:i]])
-        self._account()
-        s = t.running.stages[i]
-        # The evicted pod's cores go back to the kubelet; the target stays reserved for its replacement.
+        if i > 0:
+            self.sim.add_job(Job(job.name, job.stages[:i], job.input_rate), [m.cores for m in t.running.stages[:i]])
+        self._account()  # the queues the move flushed, charged to the job that left them
         s.cores = np.asarray(mv.target, dtype=np.int64)
-        s.admitted = s.cores.copy()
+        if mv.action == "reschedule":  # a new pod: the kubelet books the new cores and frees the old
+            s.admitted = s.cores.copy()
         s.last_move = self.now
         t.running.in_flight = True
         t.evicted_at = self.now
         t.evicted_stage = i
-        t.restart_step = self._step() + max(1, round(self.cfg.evict_restart / self.dt))
+        t.restart_uid = mv.action == "reschedule"
+        t.restart_step = self._step() + max(1, math.ceil(down / self.dt - 1e-9))
         self._set_owner(t)
         self.owner[s.cores] = -1  # reserved, but nothing runs there yet
-        self._record(mv)
+        victim = any(v[0] == mv.job for v in self.victims)
+        self.moves.append(MoveRecord(self.now, mv.job, i, mv.action, mv.reasons, len(mv.target), victim, degraded,
+                                     (t.restart_step - self._step()) * self.dt))  # fmt: skip
 
     def _restart(self, t: _Track) -> None:
         assert t.running is not None
@@ -365,16 +395,13 @@ class Run:
         lost = job.stage_input_rate(i) * gap  # what flowed into the missing stage while it was down
         t.dropped += lost
         t.offered += lost
-        self.uid += 1
         s = t.running.stages[i]
-        t.running.stages[i] = RunningStage(job.name, i, s.cores, s.admitted, self.uid, self.now, self.now)
+        if t.restart_uid:
+            self.uid += 1
+            t.running.stages[i] = RunningStage(job.name, i, s.cores, s.admitted, self.uid, self.now, self.now)
         t.running.in_flight = False
         t.restart_step = -1
         self._set_owner(t)
-
-    def _record(self, mv: Move) -> None:
-        victim = any(v[0] == mv.job for v in self.victims)
-        self.moves.append(MoveRecord(self.now, mv.job, mv.stage, mv.action, mv.reasons, len(mv.target), victim))
 
     def _inject(self) -> None:
         placed = [t.spec.name for t in self.tracks.values() if t.running is not None and t.spec.long_running]
@@ -397,6 +424,9 @@ class Run:
             planned.append(pf)
             self.victims.append((name, stage, pf.kind))
             hit.append(pf.cores)
+            if pf.kind != "telemetry-glitch":
+                end = self.now + pf.duration if pf.duration is not None else math.inf
+                self.faulted.append((np.asarray(pf.cores, dtype=np.int64), self.now, end))
         for pf in planned:  # build all first, so one fault's effect cannot steer where the next one lands
             self.sim.inject(pf.fault, duration=pf.duration)
         self.fault_cores = np.unique(np.concatenate(hit)) if hit else np.zeros(0, dtype=np.int64)
@@ -405,9 +435,10 @@ class Run:
         self._account()
         if self.monitor is None:
             return
-        frame = frame_of(self.sim)
+        self.telemetry.push(frame_of(self.sim))
         with self.meter.decide():
-            self.monitor.observe(frame)
+            for frame in self.telemetry.due(self.now):
+                self.monitor.observe(frame)
 
     def _metrics(self) -> None:
         k = self.sample
@@ -441,22 +472,18 @@ class Run:
         self.sample += 1
 
     def _reallocate(self) -> None:
-        if self.node is None or self.monitor is None:
+        if self.monitor is None or self.policy.realloc == "none":
             return
         running = {t.spec.name: t.running for t in self.tracks.values() if t.running is not None}
+        booked = self._booked()
         with self.meter.decide():
-            moves = self.node.step(self.now, self.monitor, running, self._booked())
+            if self.node is not None:
+                moves = self.node.step(running, booked)
+            else:
+                moves, failed = reactive_moves(self.monitor.core_healthy, running, booked, self.now)
+                self.declined.extend(failed)
         for mv in moves:
-            self._remap(mv)
-
-    def _control(self) -> None:
-        if self.controller is None or self.node is None or self.monitor is None:
-            return
-        running = {t.spec.name: t.running for t in self.tracks.values() if t.running is not None}
-        with self.meter.decide():
-            moves = self.controller.step(self.now, self.node, self.monitor, running, self._booked())
-        for mv in moves:
-            self._evict(mv)
+            self._move(mv)
 
     # -- the loop --------------------------------------------------------------------------------------------
     def run(self) -> RunResult:
@@ -472,10 +499,8 @@ class Run:
         while step < self.n_steps:
             restarts = [t.restart_step for t in self.tracks.values() if t.restart_step >= 0]
             cand = [self.n_steps, self.next_tel, self.next_metric]
-            if self.node is not None:
+            if self.policy.realloc != "none":
                 cand.append(self.next_realloc)
-            if self.controller is not None:
-                cand.append(self.next_ctrl)
             if ai < len(arrivals):
                 cand.append(arrive_at[ai])
             if di < len(departures):
@@ -506,17 +531,16 @@ class Run:
             if step >= self.next_metric:
                 self._metrics()
                 self.next_metric += self.cfg.metric_stride
-            if self.node is not None and step >= self.next_realloc:
+            if self.policy.realloc != "none" and step >= self.next_realloc:
                 self._reallocate()
                 self.next_realloc += self.realloc_every
-            if self.controller is not None and step >= self.next_ctrl:
-                self._control()
-                self.next_ctrl += self.ctrl_every
             if step >= self.n_steps:
                 break
         self._account()
         result = self._result(time.perf_counter() - wall0)
         self.meter.close()
+        if self.node is not None:
+            self.node.close()
         return result
 
     # -- results ---------------------------------------------------------------------------------------------
@@ -546,7 +570,8 @@ class Run:
             "p99_over_slo": float(np.nanmean(p99_over_slo)) if p99_over_slo else math.nan,
             "moves": float(len(self.moves)),
             "moves_per_hour": len(self.moves) / (cfg.duration / 3600.0),
-            "false_moves": float(sum(1 for m in self.moves if not m.victim or m.t < fault_t)),
+            "false_moves": float(sum(1 for m in self.moves if not m.degraded)),
+            "move_stall_s": float(sum(m.stall for m in self.moves)),
             "alloc_pct": 100.0 * self.alloc_sum / max(self.util_samples, 1),
             "running_pct": 100.0 * self.running_sum / max(self.util_samples, 1),
             "stranded_cores": float(self._booked().sum() - self._running_cores()),
@@ -569,6 +594,9 @@ class Run:
             settled = lat[self.times >= fault_t + cfg.settle - 1e-9]
             metrics["victim_p99_settled_us"] = percentile(settled, 99) * 1e6
             metrics["victim_slo_us"] = vt.spec.slo_latency * 1e6
+            # Not saturated by the queue bound the way p99 is: how long the queue stayed full moves the mean.
+            metrics["victim_mean_us"] = float(np.mean(victim_post)) * 1e6 if len(victim_post) else math.nan
+            metrics["victim_outage_s"] = float(np.sum(~np.isfinite(window[~np.isnan(window)]))) * stride_s
         victim_tracks = [self.tracks[n] for n in victim_names]
         metrics["victim_slo_s"] = (
             sum(float((t.viol & t.present & post).sum()) for t in victim_tracks) * stride_s
@@ -585,20 +613,20 @@ class Run:
         activations = self.node.activations if self.node is not None else []
         detected = [t - fault_t for t, n in activations if n in victim_names and t >= fault_t - 1e-9]
         metrics["detect_s"] = min(detected) if detected else math.nan
-        outcomes = (self.node.outcomes if self.node is not None else []) + (
-            self.controller.outcomes if self.controller is not None else []
-        )
-        for what in ("no-target", "not-worth-it", "blocked"):
+        outcomes = (self.node.outcomes if self.node is not None else []) + self.declined
+        for what in ("unavailable", "blocked", "no-room"):
             metrics[f"declined_{what.replace('-', '_')}"] = float(
                 sum(1 for t, job, o in outcomes if o == what and job in victim_names and t >= fault_t - 1e-9)
             )
         if victim_tracks:
             v0 = victim_tracks[0]
-            metrics["recovery_s"] = recovery_time(
-                self.times[v0.present], v0.viol[v0.present], fault_t, cfg.recovered_for
-            )
+            rec = recovery_time(self.times[v0.present], v0.viol[v0.present], fault_t, cfg.recovered_for)
+            # Never recovered: censored at the end of the run (kept in every statistic, never dropped).
+            metrics["recovered"] = 1.0 if math.isfinite(rec) else 0.0
+            metrics["recovery_s"] = rec if math.isfinite(rec) else cfg.duration - fault_t
         else:
             metrics["recovery_s"] = math.nan
+            metrics["recovered"] = math.nan
         return RunResult(
             scenario=self.scenario.name,
             policy=self.policy.name,
@@ -619,6 +647,12 @@ class Run:
         )
 
 
+def quiet_logs() -> None:
+    """The daemon's code logs every remap and capacity change; in an experiment that is noise on stdout."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+
+
 def run_one(cfg: ExperimentConfig, scenario: str, policy: str, seed: int, *, trace_memory: bool = False) -> RunResult:
     """Run one (scenario, policy, seed) cell."""
+    quiet_logs()
     return Run(cfg, scenario, policy, seed, trace_memory=trace_memory).run()

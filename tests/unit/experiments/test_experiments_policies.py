@@ -7,12 +7,12 @@ import pytest
 
 from benchmarks.experiments.policies import (
     POLICIES,
-    EvictControllerMirror,
-    NodeReallocatorMirror,
+    DaemonReallocator,
     RunningJob,
     RunningStage,
     health_settings,
     place,
+    reactive_moves,
     realloc_settings,
 )
 from snnrm.core.devices import ThroughputBlocks
@@ -91,29 +91,46 @@ def test_the_ablation_settings_remove_every_hysteresis_and_keep_the_defaults_oth
     assert r.margin == ReallocationSettings().margin  # the price test is not hysteresis
     assert not POLICIES["first-fit"].uses_monitor
     assert POLICIES["static"].uses_monitor
+    assert POLICIES["reactive"].uses_monitor
+    assert POLICIES["reactive"].restarts
+    assert POLICIES["reactive"].placer == "first-fit"
+
+
+def _daemon(m: NodeMonitor, clock: list[float], settings: ReallocationSettings | None = None) -> DaemonReallocator:
+    return DaemonReallocator(TOPO, m, settings or ReallocationSettings(), 4.0, lambda: clock[0])
 
 
 def test_a_failed_core_moves_its_stage_at_the_next_pass_and_the_cooldown_holds_it() -> None:
     m = _monitor()
+    clock = [1.0]
     job = _job("a", [[0, 1, 2], [4, 5, 6], [8, 9]])
-    node = NodeReallocatorMirror(TOPO, ReallocationSettings(), inter_chip_weight=4.0)
-    assert node.step(1.0, m, {"a": job}, _booked(job)) == []
+    node = _daemon(m, clock)
+    assert node.step({"a": job}, _booked(job)) == []
     m.hard_fault(HardFault(FaultKind.CORE, 5, failed=True, timestamp=1.2))
-    moves = node.step(1.5, m, {"a": job}, _booked(job))
+    clock[0] = 1.5
+    moves = node.step({"a": job}, _booked(job))
     assert len(moves) == 1
     mv = moves[0]
-    assert (mv.job, mv.stage, mv.action, mv.must_move) == ("a", 1, "remap", True)
+    assert (mv.job, mv.stage, mv.action, mv.reasons) == ("a", 1, "remap", ("failed-core",))
     assert 5 not in mv.target
     assert len(mv.target) == 3
     others = np.concatenate([job.stages[0].cores, job.stages[2].cores])
     assert not np.isin(mv.target, others).any()
     assert node.activations == [(1.5, "a")]
+    # The daemon lends the cores beyond the admitted ones: withheld from the kubelet until the pod ends.
+    lent = np.setdiff1d(mv.target, [4, 5, 6])
+    assert node.service.withheld is not None
+    assert np.flatnonzero(node.service.withheld).tolist() == lent.tolist()
     # A second failure in the same job right after: the 60 s cooldown blocks a second move.
     job.stages[1].cores = mv.target
     job.stages[1].last_move = 1.5
     m.hard_fault(HardFault(FaultKind.CORE, 0, failed=True, timestamp=2.0))
-    assert node.step(2.5, m, {"a": job}, _booked(job)) == []
+    clock[0] = 2.5
+    assert node.step({"a": job}, _booked(job)) == []
     assert node.outcomes[-1][2] == "blocked"
+    node.forget("a", 1)
+    assert not node.realloc.ledger.lent().any()
+    node.close()
 
 
 def test_two_moves_in_one_pass_never_share_cores() -> None:
@@ -122,23 +139,26 @@ def test_two_moves_in_one_pass_never_share_cores() -> None:
     b = _job("b", [[16, 17, 18], [20, 21, 22], [24, 25]])
     m.hard_fault(HardFault(FaultKind.CORE, 5, failed=True, timestamp=1.0))
     m.hard_fault(HardFault(FaultKind.CORE, 21, failed=True, timestamp=1.0))
-    node = NodeReallocatorMirror(TOPO, ReallocationSettings(), inter_chip_weight=4.0)
-    moves = node.step(1.5, m, {"a": a, "b": b}, _booked(a, b))
+    node = _daemon(m, [1.5])
+    moves = node.step({"a": a, "b": b}, _booked(a, b))
     assert {mv.job for mv in moves} == {"a", "b"}
     assert not np.isin(moves[0].target, moves[1].target).any()
+    node.close()
 
 
-def test_eviction_waits_for_the_controller_confirmation() -> None:
-    m = _monitor()
-    job = _job("a", [[0, 1, 2], [4, 5, 6], [8, 9]])
-    settings = ReallocationSettings()
-    node = NodeReallocatorMirror(TOPO, settings, inter_chip_weight=4.0, live_remap=False)
-    ctl = EvictControllerMirror(settings, inter_chip_weight=4.0, confirm=1.0)
-    m.hard_fault(HardFault(FaultKind.CORE, 8, failed=True, timestamp=20.0))
-    assert node.step(20.2, m, {"a": job}, _booked(job)) == []  # the node only reports
-    assert list(node.reports.values()) == [("failed-core",)]
-    assert ctl.step(20.5, node, m, {"a": job}, _booked(job)) == []  # first seen now
-    moves = ctl.step(21.5, node, m, {"a": job}, _booked(job))
-    assert len(moves) == 1
-    assert (moves[0].stage, moves[0].action) == (2, "evict")
-    assert 8 not in moves[0].target
+def test_reactive_reschedules_a_stage_on_an_unhealthy_core_to_the_lowest_free_cores() -> None:
+    a = _job("a", [[0, 1, 2], [4, 5, 6], [8, 9]])
+    b = _job("b", [[16, 17, 18], [20, 21, 22], [24, 25]])
+    healthy = np.ones(TOPO.n_cores, dtype=bool)
+    assert reactive_moves(healthy, {"a": a, "b": b}, _booked(a, b), 1.0) == ([], [])
+    healthy[[5, 21]] = False
+    moves, failed = reactive_moves(healthy, {"a": a, "b": b}, _booked(a, b), 1.0)
+    assert failed == []
+    assert [(mv.job, mv.stage, mv.action) for mv in moves] == [("a", 1, "reschedule"), ("b", 1, "reschedule")]
+    assert moves[0].target.tolist() == [3, 7, 10]  # first fit over free healthy cores
+    assert moves[1].target.tolist() == [11, 12, 13]  # never the cores just given to "a"
+    tight = np.zeros(TOPO.n_cores, dtype=bool)
+    tight[[0, 1, 2, 8, 9]] = True
+    moves, failed = reactive_moves(tight, {"a": a}, _booked(a), 2.0)
+    assert moves == []
+    assert failed == [(2.0, "a", "no-room")]

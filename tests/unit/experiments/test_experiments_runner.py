@@ -42,6 +42,26 @@ def test_a_failed_core_is_answered_by_snnrm_and_not_by_first_fit() -> None:
     assert ours.moves[0].reasons == ("failed-core",)
     assert ours.metrics["victim_dropped_pct"] < ff.metrics["victim_dropped_pct"]
     assert ours.metrics["victim_slo_s"] < ff.metrics["victim_slo_s"]
+    assert ours.moves[0].degraded
+    assert ours.metrics["false_moves"] == 0
+    # The move is charged: the stage is down while its weights load (cores x synapses / bandwidth).
+    assert ours.moves[0].stall >= ours.moves[0].cores * 937_500 / 1e9 - 1e-9
+
+
+def test_the_reactive_baseline_restarts_the_victim_and_pays_the_pod_restart() -> None:
+    r = run_one(CFG, "core-failure", "reactive", 0)
+    victim = [m for m in r.moves if m.victim]
+    assert victim
+    assert victim[0].action == "reschedule"
+    assert victim[0].degraded
+    assert victim[0].stall >= CFG.pod_restart
+    assert r.metrics["victim_outage_s"] > 0  # the restart is an outage of the victim, counted
+
+
+def test_a_telemetry_glitch_moves_a_healthy_stage_only_as_a_false_move() -> None:
+    r = run_one(CFG, "telemetry-glitch", "reactive", 0)
+    assert r.metrics["false_moves"] == sum(1 for m in r.moves if not m.degraded)
+    assert all(not m.degraded for m in r.moves)
 
 
 def test_no_fault_no_move_and_snnrm_places_with_fewer_hops_than_first_fit() -> None:
@@ -53,7 +73,7 @@ def test_no_fault_no_move_and_snnrm_places_with_fewer_hops_than_first_fit() -> N
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-@pytest.mark.parametrize("policy", ["snnrm", "snnrm-evict"])
+@pytest.mark.parametrize("policy", ["snnrm", "reactive"])
 def test_every_scenario_runs_with_sane_accounting(scenario: str, policy: str) -> None:
     r = run_one(CFG, scenario, policy, 0)
     m = r.metrics
@@ -103,7 +123,7 @@ def test_update_readme_appends_once_then_replaces_only_its_section(tmp_path: Pat
 
 
 def test_policies_and_scenarios_are_complete() -> None:
-    assert set(POLICIES) == {"first-fit", "random", "static", "snnrm", "snnrm-no-hysteresis", "snnrm-evict"}
+    assert set(POLICIES) == {"first-fit", "reactive", "random", "static", "snnrm", "snnrm-no-hysteresis"}
     assert {"none", "core-failure", "hot-spot", "link-congestion", "queue-saturation", "telemetry-glitch",
             "combined"} <= set(SCENARIOS)  # fmt: skip
 
