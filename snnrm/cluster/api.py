@@ -27,7 +27,8 @@ from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.client.exceptions import ApiException
 
-JSON = dict[str, Any]
+from snnrm.core.types import JSON as JSON  # re-exported: older importers (node_agent, hooks) name it here
+
 WATCH_SECONDS = 240
 """Server-side watch timeout: the apiserver ends watches after 5-10 min anyway; 4 min re-lists nothing (we resume
 from the last resourceVersion) and keeps a silently dead connection from lasting long."""

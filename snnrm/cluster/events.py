@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 
 import structlog
 
-from snnrm.cluster.api import EVENTS, JSON, ClusterApi, KubeError
+from snnrm.cluster.api import EVENTS, ClusterApi, KubeError
+from snnrm.core.types import JSON
 
 log = structlog.get_logger(__name__)
 

@@ -26,8 +26,9 @@ from typing import Any, Protocol, Self
 import aiohttp
 import yaml
 
+from snnrm.core.types import JSON as JSON  # re-exported: older importers (node_agent, hooks) name it here
+
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-JSON = dict[str, Any]
 
 
 class KubeApiError(Exception):

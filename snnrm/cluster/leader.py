@@ -23,7 +23,8 @@ from typing import Any
 
 import structlog
 
-from snnrm.cluster.api import JSON, LEASES, ClusterApi, ConflictError, KubeError, NotFoundError
+from snnrm.cluster.api import LEASES, ClusterApi, ConflictError, KubeError, NotFoundError
+from snnrm.core.types import JSON
 
 log = structlog.get_logger(__name__)
 

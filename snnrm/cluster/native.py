@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from snnrm.cluster.api import JSON, ClusterApi, ConflictError, KubeError, Resource
+from snnrm.cluster.api import ClusterApi, ConflictError, KubeError, Resource
+from snnrm.core.types import JSON
 
 log = structlog.get_logger(__name__)
 

@@ -35,7 +35,7 @@ from snnrm.core.devices import NEURON_CORE
 from snnrm.core.jobs import CORES, JOB, LAST_MOVE, STAGE_HEALTH, ContractError, StageHealth, StageRef, stage_of
 from snnrm.core.placement import StageDemand
 from snnrm.core.summary import ANNOTATION, NodeSummary, PublishPolicy, should_publish, summarize
-from snnrm.core.topology import BoolArray
+from snnrm.core.topology import INTER_CHIP_WEIGHT, BoolArray
 from snnrm.kubelet.podresources import PodResourcesClient
 from snnrm.node import NodeService
 
@@ -128,7 +128,7 @@ class NodeAgent:
     reallocator_factory: Callable[[NodeAgent], NodeReallocator] | None = None
     """Builds the remapper once the agent exists (None: no live remaps, reports only from the controller)."""
     policy: PublishPolicy = field(default_factory=PublishPolicy)
-    inter_chip_weight: float = 4.0
+    inter_chip_weight: float = INTER_CHIP_WEIGHT
     clock: Callable[[], float] = time.time
     close: Callable[[], Awaitable[None]] | None = None
     """Closes the API client the agent was given (the daemon calls it on shutdown)."""

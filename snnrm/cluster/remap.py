@@ -56,7 +56,7 @@ from snnrm.core.reallocation import (
     local_job,
     signals_of,
 )
-from snnrm.core.topology import BoolArray, IntArray, Topology
+from snnrm.core.topology import INTER_CHIP_WEIGHT, BoolArray, IntArray, Topology
 from snnrm.kubelet.allocation_file import Remap, core_allocation, write_allocation
 from snnrm.kubelet.allocation_file import read_allocation as read_allocation  # what runtimes read; the demo uses it
 from snnrm.kubelet.allocator import AllocationFiles
@@ -248,7 +248,8 @@ class NodeReallocator:
     settings: ReallocationSettings = field(default_factory=ReallocationSettings)
     period: float = 0.5
     """Seconds between evaluations: five telemetry samples, well inside the dwell."""
-    inter_chip_weight: float = 4.0
+    inter_chip_weight: float = INTER_CHIP_WEIGHT
+    """Hops a chip crossing counts for; the app passes the hardware's (the sim preset's latency ratio)."""
     dry_run: bool = False
     remap_allowed: bool = True
     """False: never move, only report degradations (the controller may still evict)."""

@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from snnrm.core.devices import ThroughputBlocks
-from snnrm.core.topology import BoolArray, FloatArray, IntArray, Topology
+from snnrm.core.topology import INTER_CHIP_WEIGHT, BoolArray, FloatArray, IntArray, Topology
 
 QUEUE_PENALTY_HOPS = 4.0
 """A core with a full event queue costs as much as one four hops further away: a deep queue adds latency to
@@ -115,10 +115,16 @@ def _selectable(n: int, available: IntArray, must: IntArray, healthy: BoolArray)
     return must, np.flatnonzero(mask)
 
 
-def _pick_nearest(cost: FloatArray, cands: IntArray, k: int) -> IntArray:
-    """The ``k`` candidates of lowest cost; ties go to the lower index, so the answer is deterministic."""
+def lowest_k(cost: FloatArray, cands: IntArray, k: int) -> IntArray:
+    """The ``k`` candidates (``cands`` ascending) of lowest ``cost``; ties go to the lower index, so the answer
+    is deterministic. NaN costs count as infinite (last). Order of the result: unspecified (callers sort).
+
+    One partition, O(n): this sits on GetPreferredAllocation's path and in the placement descent's inner loop.
+    """
     if k >= len(cands):
         return cands
+    if np.isnan(cost).any():
+        cost = np.where(np.isnan(cost), np.inf, cost)
     kth = np.partition(cost, k - 1)[k - 1]
     below = np.flatnonzero(cost < kth)
     # ``cands`` is ascending, so the first ties in order are the lowest indices.
@@ -157,7 +163,7 @@ def preferred_cores(
         + QUEUE_PENALTY_HOPS * cand_fill
         + chip_penalty * (topology.chip_of[cands] != anchor_chip)
     )
-    picked = _pick_nearest(cost, cands, need)
+    picked = lowest_k(cost, cands, need)
     return np.sort(np.concatenate([must, picked]))
 
 
@@ -167,7 +173,7 @@ def _clean_fill(fill: FloatArray) -> FloatArray:
 
 
 def _hops_from(
-    topology: Topology, cores: IntArray, chip: int, cx: float, cy: float, inter_chip_weight: float = 4.0
+    topology: Topology, cores: IntArray, chip: int, cx: float, cy: float, inter_chip_weight: float = INTER_CHIP_WEIGHT
 ) -> FloatArray:
     """:meth:`Topology.hops` from a point (global mesh coordinates, possibly between routers) on ``chip``."""
     g = topology.geometry

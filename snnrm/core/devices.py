@@ -18,6 +18,10 @@ from snnrm.core.topology import BoolArray, IntArray, Topology
 
 NEURON_CORE = "snnrm.io/neuron-core"
 EVENT_THROUGHPUT = "snnrm.io/event-throughput"
+CDI_VERSION = "0.5.0"
+"""``cdiVersion`` of every CDI spec snnrm writes (device plugin and DRA): the lowest covering the fields used
+(``env`` and ``deviceNodes``, no annotations); loaders reject specs whose version is lower than their fields need,
+and older runtimes reject versions they do not know."""
 MAX_DEVICES_PER_RESOURCE = 16384
 """Kubelet copes with large lists, but node status and ListAndWatch messages grow with them; ~16k keeps a full
 list under a megabyte and the scheduler's per-node bookkeeping small."""

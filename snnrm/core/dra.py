@@ -40,10 +40,10 @@ from typing import Any, Final
 
 import numpy as np
 
+from snnrm.core.devices import CDI_VERSION
 from snnrm.core.health import Health, Reason
 from snnrm.core.topology import FloatArray, IntArray, Topology
-
-JSON = dict[str, Any]
+from snnrm.core.types import JSON
 
 DRIVER: Final = "snnrm.io"
 """DRA driver name (a DNS subdomain ≤63): ``device.driver`` in CEL, unqualified attributes live in its domain."""
@@ -54,8 +54,6 @@ GROUP: Final = "core-group"
 CHIP: Final = "chip"
 THROUGHPUT: Final = "event-throughput"
 CLAIM_CDI_KIND: Final = "snnrm.io/claim"
-CDI_VERSION: Final = "0.5.0"
-"""Lowest CDI version covering ``env`` edits (loaders reject specs whose version is lower than their fields need)."""
 
 KEPS: Final = f"{DRIVER}/keps"
 """Capacity names are fully qualified: a claim's ``capacity.requests`` key must equal the device's capacity key

@@ -39,12 +39,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from snnrm.core.allocation import QUEUE_PENALTY_HOPS, preferred_cores
+from snnrm.core.allocation import QUEUE_PENALTY_HOPS, lowest_k, preferred_cores
+from snnrm.core.topology import INTER_CHIP_WEIGHT as INTER_CHIP_WEIGHT  # re-exported: placement's callers use it
 from snnrm.core.topology import BoolArray, FloatArray, IntArray, Topology
 
-INTER_CHIP_WEIGHT = 4.0
-"""Hops one chip-to-chip crossing counts for (the same weight as :meth:`Topology.hops`): an off-chip SerDes link
-is several times slower than a router hop on every board we model."""
 LINK_PENALTY_HOPS = 4.0
 """A core whose router's busiest outgoing link is saturated costs as much as one four hops further away."""
 SHARED_UNIT_PENALTY_HOPS = 2.0
@@ -361,21 +359,12 @@ def _grown_chain(
         anchor = f if len(f) else (out[i - 1] if i else np.zeros(0, dtype=np.int64))
         if len(anchor):
             cost = _hops_to_set(coords, anchor)[cands] + QUEUE_PENALTY_HOPS * pen[cands] / 8.0
-            picked = _lowest(cost, cands, need)
+            picked = lowest_k(cost, cands, need)
         else:
             picked = preferred_cores(t, cands, np.zeros(0, dtype=np.int64), need, view.queue_fill, avail)
         avail[picked] = False
         out.append(np.sort(np.concatenate([f, picked])))
     return out
-
-
-def _lowest(cost: FloatArray, cands: IntArray, k: int) -> IntArray:
-    """The ``k`` candidates (ascending indices) of lowest cost; ties go to the lower index (deterministic)."""
-    if k >= len(cands):
-        return cands
-    order = np.lexsort((cands, cost))
-    picked: IntArray = cands[order[:k]]
-    return picked
 
 
 # -- refinement -----------------------------------------------------------------------------------------------
@@ -415,7 +404,7 @@ def _descend(
                     mine[other] = False
             mine[fixed[i]] = False
             cands = np.flatnonzero(mine)
-            picked = np.sort(np.concatenate([fixed[i], _lowest(marginal[cands], cands, need)]))
+            picked = np.sort(np.concatenate([fixed[i], lowest_k(marginal[cands], cands, need)]))
             # Only move when strictly better (ties keep the current cores, so the descent terminates).
             if not np.array_equal(picked, cur[i]) and marginal[picked].sum() < marginal[cur[i]].sum() - 1e-9:
                 cur[i] = picked

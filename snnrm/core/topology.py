@@ -18,6 +18,11 @@ IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 
+INTER_CHIP_WEIGHT = 4.0
+"""Hops one chip-to-chip crossing counts for when the hardware does not say (the default of every cost in the
+core): an off-chip SerDes link is several times slower than a router hop on every board we model. Where the
+hardware is known, its own ratio is passed instead (the daemon derives it from the sim preset's latencies)."""
+
 _CORE_ID = re.compile(r"^chip(\d+)-core(\d+)$")
 
 
@@ -184,7 +189,7 @@ class Topology:
         except KeyError as e:
             raise KeyError(f"unknown core ID {e.args[0]!r}") from None
 
-    def hops(self, a: IntArray | int, b: IntArray | int, *, inter_chip_weight: float = 4.0) -> FloatArray:
+    def hops(self, a: IntArray | int, b: IntArray | int, *, inter_chip_weight: float = INTER_CHIP_WEIGHT) -> FloatArray:
         """Hop-weighted XY route length between cores ``a`` and ``b`` (broadcasting).
 
         Inter-chip links are slower than on-chip hops; each chip boundary crossed counts ``inter_chip_weight``.

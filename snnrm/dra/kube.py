@@ -20,11 +20,12 @@ import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Protocol, Self
 
 import aiohttp
 
-JSON = dict[str, Any]
+from snnrm.core.types import JSON
+
 RESOURCE_API = "/apis/resource.k8s.io/v1"
 
 

@@ -24,7 +24,6 @@ from typing import Any
 import structlog
 
 from snnrm.core.dra import (
-    JSON,
     DraFeatures,
     HardwareInfo,
     SliceBuilder,
@@ -34,6 +33,7 @@ from snnrm.core.dra import (
     probe_slice,
     slice_name,
 )
+from snnrm.core.types import JSON
 from snnrm.dra.kube import DraApiError, DraKubeApi
 from snnrm.dra.view import DraView
 

@@ -13,16 +13,14 @@ import asyncio
 import copy
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import numpy as np
 
 from snnrm.core.dra import DraFeatures
 from snnrm.core.health import Health, Reason
 from snnrm.core.topology import FloatArray, IntArray, Topology
+from snnrm.core.types import JSON
 from snnrm.dra.kube import DraApiError
-
-JSON = dict[str, Any]
 
 
 class FakeDraKube:

@@ -17,9 +17,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from snnrm.core.devices import CDI_VERSION
 from snnrm.kubelet.files import write_atomic
 
-CDI_VERSION = "0.5.0"
 CDI_KIND = "snnrm.io/chip"
 SPEC_FILE = "snnrm.io-chip.json"
 

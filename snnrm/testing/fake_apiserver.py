@@ -20,7 +20,8 @@ from typing import Self
 import yaml
 from aiohttp import web
 
-from snnrm.cluster.api import JSON, KubeError, Resource
+from snnrm.cluster.api import KubeError, Resource
+from snnrm.core.types import JSON
 from snnrm.testing.fake_cluster import FakeClusterApi
 from snnrm.testing.promstack import free_port
 

@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from snnrm.cluster.api import JSON, PODS, KubeError, Resource, error_for
+from snnrm.cluster.api import PODS, KubeError, Resource, error_for
 from snnrm.core.devices import NEURON_CORE
 from snnrm.core.jobs import GATE, INPUT_RATE, JOB, SPIKE_RATE, STAGE, STAGES
 from snnrm.core.summary import NodeSummary, summarize
 from snnrm.core.topology import ChipGeometry, Topology
+from snnrm.core.types import JSON
 from snnrm.testing.fake_kube import merge_patch
 
 _Key = tuple[str, str | None, str]  # (resource path without namespace, namespace, name)

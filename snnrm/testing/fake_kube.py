@@ -11,7 +11,8 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from snnrm.cluster.kube import JSON, KubeApiError
+from snnrm.cluster.kube import KubeApiError
+from snnrm.core.types import JSON
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
