@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import sim_hw
-from snnrm.core.placement import JobPlan, NodeView, StageDemand, first_fit_plan, plan_job
+from snnrm.core.placement import JobPlan, PlacementView, StageDemand, first_fit_plan, plan_job
 from snnrm.core.topology import ChipGeometry, Topology
 
 
@@ -56,7 +56,7 @@ def run_policy(policy: str, *, seed: int, chips: int, busy: float, stages: int =
     free = rng.random(topo.n_cores) >= busy
     job = sim_hw.networks.dvs_gesture_csnn(stages=stages, seed=seed)
     # A chip crossing costs what its latency says, in on-chip hops (about 19 on this preset).
-    view = NodeView.idle(topo, free, inter_chip_weight=spec.inter_chip_hop_latency / spec.hop_latency)
+    view = PlacementView.idle(topo, free, inter_chip_weight=spec.inter_chip_hop_latency / spec.hop_latency)
     plan: JobPlan | None = plan_job(view, demands(job)) if policy == "snnrm" else first_fit_plan(view, demands(job))
     if plan is None:
         raise RuntimeError(f"{policy}: the job does not fit")

@@ -35,7 +35,7 @@ from snnrm.cluster.timeline import TimelineReporter
 from snnrm.config import SOCKET_NAME_MAX, UNIX_PATH_MAX, Config
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
 from snnrm.core.jobs import StageHealth
-from snnrm.core.placement import NodeView, StageDemand, first_fit_plan, plan_job
+from snnrm.core.placement import PlacementView, StageDemand, first_fit_plan, plan_job
 from snnrm.core.reallocation import ReallocationSettings
 from snnrm.core.topology import Topology
 from snnrm.kubelet.standin import KubeletStandIn
@@ -142,7 +142,7 @@ async def scenario(daemon: Daemon, kubelet: KubeletStandIn, sim: SimBackend, sum
     )  # fmt: skip
     spec = sim.sim.spec
     weight = spec.inter_chip_hop_latency / spec.hop_latency
-    view = NodeView.measured(topo, free=node.core_healthy(), queue_fill=node.queue_fill(),
+    view = PlacementView.measured(topo, free=node.core_healthy(), queue_fill=node.queue_fill(),
                              link_utilization=node.monitor.link_utilization, inter_chip_weight=weight)  # fmt: skip
     plan, baseline = plan_job(view, demands), first_fit_plan(view, demands)
     assert plan is not None, "the demo job must fit an idle node"

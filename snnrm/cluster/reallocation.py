@@ -40,7 +40,7 @@ from snnrm.cluster.planner import demand_of
 from snnrm.core.cluster import ClusterIndex, Reservation, StageKey
 from snnrm.core.gang import Placed, plan_gang
 from snnrm.core.jobs import LAST_MOVE, StageRef
-from snnrm.core.reallocation import MoveBudget, ReallocationSettings, Reason
+from snnrm.core.reallocation import MoveBudget, MoveReason, ReallocationSettings
 from snnrm.core.topology import IntArray
 from snnrm.obs.tracing import NoopTracer, Tracer
 
@@ -176,7 +176,7 @@ class ReallocationController:
             placed = {k: Placed(r.node or "", self._held(r)) for k, r in stages.items() if k != i and r.node}
             plan = plan_gang(index, job, demands, placed, now=now)
             target = plan.stages.get(i) if plan is not None else None
-            must = Reason.FAILED_CORE.value in h.reasons
+            must = MoveReason.FAILED_CORE.value in h.reasons
             if plan is None or target is None:
                 self.metrics.count(reason, "no-target", **where)
                 span.set_attribute("snnrm.action", "no-target")

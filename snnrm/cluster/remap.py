@@ -44,9 +44,9 @@ import numpy as np
 import structlog
 
 from snnrm.cluster.reallocation import ReallocationMetrics
-from snnrm.core.health import Reason as HealthReason
+from snnrm.core.health import HealthReason
 from snnrm.core.jobs import StageHealth
-from snnrm.core.placement import NodeView, StageDemand, plan_cost
+from snnrm.core.placement import PlacementView, StageDemand, plan_cost
 from snnrm.core.reallocation import (
     MoveBudget,
     ReallocationSettings,
@@ -273,7 +273,7 @@ class NodeReallocator:
             await asyncio.sleep(self.period)
             await self.step()
 
-    def _view(self) -> tuple[NodeView, BoolArray, BoolArray]:
+    def _view(self) -> tuple[PlacementView, BoolArray, BoolArray]:
         """The node now, the cores that failed (hard), and all Unhealthy cores (any reason).
 
         Stale telemetry is not a failed core: a core whose counters stopped for a few seconds (a glitch) is not a
@@ -285,7 +285,7 @@ class NodeReallocator:
         failed = hard & ~healthy
         withheld = self.node.withheld if self.node.withheld is not None else np.zeros_like(healthy)
         free = healthy & ~self.allocated() & ~withheld
-        view = NodeView.measured(
+        view = PlacementView.measured(
             self.node.topology,
             free=free,
             queue_fill=m.queue_fill,
@@ -331,7 +331,7 @@ class NodeReallocator:
         s: LocalStage,
         active: frozenset[Any],
         watch: StageWatch,
-        view: NodeView,
+        view: PlacementView,
         failed: BoolArray,
         unhealthy: BoolArray,
         now: float,
@@ -420,7 +420,7 @@ def stages_body(topology: Topology, stages: Sequence[LocalStage], ledger: RemapL
     for (ns, job), members in sorted(jobs.items()):
         members.sort(key=lambda s: s.index)
         lj = local_job(members[0].demands, {m.index: m.cores for m in members})
-        hops = plan_cost(NodeView.idle(topology), lj.demands, lj.placement).mean_hops if len(members) > 1 else ()
+        hops = plan_cost(PlacementView.idle(topology), lj.demands, lj.placement).mean_hops if len(members) > 1 else ()
         body = []
         for m in members:
             rec = ledger.current(m.namespace, m.pod, m.uid) if ledger is not None else None

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from snnrm.core.jobs import StageRef
-from snnrm.core.placement import NodeView
+from snnrm.core.placement import PlacementView
 from snnrm.core.summary import NodeSummary
 from snnrm.core.topology import BoolArray, FloatArray, IntArray, Topology
 
@@ -219,7 +219,7 @@ class ClusterIndex:
                 mask[r.cores[(r.cores >= 0) & (r.cores < len(mask))]] = True
         return mask
 
-    def view(self, name: str, *, exclude: Iterable[StageKey] = ()) -> NodeView | None:
+    def view(self, name: str, *, exclude: Iterable[StageKey] = ()) -> PlacementView | None:
         """The node as placement sees it: free cores minus every reservation except ``exclude``'s."""
         node = self._nodes.get(name)
         if node is None:

@@ -41,7 +41,7 @@ from typing import Any, Final
 import numpy as np
 
 from snnrm.core.devices import CDI_VERSION
-from snnrm.core.health import Health, Reason
+from snnrm.core.health import Health, HealthReason
 from snnrm.core.topology import FloatArray, IntArray, Topology
 from snnrm.core.types import JSON
 
@@ -69,11 +69,11 @@ SLICE_NAME_MAX: Final = 253
 _EFFECT_NONE, _EFFECT_NO_SCHEDULE, _EFFECT_NO_EXECUTE = 0, 1, 2
 EFFECTS: Final = (None, NO_SCHEDULE, NO_EXECUTE)
 _REASON_ORDER: Final = (
-    (Reason.FAILED, "failed"),
-    (Reason.STALE, "stale"),
-    (Reason.QUEUE_SATURATED, "queue-saturated"),
-    (Reason.LOW_EFFICIENCY, "low-efficiency"),
-    (Reason.LINK_CONGESTED, "link-congested"),
+    (HealthReason.FAILED, "failed"),
+    (HealthReason.STALE, "stale"),
+    (HealthReason.QUEUE_SATURATED, "queue-saturated"),
+    (HealthReason.LOW_EFFICIENCY, "low-efficiency"),
+    (HealthReason.LINK_CONGESTED, "link-congested"),
 )
 REASON_LABELS: Final = ("", *(label for _, label in _REASON_ORDER), "unknown", "no-capacity")
 """Taint values by reason code (0: no taint)."""
@@ -241,7 +241,7 @@ class DraLayout:
 
 
 def reason_label(mask: int) -> str:
-    """The most important reason in a :class:`Reason` mask, as a taint value (a valid label value)."""
+    """The most important reason in a :class:`HealthReason` mask, as a taint value (a valid label value)."""
     for flag, label in _REASON_ORDER:
         if mask & flag:
             return label
@@ -287,7 +287,7 @@ def device_conditions(
     state = np.asarray(core_state, dtype=np.int64)
     bad = state != Health.HEALTHY
     reasons = np.where(bad, np.asarray(core_reasons, dtype=np.int64), 0)
-    failed = bad & ((reasons & Reason.FAILED) != 0)
+    failed = bad & ((reasons & HealthReason.FAILED) != 0)
 
     def per(unit: IntArray, n: int) -> tuple[IntArray, IntArray, IntArray, IntArray, IntArray]:
         unhealthy = np.bincount(unit, weights=state == Health.UNHEALTHY, minlength=n) > 0
@@ -319,7 +319,7 @@ def device_conditions(
 
 
 def _reason_codes(masks: IntArray) -> IntArray:
-    """Code of the most important reason in each :class:`Reason` mask (``unknown`` when none is set)."""
+    """Code of the most important reason in each :class:`HealthReason` mask (``unknown`` when none is set)."""
     conditions = [(masks & int(flag)) != 0 for flag, _ in _REASON_ORDER]
     out: IntArray = np.select(conditions, list(range(1, len(_REASON_ORDER) + 1)), default=_UNKNOWN_CODE)
     return out.astype(np.int64)

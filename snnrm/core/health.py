@@ -23,7 +23,7 @@ class Health(IntEnum):
     UNHEALTHY = 2
 
 
-class Reason(IntFlag):
+class HealthReason(IntFlag):
     NONE = 0
     FAILED = 1
     STALE = 2
@@ -102,11 +102,11 @@ class HealthMachine:
         """Apply a pushed hard fault at once (no dwell): the kubelet must stop placing work there now."""
         if failed:
             self.state[cores] = Health.UNHEALTHY
-            self.reasons[cores] |= Reason.FAILED
+            self.reasons[cores] |= HealthReason.FAILED
             self._good_since[cores] = np.nan
             self._pushed[cores] = now
         else:
-            self.reasons[cores] &= ~Reason.FAILED
+            self.reasons[cores] &= ~HealthReason.FAILED
             self._pushed[cores] = np.nan
             # The recovered core must still show good telemetry for recover_dwell before it is sold again.
             self._good_since[cores] = np.nan
@@ -118,12 +118,18 @@ class HealthMachine:
         fill = np.nan_to_num(obs.queue_fill, nan=0.0)
         eff = np.nan_to_num(obs.efficiency, nan=1.0)
         link = np.nan_to_num(obs.router_link_utilization, nan=0.0)
-        previously_bad = self.reasons & (Reason.QUEUE_SATURATED | Reason.LOW_EFFICIENCY | Reason.LINK_CONGESTED)
+        previously_bad = self.reasons & (
+            HealthReason.QUEUE_SATURATED | HealthReason.LOW_EFFICIENCY | HealthReason.LINK_CONGESTED
+        )
         # Hysteresis on each soft condition: enter above the entry threshold, leave only below the exit one.
-        q = np.where(self.reasons & Reason.QUEUE_SATURATED, fill > s.queue_exit, fill > s.queue_enter)
-        e = np.where(self.reasons & Reason.LOW_EFFICIENCY, eff < s.efficiency_exit, eff < s.efficiency_enter)
-        ln = np.where(self.reasons & Reason.LINK_CONGESTED, link > s.link_exit, link > s.link_enter)
-        soft = (q * int(Reason.QUEUE_SATURATED)) | (e * int(Reason.LOW_EFFICIENCY)) | (ln * int(Reason.LINK_CONGESTED))
+        q = np.where(self.reasons & HealthReason.QUEUE_SATURATED, fill > s.queue_exit, fill > s.queue_enter)
+        e = np.where(self.reasons & HealthReason.LOW_EFFICIENCY, eff < s.efficiency_exit, eff < s.efficiency_enter)
+        ln = np.where(self.reasons & HealthReason.LINK_CONGESTED, link > s.link_exit, link > s.link_enter)
+        soft = (
+            (q * int(HealthReason.QUEUE_SATURATED))
+            | (e * int(HealthReason.LOW_EFFICIENCY))
+            | (ln * int(HealthReason.LINK_CONGESTED))
+        )
         soft = soft.astype(np.int64)
         stale = age > s.stale_unknown
         # A pushed failure holds until a frame sampled after it says otherwise (a frame read before the event
@@ -147,7 +153,7 @@ class HealthMachine:
         new[good_long] = Health.HEALTHY
         # A soft condition that has not lasted enter_dwell leaves a healthy core healthy (no flapping).
         self.state = new
-        reasons = soft | (stale * int(Reason.STALE)) | (hard * int(Reason.FAILED))
+        reasons = soft | (stale * int(HealthReason.STALE)) | (hard * int(HealthReason.FAILED))
         # Keep a soft reason flagged while its exit threshold is not yet met, even if the core is still healthy.
         reasons = np.where(any_soft | stale | hard | (previously_bad != 0), reasons, 0)
         # An Unhealthy core keeps the reasons that put it there until it has recovered.

@@ -78,7 +78,7 @@ class StageDemand:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
-class NodeView:
+class PlacementView:
     """What placement needs to know about one node now, as arrays indexed by global core index."""
 
     topology: Topology
@@ -98,12 +98,12 @@ class NodeView:
         n = self.topology.n_cores
         for name in ("free", "queue_fill", "link_util"):
             if np.shape(getattr(self, name)) != (n,):
-                raise ValueError(f"NodeView.{name} must have shape ({n},)")
+                raise ValueError(f"PlacementView.{name} must have shape ({n},)")
 
     @classmethod
     def idle(
         cls, topology: Topology, free: BoolArray | None = None, *, inter_chip_weight: float = INTER_CHIP_WEIGHT
-    ) -> NodeView:
+    ) -> PlacementView:
         """A node with empty queues and idle links (planning before any telemetry, tests)."""
         n = topology.n_cores
         f = np.ones(n, dtype=np.bool_) if free is None else np.asarray(free, dtype=np.bool_)
@@ -119,7 +119,7 @@ class NodeView:
         link_utilization: FloatArray,
         link_failed: BoolArray | None = None,
         inter_chip_weight: float = INTER_CHIP_WEIGHT,
-    ) -> NodeView:
+    ) -> PlacementView:
         """From per-link telemetry: each core gets the worst utilisation among the links leaving its router."""
         util = np.clip(np.nan_to_num(np.asarray(link_utilization, dtype=np.float64), nan=1.0), 0.0, 1.0)
         if link_failed is not None:
@@ -130,7 +130,7 @@ class NodeView:
         return cls(topology, np.asarray(free, dtype=np.bool_), np.asarray(queue_fill, dtype=np.float64),
                    per_router[topology.router], inter_chip_weight)  # fmt: skip
 
-    def without(self, cores: IntArray) -> NodeView:
+    def without(self, cores: IntArray) -> PlacementView:
         """The same view with ``cores`` no longer free (reserved for someone else)."""
         free = self.free.copy()
         free[np.asarray(cores, dtype=np.int64)] = False
@@ -144,6 +144,10 @@ class NodeView:
         if self.extra_penalty is not None:
             out = out + np.nan_to_num(np.asarray(self.extra_penalty, dtype=np.float64), nan=0.0)
         return out
+
+
+NodeView = PlacementView
+"""Old name, kept only while benchmarks/experiments (another change in flight) still imports it; remove then."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +258,7 @@ def _shared_router_mask(t: Topology, placement: Sequence[IntArray], i: int) -> B
     return mask
 
 
-def plan_cost(view: NodeView, stages: Sequence[StageDemand], placement: Sequence[IntArray]) -> CostBreakdown:
+def plan_cost(view: PlacementView, stages: Sequence[StageDemand], placement: Sequence[IntArray]) -> CostBreakdown:
     """The cost of a placement (one core array per stage); see the module docstring for the terms."""
     if len(placement) != len(stages):
         raise ValueError(f"{len(stages)} stages but {len(placement)} core sets")
@@ -342,7 +346,7 @@ def _serpentine_orders(t: Topology, pool: IntArray) -> list[tuple[str, IntArray]
 
 
 def _grown_chain(
-    view: NodeView, coords: _Coords, pool: IntArray, fixed: list[IntArray], stages: Sequence[StageDemand]
+    view: PlacementView, coords: _Coords, pool: IntArray, fixed: list[IntArray], stages: Sequence[StageDemand]
 ) -> list[IntArray]:
     """Stage by stage, the free cores nearest the previous stage (the first stage in the emptiest window)."""
     t = view.topology
@@ -371,7 +375,7 @@ def _grown_chain(
 
 
 def _descend(
-    view: NodeView,
+    view: PlacementView,
     coords: _Coords,
     stages: Sequence[StageDemand],
     placement: list[IntArray],
@@ -418,7 +422,7 @@ def _descend(
 
 
 def plan_job(
-    view: NodeView,
+    view: PlacementView,
     stages: Sequence[StageDemand],
     *,
     fixed: Mapping[int, IntArray] | None = None,
@@ -462,7 +466,7 @@ def plan_job(
 
 
 def first_fit_plan(
-    view: NodeView, stages: Sequence[StageDemand], *, fixed: Mapping[int, IntArray] | None = None
+    view: PlacementView, stages: Sequence[StageDemand], *, fixed: Mapping[int, IntArray] | None = None
 ) -> JobPlan | None:
     """The count-based first-fit baseline on its own (benchmarks, tests)."""
     t = view.topology
@@ -478,7 +482,7 @@ def first_fit_plan(
 
 
 def replan_stage(
-    view: NodeView, stages: Sequence[StageDemand], placement: Sequence[IntArray], index: int, *, keep: IntArray
+    view: PlacementView, stages: Sequence[StageDemand], placement: Sequence[IntArray], index: int, *, keep: IntArray
 ) -> JobPlan | None:
     """A new home for stage ``index`` with every other stage where it is: the reallocation question.
 

@@ -27,11 +27,15 @@ from enum import StrEnum
 
 import numpy as np
 
-from snnrm.core.placement import NodeView, StageDemand, plan_cost, replan_stage
+from snnrm.core.health import HealthSettings
+from snnrm.core.placement import PlacementView, StageDemand, plan_cost, replan_stage
 from snnrm.core.topology import BoolArray, FloatArray, IntArray
 
+_HEALTH = HealthSettings()
+"""The stage thresholds default to the core health machine's (one definition; a stage is judged by its worst core)."""
 
-class Reason(StrEnum):
+
+class MoveReason(StrEnum):
     """Why a stage's placement is degraded (the ``reason`` label of ``snnrm_reallocations_total``)."""
 
     FAILED_CORE = "failed-core"
@@ -44,15 +48,15 @@ class Reason(StrEnum):
 class ReallocationSettings:
     """Thresholds, times and budgets; each default is tied to the health machine or to a published practice."""
 
-    queue_enter: float = 0.8
+    queue_enter: float = _HEALTH.queue_enter
     """Mean queue fill over the stage's cores above which it is saturated (the health machine's core threshold)."""
-    queue_exit: float = 0.5
-    efficiency_enter: float = 0.9
+    queue_exit: float = _HEALTH.queue_exit
+    efficiency_enter: float = _HEALTH.efficiency_enter
     """Spike-transfer efficiency of the stage's output below which spikes are being lost."""
-    efficiency_exit: float = 0.97
-    link_enter: float = 0.95
+    efficiency_exit: float = _HEALTH.efficiency_exit
+    link_enter: float = _HEALTH.link_enter
     """Utilisation of the busiest link on the stage's routes above which it is congested."""
-    link_exit: float = 0.8
+    link_exit: float = _HEALTH.link_exit
     dwell: float = 2.0
     """Seconds a condition must hold before it is active: four times the health machine's 0.5 s, so a core
     flagged Unhealthy for a moment never moves a whole stage."""
@@ -101,36 +105,37 @@ def _over(value: float, enter: float, exit_: float, active: bool, *, below: bool
 class StageWatch:
     """Hysteresis per condition for one stage (state between observations; decisions are pure given it)."""
 
-    bad_since: dict[Reason, float] = field(default_factory=dict)
-    good_since: dict[Reason, float] = field(default_factory=dict)
-    active: set[Reason] = field(default_factory=set)
+    bad_since: dict[MoveReason, float] = field(default_factory=dict)
+    good_since: dict[MoveReason, float] = field(default_factory=dict)
+    active: set[MoveReason] = field(default_factory=set)
     since: float | None = None
     """When the earliest active condition became active."""
 
-    def observe(self, s: StageSignals, now: float, settings: ReallocationSettings) -> frozenset[Reason]:
+    def observe(self, s: StageSignals, now: float, settings: ReallocationSettings) -> frozenset[MoveReason]:
         """Fold one observation in; returns the active conditions."""
         st = settings
         raw = {
-            Reason.FAILED_CORE: s.failed > 0,
-            Reason.QUEUE_SATURATED: _over(s.queue_fill, st.queue_enter, st.queue_exit,
-                                          Reason.QUEUE_SATURATED in self.active),
-            Reason.LOW_EFFICIENCY: _over(s.efficiency, st.efficiency_enter, st.efficiency_exit,
-                                         Reason.LOW_EFFICIENCY in self.active, below=True),
-            Reason.LINK_CONGESTED: _over(s.link, st.link_enter, st.link_exit, Reason.LINK_CONGESTED in self.active),
+            MoveReason.FAILED_CORE: s.failed > 0,
+            MoveReason.QUEUE_SATURATED: _over(s.queue_fill, st.queue_enter, st.queue_exit,
+                                              MoveReason.QUEUE_SATURATED in self.active),
+            MoveReason.LOW_EFFICIENCY: _over(s.efficiency, st.efficiency_enter, st.efficiency_exit,
+                                             MoveReason.LOW_EFFICIENCY in self.active, below=True),
+            MoveReason.LINK_CONGESTED: _over(s.link, st.link_enter, st.link_exit,
+                                             MoveReason.LINK_CONGESTED in self.active),
         }  # fmt: skip
         for reason, bad in raw.items():
             if bad:
                 self.good_since.pop(reason, None)
                 start = self.bad_since.setdefault(reason, now)
                 # A failed core is a fact, not a noisy reading: it acts without dwell.
-                if (reason is Reason.FAILED_CORE or now - start >= st.dwell) and reason not in self.active:
+                if (reason is MoveReason.FAILED_CORE or now - start >= st.dwell) and reason not in self.active:
                     self.active.add(reason)
                     self.since = now if self.since is None else min(self.since, now)
             else:
                 self.bad_since.pop(reason, None)
                 if reason in self.active:
                     start = self.good_since.setdefault(reason, now)
-                    if reason is Reason.FAILED_CORE or now - start >= st.clear:
+                    if reason is MoveReason.FAILED_CORE or now - start >= st.clear:
                         self.active.discard(reason)
                         self.good_since.pop(reason, None)
         if not self.active:
@@ -196,7 +201,7 @@ DEGRADED_PENALTY_HOPS = 64.0
 congested link): such a core drops or stalls the spike, which costs more than any detour across the board."""
 
 
-def degraded_view(view: NodeView, bad: BoolArray) -> NodeView:
+def degraded_view(view: PlacementView, bad: BoolArray) -> PlacementView:
     """The node with ``bad`` cores priced as degraded (a full queue, a saturated link and
     :data:`DEGRADED_PENALTY_HOPS`) and not free."""
     b = np.asarray(bad, dtype=np.bool_)
@@ -209,7 +214,7 @@ def degraded_view(view: NodeView, bad: BoolArray) -> NodeView:
 
 
 def evaluate_remap(
-    view: NodeView,
+    view: PlacementView,
     demands: Sequence[StageDemand],
     placement: Sequence[IntArray],
     stage: int,

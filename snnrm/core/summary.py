@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from snnrm.core.placement import INTER_CHIP_WEIGHT, NodeView
+from snnrm.core.placement import INTER_CHIP_WEIGHT, PlacementView
 from snnrm.core.topology import BoolArray, ChipGeometry, FloatArray, Topology
 
 ANNOTATION = "snnrm.io/summary"
@@ -90,10 +90,10 @@ class NodeSummary:
             queue_capacity=self.queue_capacity,
         )
 
-    def view(self, topology: Topology, reserved: BoolArray | None = None) -> NodeView:
-        """A :class:`NodeView` for planning: per-chip fill and link load spread over the chip's cores."""
+    def view(self, topology: Topology, reserved: BoolArray | None = None) -> PlacementView:
+        """A :class:`PlacementView` for planning: per-chip fill and link load spread over the chip's cores."""
         free = self.free if reserved is None else self.free & ~reserved
-        return NodeView(
+        return PlacementView(
             topology,
             free,
             self.chip_fill[topology.chip_of],

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 
 from snnrm.core.dra import DraFeatures
-from snnrm.core.health import Health, Reason
+from snnrm.core.health import Health, HealthReason
 from snnrm.core.topology import FloatArray, IntArray, Topology
 from snnrm.core.types import JSON
 from snnrm.dra.kube import DraApiError
@@ -177,7 +177,7 @@ class StaticTelemetry:
         self.blocks = np.full(topology.n_chips, blocks_per_chip, dtype=np.int64)
         self.time = 0.0
 
-    def fail(self, core: int, reason: int = int(Reason.FAILED)) -> None:
+    def fail(self, core: int, reason: int = int(HealthReason.FAILED)) -> None:
         self.state[core] = int(Health.UNHEALTHY)
         self.reasons[core] = reason
 

@@ -22,7 +22,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from snnrm.backends.sim import FaultLimitError, SimBackend
-from snnrm.core.health import Health, Reason
+from snnrm.core.health import Health, HealthReason
 from snnrm.http import body
 from snnrm.http.history import StatusHistory
 from snnrm.http.metrics import metrics_handler
@@ -106,7 +106,7 @@ async def node_state(request: web.Request) -> web.Response:
             {
                 "id": topo.ids[i],
                 "state": Health(int(state[i])).name.lower(),
-                "reasons": Reason.names(int(m.health.reasons[i])),
+                "reasons": HealthReason.names(int(m.health.reasons[i])),
             }
             for i in unhealthy[:1000].tolist()
         ],

@@ -36,7 +36,7 @@ from aiohttp import web
 
 from snnrm.backends.sim import SimBackend
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
-from snnrm.core.health import Health, Reason
+from snnrm.core.health import Health, HealthReason
 from snnrm.core.topology import Topology
 from snnrm.http.history import HEAT_METRICS, HEAT_WORST, SERIES, HeatMetric, StatusHistory, core_load
 from snnrm.node import NodeService
@@ -178,7 +178,7 @@ def devices_body(node: NodeService, sim: SimBackend | None, *, ids: bool = True)
     reasons = m.health.reasons
     unhealthy = np.flatnonzero(state != Health.HEALTHY)
     # Hard failures first (they are what an operator acts on), then by core index.
-    unhealthy = unhealthy[np.argsort((reasons[unhealthy] & Reason.FAILED) == 0, kind="stable")]
+    unhealthy = unhealthy[np.argsort((reasons[unhealthy] & HealthReason.FAILED) == 0, kind="stable")]
     load = core_load(node)
     age = time.monotonic() - node.last_sample_wall
     resources: dict[str, Any] = {}
@@ -202,7 +202,7 @@ def devices_body(node: NodeService, sim: SimBackend | None, *, ids: bool = True)
         "core_counts": node.core_counts(),
         "legend": {
             "state": [h.name.lower() for h in Health],
-            "reasons": {Reason.names(int(r))[0]: int(r) for r in Reason if r},
+            "reasons": {HealthReason.names(int(r))[0]: int(r) for r in HealthReason if r},
         },
         "cores": {
             "state": state.tolist(),
@@ -217,7 +217,7 @@ def devices_body(node: NodeService, sim: SimBackend | None, *, ids: bool = True)
                 "index": i,
                 "id": t.ids[i],
                 "state": Health(int(state[i])).name.lower(),
-                "reasons": Reason.names(int(reasons[i])),
+                "reasons": HealthReason.names(int(reasons[i])),
             }
             for i in unhealthy[:MAX_UNHEALTHY_LISTED].tolist()
         ],

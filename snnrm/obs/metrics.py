@@ -36,7 +36,7 @@ import numpy.typing as npt
 
 from snnrm import __version__
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE, DeviceSet, ThroughputBlocks, core_counts
-from snnrm.core.health import Health, Reason
+from snnrm.core.health import Health, HealthReason
 from snnrm.core.monitor import NodeMonitor
 from snnrm.core.topology import FloatArray, IntArray, Topology
 from snnrm.obs.exposition import Family, Labels, SnapshotCollector
@@ -49,7 +49,7 @@ Owners = Mapping[str, Mapping[str, ContainerRef]]
 """resource name -> device ID -> the container holding it."""
 
 
-class NodeView(Protocol):
+class MetricsSource(Protocol):
     """What the collector reads from the node service (:class:`snnrm.node.NodeService` satisfies it)."""
 
     @property
@@ -106,8 +106,8 @@ class PodAttribution(Protocol):
         ...
 
 
-_REASONS = [r for r in Reason if r.value]
-_REASON_NAMES = [*(Reason.names(int(r))[0] for r in _REASONS), "recovering"]
+_REASONS = [r for r in HealthReason if r.value]
+_REASON_NAMES = [*(HealthReason.names(int(r))[0] for r in _REASONS), "recovering"]
 _STATES = [(h, h.name.lower()) for h in Health]
 
 
@@ -178,7 +178,7 @@ def _build_level(t: Topology, granularity: Granularity, node: str) -> _Level:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class _MonitorOnly:
-    """A :class:`NodeView` over a bare monitor (tests, tools): no read errors, no wall-clock sample time."""
+    """A :class:`MetricsSource` over a bare monitor (tests, tools): no read errors, no wall-clock sample time."""
 
     monitor: NodeMonitor
     devices_of: Callable[[], Mapping[str, DeviceSet]]
@@ -199,7 +199,7 @@ class _MonitorOnly:
 class NodeCollector(SnapshotCollector):
     """Per-unit, per-chip and per-node series of one node; see the module docstring for the families.
 
-    :param source: the node service (anything with :class:`NodeView`'s attributes), or a bare
+    :param source: the node service (anything with :class:`MetricsSource`'s attributes), or a bare
         :class:`NodeMonitor` together with ``devices`` (what it advertised).
     :param node: value of the ``node`` label.
     :param granularity: ``core`` (the default here; the daemon's own default, from its config, is ``group``),
@@ -211,7 +211,7 @@ class NodeCollector(SnapshotCollector):
 
     def __init__(
         self,
-        source: NodeView | NodeMonitor,
+        source: MetricsSource | NodeMonitor,
         devices: Callable[[], Mapping[str, DeviceSet]] | None = None,
         *,
         node: str,
@@ -225,7 +225,7 @@ class NodeCollector(SnapshotCollector):
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
         node_name = node  # the label value; ``node`` reads better at call sites, ``node_name`` below
-        self._node: NodeView = source
+        self._node: MetricsSource = source
         self._name = node_name
         self._plugins = plugins
         self._pods = pods
@@ -400,7 +400,7 @@ class NodeCollector(SnapshotCollector):
                     str(int(t.chip_of[i])),
                     t.ids[i],
                     Health(int(state[i])).name.lower(),
-                    ",".join(Reason.names(int(reasons[i]))) or "recovering",
+                    ",".join(HealthReason.names(int(reasons[i]))) or "recovering",
                 )
                 for i in bad.tolist()
             ]

@@ -21,7 +21,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry, Counter
 
 from snnrm.core.devices import NEURON_CORE, DeviceSet
-from snnrm.core.health import Reason
+from snnrm.core.health import HealthReason
 from snnrm.core.topology import BoolArray, IntArray
 from snnrm.obs.rpc import MAX_SPAN_IDS
 from snnrm.obs.timeline import Timeline
@@ -93,7 +93,7 @@ class HealthTransitions:
         lent = withheld[down] if withheld is not None else np.zeros(len(down), dtype=np.bool_)
         # A core with no reason bits left is on its way back (recovery dwell) unless a remap lent it.
         return [
-            WITHHELD if w and not b else ",".join(Reason.names(int(b))) or "recovering"
+            WITHHELD if w and not b else ",".join(HealthReason.names(int(b))) or "recovering"
             for b, w in zip(bits.tolist(), lent.tolist(), strict=True)
         ]
 

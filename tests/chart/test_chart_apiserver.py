@@ -19,6 +19,8 @@ import json
 import os
 import ssl
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -241,11 +243,27 @@ def test_helm_install_creates_everything_and_finds_the_operator_api(
     assert "helm test snnrm-e2e" in installed["install"]  # NOTES.txt tells the user what to check next
 
 
-def _sa_kubeconfig(cp: ControlPlane, namespace: str, sa: str, path: Path) -> Path:
-    token = cp.client().create(
+def _sa_token(cp: ControlPlane, namespace: str, sa: str, *, node: str | None = None) -> str:
+    """A token of ServiceAccount ``sa``. With ``node``: bound to a pod of that ServiceAccount on that node, as the
+    kubelet's projected token is, so it carries user.extra authentication.kubernetes.io/node-name (1.30+)."""
+    k = cp.client()
+    spec: dict[str, Any] = {"expirationSeconds": 3600}
+    if node is not None:
+        pod = k.create(f"/api/v1/namespaces/{namespace}/pods", {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": f"{sa}-"},
+            "spec": {"serviceAccountName": sa, "nodeName": node, "automountServiceAccountToken": False,
+                     "containers": [{"name": "daemon", "image": "registry.invalid/snnrm:1"}]},
+        })  # fmt: skip
+        spec["boundObjectRef"] = {"apiVersion": "v1", "kind": "Pod", "name": pod["metadata"]["name"],
+                                  "uid": pod["metadata"]["uid"]}  # fmt: skip
+    return str(k.create(
         f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}/token",
-        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}},
-    )["status"]["token"]
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
+    )["status"]["token"])  # fmt: skip
+
+
+def _sa_kubeconfig(cp: ControlPlane, namespace: str, sa: str, path: Path, *, node: str | None = None) -> Path:
+    token = _sa_token(cp, namespace, sa, node=node)
     cluster = {"server": cp.server, "certificate-authority": str(cp.certs / "ca.crt")}
     path.write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "sa",
@@ -288,15 +306,17 @@ async def test_hooks_act_under_the_chart_rbac_and_nothing_more(
         kubelet_dir=tmp_path / "dp", pod_resources_socket=tmp_path / "pr" / "kubelet.sock", http="127.0.0.1:0",
         state_dir=tmp_path / "state", cdi_dir=tmp_path / "cdi",
     )  # fmt: skip
+    # controller.enabled turns the daemon's placement agent on: same token, and a Node for its summary annotation.
+    # The token is bound to a daemon pod on that node, as in the cluster: the own-node policy requires it.
+    node = _fake_node(k, f"chart-daemon-{uuid.uuid4().hex[:6]}")
+    kubeconfig = _sa_kubeconfig(control_plane, RELEASE, f"{RELEASE}-daemon", tmp_path / "sa.kubeconfig", node=node)
     raw["hooks"] = {
         **raw["hooks"],
         "token_file": str(token),
-        "kubeconfig": str(_sa_kubeconfig(control_plane, RELEASE, f"{RELEASE}-daemon", tmp_path / "sa.kubeconfig")),
+        "kubeconfig": str(kubeconfig),
         "rules": [*raw["hooks"]["rules"], extra],
     }
-    # controller.enabled turns the daemon's placement agent on: same token, and a Node for its summary annotation.
     assert raw["placement"]["enabled"] is True
-    node = _fake_node(k, f"chart-daemon-{uuid.uuid4().hex[:6]}")
     raw["placement"] = {**raw["placement"], "kubeconfig": raw["hooks"]["kubeconfig"], "node_name": node}
     config = Config.model_validate(raw)
     async with KubeletStandIn(config.kubelet_dir) as kubelet:
@@ -354,6 +374,88 @@ def _fake_node(k: KubeClient, name: str, summary: str | None = None) -> str:
         "capacity": res, "allocatable": res,
         "conditions": [{"type": "Ready", "status": "True", "reason": "E2E", "message": "fake node"}]}})  # fmt: skip
     return name
+
+
+def _patch_as(cp: ControlPlane, path: str, *, token: str = "", node: str | None = None) -> tuple[int, str]:
+    """Merge-PATCH an annotation on ``path`` as the daemon's ServiceAccount, with a token, or by impersonation from
+    the admin (system:masters may impersonate users, groups and user.extra); the HTTP status and error body."""
+    k = cp.client()
+    headers = {"Content-Type": "application/merge-patch+json", "Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+        ctx = ssl.create_default_context(cafile=str(cp.certs / "ca.crt"))
+    else:
+        ctx = k.ctx
+        headers["Impersonate-User"] = f"system:serviceaccount:{RELEASE}:{RELEASE}-daemon"
+        if node is not None:
+            headers["Impersonate-Extra-authentication.kubernetes.io%2fnode-name"] = node
+    body = json.dumps({"metadata": {"annotations": {"snnrm.io/own-node-test": uuid.uuid4().hex}}}).encode()
+    req = urllib.request.Request(cp.server + path, data=body, method="PATCH", headers=headers)
+    try:
+        with urllib.request.urlopen(req, context=ctx, timeout=30) as r:
+            return int(r.status), ""
+    except urllib.error.HTTPError as e:
+        with e:
+            return int(e.code), e.read().decode(errors="replace")
+
+
+def test_the_daemon_may_patch_only_its_own_node_and_the_pods_bound_to_it(
+    installed: dict[str, Any], control_plane: ControlPlane
+) -> None:
+    """The chart's ValidatingAdmissionPolicy (placement on, Kubernetes 1.37: daemon.placement.ownNodeOnly auto),
+    enforced by the real apiserver: a token bound to a daemon pod on node A patches Node A and pods on A, and is
+    refused on Node B and pods on B, which the ClusterRole alone allows; a token naming no node is refused. The
+    same through impersonation of user.extra authentication.kubernetes.io/node-name."""
+    kinds = [m["kind"] for m in installed["manifests"]]
+    assert {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} <= set(kinds)
+    k = control_plane.client()
+    tag = uuid.uuid4().hex[:6]
+    a, b = _fake_node(k, f"own-a-{tag}"), _fake_node(k, f"own-b-{tag}")
+    pods = {}
+    for node in (a, b):
+        pods[node] = k.create(f"/api/v1/namespaces/{TARGETS}/pods", {
+            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"stage-{node}", "labels": {"snnrm.io/job": "j"}},
+            "spec": {"nodeName": node, "containers": [{"name": "s", "image": "registry.invalid/stage:1"}]},
+        })["metadata"]["name"]  # fmt: skip
+    node_path = {n: f"/api/v1/nodes/{n}" for n in (a, b)}
+    pod_path = {n: f"/api/v1/namespaces/{TARGETS}/pods/{pods[n]}" for n in (a, b)}
+    sa = f"{RELEASE}-daemon"
+    bound = _sa_token(control_plane, RELEASE, sa, node=a)
+    unbound = _sa_token(control_plane, RELEASE, sa)
+    try:
+        # RBAC alone grants the ServiceAccount every Node and pod:
+        assert _can(k, sa, "patch", "nodes", namespace="")
+        assert _can(k, sa, "patch", "pods", namespace=TARGETS)
+        # The policy is applied by the apiserver once its informer has it: wait for the first refusal.
+        status, denial = wait_until(
+            "the own-node policy in force",
+            lambda: (got := _patch_as(control_plane, node_path[b], token=bound))[0] == 403 and got,
+        )
+        assert f"the snnrm daemon on node {a} may change only its own Node, not {b}" in denial
+        assert _patch_as(control_plane, node_path[a], token=bound)[0] == 200
+        assert _patch_as(control_plane, pod_path[a], token=bound)[0] == 200
+        status, denial = _patch_as(control_plane, pod_path[b], token=bound)
+        assert status == 403
+        assert f"may change only pods bound to it, not {TARGETS}/{pods[b]}" in denial
+        status, denial = _patch_as(control_plane, node_path[a], token=unbound)
+        assert status == 403
+        assert "token names no node" in denial
+        # Impersonating the claim: the policy reads user.extra, wherever it came from.
+        assert _patch_as(control_plane, node_path[b], node=b)[0] == 200
+        assert _patch_as(control_plane, node_path[a], node=b)[0] == 403
+        assert _patch_as(control_plane, pod_path[b], node=b)[0] == 200
+        assert _patch_as(control_plane, pod_path[a], node=b)[0] == 403
+        status, denial = _patch_as(control_plane, node_path[b])
+        assert status == 403, denial
+        assert "token names no node" in denial
+        # Nobody else is affected: the admin still patches any Node.
+        k.merge_patch(node_path[b], {"metadata": {"annotations": {"snnrm.io/own-node-test": "admin"}}})
+    finally:
+        for n in (a, b):
+            with contextlib.suppress(KubeError):
+                k.delete(pod_path[n])
+            with contextlib.suppress(KubeError):
+                k.delete(node_path[n])
 
 
 def _can(k: KubeClient, sa: str, verb: str, resource: str, group: str = "", namespace: str = TARGETS) -> bool:

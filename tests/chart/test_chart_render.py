@@ -59,6 +59,7 @@ def test_every_feature_on_renders_every_object(helm: Helm) -> None:
         "DaemonSet", "Deployment", "Service", "ServiceAccount", "ConfigMap", "Secret", "Role", "RoleBinding",
         "ClusterRole", "ClusterRoleBinding", "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule",
         "AlertmanagerConfig", "ScaledObject", "Pod", "DeviceClass", "ResourceClaimTemplate", "NetworkPolicy",
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
     }  # fmt: skip
 
 
@@ -815,3 +816,43 @@ def test_requests_above_limits_fail_the_render(
         ), r.stderr
     else:
         assert r.returncode == 0, r.stderr
+
+
+# -- own-node admission policy -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kube", "setting", "rendered"),
+    [("1.37.2", "auto", True), ("1.30.0", "auto", True), ("1.29.9", "auto", False), ("1.37.2", "false", False),
+     ("1.37.2", "true", True)],
+)  # fmt: skip
+def test_own_node_policy_follows_the_kubernetes_version(helm: Helm, kube: str, setting: str, rendered: bool) -> None:
+    args = ("--set", "controller.enabled=true", "--set", f"daemon.placement.ownNodeOnly={setting}")
+    out = helm.run("template", "snnrm", str(CHART), "--namespace", "snnrm", "--kube-version", kube, *args).stdout
+    manifests = [d for d in yaml.safe_load_all(out) if d]
+    policies = by_kind(manifests, "ValidatingAdmissionPolicy")
+    assert len(policies) == (1 if rendered else 0)
+    if rendered:
+        [policy] = policies
+        [binding] = by_kind(manifests, "ValidatingAdmissionPolicyBinding")
+        assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+        [cond] = policy["spec"]["matchConditions"]
+        assert cond["expression"] == "request.userInfo.username == 'system:serviceaccount:snnrm:snnrm-daemon'"
+        [rule] = policy["spec"]["matchConstraints"]["resourceRules"]
+        # Exactly what the placement ClusterRole lets the daemon write.
+        role = one(manifests, "ClusterRole", "snnrm-daemon-placement")
+        writable = {
+            r for x in role["rules"] if "patch" in x["verbs"] and x["apiGroups"] == [""] for r in x["resources"]
+        }
+        assert set(rule["resources"]) == writable == {"nodes", "pods"}
+
+
+def test_own_node_policy_insisted_on_an_old_cluster_fails_the_render(helm: Helm) -> None:
+    r = helm.run("template", "snnrm", str(CHART), "--kube-version", "1.29.0", "--set", "controller.enabled=true",
+                 "--set", "daemon.placement.ownNodeOnly=true", check=False)  # fmt: skip
+    assert r.returncode != 0
+    assert "daemon.placement.ownNodeOnly=true needs Kubernetes 1.30+" in r.stderr
+
+
+def test_no_placement_no_policy(helm: Helm) -> None:
+    assert by_kind(helm.render(), "ValidatingAdmissionPolicy") == []

@@ -206,6 +206,23 @@ true
 {{- end -}}
 {{- end -}}
 
+{{/* The own-node admission policy for the placement agent (daemon.placement.ownNodeOnly): "auto" renders it when
+the cluster is 1.30+ (ValidatingAdmissionPolicy v1 is GA and pod-bound tokens name their node); true insists (and fails below 1.30); false never. */}}
+{{- define "snnrm.placement.ownNodeOnly" -}}
+{{- if include "snnrm.placement.enabled" . -}}
+{{- $v := toString .Values.daemon.placement.ownNodeOnly -}}
+{{- $new := semverCompare ">=1.30-0" .Capabilities.KubeVersion.Version -}}
+{{- if eq $v "true" -}}
+{{- if not $new -}}
+{{- fail (printf "daemon.placement.ownNodeOnly=true needs Kubernetes 1.30+ (ValidatingAdmissionPolicy v1 and the node claim in pod-bound tokens); this cluster is %s: set it to false or auto" .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
+true
+{{- else if and (eq $v "auto") $new -}}
+true
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* The daemon's DRA kubelet plugin (config dra: on|only). */}}
 {{- define "snnrm.dra.enabled" -}}
 {{- if and .Values.daemon.enabled (ne (toString .Values.dra.mode) "off") -}}true{{- end -}}

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from snnrm.core.health import Health, HealthMachine, HealthSettings, Observation, Reason
+from snnrm.core.health import Health, HealthMachine, HealthReason, HealthSettings, Observation
 
 S = HealthSettings(enter_dwell=0.5, recover_dwell=2.0, stale_unknown=0.5, stale_unhealthy=2.0)
 
@@ -39,7 +39,7 @@ def test_saturation_must_last_the_dwell_time() -> None:
     m = HealthMachine(1, S)
     assert run(m, 0.0, 0.4, fill=0.9) == []
     assert run(m, 0.4, 1.0, fill=0.9) == [(0.5, Health.UNHEALTHY)]
-    assert Reason.names(int(m.reasons[0])) == ["queue-saturated"]
+    assert HealthReason.names(int(m.reasons[0])) == ["queue-saturated"]
 
 
 def test_recovery_needs_exit_threshold_for_recover_dwell() -> None:
@@ -66,8 +66,8 @@ def test_low_efficiency_and_congested_links_are_reasons() -> None:
         o = obs(float(t), 2)
         m.step(Observation(o.now, o.failed, o.last_valid, o.queue_fill, np.array([0.5, 1.0]), np.array([0.0, 0.99])))
     assert m.state.tolist() == [Health.UNHEALTHY, Health.UNHEALTHY]
-    assert Reason.names(int(m.reasons[0])) == ["low-efficiency"]
-    assert Reason.names(int(m.reasons[1])) == ["link-congested"]
+    assert HealthReason.names(int(m.reasons[0])) == ["low-efficiency"]
+    assert HealthReason.names(int(m.reasons[1])) == ["link-congested"]
 
 
 def test_pushed_failure_acts_at_once_and_a_stale_frame_does_not_undo_it() -> None:
@@ -89,4 +89,4 @@ def test_silence_is_unknown_then_unhealthy() -> None:
     assert m.state[0] == Health.UNKNOWN
     m.step(obs(2.1, last_valid=0.0))
     assert m.state[0] == Health.UNHEALTHY
-    assert "stale" in Reason.names(int(m.reasons[0]))
+    assert "stale" in HealthReason.names(int(m.reasons[0]))

@@ -42,7 +42,7 @@ from snnrm.core.dra import (
     slice_name,
     tolerates,
 )
-from snnrm.core.health import Health, Reason
+from snnrm.core.health import Health, HealthReason
 from snnrm.core.topology import ChipGeometry, Topology
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -123,7 +123,7 @@ def test_a_hard_failed_core_taints_its_group_and_chip_noexecute() -> None:
     lay = DraLayout.build(t)
     state, reasons = healthy_state(t)
     core = 5  # chip0, router 2
-    state[core], reasons[core] = Health.UNHEALTHY, Reason.FAILED
+    state[core], reasons[core] = Health.UNHEALTHY, HealthReason.FAILED
     c = device_conditions(lay, state, reasons, np.full(3, 4))
     g = int(lay.group_of_core[core])
     assert c.effect[g] == 2
@@ -140,8 +140,8 @@ def test_soft_degradation_and_unknown_taint_noschedule() -> None:
     t = topo()
     lay = DraLayout.build(t)
     state, reasons = healthy_state(t)
-    state[0], reasons[0] = Health.UNHEALTHY, Reason.QUEUE_SATURATED | Reason.LINK_CONGESTED
-    state[2], reasons[2] = Health.UNKNOWN, Reason.STALE
+    state[0], reasons[0] = Health.UNHEALTHY, HealthReason.QUEUE_SATURATED | HealthReason.LINK_CONGESTED
+    state[2], reasons[2] = Health.UNKNOWN, HealthReason.STALE
     c = device_conditions(lay, state, reasons, np.full(3, 4))
     g0, g1 = int(lay.group_of_core[0]), int(lay.group_of_core[2])
     assert (c.effect[g0], c.reason[g0], c.health[g0]) == (1, "queue-saturated", Health.UNHEALTHY)
@@ -155,7 +155,8 @@ def test_a_healthy_core_with_leftover_reasons_is_not_tainted() -> None:
     t = topo()
     lay = DraLayout.build(t)
     state, reasons = healthy_state(t)
-    reasons[0] = Reason.QUEUE_SATURATED  # flagged but still Healthy (inside the enter dwell): the plugin says Healthy
+    # Flagged but still Healthy (inside the enter dwell): the plugin says Healthy.
+    reasons[0] = HealthReason.QUEUE_SATURATED
     c = device_conditions(lay, state, reasons, np.full(3, 4))
     assert not c.effect.any()
     assert (c.health == Health.HEALTHY).all()
@@ -166,7 +167,7 @@ def test_throughput_device_tainted_when_chip_has_no_capacity_or_all_cores_failed
     lay = DraLayout.build(t)
     state, reasons = healthy_state(t)
     chip2 = np.flatnonzero(t.chip_of == 2)
-    state[chip2], reasons[chip2] = Health.UNHEALTHY, Reason.FAILED
+    state[chip2], reasons[chip2] = Health.UNHEALTHY, HealthReason.FAILED
     c = device_conditions(lay, state, reasons, np.array([4, 0, 0]))
     assert (c.effect[lay.index_of["chip0-ev"]], c.reason[lay.index_of["chip0-ev"]]) == (0, "")
     assert (c.effect[lay.index_of["chip1-ev"]], c.reason[lay.index_of["chip1-ev"]]) == (1, "no-capacity")
@@ -318,7 +319,7 @@ def test_taints_in_slices_and_withheld_devices_without_taint_support() -> None:
     t = topo()
     lay = DraLayout.build(t)
     state, reasons = healthy_state(t)
-    state[5], reasons[5] = Health.UNHEALTHY, Reason.FAILED
+    state[5], reasons[5] = Health.UNHEALTHY, HealthReason.FAILED
     snap = state_of(lay, state=state, reasons=reasons).snapshot()
     g = lay.names[int(lay.group_of_core[5])]
     with_taints = build_slices(lay, snap, info=INFO, features=DraFeatures())
@@ -373,7 +374,7 @@ def test_every_published_device_appears_once_within_limits(
     lay = DraLayout.build(t, tile=tile)
     state, reasons = healthy_state(t)
     for b in bad:
-        state[b % t.n_cores], reasons[b % t.n_cores] = Health.UNHEALTHY, Reason.FAILED
+        state[b % t.n_cores], reasons[b % t.n_cores] = Health.UNHEALTHY, HealthReason.FAILED
     features = DraFeatures(*feats)
     slices = build_slices(lay, state_of(lay, state=state, reasons=reasons).snapshot(), info=INFO, features=features)
     devs = devices_of(slices)
@@ -603,7 +604,7 @@ def test_incremental_builds_equal_fresh_builds(steps: list[list[tuple[int, int]]
         for core, what in changes:
             c = core % t.n_cores
             state[c] = (Health.HEALTHY, Health.UNHEALTHY, Health.UNKNOWN)[what]
-            reasons[c] = (0, Reason.FAILED, Reason.STALE)[what]
+            reasons[c] = (0, HealthReason.FAILED, HealthReason.STALE)[what]
         keps = t.core_nominal_keps * (1.0 if k % 2 else 0.3)
         s.update(
             core_state=state, core_reasons=reasons, effective_keps=keps,
@@ -624,7 +625,7 @@ def test_one_changed_device_rebuilds_one_slice() -> None:
     args = {"effective_keps": t.core_nominal_keps, "healthy_blocks_per_chip": np.full(8, 2)}
     s.update(core_state=state, core_reasons=reasons, now=0.0, **args)
     first = builder.build(s.snapshot())
-    state[100], reasons[100] = Health.UNHEALTHY, Reason.FAILED
+    state[100], reasons[100] = Health.UNHEALTHY, HealthReason.FAILED
     s.update(core_state=state, core_reasons=reasons, now=1.0, **args)
     second = builder.build(s.snapshot())
     same = [a is b for a, b in zip(first, second, strict=True)]

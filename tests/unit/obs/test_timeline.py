@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE, DeviceSet
-from snnrm.core.health import Reason
+from snnrm.core.health import HealthReason
 from snnrm.obs.timeline import MAX_IDS, Timeline
 from snnrm.obs.transitions import WITHHELD, HealthTransitions
 
@@ -60,7 +60,7 @@ def test_device_ids_are_capped_but_counted() -> None:
 
 def test_health_transitions_are_recorded_with_their_reasons() -> None:
     tl = Timeline()
-    reasons = np.array([0, int(Reason.FAILED), int(Reason.QUEUE_SATURATED), 0])
+    reasons = np.array([0, int(HealthReason.FAILED), int(HealthReason.QUEUE_SATURATED), 0])
     withheld = np.array([False, False, False, True])
     ht = HealthTransitions(
         registry=CollectorRegistry(), node="n", core_reasons=lambda: reasons, core_withheld=lambda: withheld,
@@ -89,7 +89,7 @@ def test_health_transitions_are_recorded_with_their_reasons() -> None:
 
 def test_a_lent_core_with_a_fault_of_its_own_is_a_fault() -> None:
     tl = Timeline()
-    reasons = np.array([int(Reason.FAILED), 0])
+    reasons = np.array([int(HealthReason.FAILED), 0])
     ht = HealthTransitions(registry=CollectorRegistry(), node="n", core_reasons=lambda: reasons,
                            core_withheld=lambda: np.array([True, True]), timeline=tl)  # fmt: skip
     ht.observe(_devices(NEURON_CORE, [True, True]))

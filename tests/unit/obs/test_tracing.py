@@ -15,7 +15,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
 from snnrm.core.devices import NEURON_CORE, DeviceSet
-from snnrm.core.health import Reason
+from snnrm.core.health import HealthReason
 from snnrm.kubelet.feed import DeviceFeed
 from snnrm.obs.tracing import (
     NoopTracer,
@@ -171,7 +171,7 @@ def _only_span(exporter: InMemorySpanExporter) -> ReadableSpan:
 def test_health_transitions_are_counted_and_traced() -> None:
     registry = CollectorRegistry()
     exporter = InMemorySpanExporter()
-    reasons = np.array([0, int(Reason.FAILED), int(Reason.QUEUE_SATURATED | Reason.STALE), 0])
+    reasons = np.array([0, int(HealthReason.FAILED), int(HealthReason.QUEUE_SATURATED | HealthReason.STALE), 0])
     ht = HealthTransitions(
         registry=registry,
         node="n1",

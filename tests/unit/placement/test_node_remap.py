@@ -16,9 +16,9 @@ from snnrm.backends.sim import SimBackend
 from snnrm.cluster.hints import PlanHints, PlannedPod
 from snnrm.cluster.remap import LocalStage, NodeReallocator, RemapLedger, read_allocation
 from snnrm.core.devices import NEURON_CORE
-from snnrm.core.health import Reason as HealthReason
+from snnrm.core.health import HealthReason
 from snnrm.core.jobs import StageHealth
-from snnrm.core.placement import NodeView, StageDemand, plan_job
+from snnrm.core.placement import PlacementView, StageDemand, plan_job
 from snnrm.core.reallocation import ReallocationSettings
 from snnrm.kubelet.allocator import AllocationFiles
 from snnrm.node import NodeService
@@ -69,7 +69,7 @@ async def _rig(tmp_path: Path, *, live_remap: bool = True) -> tuple[SimBackend, 
     backend = SimBackend(chips=2, cores_per_chip=16, seed=1)
     node = await NodeService.start(backend, block_keps=1000.0, sample_period=0.1)
     topo = node.topology
-    plan = plan_job(NodeView.idle(topo), DEMANDS)
+    plan = plan_job(PlacementView.idle(topo), DEMANDS)
     assert plan is not None
     placement = [p.copy() for p in plan.stages]
     admitted = [tuple(topo.ids[i] for i in p.tolist()) for p in placement]

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snnrm.core.placement import (
-    NodeView,
+    PlacementView,
     StageDemand,
     _Coords,
     _hops_to_set,
@@ -28,7 +28,7 @@ TOPOS = {
 
 
 @st.composite
-def scenarios(draw: st.DrawFn) -> tuple[NodeView, list[StageDemand], dict[int, np.ndarray]]:
+def scenarios(draw: st.DrawFn) -> tuple[PlacementView, list[StageDemand], dict[int, np.ndarray]]:
     topo = TOPOS[draw(st.sampled_from(sorted(TOPOS)))]
     n = topo.n_cores
     free = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=bool)
@@ -46,10 +46,12 @@ def scenarios(draw: st.DrawFn) -> tuple[NodeView, list[StageDemand], dict[int, n
         cores = [c for c in draw(st.lists(st.integers(0, n - 1), max_size=3, unique=True)) if c not in used]
         used.update(cores)
         fixed[i] = np.array(cores, dtype=np.int64)
-    return NodeView(topo, free, fill, link), stages, fixed
+    return PlacementView(topo, free, fill, link), stages, fixed
 
 
-def _check_valid(view: NodeView, stages: list[StageDemand], fixed: dict[int, np.ndarray], plan_stages: tuple) -> None:
+def _check_valid(
+    view: PlacementView, stages: list[StageDemand], fixed: dict[int, np.ndarray], plan_stages: tuple
+) -> None:
     seen: set[int] = set()
     for i, (s, cores) in enumerate(zip(stages, plan_stages, strict=True)):
         ids = cores.tolist()
@@ -88,7 +90,7 @@ def test_plan_is_none_only_when_free_cores_are_too_few() -> None:
     topo = TOPOS["loihi-like"]
     free = np.zeros(topo.n_cores, dtype=bool)
     free[:10] = True
-    view = NodeView.idle(topo, free)
+    view = PlacementView.idle(topo, free)
     assert plan_job(view, [StageDemand(4), StageDemand(7)]) is None
     plan = plan_job(view, [StageDemand(4), StageDemand(6)])
     assert plan is not None
@@ -113,7 +115,7 @@ def test_consecutive_stages_end_up_closer_than_first_fit_on_a_fragmented_node() 
     """With a scattered free-core pattern, the heaviest edge gets fewer hops than first-fit gives it."""
     topo = Topology.grid(chips=4, geometry=ChipGeometry(cols=16, rows=8))
     rng = np.random.default_rng(7)
-    view = NodeView.idle(topo, rng.random(topo.n_cores) > 0.5)
+    view = PlacementView.idle(topo, rng.random(topo.n_cores) > 0.5)
     stages = [StageDemand(40, out_keps=1000), StageDemand(16, out_keps=100), StageDemand(24, out_keps=10)]
     plan, ff = plan_job(view, stages), first_fit_plan(view, stages)
     assert plan is not None
@@ -127,7 +129,7 @@ def test_stages_avoid_a_hot_region() -> None:
     topo = Topology.grid(chips=2, geometry=ChipGeometry(cols=8, rows=4))
     fill = np.zeros(topo.n_cores)
     fill[topo.chip_of == 0] = 1.0  # chip 0 is saturated
-    view = NodeView(topo, np.ones(topo.n_cores, dtype=bool), fill, np.zeros(topo.n_cores))
+    view = PlacementView(topo, np.ones(topo.n_cores, dtype=bool), fill, np.zeros(topo.n_cores))
     plan = plan_job(view, [StageDemand(8, out_keps=500), StageDemand(8, out_keps=500), StageDemand(8)])
     assert plan is not None
     assert all((topo.chip_of[s] == 1).all() for s in plan.stages)
@@ -136,7 +138,7 @@ def test_stages_avoid_a_hot_region() -> None:
 def test_stages_take_separate_router_domains_when_there_is_room() -> None:
     """On a 4-cores-per-router chip, two 2-core stages do not share a router."""
     topo = Topology.grid(chips=1, geometry=ChipGeometry(cols=4, rows=2, cores_per_router=4))
-    plan = plan_job(NodeView.idle(topo), [StageDemand(2, out_keps=10), StageDemand(2)])
+    plan = plan_job(PlacementView.idle(topo), [StageDemand(2, out_keps=10), StageDemand(2)])
     assert plan is not None
     a, b = (set(topo.router[s].tolist()) for s in plan.stages)
     assert not (a & b)
@@ -146,14 +148,14 @@ def test_replan_stage_keeps_the_other_stages_and_leaves_degraded_cores() -> None
     """Moving one stage keeps its neighbours in place and never reuses the cores it leaves."""
     topo = Topology.grid(chips=2, geometry=ChipGeometry(cols=8, rows=4))
     stages = [StageDemand(6, out_keps=300), StageDemand(6, out_keps=300), StageDemand(6)]
-    view = NodeView.idle(topo)
+    view = PlacementView.idle(topo)
     plan = plan_job(view, stages)
     assert plan is not None
     held = np.concatenate(plan.stages)
     bad = plan.stages[1][:2]
     free = np.ones(topo.n_cores, dtype=bool)
     free[held] = False
-    moved = replan_stage(NodeView.idle(topo, free), stages, plan.stages, 1, keep=np.setdiff1d(plan.stages[1], bad))
+    moved = replan_stage(PlacementView.idle(topo, free), stages, plan.stages, 1, keep=np.setdiff1d(plan.stages[1], bad))
     assert moved is not None
     assert np.array_equal(moved.stages[0], plan.stages[0])
     assert np.array_equal(moved.stages[2], plan.stages[2])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import sim_hw
-from snnrm.core.placement import NodeView, StageDemand, first_fit_plan, plan_job
+from snnrm.core.placement import PlacementView, StageDemand, first_fit_plan, plan_job
 from snnrm.core.topology import ChipGeometry, Topology
 
 
@@ -29,7 +29,7 @@ def _simulate(policy: str, seed: int, busy: float) -> tuple[float, float]:
     stages = [StageDemand(s.cores, out_keps=s.spike_rate / 1e3) for s in job.stages[:-1]]
     stages.append(StageDemand(job.stages[-1].cores))
     ratio = sim.spec.inter_chip_hop_latency / sim.spec.hop_latency  # what a chip crossing costs in hops here
-    view = NodeView.idle(topo, free, inter_chip_weight=ratio)
+    view = PlacementView.idle(topo, free, inter_chip_weight=ratio)
     plan = plan_job(view, stages) if policy == "snnrm" else first_fit_plan(view, stages)
     assert plan is not None
     sim.add_job(job, list(plan.stages))
