@@ -243,6 +243,50 @@ def test_helm_install_creates_everything_and_finds_the_operator_api(
     assert "helm test snnrm-e2e" in installed["install"]  # NOTES.txt tells the user what to check next
 
 
+def _hooks_token(manifests: list[dict[str, Any]], release: str) -> str:
+    secret = one(manifests, "Secret", f"{release}-hooks")
+    return base64.b64decode(secret["data"]["token"]).decode()
+
+
+def test_the_hooks_token_stays_across_upgrades_and_server_side_templates(
+    helm: Helm, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """No hooks.token.value: `helm install` generates the token, `helm upgrade` and `helm template
+    --dry-run=server` look the installed Secret up and keep it; plain `helm template` (no cluster) cannot, and
+    prints a new one each time unless the value is pinned."""
+    release = "snnrm-token"
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({
+        "daemon": {"config": {"backend": "sim"}},
+        "dashboards": {"enabled": False},
+        "hooks": {"enabled": True, "rules": [{"name": "notify", "match": ['alertname="X"'], "action": "webhook",
+                                              "url": "http://127.0.0.1:1/"}]},
+    }))  # fmt: skip
+    kube = ("--kubeconfig", str(control_plane.kubeconfig))
+    ns = ("--namespace", release)
+    k = control_plane.client()
+    helm.run("install", release, str(CHART), *ns, "--create-namespace", "--values", str(values), *kube)
+    try:
+        secret_path = f"/api/v1/namespaces/{release}/secrets/{release}-hooks"
+        first = base64.b64decode(k.get(secret_path)["data"]["token"]).decode()
+        assert len(first) == 40
+        helm.run("upgrade", release, str(CHART), *ns, "--values", str(values), *kube)
+        assert base64.b64decode(k.get(secret_path)["data"]["token"]).decode() == first
+        server_side = helm.run("template", release, str(CHART), *ns, "--values", str(values), "--dry-run=server", *kube)
+        assert _hooks_token(docs(server_side.stdout), release) == first
+        offline = [_hooks_token(helm.render(values, release=release, namespace=release), release) for _ in range(2)]
+        assert first not in offline
+        assert offline[0] != offline[1]
+        pinned = ("hooks.token.value=pinned-token-0123456789",)
+        assert {_hooks_token(helm.render(values, set_=pinned, release=release, namespace=release), release)
+                for _ in range(2)} == {"pinned-token-0123456789"}  # fmt: skip
+        # A pinned value wins over the installed one on upgrade (rotation is an explicit act).
+        helm.run("upgrade", release, str(CHART), *ns, "--values", str(values), "--set", pinned[0], *kube)
+        assert base64.b64decode(k.get(secret_path)["data"]["token"]).decode() == "pinned-token-0123456789"
+    finally:
+        helm.run("uninstall", release, *ns, *kube, check=False)
+
+
 def _sa_token(cp: ControlPlane, namespace: str, sa: str, *, node: str | None = None) -> str:
     """A token of ServiceAccount ``sa``. With ``node``: bound to a pod of that ServiceAccount on that node, as the
     kubelet's projected token is, so it carries user.extra authentication.kubernetes.io/node-name (1.30+)."""

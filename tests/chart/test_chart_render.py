@@ -856,3 +856,35 @@ def test_own_node_policy_insisted_on_an_old_cluster_fails_the_render(helm: Helm)
 
 def test_no_placement_no_policy(helm: Helm) -> None:
     assert by_kind(helm.render(), "ValidatingAdmissionPolicy") == []
+
+
+# -- the hooks token -----------------------------------------------------------------------------------------------
+
+_HOOK = (
+    "hooks.enabled=true",
+    'hooks.rules[0].name=n,hooks.rules[0].match[0]=alertname="X",hooks.rules[0].action=webhook',
+    "hooks.rules[0].url=http://127.0.0.1:1/",
+    "hooks.alertmanagerConfig.enabled=true",
+)
+
+
+def test_an_existing_hooks_secret_is_used_and_none_is_made(helm: Helm) -> None:
+    manifests = helm.render(set_=(*_HOOK, "hooks.token.existingSecret=my-hooks", "hooks.token.key=bearer"),
+                            api_versions=("monitoring.coreos.com/v1alpha1",))  # fmt: skip
+    assert by_kind(manifests, "Secret") == []
+    volumes = one(manifests, "DaemonSet")["spec"]["template"]["spec"]["volumes"]
+    [vol] = [v for v in volumes if v["name"] == "hooks-token"]
+    assert vol["secret"]["secretName"] == "my-hooks"
+    assert vol["secret"]["items"][0]["key"] == "bearer"
+    amc = one(manifests, "AlertmanagerConfig")
+    creds = amc["spec"]["receivers"][0]["webhookConfigs"][0]["httpConfig"]["authorization"]["credentials"]
+    assert creds == {"name": "my-hooks", "key": "bearer"}
+
+
+def test_a_pinned_hooks_token_renders_the_same_every_time_and_a_short_one_is_refused(helm: Helm) -> None:
+    pinned = (*_HOOK, "hooks.token.value=pinned-token-0123456789")
+    tokens = {one(helm.render(set_=pinned), "Secret")["data"]["token"] for _ in range(2)}
+    assert len(tokens) == 1
+    r = helm.template(set_=(*_HOOK, "hooks.token.value=short"), check=False)
+    assert r.returncode != 0
+    assert "/hooks/token/value" in r.stderr

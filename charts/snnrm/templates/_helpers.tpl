@@ -278,3 +278,15 @@ install "succeeded"): refuse them at render time. Pass (dict "resources" ... "wh
 {{- end -}}
 {{- end -}}
 {{- end -}}
+
+{{/* A chart-made token that stays put: the user's value, else the value already in the installed Secret (lookup:
+helm install/upgrade and `helm template --dry-run=server` see the cluster), else a new random one. Plain
+`helm template` and client-side dry runs cannot look up, so they print a fresh token each time: pin it with the
+value or an existingSecret when the output is applied by something else (GitOps).
+Pass (dict "root" $ "name" <Secret name> "key" <data key> "value" <user value>). */}}
+{{- define "snnrm.secretToken" -}}
+{{- $existing := lookup "v1" "Secret" .root.Release.Namespace .name -}}
+{{- $old := "" -}}
+{{- if and $existing $existing.data -}}{{- $old = get $existing.data .key | b64dec -}}{{- end -}}
+{{- .value | default $old | default (randAlphaNum 40) -}}
+{{- end -}}
