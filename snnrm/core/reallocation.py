@@ -28,7 +28,7 @@ from enum import StrEnum
 import numpy as np
 
 from snnrm.core.health import HealthSettings
-from snnrm.core.placement import PlacementView, StageDemand, plan_cost, replan_stage
+from snnrm.core.placement import MIN_KEPS, PlacementView, StageDemand, plan_cost, replan_stage
 from snnrm.core.topology import BoolArray, FloatArray, IntArray
 
 _HEALTH = HealthSettings()
@@ -197,17 +197,53 @@ class MoveOption:
 
 
 DEGRADED_PENALTY_HOPS = 64.0
-"""Hop-equivalents a spike pays on a degraded core (failed, or Unhealthy for a saturated queue, lost spikes or a
-congested link): such a core drops or stalls the spike, which costs more than any detour across the board."""
+"""Least hop-equivalents a spike pays on a degraded core (failed, or Unhealthy for a saturated queue, lost spikes
+or a congested link); :func:`degraded_penalty_hops` raises it to the node's size."""
+
+
+def degraded_penalty_hops(view: PlacementView) -> float:
+    """Hop-equivalents a spike pays on a degraded core: twice the longest route on the node (every hop priced as a
+    chip crossing), at least :data:`DEGRADED_PENALTY_HOPS`. A full queue stalls each spike for milliseconds
+    (queue capacity / service rate) against ~100 ns per hop, so it must outweigh any detour: a stage whose only
+    free home is across the board still leaves a saturated core."""
+    t = view.topology
+    if t.n_cores == 0:
+        return DEGRADED_PENALTY_HOPS
+    span = float(np.ptp(t.gx) + np.ptp(t.gy))
+    return max(DEGRADED_PENALTY_HOPS, 2.0 * span * max(float(view.inter_chip_weight), 1.0))
+
+
+def stage_loads(demands: Sequence[StageDemand]) -> FloatArray:
+    """Traffic touching each stage (KEPS in + out), floored at :data:`~snnrm.core.placement.MIN_KEPS` as the
+    planner's headroom term weighs it."""
+    load = np.array([max(d.in_keps, 0.0) for d in demands], dtype=np.float64)
+    out = np.array([max(d.out_keps, MIN_KEPS) for d in demands[:-1]], dtype=np.float64)
+    load[1:] += out
+    load[:-1] += out
+    return np.maximum(load, MIN_KEPS)
+
+
+def pipeline_cost(view: PlacementView, demands: Sequence[StageDemand], placement: Sequence[IntArray]) -> float:
+    """:func:`~snnrm.core.placement.plan_cost` with each stage priced by its worst core: the planner's headroom
+    term averages the penalty over a stage's cores (right for choosing cores), but a pipeline runs at the pace of
+    its slowest core, so one saturated core of sixteen must cost as much as sixteen."""
+    total = plan_cost(view, demands, placement).total
+    pen = view.core_penalty()
+    load = stage_loads(demands)
+    for i, cores in enumerate(placement):
+        c = np.asarray(cores, dtype=np.int64)
+        if len(c):
+            total += float(load[i]) * float(pen[c].max() - pen[c].mean())
+    return total
 
 
 def degraded_view(view: PlacementView, bad: BoolArray) -> PlacementView:
     """The node with ``bad`` cores priced as degraded (a full queue, a saturated link and
-    :data:`DEGRADED_PENALTY_HOPS`) and not free."""
+    :func:`degraded_penalty_hops`) and not free."""
     b = np.asarray(bad, dtype=np.bool_)
     fill = np.where(b, 1.0, np.nan_to_num(view.queue_fill, nan=1.0))
     link = np.where(b, 1.0, np.nan_to_num(view.link_util, nan=1.0))
-    extra = np.where(b, DEGRADED_PENALTY_HOPS, 0.0)
+    extra = np.where(b, degraded_penalty_hops(view), 0.0)
     if view.extra_penalty is not None:
         extra = extra + view.extra_penalty
     return replace(view, free=view.free & ~b, queue_fill=fill, link_util=link, extra_penalty=extra)
@@ -228,7 +264,8 @@ def evaluate_remap(
 
     ``view.free`` holds the node's free healthy cores; ``failed`` marks cores that cannot run (the stage must
     leave them), ``degraded`` cores that run badly (Unhealthy for a soft reason): both are left and priced at
-    :data:`DEGRADED_PENALTY_HOPS`.
+    :func:`degraded_penalty_hops`. Both placements are priced by :func:`pipeline_cost` (each stage by its worst
+    core).
     """
     bad = np.asarray(failed, dtype=np.bool_)
     if degraded is not None:
@@ -243,8 +280,8 @@ def evaluate_remap(
     target = plan.stages[stage]
     if np.array_equal(np.sort(target), np.sort(mine)):
         return None
-    before = plan_cost(dv, demands, cur).total
-    after = plan.total_cost
+    before = pipeline_cost(dv, demands, cur)
+    after = pipeline_cost(dv, demands, plan.stages)
     d = demands[stage]
     traffic = max(d.in_keps + d.out_keps + (demands[stage - 1].out_keps if stage else 0.0), 1e-3)
     hops = settings.remap_cost_hops if migration_hops is None else migration_hops
