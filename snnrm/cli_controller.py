@@ -76,13 +76,8 @@ def controller(
     configure_logging(cast(Literal["console", "json"], log_format))
 
     async def _main() -> None:
-        from prometheus_client import CollectorRegistry
-
-        from snnrm.cluster.api import KubeAsyncApi
-        from snnrm.cluster.controller import ControllerSettings, PlacementController
-        from snnrm.cluster.reallocation import ReallocationController, ReallocationMetrics
-        from snnrm.http.extender import run_controller
-        from snnrm.obs.tracing import setup_tracing
+        from snnrm.cluster.controller import ControllerSettings
+        from snnrm.controller_app import ControllerConfig, run
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -99,26 +94,15 @@ def controller(
             summary_stale_after=summary_stale_after,
             dry_run=dry_run,
         )
-        registry = CollectorRegistry(auto_describe=True)
-        tracing = setup_tracing(node=settings.identity)  # off unless OTEL_* asks for it
-        try:
-            async with await KubeAsyncApi.connect(kubeconfig) as api:
-                ctl = PlacementController(api, settings)
-                if reallocation:
-                    realloc = ReallocationController(
-                        api,
-                        ctl.cache,
-                        ctl.recorder,
-                        metrics=ReallocationMetrics(registry),
-                        dry_run=dry_run,
-                        tracer=tracing.tracer,
-                    )
-                    ctl.extra_leader_work.append(realloc.run)
-                await run_controller(
-                    ctl, host=host.strip("[]"), port=int(port), stop=stop, prefix=extender_prefix, registry=registry
-                )
-        finally:
-            await asyncio.to_thread(tracing.shutdown)
+        config = ControllerConfig(
+            host=host.strip("[]"),
+            port=int(port),
+            prefix=extender_prefix,
+            kubeconfig=kubeconfig,
+            settings=settings,
+            reallocation=reallocation,
+        )
+        await run(config, stop=stop)
 
     from snnrm.cluster.api import ApiConfigError
 

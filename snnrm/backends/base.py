@@ -8,8 +8,8 @@ the next poll.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Protocol, runtime_checkable
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, Protocol, runtime_checkable
 
 from snnrm.core.telemetry import HardFault, TelemetryFrame
 from snnrm.core.topology import Topology
@@ -17,6 +17,10 @@ from snnrm.core.topology import Topology
 
 class BackendError(Exception):
     """The hardware (or its driver's files) could not be read or made no sense; the message says which."""
+
+
+class FaultLimitError(Exception):
+    """Too many faults are pending or active; clear some first."""
 
 
 @runtime_checkable
@@ -42,4 +46,39 @@ class HardwareBackend(Protocol):
 
         Runs until cancelled; returns at once for backends that need nothing.
         """
+        ...
+
+
+class FaultInjection(Protocol):
+    """Capability of a backend into which faults can be injected on demand (the simulator; ``/sim/faults``).
+
+    The HTTP layer reaches fault injection only through this Protocol: the app hands it the backend when the
+    backend offers the capability, and None otherwise (then the routes answer 404).
+    """
+
+    @property
+    def faults(self) -> Mapping[int, Mapping[str, Any]]:
+        """Injected faults by id, as injected (kind, targets, ``at``, ``duration``, ``injected_at``)."""
+        ...
+
+    @property
+    def sim_time(self) -> float:
+        """The backend's clock (simulated seconds), in which ``at``, ``duration`` and ``injected_at`` count."""
+        ...
+
+    def inject(self, spec: dict[str, Any]) -> int:
+        """Inject (or schedule) a fault from plain JSON; returns its id. ValueError/TypeError/KeyError/IndexError
+        on a bad spec, :class:`FaultLimitError` when too many are live."""
+        ...
+
+    def clear(self, fault_id: int) -> None:
+        """Reverse an injected fault; KeyError if there is no such fault."""
+        ...
+
+    def fault_list(self) -> list[dict[str, Any]]:
+        """Faults pending, active or recently ended, each with its ``status``."""
+        ...
+
+    def fault_status(self, fault_id: int) -> str:
+        """``pending``, ``active`` or ``ended``; KeyError for an id never issued."""
         ...

@@ -17,6 +17,7 @@ import structlog
 
 import sim_hw
 from snnrm.backends.base import BackendError
+from snnrm.backends.base import FaultLimitError as FaultLimitError  # its old home; raised by inject()
 from snnrm.core.telemetry import FaultKind, HardFault, TelemetryFrame
 from snnrm.core.topology import ChipGeometry, Topology
 
@@ -59,10 +60,6 @@ MAX_LIVE_FAULTS = 256
 """Faults pending or active at once through :meth:`SimBackend.inject`: more is abuse, answered with 429."""
 ENDED_FAULT_RETENTION = 300.0
 """Simulated seconds an ended fault stays in ``GET /sim/faults`` (with status "ended")."""
-
-
-class FaultLimitError(Exception):
-    """Too many faults are pending or active; clear some first."""
 
 
 class SimBackend:
@@ -166,6 +163,15 @@ class SimBackend:
         self.sim.clear(fault_id)
         del self.faults[fault_id]
         log.info("sim_fault_cleared", id=fault_id)
+
+    @property
+    def sim_time(self) -> float:
+        """Simulated seconds now."""
+        return self.sim.time
+
+    def fault_status(self, fault_id: int) -> str:
+        """``pending``, ``active`` or ``ended``; KeyError for an id the simulator never issued."""
+        return self.sim.fault_status(fault_id)
 
     def fault_list(self) -> list[dict[str, Any]]:
         """Injected faults that are pending, active, or ended within ``ENDED_FAULT_RETENTION`` simulated seconds."""

@@ -2,7 +2,7 @@
 
 Every replica keeps the cache (Node summaries, stage pods, reservations rebuilt from the pods' plan annotations)
 and can answer the scheduler extender from it; only the Lease holder plans and moves stages, so there is one
-actor. The HTTP side (extender verbs, probes, metrics) is wired by :func:`snnrm.http.extender.run_controller`.
+actor. The HTTP side (extender verbs, probes, metrics) is wired by :mod:`snnrm.controller_app`.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ and reservation, for the status page and for people.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import time
@@ -30,15 +29,11 @@ from typing import Any
 import numpy as np
 import structlog
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 
-from snnrm.cluster.controller import PlacementController
 from snnrm.core.cluster import ClusterIndex, StageKey
 from snnrm.core.extender import demand_of, filter_nodes, prioritize
 from snnrm.http import body as bodies
-from snnrm.http.metrics import metrics_handler
 from snnrm.http.middleware import errors_as_json
-from snnrm.http.server import serve
 
 log = structlog.get_logger(__name__)
 
@@ -120,12 +115,13 @@ async def _args(request: web.Request) -> _Args:
     return _Args(pod, out_names, items)
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
+def json_response(body: Any, status: int = 200) -> web.Response:
+    """``body`` as a JSON response (compact, as the scheduler reads it)."""
     return web.Response(body=json.dumps(body, separators=(",", ":")), status=status, content_type="application/json")
 
 
 def _bad(message: str) -> web.Response:
-    return _json({"Error": message}, status=400)
+    return json_response({"Error": message}, status=400)
 
 
 async def filter_handler(request: web.Request) -> web.Response:
@@ -140,7 +136,7 @@ async def filter_handler(request: web.Request) -> web.Response:
     except Exception as e:  # a valid request never gets a 500: the scheduler retries the pod on Error
         ctx.stats.count("filter", "error")
         log.exception("extender_filter_failed")
-        return _json({"Error": f"snnrm extender failed: {e!r}"})
+        return json_response({"Error": f"snnrm extender failed: {e!r}"})
     ctx.stats.count("filter", "ok")
     out: dict[str, Any] = {
         "FailedNodes": res.failed,
@@ -152,7 +148,7 @@ async def filter_handler(request: web.Request) -> web.Response:
     else:
         keep = set(res.passed)
         out["Nodes"] = {"items": [n for n, name in zip(args.nodes, args.names, strict=True) if name in keep]}
-    return _json(out)
+    return json_response(out)
 
 
 async def prioritize_handler(request: web.Request) -> web.Response:
@@ -233,7 +229,7 @@ async def placement_handler(request: web.Request) -> web.Response:
     ctx = request.app[EXTENDER]
     body = placement_body(ctx.index, now=ctx.clock())
     body["requests"] = dict(ctx.stats.counts)
-    return _json(body)
+    return json_response(body)
 
 
 StageView = Callable[[], dict[str, Any]]
@@ -241,7 +237,7 @@ STAGE_VIEW: web.AppKey[StageView] = web.AppKey("snnrm_stage_view")
 
 
 async def stages_handler(request: web.Request) -> web.Response:
-    return _json(request.app[STAGE_VIEW]())
+    return json_response(request.app[STAGE_VIEW]())
 
 
 def setup_stage_view(app: web.Application, view: StageView) -> None:
@@ -265,61 +261,3 @@ def build_extender_app(ctx: ExtenderContext, *, prefix: str = DEFAULT_PREFIX) ->
     app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_as_json])
     setup_extender(app, ctx, prefix=prefix)
     return app
-
-
-# -- the controller process: extender + probes + metrics around a PlacementController ---------------------------
-
-
-def build_controller_app(
-    controller: PlacementController, *, prefix: str = DEFAULT_PREFIX, registry: CollectorRegistry | None = None
-) -> web.Application:
-    """Extender verbs, ``/api/v1/placement``, ``/healthz``, ``/readyz`` (cache synced) and ``/metrics``."""
-    app = build_extender_app(ExtenderContext(controller.index, clock=controller.clock), prefix=prefix)
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def readyz(request: web.Request) -> web.Response:
-        if not controller.cache.synced.is_set():
-            return web.Response(status=503, text="cluster cache not synced yet\n")
-        return web.Response(text="ready\n")
-
-    async def leader(request: web.Request) -> web.Response:
-        return _json({"identity": controller.settings.identity, "leading": controller.elector.leading.is_set()})
-
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/api/v1/leader", leader)
-    if registry is not None:
-        app.router.add_get("/metrics", metrics_handler(registry))
-    return app
-
-
-async def run_controller(
-    controller: PlacementController,
-    *,
-    host: str,
-    port: int,
-    stop: asyncio.Event,
-    prefix: str = DEFAULT_PREFIX,
-    registry: CollectorRegistry | None = None,
-    on_started: Callable[[int], None] | None = None,
-) -> None:
-    """Serve HTTP and run the controller until ``stop`` is set or a root task fails (then it raises)."""
-    app = build_controller_app(controller, prefix=prefix, registry=registry)
-
-    async def stopper() -> None:
-        await stop.wait()
-        raise _StopError
-
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(serve(app, host, port, on_started=on_started), name="controller-http")
-            tg.create_task(controller.run(), name="placement-controller")
-            tg.create_task(stopper(), name="stop")
-    except* _StopError:
-        log.info("controller_stopped")
-
-
-class _StopError(Exception):
-    """Raised inside the TaskGroup to cancel every root task on a stop request."""

@@ -21,7 +21,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from snnrm.backends.sim import FaultLimitError, SimBackend
+from snnrm.backends.base import FaultInjection, FaultLimitError
 from snnrm.core.health import Health, HealthReason
 from snnrm.http import body
 from snnrm.http.history import StatusHistory
@@ -32,7 +32,7 @@ from snnrm.node import NodeService
 from snnrm.obs.timeline import Timeline
 
 NODE = web.AppKey("node", NodeService)
-SIM = web.AppKey("sim", SimBackend)
+SIM = web.AppKey("sim", FaultInjection)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 READY_CHECKS = web.AppKey("ready_checks", list[Callable[[], str | None]])
 
@@ -144,7 +144,7 @@ async def list_faults(request: web.Request) -> web.Response:
     sim = request.app.get(SIM)
     if sim is None:
         return _error(404, "fault injection needs --backend sim")
-    return web.json_response({"faults": sim.fault_list(), "sim_time": sim.sim.time})
+    return web.json_response({"faults": sim.fault_list(), "sim_time": sim.sim_time})
 
 
 async def delete_fault(request: web.Request) -> web.Response:
@@ -169,7 +169,7 @@ def build_app(
     *,
     registry: CollectorRegistry,
     ready_checks: list[Callable[[], str | None]],
-    sim: SimBackend | None = None,
+    sim: FaultInjection | None = None,
     fault_access: FaultAccess = FaultAccess(),
     history: StatusHistory | None = None,
     timeline: Timeline | None = None,

@@ -34,7 +34,7 @@ import numpy as np
 import numpy.typing as npt
 from aiohttp import web
 
-from snnrm.backends.sim import SimBackend
+from snnrm.backends.base import FaultInjection
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
 from snnrm.core.health import Health, HealthReason
 from snnrm.core.topology import Topology
@@ -63,7 +63,7 @@ class StatusSources:
 
     node: NodeService
     history: StatusHistory
-    sim: SimBackend | None
+    sim: FaultInjection | None
     assets: dict[str, bytes]
     timeline: Timeline
 
@@ -156,21 +156,21 @@ def topology_body(node: NodeService) -> dict[str, Any]:
     }
 
 
-def _faults(sim: SimBackend | None) -> list[dict[str, Any]] | None:
+def _faults(sim: FaultInjection | None) -> list[dict[str, Any]] | None:
     if sim is None:
         return None
     out: list[dict[str, Any]] = []
     for fid, f in sorted(sim.faults.items()):
         status: str
         try:
-            status = sim.sim.fault_status(fid)
+            status = sim.fault_status(fid)
         except KeyError:  # cleared behind the backend's back; list what we know
             status = "unknown"
         out.append({**f, "status": status})
     return out
 
 
-def devices_body(node: NodeService, sim: SimBackend | None, *, ids: bool = True) -> dict[str, Any]:
+def devices_body(node: NodeService, sim: FaultInjection | None, *, ids: bool = True) -> dict[str, Any]:
     """Live per-device and per-core state; ``ids=False`` leaves out the device ID lists (static, in topology)."""
     m = node.monitor
     t = node.topology
@@ -267,7 +267,7 @@ def heat_body(history: StatusHistory, metric: HeatMetric, frames: int | None = N
 
 
 def fault_recorder(timeline: Timeline, topology: Topology) -> Callable[[dict[str, Any]], None]:
-    """A :attr:`SimBackend.on_inject` listener that puts each injected fault on ``timeline``."""
+    """A :attr:`snnrm.backends.sim.SimBackend.on_inject` listener that puts each injected fault on ``timeline``."""
 
     def record(fault: dict[str, Any]) -> None:
         kind = str(fault.get("kind", "fault")).replace("_", "-")
@@ -378,7 +378,7 @@ def setup_status(
     app: web.Application,
     *,
     node: NodeService,
-    sim: SimBackend | None = None,
+    sim: FaultInjection | None = None,
     history: StatusHistory | None = None,
     timeline: Timeline | None = None,
 ) -> None:

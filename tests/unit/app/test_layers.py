@@ -46,6 +46,12 @@ def _lint(root: Path) -> subprocess.CompletedProcess[str]:
         ("snnrm/http/planted.py", "import snnrm.testing.tools\n", "The product never imports the test fakes"),
         ("snnrm/kubelet/planted.py", "import snnrm.http.server\n", "Layers"),
         ("snnrm/config_hooks.py", "import snnrm.app\n", "Layers"),
+        ("snnrm/http/planted.py", "import snnrm.backends.sim\n", "The HTTP layer talks to backends"),
+        ("snnrm/http/planted.py", "from kubernetes_asyncio import client\n", "The HTTP layer talks to backends"),
+        ("snnrm/controller_app.py", "import snnrm.app\n", "Layers"),
+        ("snnrm/core/planted.py", "import asyncio\n", "The pure core does no I/O"),
+        ("snnrm/core/planted.py", "import subprocess\n", "The pure core does no I/O"),
+        ("snnrm/core/planted.py", "import kubernetes_asyncio\n", "The pure core does no I/O"),
     ],
 )
 def test_a_planted_violation_breaks_the_contracts(tmp_path: Path, module: str, line: str, contract: str) -> None:
