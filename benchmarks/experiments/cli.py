@@ -143,7 +143,7 @@ def execute(
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.experiments", description=__doc__)
-    p.add_argument("--full", action="store_true", help="10 seeds, 180 s runs (default: 5 seeds, 60 s)")
+    p.add_argument("--full", action="store_true", help="20 seeds, 180 s runs (default: 10 seeds, 60 s)")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds (0..N-1)")
     p.add_argument("--duration", type=float, default=None, help="simulated seconds per run")
     p.add_argument("--scenarios", default="", help="comma-separated subset of scenarios")

@@ -88,25 +88,36 @@ def test_every_scenario_runs_with_sane_accounting(scenario: str, policy: str) ->
 
 
 def test_suite_report_files_and_readme(tmp_path: Path) -> None:
-    cfg = CFG.with_(scenarios=("none", "core-failure", "hot-spot"), policies=("first-fit", "snnrm"))
+    cfg = CFG.with_(scenarios=("none", "core-failure", "hot-spot"), policies=("first-fit", "reactive", "snnrm"))
     suite = run_suite(cfg, workers=1)
-    assert len(suite.runs) == 6
-    assert set(suite.memory_kib) == {"first-fit", "snnrm"}
+    assert len(suite.runs) == 9
+    assert set(suite.memory_kib) == {"first-fit", "reactive", "snnrm"}
     assert suite.memory_kib["snnrm"] > suite.memory_kib["first-fit"] > 0
     items = write_all(suite, tmp_path, plots=None, readme=False)
-    assert {h.name for h in items} >= {"spike hops vs first-fit (no fault)", "failed core -> reallocation"}
+    assert [h.name for h in items] == [
+        "p99 latency under a hot spot vs reactive first-fit",
+        "SLO-violation time under faults",
+        "dropped events under faults",
+        "failed core -> victim back within SLO",
+        "spike hops vs first-fit",
+    ]
     with (tmp_path / "summary.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [(r["scenario"], r["policy"]) for r in rows] == [(s, p) for s in cfg.scenarios for p in cfg.policies]
     with (tmp_path / "runs.csv").open() as f:
-        assert len(list(csv.DictReader(f))) == 6
+        assert len(list(csv.DictReader(f))) == 9
     recorded = json.loads((tmp_path / "config.json").read_text())
     assert recorded["config"]["seeds"] == [0]
     assert "numpy" in recorded["versions"]
     text = (tmp_path / "results.md").read_text()
     assert "Headline targets" in text
     assert "Where snnrm does not beat a baseline" in text
-    assert headlines(suite)[0].verdict in {"met", "MISSED", "n/a"}
+    assert "snnrm - reactive, paired by seed" in text
+    assert "Where a target is missed, and why" in text
+    assert headlines(suite)[0].verdict.split(" ")[0] in {"met", "MISSED", "n/a"}
+    data = json.loads((tmp_path / "headlines.json").read_text())
+    assert data["baseline"] == "reactive"
+    assert all({"snnrm", "reactive", "verdict", "data"} <= set(h) for h in data["headlines"])
 
 
 def test_update_readme_appends_once_then_replaces_only_its_section(tmp_path: Path) -> None:
@@ -131,10 +142,11 @@ def test_policies_and_scenarios_are_complete() -> None:
 def test_headlines_json_round_trips_into_the_readme_quote(tmp_path: Path) -> None:
     from benchmarks.experiments.report import quoted_headlines
 
-    cfg = CFG.with_(scenarios=("none", "core-failure"), policies=("first-fit", "snnrm"))
+    cfg = CFG.with_(scenarios=("none", "core-failure", "telemetry-glitch"), policies=("reactive", "snnrm"))
     suite = run_suite(cfg, workers=1, measure_memory=False)
     write_all(suite, tmp_path, plots=None, readme=False)
     lines = quoted_headlines(tmp_path / "headlines.json", "x/")
     assert lines[0].startswith("The longer set")
-    assert any(line.startswith("| failed core -> reallocation |") for line in lines)
+    assert any(line.startswith("| failed core -> victim back within SLO |") for line in lines)
+    assert any(line.startswith("| false moves under telemetry glitches |") for line in lines)
     assert quoted_headlines(tmp_path / "missing.json", "x/") == []
