@@ -13,7 +13,7 @@
 #
 # Paths for the tests: $SNNRM_TOOLS_CACHE/checkouts/<sha256(repo path)[:12]>.observability.env, lines
 # `export NAME=value` (a separate file from build-tools.sh's <id>.env so the two scripts never overwrite each
-# other's; tests/observability.py reads both). A variable set in the environment wins over the file.
+# other's; snnrm/testing/tools.py reads both). A variable set in the environment wins over the file.
 #
 # Why these versions: the Go module proxy serves Prometheus 3.16.0 (v0.316.0) and Alertmanager 0.35.0; Debian
 # bookworm ships 2.42.0 and 0.25.0, which predate Prometheus 3's strict scrape Content-Type handling and
