@@ -27,6 +27,7 @@ from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.client import ApiClient, Configuration
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from snnrm.core.errors import ApiError, CredentialsError
 from snnrm.core.types import JSON as JSON  # re-exported: older importers (node_agent, hooks) name it here
 
 WATCH_SECONDS = 240
@@ -34,21 +35,13 @@ WATCH_SECONDS = 240
 from the last resourceVersion) and keeps a silently dead connection from lasting long."""
 
 
-class ApiConfigError(Exception):
+class ApiConfigError(CredentialsError):
     """No usable cluster credentials (kubeconfig unreadable, not in a cluster)."""
 
 
-class KubeError(Exception):
-    """An API call failed; ``status`` is the HTTP status, 0 when no answer came."""
-
-    def __init__(self, status: int, message: str, *, method: str = "", path: str = "") -> None:
-        super().__init__(f"{method} {path} -> {status or 'no answer'}: {message}".strip())
-        self.status = status
-        self.message = message
-
-    @property
-    def retryable(self) -> bool:
-        return self.status in (0, 409, 429) or self.status >= 500
+class KubeError(ApiError):
+    """An API call of the controller's and node agent's client failed (``status``, ``retryable``:
+    :class:`~snnrm.core.errors.ApiError`); the subclasses below name the statuses callers handle."""
 
 
 class NotFoundError(KubeError):

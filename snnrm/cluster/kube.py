@@ -26,25 +26,17 @@ from typing import Any, Protocol, Self
 import aiohttp
 import yaml
 
+from snnrm.core.errors import ApiError, CredentialsError
 from snnrm.core.types import JSON as JSON  # re-exported: older importers (node_agent, hooks) name it here
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 
-class KubeApiError(Exception):
-    """An API call failed. ``status`` is the HTTP status (0 for a network error or timeout)."""
-
-    def __init__(self, status: int, message: str, *, method: str = "", path: str = "") -> None:
-        super().__init__(f"{method} {path} -> {status or 'no answer'}: {message}".strip())
-        self.status = status
-
-    @property
-    def retryable(self) -> bool:
-        """Network errors, throttling, conflicts and server errors may pass on retry; other 4xx will not."""
-        return self.status in (0, 409, 429) or self.status >= 500
+class KubeApiError(ApiError):
+    """An API call of the hooks' client failed (``status``, ``retryable``: :class:`~snnrm.core.errors.ApiError`)."""
 
 
-class KubeConfigError(Exception):
+class KubeConfigError(CredentialsError):
     """No usable cluster credentials."""
 
 

@@ -24,22 +24,15 @@ from typing import Protocol, Self
 
 import aiohttp
 
+from snnrm.core.errors import ApiError
 from snnrm.core.types import JSON
 
 RESOURCE_API = "/apis/resource.k8s.io/v1"
 
 
-class DraApiError(Exception):
-    """An API call failed. ``status`` is the HTTP status (0: network error or timeout)."""
-
-    def __init__(self, status: int, message: str, *, method: str = "", path: str = "", reason: str = "") -> None:
-        super().__init__(f"{method} {path} -> {status or 'no answer'}: {message}".strip())
-        self.status = status
-        self.reason = reason
-
-    @property
-    def retryable(self) -> bool:
-        return self.status in (0, 409, 429) or self.status >= 500
+class DraApiError(ApiError):
+    """An API call of the DRA driver failed (``status``, ``reason``, ``retryable``:
+    :class:`~snnrm.core.errors.ApiError`)."""
 
 
 class DraKubeApi(Protocol):
