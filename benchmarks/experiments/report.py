@@ -265,7 +265,8 @@ def why_missed(suite: SuiteResult, items: Sequence[Headline]) -> list[str]:
                        f"the phase of the 0.5 s reallocation tick after the pushed failure; recovery also needs "
                        f"the victim's queues to drain and 1 s within the SLO.")  # fmt: skip
         elif h.name.startswith("spike hops"):
-            out.append(f"**{h.name}** ({h.verdict}): snnrm {h.paired}, reactive {h.baseline}.")
+            out.append(f"**{h.name}** ({h.verdict}): {h.measured}; {h.paired} against reactive's {h.baseline} "
+                       f"(reactive places by count-based first-fit).")
         elif h.name.startswith("false moves"):
             rows = []
             for sc in ("telemetry-glitch", "flaky-telemetry"):

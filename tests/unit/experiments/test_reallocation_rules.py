@@ -161,3 +161,23 @@ def test_a_stage_watch_needs_the_dwell_for_soft_reasons_and_not_for_a_failed_cor
     assert w.observe(StageSignals(0, 1.0, 1.0, 0.0), s.dwell, s)
     w2 = StageWatch()
     assert w2.observe(StageSignals(1, 0.0, 1.0, 0.0), 0.0, s)
+
+
+def test_a_full_queue_moves_after_the_short_dwell_and_a_merely_saturated_one_after_the_long() -> None:
+    """A full queue drops events now: it needs half a second, not two. A queue at 85 % (saturated, not full) and a
+    queue that was saturated for long but full only just now wait as before."""
+    s = ReallocationSettings()
+    full = StageWatch()
+    assert not full.observe(StageSignals(0, 1.0, 1.0, 0.0), 10.0, s)
+    assert full.observe(StageSignals(0, 1.0, 1.0, 0.0), 10.0 + s.full_dwell, s)
+    half = StageWatch()
+    assert not half.observe(StageSignals(0, 0.85, 1.0, 0.0), 10.0, s)
+    assert not half.observe(StageSignals(0, 0.85, 1.0, 0.0), 10.0 + s.full_dwell, s)
+    assert half.observe(StageSignals(0, 0.85, 1.0, 0.0), 10.0 + s.dwell, s)
+    late = StageWatch()
+    assert not late.observe(StageSignals(0, 0.85, 1.0, 0.0), 10.0, s)
+    assert not late.observe(StageSignals(0, 1.0, 1.0, 0.0), 11.0, s)
+    assert late.observe(StageSignals(0, 1.0, 1.0, 0.0), 11.0 + s.full_dwell, s)
+    glitch = StageWatch()  # an unknown reading is no fill at all
+    assert not glitch.observe(StageSignals(0, float("nan"), 1.0, 0.0), 10.0, s)
+    assert not glitch.observe(StageSignals(0, float("nan"), 1.0, 0.0), 10.0 + s.dwell, s)
