@@ -5,8 +5,8 @@ indices, asks :mod:`snnrm.core.allocation`, and describes an allocation to the c
 variables, a read-only JSON file describing the devices, and the CDI names of the chips touched.
 
 The Allocate path stays cheap: IDs are resolved with C-level dict lookups, the JSON file is written once per
-distinct set of IDs (its name is the SHA-256 of the IDs sorted as strings, its content a function of them), and the CDI
-spec is static, checked with one ``stat``.
+distinct set of IDs (its name is the SHA-256 of the IDs sorted as strings, its content a function of them) and again
+only when a live remap has rewritten it since (one ``stat``), and the CDI spec is static, checked with one ``stat``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import os
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,11 @@ class AllocationFiles:
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = Path(state_dir) / "allocations"
-        self._written: set[str] = set()
+        # digest -> (inode, mtime, size) of the file as this process last wrote it. A live remap rewrites a file
+        # in place, so a file whose stat differs is no longer Allocate's: the next Allocate of those IDs (a new
+        # pod admitted to the same cores) writes it again rather than mounting the old pod's remap.
+        # (Timestamps can be coarse; the size still differs, as a remapped file carries the remap fields.)
+        self._written: dict[str, tuple[int, int, int]] = {}
 
     def path_for(self, ids: Sequence[str]) -> tuple[str, Path]:
         """Digest and path of the file for the allocation of ``ids`` (any order)."""
@@ -86,11 +91,11 @@ class AllocationFiles:
         return digest, self.dir / f"{digest}.json"
 
     def ensure(self, ids: Sequence[str], describe: Callable[[], AllocationFile]) -> Path:
-        """Path of the file for ``ids``, writing ``describe()`` there the first time (per process)."""
+        """Path of the file for ``ids``, writing ``describe()`` there unless it is as this process last wrote it."""
         digest, path = self.path_for(ids)
-        if digest not in self._written:
+        if self._written.get(digest) != _stamp(path):
             write_allocation(path, describe(), in_place=False)
-            self._written.add(digest)
+            self._written[digest] = _stamp(path)
         return path
 
     def verify(self, ids: Sequence[str], body: AllocationFile) -> bool:
@@ -104,8 +109,17 @@ class AllocationFiles:
             intact = False
         if not intact:
             write_allocation(path, body, in_place=True)
-        self._written.add(digest)  # now current: Allocate of the same IDs need not write it again
+        self._written[digest] = _stamp(path)  # now current: Allocate of the same IDs need not write it again
         return not intact
+
+
+def _stamp(path: Path) -> tuple[int, int, int]:
+    """(inode, mtime in ns, size) of ``path``; all -1 when it is missing."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (-1, -1, -1)
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
 @dataclass(frozen=True, slots=True)

@@ -288,3 +288,38 @@ def test_the_ledger_rewrites_the_very_file_allocate_mounted(tmp_path: Path) -> N
     ledger = RemapLedger(tmp_path, topo)
     for order in (ids, sorted(ids), list(reversed(ids))):
         assert ledger.allocation_file(order) == mounted
+
+
+def test_a_new_pod_on_cores_a_remap_once_rewrote_gets_a_fresh_file(tmp_path: Path) -> None:
+    """A remapped pod goes, and the next pod is admitted to the very same IDs (lowest-k plans make that the common
+    case): its Allocate must write the admitted cores, not leave the earlier pod's remapped file in place (that
+    file names cores lent elsewhere, so the new container would run on cores another pod holds)."""
+    from snnrm.cluster.remap import remap_fields
+    from snnrm.core.devices import ThroughputBlocks
+    from snnrm.core.topology import ChipGeometry, Topology
+    from snnrm.kubelet.allocation_file import core_allocation, write_allocation
+    from snnrm.kubelet.allocator import CoreAllocator
+    from snnrm.kubelet.cdi import CdiSpecWriter
+    from snnrm.kubelet.state import StaticAllocationState
+
+    topo = Topology.grid(chips=1, geometry=ChipGeometry(cols=16, rows=1))
+    state = StaticAllocationState(topology=topo, blocks=ThroughputBlocks.plan(topo, block_keps=1000.0))
+    alloc = CoreAllocator(state=state, files=AllocationFiles(tmp_path), cdi=CdiSpecWriter(tmp_path / "cdi", 1))
+    ids = [topo.ids[i] for i in (0, 1, 2)]
+    healthy = np.ones(topo.n_cores, dtype=bool)
+    mounted = Path(alloc.allocate(ids, healthy).mounts[0].host_path)
+    first = read_allocation(mounted)
+
+    ledger = RemapLedger(tmp_path, topo)
+    moved = np.array([8, 9, 10])
+    stage = LocalStage("ns", "old", "uid-old", "job", 0, (StageDemand(3),), tuple(ids), np.array([0, 1, 2]))
+    ledger.record(stage, moved, now=1.0)
+    write_allocation(
+        ledger.allocation_file(ids), core_allocation(topo, moved, remap_fields(ids, 1, 1.0)), in_place=True
+    )
+    assert read_allocation(mounted) != first  # what a live remap does to the mounted file
+    ledger.forget("ns", "old")  # the pod is gone
+
+    again = Path(alloc.allocate(ids, healthy).mounts[0].host_path)
+    assert again == mounted
+    assert read_allocation(again) == first
