@@ -4,21 +4,31 @@ A :class:`Job` is a chain of :class:`Stage` s (a split model: each stage a layer
 receives the spikes of stage ``i - 1`` over the mesh (stage 0 receives the sensor/host input) and its own
 internal spikes (layers inside the group), and emits ``spike_rate`` spikes per second to stage ``i + 1``.
 
-The layer sizes follow published networks (marked [m]: from memory of the papers, check before citing):
-SLAYER's DVS128-Gesture CSNN and N-MNIST CSNN (Shrestha & Orchard, NeurIPS 2018) and the 700-256-20 recurrent
-net used on SHD (Cramer+ 2020). Rates are synthetic: each layer fires a fraction ``sparsity`` (2-20%) of its
-neurons per SNN timestep, drawn from a seeded generator, as the experiment design prescribes when measured
-rates are not available.
+The three networks are NIR graphs with published layer shapes, measured rather than assumed:
+``scripts/make-nir-workloads.py`` builds them (SLAYER's DVS128-Gesture CSNN and N-MNIST CSNN, Shrestha & Orchard,
+NeurIPS 2018; the 700-200-20 recurrent net on SHD, Cramer et al., IEEE TNNLS 2020 - shapes, sources and what is
+assumed in ``snnrm/job/workloads.py``), runs them on event input it generates (moving-edge DVS gestures,
+N-MNIST-like saccades, Poisson cochlea channels) through ``snnrm job plan``'s interpreter and splits them with its
+planner for the Loihi 2 preset. The numbers are cached in ``sim_hw/nir/workloads.json``; this module only reads
+that file (no ``nir``, no ``h5py``, no ``snnrm``).
+
+Stage rates are the planner's, converted to this simulator's conventions: ``Job.input_rate`` is stage 0's input
+(the sensor's events), ``Stage.spike_rate`` what a stage sends to the next (the last stage: its output layer's
+spikes to the host), ``Stage.internal_rate`` the spikes its own layers deliver to layers inside it (the planner's
+"inside" traffic without the sensor input and the output layer's spikes to the host, which no core processes).
+Weights are random with each layer's gain set for about 3 % of neurons spiking per 1 ms step (NeuroBench's
+published SNN activation sparsities); trained weights give other rates, and ``snnrm job plan --recorded`` plans
+from a trained network's own activity.
 """
 
 from __future__ import annotations
 
-import itertools
+import functools
+import json
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
-
-import numpy as np
+from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,110 +82,82 @@ class Job:
         return replace(self, stages=stages, input_rate=self.input_rate * factor)
 
 
-def _split(sizes: Sequence[int], n: int) -> list[range]:
-    """Cut a layer list into ``n`` contiguous groups of roughly equal neuron count."""
-    n = max(1, min(n, len(sizes)))
-    total = float(sum(sizes))
-    cum = np.cumsum(sizes) / total
-    cuts = [0]
-    for k in range(1, n):
-        # first layer index where the running total passes k/n, keeping every group non-empty
-        idx = int(np.searchsorted(cum, k / n)) + 1
-        idx = max(idx, cuts[-1] + 1)
-        idx = min(idx, len(sizes) - (n - k))
-        cuts.append(idx)
-    cuts.append(len(sizes))
-    return [range(a, b) for a, b in itertools.pairwise(cuts)]
+DATA_FILE = Path(__file__).parent / "nir" / "workloads.json"
+"""Measured layer sizes and stage traffic, written by ``scripts/make-nir-workloads.py`` (package data)."""
 
 
-def build_job(
-    name: str,
-    layers: Sequence[tuple[str, int]],
-    *,
-    input_neurons: int,
-    stages: int,
-    neurons_per_core: int = 256,
-    sparsity: float | tuple[float, float] = (0.02, 0.2),
-    timestep: float = 1e-3,
-    seed: int = 0,
-) -> Job:
-    """A job from a layer list ``[(name, neurons), ...]``, cut into ``stages`` groups.
+@functools.cache
+def measurements() -> dict[str, Any]:
+    """The data file's content: per network its source, input, per-node rates and the planner's stages."""
+    data: dict[str, Any] = json.loads(DATA_FILE.read_text())
+    return data
 
-    Each layer's spike rate is ``neurons * sparsity / timestep``; a ``(lo, hi)`` sparsity draws one value per
-    layer (and for the input) uniformly from a generator seeded with ``seed``.
+
+def stage_counts(network: str) -> tuple[int, ...]:
+    """Stage counts the planner could cut ``network`` into on the preset (each stage fits one chip)."""
+    return tuple(sorted(int(k) for k in _network(network)["plans"]))
+
+
+def _network(network: str) -> dict[str, Any]:
+    nets: dict[str, Any] = measurements()["networks"]
+    if network not in nets:
+        raise KeyError(f"unknown network {network!r}; measured: {', '.join(nets)}")
+    entry: dict[str, Any] = nets[network]
+    return entry
+
+
+def measured_job(network: str, stages: int, *, name: str | None = None, neurons_per_core: int = 256) -> Job:
+    """``network`` cut into ``stages`` stages as the planner cut it, at its measured rates.
+
+    A stage count the graph does not allow is clamped to the nearest one it does (DVS-Gesture: 2-7, N-MNIST: 2-6,
+    SHD: 1-2). Cores are the planner's (neurons or synapses per core, whichever binds) at the preset's neurons per
+    core; at another ``neurons_per_core`` they are the stage's neurons over it.
     """
-    if neurons_per_core < 1 or timestep <= 0:
-        raise ValueError("neurons_per_core must be >= 1 and timestep > 0")
-    rng = np.random.default_rng(seed)
-    lo, hi = sparsity if isinstance(sparsity, tuple) else (sparsity, sparsity)
-    if not 0 < lo <= hi <= 1:
-        raise ValueError(f"sparsity must be in (0, 1], got {sparsity!r}")
-    rates = [n * float(rng.uniform(lo, hi)) / timestep for _, n in layers]
-    input_rate = input_neurons * float(rng.uniform(lo, hi)) / timestep
+    entry = _network(network)
+    counts = stage_counts(network)
+    k = min(counts, key=lambda c: (abs(c - stages), -c))
+    plan = entry["plans"][str(k)]
+    rates: dict[str, float] = entry["node_rates_hz"]
+    feeders = set(entry["output_feeders"])
+    npc_plan = measurements().get("neurons_per_core", 256)
     out: list[Stage] = []
-    for group in _split([n for _, n in layers], stages):
-        neurons = sum(layers[i][1] for i in group)
+    for i, st in enumerate(plan):
+        last = i + 1 == len(plan)
+        to_host = sum(rates.get(n, 0.0) for n in st["nodes"] if n in feeders)
+        sensor = rates.get(entry["input_node"], 0.0) if entry["input_node"] in st["nodes"] else 0.0
+        internal = max(0.0, st["internal_keps"] * 1e3 - sensor - to_host)
+        cores = st["cores"] if neurons_per_core == npc_plan else max(1, math.ceil(st["neurons"] / neurons_per_core))
         out.append(
             Stage(
-                name="+".join(layers[i][0] for i in group),
-                neurons=neurons,
-                cores=math.ceil(neurons / neurons_per_core),
-                spike_rate=rates[group[-1]],
-                internal_rate=sum(rates[i] for i in group[:-1]),
+                name="+".join(n.removesuffix("_lif") for n in st["layers"]),
+                neurons=st["neurons"],
+                cores=cores,
+                spike_rate=to_host if last else st["out_keps"] * 1e3,
+                internal_rate=internal,
             )
         )
-    return Job(name=name, stages=tuple(out), input_rate=input_rate)
-
-
-# [m] SLAYER DVS128-Gesture: 128x128x2 -> pool 4 -> 32x32x2 -> 16c5 -> pool 2 -> 32c3 -> pool 2 -> 512 -> 11.
-DVS_GESTURE_LAYERS: tuple[tuple[str, int], ...] = (
-    ("pool1", 32 * 32 * 2),
-    ("conv1", 32 * 32 * 16),
-    ("pool2", 16 * 16 * 16),
-    ("conv2", 16 * 16 * 32),
-    ("pool3", 8 * 8 * 32),
-    ("fc1", 512),
-    ("fc2", 11),
-)
-# [m] SLAYER N-MNIST: 34x34x2 -> 12c5 -> pool 2 -> 64c5 -> pool 2 -> 10.
-NMNIST_LAYERS: tuple[tuple[str, int], ...] = (
-    ("conv1", 30 * 30 * 12),
-    ("pool1", 15 * 15 * 12),
-    ("conv2", 11 * 11 * 64),
-    ("pool2", 5 * 5 * 64),
-    ("fc", 10),
-)
-# [m] SHD recurrent net: 700 input channels -> 256 recurrent LIF -> 20 classes.
-SHD_LAYERS: tuple[tuple[str, int], ...] = (("encoder", 700), ("recurrent", 256), ("readout", 20))
+    return Job(name=name or network, stages=tuple(out), input_rate=plan[0]["in_keps"] * 1e3)
 
 
 def dvs_gesture_csnn(stages: int = 4, *, name: str = "dvs-gesture", neurons_per_core: int = 256, seed: int = 0) -> Job:
-    """DVS128-Gesture convolutional SNN (11 classes) split into 3-5 stages (more are capped at 7 layers)."""
-    return build_job(
-        name, DVS_GESTURE_LAYERS, input_neurons=128 * 128 * 2, stages=stages,
-        neurons_per_core=neurons_per_core, sparsity=(0.02, 0.2), seed=seed,
-    )  # fmt: skip
+    """SLAYER's DVS128-Gesture CSNN (11 classes) in 2-7 stages at its measured rates.
+
+    ``seed`` is accepted for callers that draw jobs and does not change anything: the rates are the measured ones.
+    """
+    del seed
+    return measured_job("dvs-gesture", stages, name=name, neurons_per_core=neurons_per_core)
 
 
 def nmnist_classifier(stages: int = 3, *, name: str = "nmnist", neurons_per_core: int = 256, seed: int = 0) -> Job:
-    """N-MNIST convolutional SNN (34x34x2 input, 10 classes)."""
-    return build_job(
-        name, NMNIST_LAYERS, input_neurons=34 * 34 * 2, stages=stages,
-        neurons_per_core=neurons_per_core, sparsity=(0.02, 0.2), seed=seed,
-    )  # fmt: skip
+    """SLAYER's N-MNIST CSNN (34x34x2 input, 10 classes) in 2-6 stages at its measured rates (``seed``: unused)."""
+    del seed
+    return measured_job("nmnist", stages, name=name, neurons_per_core=neurons_per_core)
 
 
-def shd_recurrent(stages: int = 3, *, name: str = "shd", neurons_per_core: int = 256, seed: int = 0) -> Job:
-    """Spiking Heidelberg Digits recurrent net (700 -> 256 recurrent -> 20); the recurrence stays in a stage.
+def shd_recurrent(stages: int = 2, *, name: str = "shd", neurons_per_core: int = 256, seed: int = 0) -> Job:
+    """The SHD recurrent net (700 channels -> 200 recurrent -> 20 readout) in 1-2 stages (``seed``: unused).
 
-    The recurrent layer's own spikes feed back into it, so they count as its internal events as well.
+    The recurrent layer's own spikes feed back into it inside its stage, so they count as its internal events.
     """
-    job = build_job(
-        name, SHD_LAYERS, input_neurons=700, stages=stages,
-        neurons_per_core=neurons_per_core, sparsity=(0.02, 0.2), seed=seed,
-    )  # fmt: skip
-    recurrent = [i for i, s in enumerate(job.stages) if "recurrent" in s.name]
-    stages_ = list(job.stages)
-    for i in recurrent:
-        stages_[i] = replace(stages_[i], internal_rate=stages_[i].internal_rate + stages_[i].spike_rate)
-    return replace(job, stages=tuple(stages_))
+    del seed
+    return measured_job("shd", stages, name=name, neurons_per_core=neurons_per_core)

@@ -1,12 +1,15 @@
-"""Workloads: split SNN jobs shaped like published networks, arriving (and some leaving) over time.
+"""Workloads: split SNN jobs of published networks at their measured spike rates, arriving (and some leaving).
 
-Each seed draws a sequence of jobs from the three networks of :mod:`sim_hw.networks` (DVS128-Gesture CSNN,
-N-MNIST CSNN, SHD recurrent net), each cut into 2-6 stages, with per-layer spike rates drawn at 2-20% sparsity.
-The rates are then scaled so that every job's busiest stage runs its cores at the same utilisation
-(``ExperimentConfig.load``): a load sweep in the experiment design's sense, which makes faults comparable across
-jobs. Jobs arrive uniformly over the first part of the run; a share of them (``churn``) leave again before the
-faults start, so later arrivals land in a fragmented node, as on a busy cluster. Arrivals that would not fit a
-count-based check are dropped from the workload up front, so every policy sees exactly the same jobs.
+Each seed draws a sequence of jobs from the three networks of :mod:`sim_hw.networks` (SLAYER's DVS128-Gesture
+CSNN and N-MNIST CSNN, the SHD recurrent net), each cut into 2-6 stages (SHD: 2). Layer sizes, stage cuts and
+stage rates are measured: ``scripts/make-nir-workloads.py`` runs the networks' NIR graphs on generated event input
+through ``snnrm job plan``'s interpreter and planner and caches the result in ``sim_hw/nir/workloads.json`` (how,
+on what input, with which weights: ``snnrm/job/workloads.py``). The rates are then scaled so that every job's
+busiest stage runs its cores at the same utilisation (``ExperimentConfig.load``): a load sweep in the experiment
+design's sense, which makes faults comparable across jobs (:func:`scale_to_load`; at ``load`` <= 0 jobs keep their
+measured rates). Jobs arrive uniformly over the first part of the run; a share of them (``churn``) leave again
+before the faults start, so later arrivals land in a fragmented node, as on a busy cluster. Arrivals that would not
+fit a count-based check are dropped from the workload up front, so every policy sees exactly the same jobs.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ NETWORKS: dict[str, tuple[NetworkMaker, int, int, float]] = {
     # name: (maker, min stages, max stages, draw weight)
     "dvs-gesture": (networks.dvs_gesture_csnn, 3, 6, 0.3),
     "nmnist": (networks.nmnist_classifier, 2, 5, 0.35),
-    "shd": (networks.shd_recurrent, 2, 3, 0.35),
+    "shd": (networks.shd_recurrent, 2, 2, 0.35),  # the recurrent layer stays whole: input+hidden | readout
 }
 
 
@@ -104,7 +107,7 @@ def _draw_job(rng: np.random.Generator, k: int, spec: MachineSpec, cfg: Experime
     maker, lo, hi, _ = NETWORKS[network]
     stages = int(rng.integers(lo, hi + 1))
     job = maker(stages, name=f"{network}-{k}", neurons_per_core=spec.neurons_per_core, seed=int(rng.integers(2**31)))
-    return network, scale_to_load(job, cfg.load, spec.core_service_rate)
+    return network, scale_to_load(job, cfg.load, spec.core_service_rate) if cfg.load > 0 else job
 
 
 def make_workload(seed: int, cfg: ExperimentConfig, spec: MachineSpec) -> tuple[JobSpec, ...]:
