@@ -10,10 +10,15 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from e2e_support import EVENT_THROUGHPUT, NEURON_CORE, SIM_CHIPS, SIM_CORES, Daemon, DeviceManagerHarness
+
+from snnrm.kubelet.wire import plugin_socket_name
 
 pytestmark = pytest.mark.e2e
 
@@ -165,3 +170,103 @@ async def test_daemon_restart_while_pods_hold_devices(devicemanager: DeviceManag
     over = await devicemanager.admit((NEURON_CORE, 1), check=False)
     assert not over["ok"], over
     assert "requested number of devices unavailable" in over["error"]
+
+
+# --- kubelet restarts of every kind (issue 16) ------------------------------------------------------------------
+
+RESOURCES = (NEURON_CORE, EVENT_THROUGHPUT)
+RESTARTS_PER_KIND = 5
+REGISTRATION_REQUEST = re.compile(
+    r'"Got registration request from device plugin with resource".*resourceName="([^"]+)"'
+)
+
+
+async def spawn_harness(binary: Path, socket_dir: Path, pods_file: Path, log: Path) -> DeviceManagerHarness:
+    """A harness process keeping its pods in ``pods_file``, so the next process after a SIGKILL knows them (as a
+    restarted kubelet learns its pods from the API server); devices come back from the manager's checkpoint."""
+    with log.open("ab") as err:
+        proc = await asyncio.create_subprocess_exec(
+            str(binary), f"--socket-dir={socket_dir}", f"--pods-file={pods_file}", "-v=2",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
+        )  # fmt: skip
+    h = DeviceManagerHarness(proc, socket_dir, log)
+    await h.start()
+    return h
+
+
+async def until(predicate: Callable[[], bool], what: str, within: float = 30) -> None:
+    """Wait for an observable state (the bound is for liveness, nothing asserts how long it took)."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not within {within}s: {what}")
+        await asyncio.sleep(0.02)
+
+
+def registrations_per_generation(log: Path) -> list[Counter[str]]:
+    """Registration requests the kubelet received, per manager generation (harness processes in order)."""
+    generations: list[Counter[str]] = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("harness: generation "):
+            generations.append(Counter())
+        elif m := REGISTRATION_REQUEST.search(line):
+            generations[-1][m.group(1)] += 1
+    return generations
+
+
+async def test_every_kind_of_kubelet_restart_reregisters_once_and_keeps_allocations(
+    harness_bin: Path, short_tmp: Path, tmp_path: Path
+) -> None:
+    """Clean stop/start, SIGKILL (a dead kubelet.sock left behind) and back-to-back restarts, 5 of each, against
+    the upstream device manager: after every one both resources register again, exactly once each, both plugin
+    sockets are there, and the pods' devices survive (from the kubelet's checkpoint); at the end the held devices
+    are still never handed to another pod. Timings are in ``python -m benchmarks restarts``."""
+    socket_dir = short_tmp / "dp"
+    sockets = [socket_dir / plugin_socket_name(r) for r in RESOURCES]
+    log = tmp_path / "devicemanager-harness.log"
+    dm = await spawn_harness(harness_bin, socket_dir, tmp_path / "pods.json", log)
+    daemon = Daemon(socket_dir, tmp_path)
+    try:
+        await daemon.start()
+        before = await registered(dm)
+        held = await dm.admit((NEURON_CORE, 4))
+        held_tp = await dm.admit((EVENT_THROUGHPUT, 1))
+        kinds = ("clean", "killed", "back-to-back")
+        for kind in kinds:
+            for _ in range(RESTARTS_PER_KIND):
+                if kind == "clean":
+                    await dm.cmd("stop")
+                    # The plugin gives the stopped kubelet up: it stops serving and removes its sockets.
+                    await until(lambda: not any(s.exists() for s in sockets), "plugin sockets removed after stop")
+                    await dm.cmd("start")
+                elif kind == "killed":
+                    assert dm.proc.returncode is None
+                    dm.proc.kill()
+                    await dm.proc.wait()
+                    assert (socket_dir / "kubelet.sock").exists()  # left behind, dead
+                    await until(lambda: not any(s.exists() for s in sockets), "plugin sockets removed after kill")
+                    dm = await spawn_harness(harness_bin, socket_dir, tmp_path / "pods.json", log)
+                else:
+                    await dm.cmd("restart")
+                for r in RESOURCES:
+                    await dm.cmd(f"registered {r} 30", within=60)
+                assert all(s.exists() for s in sockets), kind
+                pods = {p["pod"]: p["devices"] for p in (await dm.cmd("pods"))["pods"]}
+                assert pods[held["pod"]] == held["devices"], kind
+                assert pods[held_tp["pod"]] == held_tp["devices"], kind
+        await dm.wait(NEURON_CORE, "allocatable", "==", TOTAL_CORES, within=30)
+        after = await dm.wait(EVENT_THROUGHPUT, "capacity", "==", before["capacity"][EVENT_THROUGHPUT], within=30)
+        assert after["allocatable"][NEURON_CORE] == TOTAL_CORES
+        rest = await dm.admit((NEURON_CORE, TOTAL_CORES - 4))
+        assert not set(rest["devices"][NEURON_CORE]) & set(held["devices"][NEURON_CORE])
+        over = await dm.admit((NEURON_CORE, 1), check=False)
+        assert not over["ok"], over
+        # One registration request per resource per kubelet: none against a dead or stopping kubelet, no doubles.
+        per_generation = registrations_per_generation(log)
+        assert len(per_generation) == 1 + RESTARTS_PER_KIND * len(kinds)
+        assert all(g == Counter(RESOURCES) for g in per_generation), per_generation
+        # ... and none against a dead one either (the kubelet never sees those: the plugin's log does).
+        assert "registration failed" not in daemon.log.read_text(errors="replace"), daemon.log_tail()
+    finally:
+        await dm.close()
+        await daemon.stop()

@@ -9,7 +9,8 @@
 //
 // Protocol: one command per line on stdin; exactly one JSON object per command on stdout, with "cmd" and
 // "ok" fields (and "error" when ok is false). The first line on stdout is {"event":"ready",...} once the
-// manager listens. Logs (klog) go to stderr. Commands:
+// manager listens (with its generation and listen_unix_ns). Logs (klog) go to stderr, with a line
+// "harness: generation N starting" before every start. Commands:
 //
 //	capacity                              capacity/allocatable/removed from GetCapacity
 //	wait <res> <capacity|allocatable> <op> <n> [timeout_s]
@@ -19,8 +20,17 @@
 //	                                      Allocate + GetDeviceRunContainerOptions, as pod admission does
 //	release <pod>                         drop a pod from the active pods and free its devices
 //	pods                                  admitted pods and the devices the manager assigned them
-//	stop | start | restart                kubelet stop/start: Stop, then a new manager on the same dir
+//	stop | start | restart                kubelet stop/start: Stop, then a new manager on the same dir; start and
+//	                                      restart answer the new generation and listen_unix_ns
+//	registered <res> [timeout_s]          wait until res has capacity in the current generation; answers
+//	                                      since_listen_s, the time from the manager listening to the first
+//	                                      capacity (plugin registered and its first ListAndWatch applied;
+//	                                      GetCapacity polled every millisecond from the moment it listens)
 //	quit                                  stop the manager and exit (EOF on stdin does the same)
+//
+// --pods-file=PATH keeps the admitted pods in PATH (rewritten on admit and release, read at start), so a new
+// harness process after a SIGKILL knows the pods the killed one admitted, as a restarted kubelet learns them
+// from the API server; their devices come back from the device manager's own checkpoint.
 package main
 
 import (
@@ -79,6 +89,161 @@ type harness struct {
 	order   []string
 	nextPod int
 	mgr     *devicemanager.ManagerImpl
+
+	podsFile string
+
+	regMu      sync.Mutex
+	regChanged *sync.Cond
+	gen        int                  // manager generation: 1 for the first start, +1 for each start
+	watching   int                  // generation whose registrations are being watched (0: none, stopped)
+	listenAt   time.Time            // when the current generation's manager returned from Start (listening)
+	registered map[string]time.Time // resource -> first capacity seen in the current generation
+}
+
+type savedPod struct {
+	Name   string           `json:"name"`
+	UID    string           `json:"uid"`
+	Limits map[string]int64 `json:"limits"`
+}
+
+// savePods writes the active pods to --pods-file (atomic rename); called with h.mu held.
+func (h *harness) savePods() {
+	if h.podsFile == "" {
+		return
+	}
+	saved := []savedPod{}
+	for _, name := range h.order {
+		pod := h.pods[name]
+		saved = append(saved, savedPod{Name: pod.Name, UID: string(pod.UID), Limits: quantities(pod.Spec.Containers[0].Resources.Limits)})
+	}
+	data, err := json.Marshal(saved)
+	if err == nil {
+		tmp := h.podsFile + ".tmp"
+		if err = os.WriteFile(tmp, data, 0o600); err == nil {
+			err = os.Rename(tmp, h.podsFile)
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "harness: saving pods:", err)
+		os.Exit(3)
+	}
+}
+
+// loadPods reads --pods-file, if any, into the active pods.
+func (h *harness) loadPods() error {
+	if h.podsFile == "" {
+		return nil
+	}
+	data, err := os.ReadFile(h.podsFile)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	var saved []savedPod
+	if err := json.Unmarshal(data, &saved); err != nil {
+		return fmt.Errorf("%s: %w", h.podsFile, err)
+	}
+	for _, sp := range saved {
+		limits := v1.ResourceList{}
+		for res, n := range sp.Limits {
+			limits[v1.ResourceName(res)] = *resource.NewQuantity(n, resource.DecimalSI)
+		}
+		h.pods[sp.Name] = newPod(sp.Name, types.UID(sp.UID), limits)
+		h.order = append(h.order, sp.Name)
+		var num int
+		if _, err := fmt.Sscanf(sp.Name, "pod-%d", &num); err == nil && num > h.nextPod {
+			h.nextPod = num
+		}
+	}
+	return nil
+}
+
+func newPod(name string, uid types.UID, limits v1.ResourceList) *v1.Pod {
+	return &v1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "e2e", UID: uid},
+		Spec: v1.PodSpec{Containers: []v1.Container{{
+			Name: "main", Image: "none",
+			Resources: v1.ResourceRequirements{Limits: limits, Requests: limits.DeepCopy()},
+		}}},
+	}
+}
+
+// watchRegistrations polls GetCapacity every millisecond while generation gen runs, and records when each
+// resource first has capacity (a restarted manager reports none until the plugin registered again).
+func (h *harness) watchRegistrations(gen int, mgr *devicemanager.ManagerImpl) {
+	for {
+		h.regMu.Lock()
+		if h.watching != gen {
+			h.regMu.Unlock()
+			return
+		}
+		h.regMu.Unlock()
+		c, _, _ := mgr.GetCapacity(h.logger)
+		now := time.Now()
+		h.regMu.Lock()
+		if h.watching != gen {
+			h.regMu.Unlock()
+			return
+		}
+		changed := false
+		for res, q := range c {
+			if _, seen := h.registered[string(res)]; !seen && q.Value() > 0 {
+				h.registered[string(res)] = now
+				changed = true
+			}
+		}
+		if changed {
+			h.regChanged.Broadcast()
+		}
+		h.regMu.Unlock()
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func (h *harness) waitRegistered(args []string) (map[string]any, error) {
+	if len(args) < 1 || len(args) > 2 {
+		return nil, errors.New("usage: registered <res> [timeout_s]")
+	}
+	res := args[0]
+	timeout := 30 * time.Second
+	if len(args) == 2 {
+		secs, err := strconv.ParseFloat(args[1], 64)
+		if err != nil {
+			return nil, fmt.Errorf("bad timeout %q", args[1])
+		}
+		timeout = time.Duration(secs * float64(time.Second))
+	}
+	deadline := time.Now().Add(timeout)
+	timer := time.AfterFunc(timeout, func() {
+		h.regMu.Lock()
+		h.regChanged.Broadcast()
+		h.regMu.Unlock()
+	})
+	defer timer.Stop()
+	h.regMu.Lock()
+	defer h.regMu.Unlock()
+	for {
+		at, ok := h.registered[res]
+		if ok && h.mgr != nil {
+			return map[string]any{
+				"resource": res, "generation": h.gen, "since_listen_s": at.Sub(h.listenAt).Seconds(),
+				"listen_unix_ns": h.listenAt.UnixNano(), "registered_unix_ns": at.UnixNano(),
+			}, nil
+		}
+		if !time.Now().Before(deadline) {
+			return map[string]any{"resource": res, "generation": h.gen},
+				fmt.Errorf("%s did not register within %s of generation %d", res, timeout, h.gen)
+		}
+		h.regChanged.Wait()
+	}
+}
+
+func (h *harness) generation() map[string]any {
+	h.regMu.Lock()
+	defer h.regMu.Unlock()
+	return map[string]any{"generation": h.gen, "listen_unix_ns": h.listenAt.UnixNano()}
 }
 
 func (h *harness) emit(v map[string]any) {
@@ -104,6 +269,8 @@ func (h *harness) start() error {
 	if h.mgr != nil {
 		return errors.New("manager already running")
 	}
+	// Before Start: every registration logged after this line belongs to this generation.
+	fmt.Fprintf(os.Stderr, "harness: generation %d starting\n", h.gen+1)
 	store := topologymanager.NewFakeManager(h.logger)
 	mgr, err := newManagerImpl(h.logger, filepath.Join(h.dir, "kubelet.sock"), nil, store)
 	if err != nil {
@@ -112,7 +279,16 @@ func (h *harness) start() error {
 	if err := mgr.Start(h.logger, h.activePods, sourcesReady{}, containermap.NewContainerMap(), sets.New[string]()); err != nil {
 		return fmt.Errorf("Start: %w", err)
 	}
+	// Start returns right after net.Listen on kubelet.sock: plugins can register from here on.
+	h.regMu.Lock()
+	h.gen++
+	h.listenAt = time.Now()
+	h.registered = map[string]time.Time{}
+	h.watching = h.gen
+	gen := h.gen
+	h.regMu.Unlock()
 	h.mgr = mgr
+	go h.watchRegistrations(gen, mgr)
 	return nil
 }
 
@@ -120,6 +296,9 @@ func (h *harness) stop() error {
 	if h.mgr == nil {
 		return nil
 	}
+	h.regMu.Lock()
+	h.watching = 0 // ends the watcher of the generation being stopped
+	h.regMu.Unlock()
 	err := h.mgr.Stop(h.logger)
 	h.mgr = nil
 	return err
@@ -238,20 +417,12 @@ func (h *harness) admit(args []string) (map[string]any, error) {
 	h.mu.Lock()
 	h.nextPod++
 	name := fmt.Sprintf("pod-%d", h.nextPod)
-	pod := &v1.Pod{
-		ObjectMeta: metav1.ObjectMeta{
-			Name: name, Namespace: "e2e",
-			UID: types.UID(fmt.Sprintf("00000000-0000-4000-8000-%012d", h.nextPod)),
-		},
-		Spec: v1.PodSpec{Containers: []v1.Container{{
-			Name: "main", Image: "none",
-			Resources: v1.ResourceRequirements{Limits: limits, Requests: limits.DeepCopy()},
-		}}},
-	}
+	pod := newPod(name, types.UID(fmt.Sprintf("00000000-0000-4000-8000-%012d", h.nextPod)), limits)
 	// The kubelet adds a pod to its pod manager before admission, so it is active during Allocate;
 	// the device manager frees the devices of any pod missing from activePods.
 	h.pods[name] = pod
 	h.order = append(h.order, name)
+	h.savePods()
 	h.mu.Unlock()
 
 	ctx := klog.NewContext(context.Background(), h.logger)
@@ -337,6 +508,7 @@ func (h *harness) forget(name string) bool {
 			break
 		}
 	}
+	h.savePods()
 	return true
 }
 
@@ -386,13 +558,24 @@ func (h *harness) handle(line string) (quit bool) {
 	case "stop":
 		err = h.stop()
 	case "start":
-		err = h.start()
+		if err = h.start(); err == nil {
+			resp = h.generation()
+		}
 	case "restart":
 		if err = h.stop(); err == nil {
 			err = h.start()
 		}
 		if err == nil {
 			resp = h.capacity()
+			for k, v := range h.generation() {
+				resp[k] = v
+			}
+		}
+	case "registered":
+		var r map[string]any
+		r, err = h.waitRegistered(args)
+		if r != nil {
+			resp = r
 		}
 	case "quit", "exit":
 		err = h.stop()
@@ -412,6 +595,7 @@ func (h *harness) handle(line string) (quit bool) {
 func main() {
 	klog.InitFlags(nil)
 	dir := flag.String("socket-dir", "", "device plugin directory: the manager serves <dir>/kubelet.sock and removes every other socket in it at start (required)")
+	podsFile := flag.String("pods-file", "", "keep the admitted pods in this file across harness processes (optional)")
 	flag.Parse()
 	if *dir == "" {
 		fmt.Fprintln(os.Stderr, "devicemanager-harness: --socket-dir is required")
@@ -427,12 +611,23 @@ func main() {
 		logger: klog.Background().WithName("devicemanager-harness"),
 		out:    json.NewEncoder(os.Stdout),
 		pods:   map[string]*v1.Pod{},
+
+		podsFile: *podsFile,
+	}
+	h.regChanged = sync.NewCond(&h.regMu)
+	if err := h.loadPods(); err != nil {
+		h.emit(map[string]any{"event": "error", "ok": false, "error": err.Error()})
+		os.Exit(1)
 	}
 	if err := h.start(); err != nil {
 		h.emit(map[string]any{"event": "error", "ok": false, "error": err.Error()})
 		os.Exit(1)
 	}
-	h.emit(map[string]any{"event": "ready", "ok": true, "socket": filepath.Join(abs, "kubelet.sock"), "pid": os.Getpid()})
+	ready := map[string]any{"event": "ready", "ok": true, "socket": filepath.Join(abs, "kubelet.sock"), "pid": os.Getpid()}
+	for k, v := range h.generation() {
+		ready[k] = v
+	}
+	h.emit(ready)
 
 	in := bufio.NewScanner(os.Stdin)
 	in.Buffer(make([]byte, 64*1024), 1024*1024)
