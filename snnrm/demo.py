@@ -1,8 +1,9 @@
 """``snnrm demo``: the main job on the embedded default, no cluster needed.
 
 Simulated Loihi-2-like chips, the real daemon (device plugins over real unix sockets, telemetry pipeline, HTTP),
-an in-process kubelet stand-in, and a split-learning job (a DVS-Gesture CSNN cut into four stages, one pod per
-stage) placed by snnrm's planner: GetPreferredAllocation follows the plan when the stand-in admits each stage.
+an in-process kubelet stand-in, and a split-learning job (SLAYER's N-MNIST CSNN cut into four stages, one pod per
+stage, at the spike rates measured by running its NIR graph: sim_hw/nir/workloads.json) placed by snnrm's planner:
+GetPreferredAllocation follows the plan when the stand-in admits each stage.
 Then a hot spot under stage 1 saturates its event queues; the node's reallocator (the same code a node runs in a
 cluster) sees it persist for the dwell time, finds cooler cores on the node and live-remaps the stage by
 rewriting its per-allocation file, which the stage's "runtime" (the simulator) follows. Later a core under
@@ -133,7 +134,9 @@ async def scenario(daemon: Daemon, kubelet: KubeletStandIn, sim: SimBackend, sum
         event_throughput_devices=kubelet.allocatable(EVENT_THROUGHPUT),
     )
     await node.ready.wait()
-    job = sim_hw.networks.dvs_gesture_csnn(stages=4, name="dvs-gesture")
+    # SLAYER's N-MNIST CSNN at the spike rates measured by running its NIR graph (sim_hw/nir/workloads.json), real
+    # time, unscaled: its stage 1 (the first pooling layer, 16 cores) is the busiest per core, where a hot spot bites.
+    job = sim_hw.networks.nmnist_classifier(stages=4, name="nmnist")
     # The job contract's numbers: cores per stage, spikes to the next stage (KEPS), sensor input into stage 0.
     demands = tuple(
         StageDemand(s.cores, out_keps=s.spike_rate / 1e3 if i + 1 < len(job.stages) else 0.0,
