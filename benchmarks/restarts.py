@@ -2,12 +2,14 @@
 
 The kubelet side is ``devicemanager-harness`` (tests/e2e/devicemanager: k8s.io/kubernetes'
 pkg/kubelet/cm/devicemanager, the code the kubelet runs, built by scripts/build-tools.sh); the plugin side is the
-real daemon, ``snnrm run --backend sim``, registering both resources. Three kinds of restart, ``N`` in a row each:
+real daemon, ``snnrm run --backend sim``, registering both resources. Four kinds of restart, ``N`` in a row each:
 
 * ``clean``: the manager stops (kubelet.sock removed, streams closed), a pause, a new manager starts;
 * ``killed``: the harness process gets SIGKILL (a dead kubelet.sock stays behind), a pause, a new harness process
   starts on the same directory (its start-up deletes every socket there, then listens);
-* ``back-to-back``: stop and start with no pause, the next restart as soon as the plugin is back.
+* ``back-to-back``: stop and start with no pause, the next restart as soon as the plugin is back;
+* ``burst``: three restarts in a row without waiting for anything, measured against the last kubelet (the
+  plugin meets kubelets that go away mid-registration; found a shared gRPC subchannel in reconnect back-off).
 
 Pauses cycle through ``PAUSES_S``: the longest outlasts the plugin's orphan grace (5 s), so the plugin has given
 the dead kubelet up before the new one comes. For every restart the harness reports the time from the new manager
@@ -15,7 +17,8 @@ listening to each resource's first capacity (registered, first ListAndWatch appl
 millisecond); a restart counts when both resources are back. Printed per kind: p50/p99/max, how many took 1 s
 or more, 5 s or more (a plugin back-off at its cap), and ~10 s stalls (9 s or more: the kubelet blocked in its
 10 s dial of a socket deleted under it), and the registration requests the kubelet saw per restart (2 means one
-per resource). Target (issue 16): every re-registration under 1 s after the new kubelet listens.
+per resource; a burst counts the requests to every kubelet in it). Target (issue 16): every re-registration under
+1 s after the new kubelet listens.
 
 ``SNNRM_BENCH_RESTARTS`` overrides N (default 50).
 """
@@ -44,6 +47,7 @@ TARGET_S = 1.0
 SLOW_S = 5.0
 STALL_S = 9.0
 PAUSES_S = (0.0, 0.3, 1.0, 3.0, 6.0)
+BURST = 3
 RESOURCES = (NEURON_CORE, EVENT_THROUGHPUT)
 REGISTRATION_LINE = "Got registration request from device plugin"
 
@@ -136,7 +140,7 @@ async def _run(binary: Path, root: Path) -> dict[str, tuple[list[float], float]]
     results: dict[str, tuple[list[float], float]] = {}
     try:
         await h.back(within=60)
-        for kind in ("clean", "killed", "back-to-back"):
+        for kind in ("clean", "killed", "back-to-back", "burst"):
             requests_before = h.registration_requests()
             samples: list[float] = []
             for i in range(N):
@@ -149,8 +153,11 @@ async def _run(binary: Path, root: Path) -> dict[str, tuple[list[float], float]]
                     await h.kill()
                     await asyncio.sleep(pause)
                     await h.spawn()
-                else:
+                elif kind == "back-to-back":
                     await h.cmd("restart")
+                else:
+                    for _ in range(BURST):
+                        await h.cmd("restart")
                 samples.append(await h.back())
                 if daemon.returncode is not None:
                     raise RuntimeError(f"snnrm run exited with {daemon.returncode}; see {root / 'snnrm.log'}")

@@ -50,7 +50,11 @@ async def register(
     must already be serving: the kubelet calls back into it before this returns.
     """
     request = api_pb2.RegisterRequest(version=VERSION, endpoint=endpoint, resource_name=resource, options=options)
-    async with grpc.aio.insecure_channel(f"unix://{kubelet_socket}") as channel:
+    # A channel of its own subchannels: gRPC shares subchannels between channels to the same target by default,
+    # and one left in reconnect back-off by a kubelet that went away (up to ~1.6 s, then growing) would fail this
+    # call at once against the new kubelet listening on the same path.
+    local = (("grpc.use_local_subchannel_pool", 1),)
+    async with grpc.aio.insecure_channel(f"unix://{kubelet_socket}", options=local) as channel:
         call = channel.unary_unary(
             f"/{REGISTRATION_SERVICE}/Register",
             request_serializer=api_pb2.RegisterRequest.SerializeToString,
