@@ -118,6 +118,8 @@ def test_recorded_activity(tmp_path: Path) -> None:
         ("too-many-stages", "more than the graph allows"),
         ("no-activity", "exactly one of --input"),
         ("bad-events", "is outside"),
+        ("shapes", "flat.output: [[288]] -> fc1.input: [[300]]"),
+        ("too-big", "nodes conv1,lif1 cannot be split and need 5 cores, more than --max-cores-per-stage 1"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, case: str, message: str) -> None:
@@ -137,6 +139,13 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, case: str, mes
         args[2] = "9"
     elif case == "no-activity":
         args = args[:3] + args[5:]
+    elif case == "shapes":
+        g = nir.read(str(graph))
+        g.nodes["fc1"] = nir.Affine(weight=np.zeros((64, 300)), bias=np.zeros(64))
+        nir.write(str(tmp_path / "s.nir"), g)
+        args[0] = str(tmp_path / "s.nir")
+    elif case == "too-big":
+        args[1:3] = ["--max-cores-per-stage", "1"]
     elif case == "bad-events":
         np.savez(tmp_path / "e.npz", t=np.array([0.0]), x=np.array([W]), y=np.array([0]), p=np.array([0]))
         args[4] = str(tmp_path / "e.npz")
