@@ -14,6 +14,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import structlog
 
 from snnrm.core.devices import (
     EVENT_THROUGHPUT,
@@ -64,7 +65,8 @@ async def node(short_dir: Path) -> AsyncIterator[Node]:
     blocks = ThroughputBlocks.plan(topo, block_keps=400.0)
     state = StaticAllocationState(topology=topo, blocks=blocks)
     cores = DeviceFeed(NEURON_CORE, neuron_core_devices(topo, np.ones(N_CORES, dtype=bool)))
-    throughput = DeviceFeed(EVENT_THROUGHPUT, event_throughput_devices(blocks, topo, topo.core_nominal_keps))
+    every_block = np.bincount(blocks.chip_of_block, minlength=CHIPS)  # healthy blocks per chip: all of them
+    throughput = DeviceFeed(EVENT_THROUGHPUT, event_throughput_devices(blocks, topo, every_block))
     kdir = short_dir / "dp"
     async with KubeletStandIn(kdir) as kubelet:
         plugins = {
@@ -346,10 +348,15 @@ async def test_registration_waits_for_kubelet(short_dir: Path) -> None:
         cdi_dir=short_dir / "c",
         poll_interval=0.05,
     )
-    task = asyncio.create_task(plugin.run())
+    task = asyncio.create_task(plugin.run())  # it first runs at the first await below, inside the capture
     try:
-        await asyncio.sleep(0.2)
+        with structlog.testing.capture_logs() as logs:
+            # Said once the plugin has looked for kubelet.sock and found none: it is waiting, not registered.
+            async with asyncio.timeout(10):
+                while not any(e["event"] == "waiting for kubelet" for e in logs):  # noqa: ASYNC110 - a log line
+                    await asyncio.sleep(0.01)
         assert plugin.registrations == 0
+        assert not plugin.registered.is_set()
         async with KubeletStandIn(kdir) as kubelet:
             await kubelet.wait_capacity(NEURON_CORE, topo.n_cores, allocatable=topo.n_cores)
     finally:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from snnrm.core.dra import DRIVER, NO_EXECUTE, DraFeatures, DraLayout, HardwareInfo
+from snnrm.core.dra import DRIVER, NO_EXECUTE, DraFeatures, DraLayout, DraSnapshot, HardwareInfo
 from snnrm.core.topology import ChipGeometry, Topology
 from snnrm.dra.kube import DraApiError
 from snnrm.dra.publisher import SlicePublisher
@@ -22,10 +22,23 @@ from snnrm.dra.view import DraView
 NODE = "node-a"
 
 
+class CountingTelemetry(StaticTelemetry):
+    """Counts the view's folds (each reads :meth:`now` first), so a test can wait until the view has seen a change
+    instead of sleeping and hoping it did."""
+
+    def __init__(self, topology: Topology) -> None:
+        super().__init__(topology)
+        self.reads = 0
+
+    def now(self) -> float:
+        self.reads += 1
+        return super().now()
+
+
 @dataclass
 class Rig:
     kube: FakeDraKube
-    telemetry: StaticTelemetry
+    telemetry: CountingTelemetry
     view: DraView
     publisher: SlicePublisher
     layout: DraLayout
@@ -35,6 +48,11 @@ class Rig:
 
     def writes(self) -> list[tuple[str, str]]:
         return [c for c in self.kube.calls if c[0] in ("create_slice", "update_slice", "delete_slice")]
+
+    async def folded(self, n: int) -> None:
+        """Wait until the view has read the telemetry ``n`` more times (it sees whatever the test set before)."""
+        target = self.telemetry.reads + n
+        await until(lambda: self.telemetry.reads >= target)
 
 
 async def until(pred: Any, within: float = 5.0) -> None:
@@ -49,7 +67,7 @@ async def rig(*, features: DraFeatures | None = None, attribute_interval: float 
     layout = DraLayout.build(t)
     kube = FakeDraKube(features=features)
     kube.add_node(NODE)
-    tel = StaticTelemetry(t)
+    tel = CountingTelemetry(t)
     view = DraView(layout, tel, period=0.02)
     pub = SlicePublisher(
         kube, view, driver=DRIVER, node=NODE, info=HardwareInfo(model="loihi2"), attribute_interval=attribute_interval
@@ -81,10 +99,13 @@ async def test_first_publish_creates_the_pool_owned_by_the_node() -> None:
 
 async def test_nothing_is_written_while_nothing_changes() -> None:
     async with rig() as r:
-        before = len(r.writes())
+        before, version = len(r.writes()), r.view.version
         r.publisher.request_sync()
         await until(lambda: r.publisher.syncs >= 2)
-        await asyncio.sleep(0.3)
+        assert len(r.writes()) == before  # a forced sync of an unchanged pool writes nothing
+        # The view keeps folding the same telemetry: it must report no change, so the publisher stays idle.
+        await r.folded(3)
+        assert r.view.version == version
         assert len(r.writes()) == before
 
 
@@ -105,13 +126,14 @@ async def test_a_failed_core_taints_its_devices_with_one_slice_update() -> None:
 
 async def test_headroom_changes_are_bucketed_and_rate_limited() -> None:
     async with rig(attribute_interval=0.5) as r:
-        syncs = r.publisher.syncs
+        syncs, version = r.publisher.syncs, r.view.version
         r.telemetry.keps[:16] *= 0.96  # noise inside a bucket: nothing to publish
-        await asyncio.sleep(0.3)
+        await r.folded(3)  # the view has read the noisy telemetry: no new version, so no sync can follow
+        assert r.view.version == version
         assert r.publisher.syncs == syncs
         r.telemetry.keps[:16] *= 0.2
         r.telemetry.time = 100.0  # well past the shrink dwell
-        await asyncio.sleep(0.05)
+        await r.folded(1)  # the view saw the drop at t=100 (where the dwell starts)
         r.telemetry.time = 103.0
         await until(lambda: r.devices()["chip0-g0"]["attributes"]["headroomPct"] == {"int": 0}, within=5)
         assert r.devices()["chip0"]["attributes"]["headroomPct"] == {"int": 0}
@@ -187,5 +209,10 @@ async def test_the_view_only_reports_real_changes() -> None:
     tel.fail(0)
     assert view.fold()
     assert view.health_version == 2
-    assert view.snapshot is not None
-    assert np.count_nonzero(view.snapshot.conditions.effect) == 2  # its group and its chip
+    snap = _snapshot(view)  # read again: mypy would keep the narrowing to None from above
+    assert snap is not None
+    assert np.count_nonzero(snap.conditions.effect) == 2  # its group and its chip
+
+
+def _snapshot(view: DraView) -> DraSnapshot | None:
+    return view.snapshot

@@ -61,15 +61,20 @@ async def test_sample_reduces_the_node_to_its_series(node: NodeService) -> None:
 
 async def test_run_waits_for_the_first_frame_then_samples_each_period(node: NodeService) -> None:
     """No sample before telemetry flows (the defaults would be a fake "all healthy"); then one per period."""
-    h = StatusHistory(node, period=0.01)
+    ticks = iter(range(1000))
+    h = StatusHistory(node, period=0.01, clock=lambda: float(next(ticks)))
     task = asyncio.create_task(h.run())
     try:
-        await asyncio.sleep(0.05)
+        # A bare yield lets the new task run up to its first wait (the loop runs ready callbacks in order): had it
+        # not waited for ``ready``, it would have sampled by now, since a sample is taken before any await.
+        await asyncio.sleep(0)
+        assert not task.done()
         assert len(h) == 0
         node.ready.set()
-        await asyncio.sleep(0.1)
-        assert 3 <= len(h) <= 12
-        assert np.all(np.diff(h.snapshot().t) >= 0)
+        async with asyncio.timeout(5):
+            while len(h) < 3:  # noqa: ASYNC110 - the ring has no event; poll it with a deadline
+                await asyncio.sleep(0.01)
+        assert h.snapshot().t.tolist()[:3] == [0.0, 1.0, 2.0]  # one clock reading per sample, in order
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -21,6 +21,16 @@ def _set(*healthy: bool) -> DeviceSet:
     )
 
 
+async def _let_woken_tasks_run() -> None:
+    """Return once every task that is ready to run has taken its step.
+
+    ``publish`` wakes waiters synchronously (their wake-up is queued on the loop at once) and the loop runs queued
+    callbacks in order, so a bare yield puts this task behind them: a subscriber woken by what happened before is
+    done by the time this returns. No timer, so nothing depends on how fast the machine is.
+    """
+    await asyncio.sleep(0)
+
+
 async def test_publish_same_set_is_noop() -> None:
     """Publishing an equal set does not bump the version."""
     feed = DeviceFeed(NEURON_CORE, _set(True, True))
@@ -50,10 +60,10 @@ async def test_subscriber_gets_current_then_only_latest() -> None:
     latest = await anext(it)
     assert latest.healthy.tolist() == [True, False]
     nxt = asyncio.ensure_future(anext(it))
-    await asyncio.sleep(0.01)
+    await _let_woken_tasks_run()
     assert not nxt.done()  # unchanged state sends nothing
-    feed.publish(_set(True, False))
-    await asyncio.sleep(0.01)
+    assert not feed.publish(_set(True, False))
+    await _let_woken_tasks_run()
     assert not nxt.done()
     feed.publish(_set(True, True))
     assert (await asyncio.wait_for(nxt, 1)).healthy.tolist() == [True, True]
@@ -64,7 +74,7 @@ async def test_subscriber_waits_for_first_publication() -> None:
     feed = DeviceFeed(NEURON_CORE)
     assert feed.current is None
     nxt = asyncio.ensure_future(anext(aiter(feed)))
-    await asyncio.sleep(0.01)
+    await _let_woken_tasks_run()
     assert not nxt.done()
     feed.publish(_set(True))
     assert (await asyncio.wait_for(nxt, 1)).ids == ("chip0-core0",)
