@@ -137,3 +137,51 @@ def test_whole_recurrent_graph_matches_direct_numpy() -> None:
     assert res.spikes["h"] == count_h
     assert res.spikes["o"] == count_o
     assert res.spikes["in"] == x.sum()
+
+
+def test_conv_pool_graph_over_several_blocks_matches_direct_numpy() -> None:
+    """Input -> Conv2d -> LIF -> SumPool2d -> LIF over 300 steps (more than two of the interpreter's blocks of
+    steps): spike counts and the last layer's spikes equal a step-by-step loop written here."""
+    rng = np.random.default_rng(3)
+    steps, c_in, c_out, hw = 300, 1, 2, 6
+    w = rng.normal(0, 1.0, (c_out, c_in, 3, 3))
+    b = rng.normal(0, 0.1, c_out)
+    tau, thr = 0.004, 0.5
+    nodes = {
+        "in": nir.Input(input_type={"input": np.array([c_in, hw, hw])}),
+        "conv": nir.Conv2d(input_shape=(hw, hw), weight=w, stride=1, padding=1, dilation=1, groups=1, bias=b),
+        "pool": nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0])),
+    }
+    nodes["l1"] = nir.LIF(tau=np.full((c_out, hw, hw), tau), r=np.ones((c_out, hw, hw)),
+                          v_leak=np.zeros((c_out, hw, hw)), v_threshold=np.full((c_out, hw, hw), thr))  # fmt: skip
+    nodes["l2"] = nir.LIF(tau=np.full((c_out, 3, 3), tau), r=np.ones((c_out, 3, 3)), v_leak=np.zeros((c_out, 3, 3)),
+                          v_threshold=np.full((c_out, 3, 3), thr))  # fmt: skip
+    edges = [("in", "conv"), ("conv", "l1"), ("l1", "pool"), ("pool", "l2")]
+    x = (rng.random((steps, c_in, hw, hw)) < 0.3).astype(float)
+    res = run(nodes, edges, {"in": x}, dt=DT, keep=["l2"])
+
+    v1, v2 = np.zeros((c_out, hw, hw)), np.zeros((c_out, 3, 3))
+    n1 = n2 = 0.0
+    last = []
+    for t in range(steps):
+        xp = np.pad(x[t], ((0, 0), (1, 1), (1, 1)))
+        cur = np.zeros((c_out, hw, hw))
+        for o in range(c_out):
+            for i in range(hw):
+                for j in range(hw):
+                    cur[o, i, j] = np.sum(xp[:, i : i + 3, j : j + 3] * w[o]) + b[o]
+        v1 = v1 + DT / tau * (-v1 + cur)
+        z1 = v1 > thr
+        v1[z1] = 0.0
+        pooled = z1.reshape(c_out, 3, 2, 3, 2).sum(axis=(2, 4))
+        v2 = v2 + DT / tau * (-v2 + pooled)
+        z2 = v2 > thr
+        v2[z2] = 0.0
+        n1 += z1.sum()
+        n2 += z2.sum()
+        last.append(z2.astype(float))
+    assert n1 > 0
+    assert n2 > 0
+    assert res.spikes["l1"] == n1
+    assert res.spikes["l2"] == n2
+    np.testing.assert_array_equal(np.stack(res.outputs["l2"]), np.stack(last))
