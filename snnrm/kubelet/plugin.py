@@ -40,8 +40,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,7 +58,7 @@ from snnrm.kubelet.allocator import (
 )
 from snnrm.kubelet.cdi import CdiSpecWriter
 from snnrm.kubelet.feed import DeviceFeed
-from snnrm.kubelet.registration import FileIdentity, identity, register
+from snnrm.kubelet.registration import FileIdentity, answers, identity, register
 from snnrm.kubelet.servicer import DevicePluginServicer
 from snnrm.kubelet.state import AllocationState
 from snnrm.kubelet.wire import KUBELET_SOCKET, ListAndWatchEncoder, plugin_socket_name
@@ -75,8 +73,6 @@ ORPHAN_GRACE_S = 5.0
 """Seconds without any ListAndWatch stream (same kubelet) before registering again on the same server."""
 WAITING_LOG_EVERY = 30.0
 """Seconds between "waiting for kubelet" lines while its socket is absent."""
-PROBE_TIMEOUT_S = 1.0
-"""Bound on one connect to ``kubelet.sock`` (a unix connect answers at once unless the backlog is full)."""
 
 
 class DevicePlugin:
@@ -134,7 +130,6 @@ class DevicePlugin:
         """Successful registrations so far."""
         self.registered = asyncio.Event()
         """Set while registered with the current kubelet; cleared during a restart cycle."""
-        self._dead_kubelet: FileIdentity | None = None  # the kubelet.sock last found refusing connections
         self._refused_by: FileIdentity | None = None  # the kubelet that refused our last registration(s)
         self._refusals = 0
 
@@ -193,18 +188,19 @@ class DevicePlugin:
     async def _wait_for_kubelet(self) -> FileIdentity:
         """Wait for a ``kubelet.sock`` that accepts connections; returns its identity.
 
-        A socket file that refused once is dead for good (a new listener always creates a new file), so it is not
-        probed again: we wait for it to be replaced, by ``stat`` every ``poll_interval``.
+        Probed every ``poll_interval`` (a refused unix connect costs microseconds). A refusing file is not written
+        off for good: a new kubelet's socket refuses too in the instant between its ``bind`` and ``listen``.
         """
         since, next_log = time.monotonic(), 0.0
+        refusing: FileIdentity | None = None
         while True:
             kubelet = identity(self.kubelet_socket)
-            if kubelet is not None and kubelet != self._dead_kubelet:
-                answered = await _answers(self.kubelet_socket)
-                if answered:
+            if kubelet is not None:
+                answered = await answers(self.kubelet_socket)
+                if answered and identity(self.kubelet_socket) == kubelet:  # the file we probed is the one we stat'ed
                     return kubelet
-                if answered is False:
-                    self._dead_kubelet = kubelet
+                if answered is False and kubelet != refusing:
+                    refusing = kubelet
                     log.info("kubelet.sock refuses connections; waiting for a new kubelet", resource=self.resource)
             next_log = self._log_waiting(since, next_log)
             await asyncio.sleep(self._poll)
@@ -310,8 +306,7 @@ class DevicePlugin:
             if servicer.open_streams > 0:
                 orphaned_since = None
             elif orphaned_since is not None:
-                if await _answers(self.kubelet_socket) is False:
-                    self._dead_kubelet = kubelet
+                if await answers(self.kubelet_socket) is False:
                     return _Outcome("kubelet.sock refuses connections (kubelet gone)")
                 if time.monotonic() - orphaned_since >= self._orphan_grace:
                     orphaned_since = None
@@ -326,25 +321,6 @@ class _Outcome:
 
     reason: str
     refused_by: FileIdentity | None = None
-
-
-async def _answers(path: Path) -> bool | None:
-    """Whether a listener accepts connections on the unix socket ``path``: True, False when refused (nobody
-    listens: a dead socket file) or gone, None when undecided (e.g. its backlog is full)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.setblocking(False)
-    try:
-        async with asyncio.timeout(PROBE_TIMEOUT_S):
-            await asyncio.get_running_loop().sock_connect(sock, str(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        return False
-    except (TimeoutError, OSError) as e:
-        if isinstance(e, OSError) and e.errno in (errno.ECONNREFUSED, errno.ENOENT):
-            return False
-        return None
-    finally:
-        sock.close()
-    return True
 
 
 def _default_allocator(

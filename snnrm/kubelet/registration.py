@@ -4,11 +4,16 @@ The kubelet (legacy socket mode) forgets every plugin when it restarts: it delet
 device-plugins directory, recreates ``kubelet.sock`` and waits for plugins to register again. A plugin notices
 by cheap ``stat`` polling: its own socket vanished, or ``kubelet.sock`` is a different file than the one it
 registered with. File identity is (device, inode, ctime): inode numbers alone are reused at once on tmpfs.
+
+A *killed* kubelet deletes nothing: its ``kubelet.sock`` stays, refusing connections, until the next kubelet's
+start-up clean-up removes it and listens anew. :func:`answers` tells a live ``kubelet.sock`` from such a dead one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 from pathlib import Path
 from typing import NamedTuple
 
@@ -19,6 +24,8 @@ from snnrm.kubelet.wire import REGISTRATION_SERVICE, VERSION
 
 REGISTER_TIMEOUT_S = 15.0
 """Kubelet dials back into the plugin inside Register with a 10 s blocking dial; allow that plus slack."""
+PROBE_TIMEOUT_S = 1.0
+"""Bound on one connect to ``kubelet.sock`` (a unix connect answers at once unless the backlog is full)."""
 
 
 class FileIdentity(NamedTuple):
@@ -61,3 +68,20 @@ async def register(
             response_deserializer=api_pb2.Empty.FromString,
         )
         await call(request, timeout=rpc_timeout, wait_for_ready=False)
+
+
+async def answers(path: Path) -> bool | None:
+    """Whether a listener accepts connections on the unix socket ``path``: True, False when refused (nobody
+    listens: a dead socket file) or gone, None when undecided (e.g. its backlog is full)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT_S):
+            await asyncio.get_running_loop().sock_connect(sock, str(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+    except OSError:  # TimeoutError included
+        return None
+    finally:
+        sock.close()
+    return True

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 from snnrm.core.devices import NEURON_CORE
 from snnrm.kubelet.protos.deviceplugin.v1beta1 import api_pb2
-from snnrm.kubelet.registration import register
+from snnrm.kubelet.registration import answers, register
 from snnrm.kubelet.wire import KUBELET_SOCKET, REGISTRATION_SERVICE
 
 
@@ -71,3 +72,18 @@ async def test_register_after_a_kubelet_that_reset_us_reaches_the_new_one(short_
     finally:
         await new.stop(None)
     assert [c.resource_name for c in calls] == [NEURON_CORE]
+
+
+async def test_answers_tells_a_live_kubelet_sock_from_a_dead_one(short_dir: Path) -> None:
+    path = short_dir / KUBELET_SOCKET
+    assert await answers(path) is False  # no file
+    live = await asyncio.start_unix_server(lambda r, w: w.close(), path=str(path))
+    assert await answers(path) is True
+    live.close()
+    await live.wait_closed()
+    path.unlink(missing_ok=True)
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    dead.bind(str(path))  # what SIGKILL leaves behind: the file, nobody listening
+    dead.close()
+    assert path.exists()
+    assert await answers(path) is False

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -27,6 +28,7 @@ from snnrm.core.topology import ChipGeometry, Topology
 from snnrm.kubelet.feed import DeviceFeed
 from snnrm.kubelet.plugin import DevicePlugin
 from snnrm.kubelet.protos.deviceplugin.v1beta1 import api_pb2
+from snnrm.kubelet.registration import identity
 from snnrm.kubelet.standin import KubeletStandIn
 from snnrm.kubelet.state import StaticAllocationState
 from snnrm.kubelet.wire import KUBELET_SOCKET, REGISTRATION_SERVICE
@@ -230,3 +232,23 @@ async def test_a_registration_whose_socket_is_deleted_meanwhile_is_abandoned_and
     assert [e["reason"] for e in events(logs, "restarting device plugin")] == [
         "plugin socket removed during registration"
     ]
+
+
+async def test_a_kubelet_sock_caught_between_bind_and_listen_is_probed_again(short_dir: Path) -> None:
+    """A new kubelet's socket file exists, refusing, between its bind() and listen(); a plugin that probes it then
+    must not write that file off (found by the restarts benchmark: the plugin waited for a newer kubelet.sock that
+    never came, and one resource stayed unregistered)."""
+    plugin = make_plugin(short_dir)
+    path = plugin.kubelet_socket
+    path.parent.mkdir(parents=True)
+    kubelet = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        kubelet.bind(str(path))  # the file is there; nobody listens yet
+        with structlog.testing.capture_logs() as logs:
+            waiting = asyncio.create_task(plugin._wait_for_kubelet())
+            await until(lambda: bool(events(logs, "kubelet.sock refuses connections; waiting for a new kubelet")))
+            kubelet.listen()  # the same file now answers
+            async with asyncio.timeout(WITHIN):
+                assert await waiting == identity(path)
+    finally:
+        kubelet.close()
