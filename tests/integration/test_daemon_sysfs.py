@@ -45,7 +45,13 @@ async def test_pushed_fault_and_garbled_counters_reach_the_kubelet(tmp_path: Pat
             await kubelet.wait_until(lambda: kubelet.allocatable(NEURON_CORE) == 14, within=10)
             assert kubelet.devices(NEURON_CORE)["chip1-core1"] is False
             assert daemon.node.monitor.rates.rejected_samples[9] > 0
-            await asyncio.sleep(0.5)
+            # It stays that way: once the daemon has taken in more garbled frames, its device list has not moved.
+            feed, monitor = daemon.node.feeds[NEURON_CORE], daemon.node.monitor
+            version, frames = feed.version, monitor.frames
+            async with asyncio.timeout(10):
+                while monitor.frames < frames + 5:  # noqa: ASYNC110 - the monitor counts frames; it has no event
+                    await asyncio.sleep(0.02)
+            assert feed.version == version
             assert kubelet.allocatable(NEURON_CORE) == 14
         finally:
             stop.set()
