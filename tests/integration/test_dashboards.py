@@ -260,7 +260,7 @@ async def live(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Live]:
                 await eventually(
                     lambda: prom.query("rate(snnrm_telemetry_frames_total[1m]) > 0"), within=30, what="frame rate"
                 )
-                await asyncio.sleep(5)
+                await _more_scrapes(prom, 5, "five more scrapes before the fault")
                 # Now a core under stage 1 fails: its node live-remaps it while Prometheus watches (the
                 # reallocation and health-transition annotations need the counters to move in front of it).
                 async with aiohttp.ClientSession() as http:
@@ -275,7 +275,7 @@ async def live(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Live]:
 
                     await eventually(moved, within=30, what="stage 1 live-remapped off its failed core")
                 await eventually(lambda: prom.query("snnrm_stage_spike_latency_seconds"), within=30, what="latency")
-                await asyncio.sleep(3)
+                await _more_scrapes(prom, 3, "three scrapes after the remap")
                 yield Live(prom, base, log)
         finally:
             proc.terminate()
@@ -286,6 +286,23 @@ async def live(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Live]:
                 await proc.wait()
             await receiver_runner.cleanup()
     shutil.rmtree(short, ignore_errors=True)
+
+
+async def _scrapes(prom: Prometheus) -> int:
+    """How many scrapes of the daemon Prometheus has stored (a window longer than the test: it never slides)."""
+    result = await prom.query('count_over_time(up{job="snnrm"}[10m])')
+    return int(float(result[0]["value"][1])) if result else 0
+
+
+async def _more_scrapes(prom: Prometheus, n: int, what: str) -> None:
+    """Wait until Prometheus has stored ``n`` more scrapes: counted, not assumed from the scrape interval (a busy
+    machine scrapes late)."""
+    target = await _scrapes(prom) + n
+
+    async def enough() -> bool:
+        return await _scrapes(prom) >= target
+
+    await eventually(enough, within=60, what=what)
 
 
 async def _stage(http: aiohttp.ClientSession, base: str, index: int) -> dict[str, Any]:
