@@ -124,8 +124,7 @@ def measured_job(network: str, stages: int, *, name: str | None = None, neurons_
     for i, st in enumerate(plan):
         last = i + 1 == len(plan)
         to_host = sum(rates.get(n, 0.0) for n in st["nodes"] if n in feeders)
-        sensor = rates.get(entry["input_node"], 0.0) if entry["input_node"] in st["nodes"] else 0.0
-        internal = max(0.0, st["internal_keps"] * 1e3 - sensor - to_host)
+        internal = max(0.0, st["internal_keps"] * 1e3 - to_host)  # the sensor's events are the input, not internal
         cores = st["cores"] if neurons_per_core == npc_plan else max(1, math.ceil(st["neurons"] / neurons_per_core))
         out.append(
             Stage(

@@ -308,9 +308,10 @@ def _stages(
             rate = rates_hz.get(x, 0.0) if by_name[x].spiking else 0.0
             targets = sends.get(x, set())
             out_hz += rate * len({t for t in targets if t > k})
-            internal_hz += rate if k in targets else 0.0
             if by_name[x].kind == "Input":
-                in_hz += rate
+                in_hz += rate  # arrives from outside: "in" only, not traffic inside the stage as well
+            elif k in targets:
+                internal_hz += rate
         for a in {a for a, b in edges if stage_of[b] == k and stage_of[a] < k and by_name[a].spiking}:
             in_hz += rates_hz.get(a, 0.0)
         out.append(Stage(k, members, n, s, budget.cores_for(n, s), in_hz / 1e3, out_hz / 1e3, internal_hz / 1e3))

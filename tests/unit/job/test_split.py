@@ -37,6 +37,9 @@ def test_balanced_cut_after_spiking_layers_with_traffic() -> None:
     for s in stages:
         assert s.nodes[-1].startswith(("lif", "input"))  # every stage ends on a spiking node
     assert stages[0].in_keps == pytest.approx(1.0)
+    # the input's spikes arrive from outside: counted once, as "in", not again as traffic inside stage 0
+    assert stages[0].internal_keps == pytest.approx(0.0)
+    assert stages[1].internal_keps == pytest.approx(6.0)  # lif1 and lif2 feed layers of their own stage
     # what stage 0 sends is what stage 1 receives
     assert stages[0].out_keps == pytest.approx(stages[1].in_keps)
     assert sum(s.neurons for s in stages) == 1000
