@@ -230,9 +230,10 @@ def split(
     pieces = list(zip(starts, ends, strict=True))
     most = sum(1 for i, j in pieces if pre_n[j] > pre_n[i])
     if stages is not None and stages > most:
+        cycles = "; ".join(f"recurrent cycle {','.join(g)} stays in one stage" for g in plan.groups if len(g) > 1)
         raise SplitError(
             f"--stages {stages} is more than the graph allows: at most {most} (a stage ends after a spiking "
-            "layer and holds neurons)"
+            f"layer and holds neurons{'; ' + cycles if cycles else ''})"
         )
     for i, j in pieces:
         need = budget.cores_for(pre_n[j] - pre_n[i], pre_s[j] - pre_s[i])

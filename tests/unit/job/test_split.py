@@ -65,6 +65,14 @@ def test_recurrent_cycle_stays_in_one_stage() -> None:
         assert owner["lif1"] == owner["rec"]
 
 
+def test_too_many_stages_names_the_cycle_that_cannot_be_cut() -> None:
+    nodes, edges = chain([100, 100, 100])
+    nodes.append(GraphNode("rec", "Linear", synapses=100 * 100))
+    edges += [("lif1", "rec"), ("rec", "lif1")]
+    with pytest.raises(SplitError, match=r"at most 3 .*recurrent cycle lif1,rec stays in one stage"):
+        split(nodes, edges, {}, BUDGET, stages=4)
+
+
 def test_max_cores_gives_fewest_stages() -> None:
     nodes, edges = chain([300, 300, 300, 300])
     stages = split(nodes, edges, {}, BUDGET, max_cores_per_stage=7)
