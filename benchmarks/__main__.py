@@ -22,7 +22,7 @@ BENCHMARKS = {
     "pipeline": "telemetry ingest, /metrics scrape time and RSS",
     "placement": "stage placement vs count-based first-fit on the simulator (hops, e2e spike latency)",
     "extender": "scheduler extender prioritize/filter over 5,000 nodes",
-    "restarts": "device plugin re-registration after 50 clean, killed and back-to-back upstream kubelet restarts",
+    "restarts": "device plugin re-registration after clean, killed, back-to-back and burst upstream kubelet restarts",
     "experiments": "snnrm vs first-fit, random and static placement under faults (results in benchmarks/results)",
 }
 

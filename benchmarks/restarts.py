@@ -187,7 +187,7 @@ def main() -> None:
         print(f"failed; logs kept in {root}")
         raise
     shutil.rmtree(root, ignore_errors=True)
-    print(f"{N} restarts per kind in {time.monotonic() - started:.0f} s; pauses cycle {PAUSES_S} s (not back-to-back)")
+    print(f"{N} restarts per kind in {time.monotonic() - started:.0f} s; pauses (clean, killed) cycle {PAUSES_S} s")
     print(f"{'kind':<14}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'>=1 s':>7}{'>=5 s':>7}{'~10 s':>7}{'reg/restart':>13}")
     for kind, (samples, per_restart) in results.items():
         s = np.array(samples)
