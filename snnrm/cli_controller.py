@@ -43,7 +43,7 @@ def _opt(name: str, **kw: Any) -> Callable[[F], F]:
 @_opt("lease-name", default="snnrm-placement-controller", help="Name of the leader-election Lease.")
 @_opt("lease-duration", type=float, default=15.0, help="Seconds a leader holds the Lease without renewing.")
 @_opt("reservation-ttl", type=float, default=120.0, help="Seconds a plan's cores stay reserved before binding.")
-@_opt("summary-stale-after", type=float, default=180.0, help="Seconds after which a node summary is ignored.")
+@_opt("summary-stale-after", type=float, default=900.0, help="Seconds after which a node summary is ignored.")
 @_opt("dry-run", is_flag=True, default=False, help="Decide and record Events, but reserve, patch and evict nothing.")
 @click.option(
     "--reallocation/--no-reallocation",

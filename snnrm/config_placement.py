@@ -32,7 +32,7 @@ class PlacementConfig(BaseModel):
     """Decide and report remaps as Events, but move nothing."""
     publish_min_interval: float = Field(default=5.0, gt=0.0)
     """Seconds between two summary publications at most once (apiserver write load)."""
-    publish_max_interval: float = Field(default=60.0, gt=0.0)
+    publish_max_interval: float = Field(default=300.0, gt=0.0)
     """Seconds after which the summary is published even if nothing changed (the controller's heartbeat)."""
     remap_period: float = Field(default=0.5, gt=0.0, le=60.0)
     """Seconds between evaluations of the stages running here."""

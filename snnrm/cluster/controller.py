@@ -37,8 +37,8 @@ class ControllerSettings:
     """This replica's name in the Lease and in Events (the pod name in a cluster)."""
     reservation_ttl: float = 120.0
     """Seconds a plan's cores stay reserved before its pod binds."""
-    summary_stale_after: float = 180.0
-    """Seconds after which a node's summary no longer counts (three publisher heartbeats)."""
+    summary_stale_after: float = 900.0
+    """Seconds after which a node's summary no longer counts (three publisher heartbeats of 300 s)."""
     dry_run: bool = False
     """Plan and decide, record Events, but reserve, patch and evict nothing."""
     lease_name: str = "snnrm-placement-controller"

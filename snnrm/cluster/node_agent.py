@@ -5,7 +5,9 @@ name). It watches the stage pods bound to its node (``spec.nodeName``, label ``s
 
 * publishes the node's :class:`~snnrm.core.summary.NodeSummary` as the ``snnrm.io/summary`` annotation of its
   Node, rate-limited (:class:`~snnrm.core.summary.PublishPolicy`): what the controller's planner and extender
-  read instead of calling the node;
+  read instead of calling the node. It summarises every second (and on each change of its pods) but patches the
+  Node only when something a placement reads changed, at most every ``min_interval`` (5 s), chip loads
+  smoothed so that telemetry noise is not a change, and otherwise every ``max_interval`` (300 s);
 * feeds :class:`~snnrm.cluster.hints.PlanHints` with the plans of pods bound here and not yet admitted, so
   GetPreferredAllocation follows the plan;
 * runs the :class:`~snnrm.cluster.remap.NodeReallocator` over the stages running here, whose reports go to the
@@ -21,7 +23,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import structlog
@@ -34,12 +36,37 @@ from snnrm.cluster.remap import LocalStage, NodeReallocator, RemapLedger, stages
 from snnrm.core.devices import NEURON_CORE
 from snnrm.core.jobs import CORES, JOB, LAST_MOVE, STAGE_HEALTH, ContractError, StageHealth, StageRef, stage_of
 from snnrm.core.placement import StageDemand
-from snnrm.core.summary import ANNOTATION, NodeSummary, PublishPolicy, should_publish, summarize
-from snnrm.core.topology import INTER_CHIP_WEIGHT, BoolArray
+from snnrm.core.summary import ANNOTATION, LoadSmoother, NodeSummary, PublishPolicy, should_publish, summarize
+from snnrm.core.topology import INTER_CHIP_WEIGHT, BoolArray, FloatArray, Topology
 from snnrm.kubelet.podresources import PodResourcesClient
-from snnrm.node import NodeService
 
 log = structlog.get_logger(__name__)
+
+
+class LoadReadings(Protocol):
+    """The telemetry the summary reads (:class:`~snnrm.core.monitor.NodeMonitor` has it)."""
+
+    @property
+    def queue_fill(self) -> FloatArray: ...
+    @property
+    def link_utilization(self) -> FloatArray: ...
+    @property
+    def link_failed(self) -> BoolArray: ...
+
+
+class NodeState(Protocol):
+    """What the agent needs of the node (:class:`~snnrm.node.NodeService` in the daemon; the fleet benchmark
+    simulates thousands of these in one process)."""
+
+    @property
+    def topology(self) -> Topology: ...
+    @property
+    def monitor(self) -> LoadReadings: ...
+    @property
+    def withheld(self) -> BoolArray | None: ...
+    def core_healthy(self) -> BoolArray: ...
+    def chip_headroom_keps(self) -> FloatArray: ...
+    def withhold(self, cores: BoolArray | None) -> None: ...
 
 
 @dataclass(eq=False)
@@ -120,7 +147,7 @@ class NodeAgent:
 
     api: ClusterApi
     node_name: str
-    node: NodeService
+    node: NodeState
     ledger: RemapLedger
     hints: PlanHints
     pod_resources: PodResourcesClient | None
@@ -137,9 +164,11 @@ class NodeAgent:
     publications: int = field(default=0, init=False)
     reallocator: NodeReallocator | None = field(default=None, init=False)
     _owners: dict[str, tuple[str, str]] = field(default_factory=dict, init=False)
+    _loads: LoadSmoother = field(init=False)
 
     def __post_init__(self) -> None:
         self.pods = NodePods(self.api, self.node_name)
+        self._loads = LoadSmoother(self.policy.load_tau)
 
     # -- what the kubelet handed out -----------------------------------------------------------------------------
 
@@ -249,19 +278,8 @@ class NodeAgent:
         await self.publish_if_due()
 
     async def publish_if_due(self) -> None:
-        m = self.node.monitor
-        healthy = self.node.core_healthy()
-        withheld = self.node.withheld if self.node.withheld is not None else np.zeros_like(healthy)
-        summary = summarize(
-            self.node.topology,
-            now=self.clock(),
-            free=~self.allocated() & ~withheld,
-            healthy=healthy,
-            queue_fill=m.queue_fill,
-            link_utilization=np.where(m.link_failed, 1.0, m.link_utilization),
-            chip_headroom_keps=self.node.chip_headroom_keps(),
-            inter_chip_weight=self.inter_chip_weight,
-        )
+        """Patch the Node's summary annotation if :func:`~snnrm.core.summary.should_publish` says so."""
+        summary = self.summary()
         if not should_publish(self.published, summary, self.policy):
             return
         try:
@@ -273,3 +291,20 @@ class NodeAgent:
             return
         self.published = summary
         self.publications += 1
+
+    def summary(self) -> NodeSummary:
+        """The node's summary now, chip loads smoothed (each call folds the current readings in)."""
+        m = self.node.monitor
+        healthy = self.node.core_healthy()
+        withheld = self.node.withheld if self.node.withheld is not None else np.zeros_like(healthy)
+        raw = summarize(
+            self.node.topology,
+            now=self.clock(),
+            free=~self.allocated() & ~withheld,
+            healthy=healthy,
+            queue_fill=m.queue_fill,
+            link_utilization=np.where(m.link_failed, 1.0, m.link_utilization),
+            chip_headroom_keps=self.node.chip_headroom_keps(),
+            inter_chip_weight=self.inter_chip_weight,
+        )
+        return self._loads.smooth(raw)

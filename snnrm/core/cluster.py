@@ -72,7 +72,7 @@ class _Node:
 class ClusterIndex:
     """Summaries by node, stage pods by job, reservations by stage; see the module docstring."""
 
-    stale_after: float = 180.0
+    stale_after: float = 900.0
     """Seconds after which a node's summary no longer counts (three missed heartbeats of the publisher)."""
     _nodes: dict[str, _Node] = field(default_factory=dict)
     _free_slots: list[int] = field(default_factory=list)
