@@ -141,6 +141,16 @@ CANVAS_STATS = """
 """
 
 
+HOT = 0.8
+"""Queue fill from which a core counts as part of a hot spot (the heat map's saturated end)."""
+
+
+async def _hot_cores(base: str) -> int:
+    """Cores whose event queue is near full in the daemon's live frame."""
+    fill = (await _api(base, "/api/v1/devices?ids=false"))["cores"]["queue_fill"]
+    return sum(q is not None and q >= HOT for q in fill)
+
+
 async def _history_len(base: str) -> int:
     async with aiohttp.ClientSession() as http, http.get(base + "/api/v1/history") as r:
         return len((await r.json())["t"])
@@ -247,9 +257,14 @@ async def test_page_renders_live_plots_and_follows_a_fault_without_console_error
         assert str(fault_id) in faults
         assert ids[0] in faults
         assert await cdp.evaluate("document.getElementById('tile-cores').textContent") == "510/ 512 · 510 healthy"
-        # The time charts step once the history has sampled the fault.
+        # The time charts step once the history has sampled the fault: two more samples, then two more redraws.
         await cdp.until("document.getElementById('tile-faults').textContent.startsWith('1')")
-        await asyncio.sleep(2.5)
+        sampled = await _history_len(running.base) + 2
+        async with asyncio.timeout(20):
+            while await _history_len(running.base) < sampled:  # noqa: ASYNC110 - polling another process's state
+                await asyncio.sleep(0.25)
+        updates = int(await cdp.evaluate("document.body.dataset.updates"))
+        await cdp.until(f"Number(document.body.dataset.updates) >= {updates + 2}")
 
         after = await cdp.evaluate(CANVAS_STATS)
         assert after["heatmap"]["unhealthy"] > before["heatmap"]["unhealthy"]
@@ -272,7 +287,10 @@ async def test_page_draws_the_jobs_stages_timeline_and_heat_history_of_the_demo(
     async with asyncio.timeout(40):
         while not any(e["action"] == "remapped" for e in (await _api(demo.base, "/api/v1/events"))["events"]):  # noqa: ASYNC110 - polling the daemon over HTTP
             await asyncio.sleep(0.25)
-    await asyncio.sleep(2.0)  # the old hot spot cools down once its stage is gone; the live frame turns calm
+    # The old hot spot cools down once its stage is gone: wait until no core's queue is near full in the live frame.
+    async with asyncio.timeout(30):
+        while await _hot_cores(demo.base):  # noqa: ASYNC110 - polling another process's state
+            await asyncio.sleep(0.25)
     async with chromium(tmp_path) as cdp:
         await cdp.send("Page.navigate", url=demo.base + "/")
         await cdp.wait_event("Page.loadEventFired")
@@ -312,6 +330,11 @@ async def test_page_draws_the_jobs_stages_timeline_and_heat_history_of_the_demo(
         # The timeline: newest first, the API's entries with their actions and messages (the fault, the cores
         # that turned unhealthy and why, the remap with its reason).
         events = (await _api(demo.base, "/api/v1/events"))["events"]
+        # The page polls: let it catch up with the newest entry just fetched (more may arrive after the remap).
+        newest = max(e["seq"] for e in events)
+        await cdp.until(
+            f"[...document.querySelectorAll('#timeline li[data-seq]')].some((li) => Number(li.dataset.seq) >= {newest})"
+        )
         shown = await cdp.evaluate(
             "[...document.querySelectorAll('#timeline li[data-seq]')].map((li) => ({seq: Number(li.dataset.seq),"
             " action: li.dataset.action, msg: li.querySelector('.msg').textContent}))"
