@@ -22,6 +22,7 @@ BENCHMARKS = {
     "pipeline": "telemetry ingest, /metrics scrape time and RSS",
     "placement": "stage placement vs count-based first-fit on the simulator (hops, e2e spike latency)",
     "extender": "scheduler extender prioritize/filter over 5,000 nodes",
+    "fleet": "1,000 and 5,000 kwok nodes, real apiserver/scheduler/controller and node agents, Poisson split jobs",
     "restarts": "device plugin re-registration after clean, killed, back-to-back and burst upstream kubelet restarts",
     "experiments": "snnrm vs first-fit, random and static placement under faults (results in benchmarks/results)",
 }

@@ -7,7 +7,8 @@ name). It watches the stage pods bound to its node (``spec.nodeName``, label ``s
   Node, rate-limited (:class:`~snnrm.core.summary.PublishPolicy`): what the controller's planner and extender
   read instead of calling the node. It summarises every second (and on each change of its pods) but patches the
   Node only when something a placement reads changed, at most every ``min_interval`` (5 s), chip loads
-  smoothed so that telemetry noise is not a change, and otherwise every ``max_interval`` (300 s);
+  smoothed so that telemetry noise is not a change, once more when the smoothing has settled after the first
+  (``settle_after``), and otherwise every ``max_interval`` (300 s);
 * feeds :class:`~snnrm.cluster.hints.PlanHints` with the plans of pods bound here and not yet admitted, so
   GetPreferredAllocation follows the plan;
 * runs the :class:`~snnrm.cluster.remap.NodeReallocator` over the stages running here, whose reports go to the
@@ -78,7 +79,8 @@ class NodePods:
     pods: dict[tuple[str, str], StageRef] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def _apply(self, kind: str, pod: JSON) -> None:
+    def apply(self, kind: str, pod: JSON) -> None:
+        """Fold one list item or watch event in (the fleet benchmark feeds many nodes from one watch)."""
         meta = pod.get("metadata") or {}
         key = (str(meta.get("namespace") or "default"), str(meta.get("name") or ""))
         phase = (pod.get("status") or {}).get("phase")
@@ -103,12 +105,12 @@ class NodePods:
                 items, rv = await self.api.list(PODS, label_selector=JOB, field_selector=selector)
                 self.pods.clear()
                 for p in items:
-                    self._apply("ADDED", p)
+                    self.apply("ADDED", p)
                 delay = 0.2
                 async for kind, obj in self.api.watch(PODS, resource_version=rv, label_selector=JOB,
                                                       field_selector=selector):  # fmt: skip
                     if kind != "BOOKMARK":
-                        self._apply(kind, obj)
+                        self.apply(kind, obj)
             except GoneError:
                 continue
             except KubeError as e:
@@ -165,6 +167,9 @@ class NodeAgent:
     reallocator: NodeReallocator | None = field(default=None, init=False)
     _owners: dict[str, tuple[str, str]] = field(default_factory=dict, init=False)
     _loads: LoadSmoother = field(init=False)
+    _first: float | None = field(default=None, init=False)
+    """When the first summary was published (the settling write follows ``policy.settle_after`` later)."""
+    _settled: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.pods = NodePods(self.api, self.node_name)
@@ -240,11 +245,12 @@ class NodeAgent:
             self.reallocator = self.reallocator_factory(self)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.pods.run(), name="node-pods")
-            tg.create_task(self._sync_forever(), name="node-summary")
+            tg.create_task(self.sync_forever(), name="node-summary")
             if self.reallocator is not None:
                 tg.create_task(self.reallocator.run(), name="node-reallocator")
 
-    async def _sync_forever(self) -> None:
+    async def sync_forever(self) -> None:
+        """Sync every second, and at once when a pod bound here changes."""
         while True:
             await self.sync_once()
             try:
@@ -280,7 +286,10 @@ class NodeAgent:
     async def publish_if_due(self) -> None:
         """Patch the Node's summary annotation if :func:`~snnrm.core.summary.should_publish` says so."""
         summary = self.summary()
-        if not should_publish(self.published, summary, self.policy):
+        settling = (
+            self._first is not None and not self._settled and summary.time - self._first >= self.policy.settle_after
+        )
+        if not settling and not should_publish(self.published, summary, self.policy):
             return
         try:
             await self.api.merge_patch(
@@ -291,6 +300,10 @@ class NodeAgent:
             return
         self.published = summary
         self.publications += 1
+        if self._first is None:
+            self._first = summary.time
+        elif settling:
+            self._settled = True
 
     def summary(self) -> NodeSummary:
         """The node's summary now, chip loads smoothed (each call folds the current readings in)."""

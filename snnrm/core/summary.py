@@ -248,6 +248,10 @@ class PublishPolicy:
     load_tau: float = 10.0
     """Time constant (seconds) of the exponential smoothing of the chip loads before they are compared and
     published: noise averages out, a sustained step shows within a few min_interval periods."""
+    settle_after: float = 30.0
+    """Seconds after a daemon's first publication at which it publishes once more, unconditionally: the first
+    summary carries one noisy reading, and by now the smoothed loads have settled (3 ``load_tau``). Without it,
+    a first reading that was off by nearly ``fill_delta`` makes a later write at a random time."""
     stale_after: float = 900.0
     """Seconds after which the controller treats a summary as unknown: three missed heartbeats."""
 

@@ -155,6 +155,8 @@ class ControlPlane:
     etcd_bin: Path
     apiserver_bin: Path
     scheduler_bin: Path
+    apiserver_args: list[str] = field(default_factory=list)
+    """More kube-apiserver flags (the fleet benchmark adds an audit log)."""
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     server: str = ""
     kubeconfig: Path = Path()
@@ -233,7 +235,7 @@ class ControlPlane:
             f"--service-account-issuer={self.server}/",
             f"--service-account-key-file={c / 'sa.pub'}",
             f"--service-account-signing-key-file={c / 'sa.key'}",
-            "--profiling=false", "--v=1",
+            "--profiling=false", "--v=1", *self.apiserver_args,
         ])  # fmt: skip
         self.kubeconfig = self.workdir / "admin.kubeconfig"
         write_kubeconfig(self.kubeconfig, self.server, c)

@@ -101,7 +101,9 @@ def start_controller(
     return proc, base
 
 
-def start_scheduler(cp: ControlPlane, workdir: Path, extender: str, *, weight: int = 10) -> Proc:
+def start_scheduler(
+    cp: ControlPlane, workdir: Path, extender: str, *, weight: int = 10, extra: list[str] | None = None
+) -> Proc:
     """kube-scheduler with a profile of its own and our extender (KubeSchedulerConfiguration ``extenders:``)."""
     config = {
         "apiVersion": "kubescheduler.config.k8s.io/v1",
@@ -134,6 +136,7 @@ def start_scheduler(cp: ControlPlane, workdir: Path, extender: str, *, weight: i
             f"--secure-port={port}",
             f"--cert-dir={workdir / 'scheduler-extender-certs'}",
             "--v=2",
+            *(extra or []),
         ],
         workdir,
     )

@@ -96,7 +96,12 @@ async def test_noise_writes_nothing_but_the_heartbeat(tmp_path: Path) -> None:
     api, _node, clock, agent = rig(tmp_path, policy)
     await agent.sync_once()
     assert agent.publications == 1
-    # 20 minutes of +-0.1 noise per chip and per core and link: only the 300 s heartbeats.
+    # The first summary holds one noisy reading: while the smoothing settles, it may be corrected, and it is
+    # re-published once when settled (settle_after).
+    assert 1 <= await run_for(agent, clock, int(policy.settle_after)) <= 3
+    assert agent.published is not None
+    assert agent.published.time == clock.now
+    # Then 20 minutes of +-0.1 noise per chip and per core and link: only the 300 s heartbeats.
     assert await run_for(agent, clock, 1200) == 1200 // int(policy.max_interval)
     assert [c for c in api.calls if c[0] == "PATCH"] == [("PATCH", "/api/v1/nodes/n1")] * agent.publications
 
@@ -111,7 +116,7 @@ async def test_unsmoothed_noise_would_write_every_min_interval(tmp_path: Path) -
 async def test_a_failed_core_is_one_write(tmp_path: Path) -> None:
     api, node, clock, agent = rig(tmp_path, PublishPolicy())
     await agent.sync_once()
-    await run_for(agent, clock, 30)
+    await run_for(agent, clock, 60)  # past the settling write
     assert published(api).healthy == TOPO.n_cores
     before = agent.publications
     node.healthy = node.healthy.copy()

@@ -1,0 +1,5 @@
+"""The fleet benchmark (``python -m benchmarks fleet``): see :mod:`benchmarks.fleet.run`."""
+
+from benchmarks.fleet.run import main
+
+__all__ = ["main"]
