@@ -119,7 +119,9 @@ async def feed_pods(api: KubeAsyncApi, agents: dict[str, NodeAgent]) -> None:
             await asyncio.sleep(0.5)
 
 
-async def faults(nodes: list[SimNode], go: asyncio.Event, fraction: float, window: float, rng: random.Random) -> int:
+async def faults(
+    nodes: list[SimNode], go: asyncio.Event, fraction: float, window: float, rng: random.Random, done: list[int]
+) -> None:
     """Wait for ``go``, then fail one chip on ``fraction`` of the nodes spread over ``window`` seconds."""
     await go.wait()
     victims = rng.sample(range(len(nodes)), max(1, round(fraction * len(nodes))))
@@ -128,7 +130,7 @@ async def faults(nodes: list[SimNode], go: asyncio.Event, fraction: float, windo
     for i, at in zip(victims, times, strict=True):
         await asyncio.sleep(max(0.0, start + at - time.monotonic()))
         nodes[i].fail_chip(rng.randrange(TOPOLOGY.n_chips))
-    return len(victims)
+        done[0] += 1
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -148,7 +150,7 @@ async def main_async(args: argparse.Namespace) -> None:
         agents[name] = NodeAgent(api, name, node, ledger, PlanHints(), None, recorder, policy=PublishPolicy())
     stats = Path(args.stats)
     t0, cpu0 = time.monotonic(), time.process_time()
-    fault_task: asyncio.Task[int] | None = None
+    faulted = [0]
 
     async def staggered(agent: NodeAgent, delay: float) -> None:
         await asyncio.sleep(delay)  # daemons do not start in the same second
@@ -163,7 +165,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 "published_nodes": sum(1 for a in agents.values() if a.publications),
                 "cpu_s": time.process_time() - cpu0,
                 "wall_s": time.monotonic() - t0,
-                "faulted": fault_task.result() if fault_task is not None and fault_task.done() else 0,
+                "faulted": faulted[0],
             }
             tmp = stats.with_suffix(".tmp")
             tmp.write_text(json.dumps(body))
@@ -174,7 +176,7 @@ async def main_async(args: argparse.Namespace) -> None:
         tg.create_task(report())
         go = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, go.set)
-        fault_task = tg.create_task(faults(nodes, go, args.fault_fraction, args.fault_window, random.Random(args.seed)))
+        tg.create_task(faults(nodes, go, args.fault_fraction, args.fault_window, random.Random(args.seed), faulted))
         for i, agent in enumerate(agents.values()):
             tg.create_task(staggered(agent, args.ramp * i / max(1, len(agents))))
 

@@ -21,6 +21,7 @@ alongside: the machine is shared.
 from __future__ import annotations
 
 import asyncio
+import calendar
 import contextlib
 import json
 import math
@@ -186,8 +187,13 @@ class Audit:
                 continue  # a watch at its start, everything else at its end
             kind = "watches" if verb == "watch" else "writes" if verb in WRITE_VERBS else "reads"
             ts = e.get("requestReceivedTimestamp", "")
-            t = time.mktime(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone + float("0" + ts[19:-1])
+            t = calendar.timegm(time.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S")) + float("0" + ts[19:-1])
             self.entries.append((t, e.get("user", {}).get("username", ""), kind))
+
+    def count(self, user: str, kind: str) -> int:
+        """Requests of ``kind`` by ``user`` since the start."""
+        self.read()
+        return sum(1 for _, u, k in self.entries if u == user and k == kind)
 
     def rates(self, user: str, t0: float, t1: float) -> dict[str, float]:
         self.read()
@@ -382,6 +388,9 @@ async def run_size(size: Size, workdir: Path) -> None:
             await asyncio.sleep(1.0)
             agents.send_signal(signal.SIGUSR1)  # faults start
             j0, jc0 = time.time(), proc_cpu_rss(controller.proc.pid)
+            others = {name: proc.pid for name, proc in cp.procs if proc.poll() is None}
+            others |= {"kube-scheduler": procs[-1].proc.pid, "kwok": kwok.proc.pid, "agents": agents.pid}
+            others0 = {name: proc_cpu_rss(pid)[0] for name, pid in others.items()}
             t = time.monotonic()
             await submit_jobs(api, binds, size.jobs, random.Random(n))
             deadline = time.monotonic() + 120
@@ -389,6 +398,7 @@ async def run_size(size: Size, workdir: Path) -> None:
                 controller.check()
                 await asyncio.sleep(0.5)
             j1, jc1 = time.time(), proc_cpu_rss(controller.proc.pid)
+            others_cpu = {name: (proc_cpu_rss(pid)[0] - others0[name]) / (j1 - j0) for name, pid in others.items()}
             watcher.cancel()
             sched1 = prom(sched_metrics, context=admin_ctx)
             db2 = prom(etcd_metrics)[etcd_db]
@@ -426,7 +436,8 @@ async def run_size(size: Size, workdir: Path) -> None:
         size.say(f"  {n} nodes: controller requests/s steady: {steady_ctl['reads']:.2f} reads, "
                  f"{steady_ctl['writes']:.2f} writes, {steady_ctl['watches']:.2f} watches; while jobs arrive: "
                  f"{job_ctl['reads']:.2f} reads, {job_ctl['writes']:.2f} writes, {job_ctl['watches']:.2f} "
-                 f"watches ({job_ctl['writes'] * (j1 - j0) / max(size.jobs, 1):.1f} writes per job)")  # fmt: skip
+                 f"watches ({job_ctl['writes'] * (j1 - j0) / max(size.jobs, 1):.1f} writes per job); "
+                 f"{audit.count('snnrm-controller', 'watches')} watches opened since its start")  # fmt: skip
         size.say(f"  {n} nodes: etcd db {db0 / 1e6:.1f} MB empty, {db1 / 1e6:.1f} MB with nodes+summaries "
                  f"(+{(db1 - db0) / n / 1e3:.1f} KB/node), {db2 / 1e6:.1f} MB after the jobs")  # fmt: skip
         algo = "scheduler_scheduling_algorithm_duration_seconds"
@@ -436,6 +447,8 @@ async def run_size(size: Size, workdir: Path) -> None:
                        if k.startswith("scheduler_schedule_attempts_total"))  # fmt: skip
         size.say(f"  {n} nodes: scheduling algorithm incl. extender filter+prioritize p50 {ext50 * 1e3:.1f} ms, "
                  f"p99 {ext99 * 1e3:.1f} ms over {attempts:.0f} attempts (scheduler metrics)")  # fmt: skip
+        size.say(f"  {n} nodes: CPU while jobs arrive (cores): controller {(jc1[0] - jc0[0]) / (j1 - j0):.2f}, "
+                 + ", ".join(f"{k} {v:.2f}" for k, v in others_cpu.items()))  # fmt: skip
         size.say(f"  ({load()}; 2 shared cores)")
     finally:
         for task in procs_tasks:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from snnrm.core.placement import INTER_CHIP_WEIGHT, PlacementView
-from snnrm.core.topology import BoolArray, ChipGeometry, FloatArray, Topology
+from snnrm.core.topology import BoolArray, ChipGeometry, FloatArray, IntArray, Topology
 
 ANNOTATION = "snnrm.io/summary"
 VERSION = 1
@@ -188,6 +188,47 @@ def _per_chip(x: Any, what: str, chips: int, *, hi: float) -> FloatArray:
     return np.array([_num(v, what, lo=0.0, hi=hi) for v in x], dtype=np.float64)
 
 
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """What :func:`summarize` derives from a topology alone, computed once per topology (agents summarise
+    every second, thousands of them in the fleet benchmark)."""
+
+    cores_per_chip: FloatArray
+    link_order: IntArray
+    """Links sorted by the chip of their source router."""
+    link_starts: IntArray
+    """Start of each chip's run in ``link_order`` (chips without links have none)."""
+    link_chips: IntArray
+    board_cols: int
+    nominal: float
+    qcap: float
+
+
+_LAYOUTS: dict[int, tuple[Topology, _Layout]] = {}
+
+
+def _layout(t: Topology) -> _Layout:
+    hit = _LAYOUTS.get(id(t))
+    if hit is not None and hit[0] is t:
+        return hit[1]
+    chip_of_link = t.router_chip[t.link_src] if t.n_links else np.zeros(0, dtype=np.int64)
+    order = np.argsort(chip_of_link, kind="stable")
+    chips, starts = np.unique(chip_of_link[order], return_index=True)
+    layout = _Layout(
+        cores_per_chip=np.maximum(np.bincount(t.chip_of, minlength=t.n_chips), 1).astype(np.float64),
+        link_order=order,
+        link_starts=starts.astype(np.int64),
+        link_chips=chips.astype(np.int64),
+        board_cols=int(t.chip_pos[:, 0].max()) + 1,
+        nominal=float(np.median(t.core_nominal_keps)) if t.n_cores else 1000.0,
+        qcap=float(np.median(t.core_queue_capacity)) if t.n_cores else 256.0,
+    )
+    if len(_LAYOUTS) > 64:  # a process sees a handful of topologies; never grow without bound
+        _LAYOUTS.clear()
+    _LAYOUTS[id(t)] = (t, layout)
+    return layout
+
+
 def summarize(
     topology: Topology,
     *,
@@ -199,35 +240,33 @@ def summarize(
     chip_headroom_keps: FloatArray,
     inter_chip_weight: float = INTER_CHIP_WEIGHT,
 ) -> NodeSummary:
-    """A summary of one node from its per-core and per-link arrays."""
+    """A summary of one node from its per-core and per-link arrays (NaN fill or load counts as full)."""
     t = topology
-    fill = np.clip(np.nan_to_num(np.asarray(queue_fill, dtype=np.float64), nan=1.0), 0.0, 1.0)
-    chip_fill = np.bincount(t.chip_of, weights=fill, minlength=t.n_chips) / np.maximum(
-        np.bincount(t.chip_of, minlength=t.n_chips), 1
-    )
-    link = np.clip(np.nan_to_num(np.asarray(link_utilization, dtype=np.float64), nan=1.0), 0.0, 1.0)
+    lay = _layout(t)
+    fill = np.asarray(queue_fill, dtype=np.float64)
+    fill = np.clip(np.where(np.isnan(fill), 1.0, fill), 0.0, 1.0)
+    chip_fill = np.bincount(t.chip_of, weights=fill, minlength=t.n_chips) / lay.cores_per_chip
+    link = np.asarray(link_utilization, dtype=np.float64)
+    link = np.clip(np.where(np.isnan(link), 1.0, link), 0.0, 1.0)
     chip_link = np.zeros(t.n_chips)
     if t.n_links:
-        np.maximum.at(chip_link, t.router_chip[t.link_src], link)
+        chip_link[lay.link_chips] = np.maximum.reduceat(link[lay.link_order], lay.link_starts)
     head = np.clip(np.nan_to_num(np.asarray(chip_headroom_keps, dtype=np.float64), nan=0.0), 0.0, None)
     g = t.geometry
-    board_cols = int(t.chip_pos[:, 0].max()) + 1
-    nominal = float(np.median(t.core_nominal_keps)) if t.n_cores else 1000.0
-    qcap = float(np.median(t.core_queue_capacity)) if t.n_cores else 256.0
     return NodeSummary(
         time=float(now),
         chips=t.n_chips,
         cols=g.cols,
         rows=g.rows,
         cores_per_router=g.cores_per_router,
-        board_cols=board_cols,
+        board_cols=lay.board_cols,
         free=np.asarray(free, dtype=np.bool_) & np.asarray(healthy, dtype=np.bool_),
         healthy=int(np.count_nonzero(healthy)),
         chip_fill=chip_fill,
         chip_link=chip_link,
         chip_headroom_keps=head,
-        nominal_keps=nominal,
-        queue_capacity=qcap,
+        nominal_keps=lay.nominal,
+        queue_capacity=lay.qcap,
         inter_chip_weight=float(inter_chip_weight),
     )
 
