@@ -1,8 +1,9 @@
 """What one experiment run is made of: machine, workload, faults, policies, seeds, and how it is measured.
 
 Every number an experiment depends on lives in :class:`ExperimentConfig`, is recorded with the results
-(``benchmarks/results/config.json``), and has a short reason next to it. :data:`DEFAULT` runs in a few minutes on
-two cores with 10 seeds; :data:`FULL` is the longer, better-powered set (20 seeds, three times the simulated time).
+(``benchmarks/results/config.json``), and has a short reason next to it. :data:`DEFAULT` (10 seeds, 540 runs) takes
+~21 min on two shared cores; :data:`FULL` is the longer set (20 seeds, three times the
+simulated time).
 """
 
 from __future__ import annotations

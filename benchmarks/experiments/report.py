@@ -237,7 +237,8 @@ def why_missed(suite: SuiteResult, items: Sequence[Headline]) -> list[str]:
             out.append(
                 f"**{h.name}** ({h.verdict}): the p99 covers every sample of the {post:.0f} s after the fault, so its "
                 f"top 1 % is the worst {post * 0.01:.2f} s. snnrm moves the victim stage a median "
-                f"{det.fmt(2)} s after the fault (health dwell 0.5 s + stage dwell 2 s + the 0.5 s tick), the "
+                f"{det.fmt(2)} s after the fault (telemetry delay and smoothing, 0.5 s of full-queue readings and the "
+                f"0.5 s tick), the "
                 f"reactive baseline {det_r.fmt(2)} s after it; the victim's queue fills within that time under "
                 f"either policy, so both p99s sit at the queue bound (reactive {h.baseline}; {h.paired}). Measured "
                 f"from 5 s after the fault (reaction excluded) the p99 is {settled.fmt(1)} % lower; the victim's "
@@ -250,10 +251,19 @@ def why_missed(suite: SuiteResult, items: Sequence[Headline]) -> list[str]:
             per = sorted(((mean_of(suite.values(sc, SNNRM, metric)), sc) for sc in faults),
                          key=lambda x: -x[0].value if math.isfinite(x[0].value) else 0.0)  # fmt: skip
             top = "; ".join(f"{sc} {iv.fmt(3)}" for iv, sc in per[:4])
+            detail = []
+            for _, sc in per[:2]:
+                moved = count(suite.values(sc, SNNRM, "realloc_s"), lambda v: v >= 0)
+                una = mean_of(suite.values(sc, SNNRM, "declined_unavailable"))
+                blk = mean_of(suite.values(sc, SNNRM, "declined_blocked"))
+                rec = median_of(suite.values(sc, SNNRM, "recovery_s"))
+                detail.append(f"Under {sc} snnrm moved a victim stage in {moved.fmt()} seeds, its reallocator "
+                              f"found no home better by the margin {una.fmt(1)} times per run and was held by the "
+                              f"move budget {blk.fmt(1)} times per run, and the victim was back within its SLO "
+                              f"after a median {rec.fmt(2)} s (combined: the first victim)")  # fmt: skip
             out.append(
                 f"**{h.name}** ({h.verdict}): snnrm {h.measured} vs reactive {h.baseline}. Largest per scenario "
-                f"(mean [CI] over seeds): {top}. What remains is the reaction time before a move (dwell and tick) "
-                f"and faults snnrm cannot move away from (a burst that ends before the dwell, or no better home)."
+                f"(mean [CI] over seeds): {top}. " + "; ".join(detail) + "."
             )
         elif h.name.startswith("failed core"):
             sc = "core-failure"
@@ -265,8 +275,10 @@ def why_missed(suite: SuiteResult, items: Sequence[Headline]) -> list[str]:
                        f"the phase of the 0.5 s reallocation tick after the pushed failure; recovery also needs "
                        f"the victim's queues to drain and 1 s within the SLO.")  # fmt: skip
         elif h.name.startswith("spike hops"):
-            out.append(f"**{h.name}** ({h.verdict}): {h.measured}; {h.paired} against reactive's {h.baseline} "
-                       f"(reactive places by count-based first-fit).")
+            out.append(
+                f"**{h.name}** ({h.verdict}): {h.measured}; {h.paired} against reactive's {h.baseline} "
+                f"(reactive places by count-based first-fit)."
+            )
         elif h.name.startswith("false moves"):
             rows = []
             for sc in ("telemetry-glitch", "flaky-telemetry"):
@@ -326,19 +338,21 @@ def findings(suite: SuiteResult) -> list[str]:
 
 
 def _why_no_move(suite: SuiteResult, sc: str, *, moved: int = 0) -> str:
-    """Why snnrm left victims where they were: never detected, or detected and declined (and why)."""
-    det = suite.estimate(sc, SNNRM, "detect_s")
+    """Why snnrm left victims where they were: never detected, or detected and declined (and why). Counts only:
+    no mean is taken over the seeds where something happened."""
+    det = count(suite.values(sc, SNNRM, "detect_s"), lambda v: v >= 0)
     lead = "in the other seeds it left the victim in place" if moved else "it never moved a victim stage"
-    if det.n == 0:
-        where = " in those seeds" if moved else ""
-        return (f"{lead}: the degradation never became active in its stage watch{where} (the stage-level signals "
-                f"stayed under their thresholds or did not last the dwell)")  # fmt: skip
-    unavailable = suite.estimate(sc, SNNRM, "declined_unavailable")
-    blocked = suite.estimate(sc, SNNRM, "declined_blocked")
+    if det.k <= moved:
+        return (
+            f"{lead}: the degradation never became active in its stage watch there (the stage-level signals "
+            f"stayed under their thresholds or did not last the dwell; a burst that ends first needs no move)"
+        )
+    unavailable = sum(v for v in suite.values(sc, SNNRM, "declined_unavailable") if math.isfinite(v))
+    blocked = sum(v for v in suite.values(sc, SNNRM, "declined_blocked") if math.isfinite(v))
     return (
-        f"{lead}; its stage watch flagged the degradation in {det.n}/{det.of} seeds ({det.fmt(2)} s after the "
-        f"fault) and the reallocator declined the move (passes per run: {unavailable.fmt(0)} with no home on the "
-        f"node better by the margin, {blocked.fmt(0)} blocked by the move budget)"
+        f"{lead}; its stage watch flagged the degradation in {det.fmt()} seeds and the reallocator declined "
+        f"(over all seeds: {unavailable:.0f} passes with no home better by the margin, {blocked:.0f} held by the "
+        f"move budget)"
     )
 
 
