@@ -55,6 +55,7 @@ from snnrm.core.reallocation import (
     evaluate_remap,
     local_job,
     signals_of,
+    urgency,
 )
 from snnrm.core.topology import INTER_CHIP_WEIGHT, BoolArray, IntArray, Topology
 from snnrm.kubelet.allocation_file import Remap, core_allocation, write_allocation
@@ -310,6 +311,7 @@ class NodeReallocator:
         for s in stages:
             by_job.setdefault(s.job_key, []).append(s)
         for job, members in sorted(by_job.items()):
+            degraded: list[tuple[LocalStage, frozenset[Any], StageWatch]] = []
             for s in sorted(members, key=lambda x: x.index):
                 watch = self.watches.setdefault((s.namespace, s.pod, s.uid), StageWatch())
                 sig = signals_of(s.cores, failed=failed, queue_fill=view.queue_fill, efficiency=eff,
@@ -317,7 +319,12 @@ class NodeReallocator:
                 active = watch.observe(sig, now, self.settings)
                 if not active:
                     await self._report(s, StageHealth("ok"), cores=None, moved_at=None)
-                    continue
+                else:
+                    degraded.append((s, active, watch))
+            # The job may move once per cooldown: the most urgent stage takes it (a stage on a failed core runs
+            # nothing; a saturated one drops events), not the first by index.
+            degraded.sort(key=lambda d: (urgency(d[1]), d[0].index))
+            for s, active, watch in degraded:
                 if await self._act(job, members, s, active, watch, view, failed, unhealthy, now):
                     # The cores just taken are withheld now: the rest of this pass prices other jobs against
                     # the new state, so two stages never receive the same cores.

@@ -21,7 +21,7 @@ a minimum stage age, and at most one stage of a pipeline in flight.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
@@ -42,6 +42,21 @@ class MoveReason(StrEnum):
     QUEUE_SATURATED = "queue-saturated"
     LOW_EFFICIENCY = "low-efficiency"
     LINK_CONGESTED = "link-congested"
+
+
+MOVE_URGENCY: tuple[MoveReason, ...] = (
+    MoveReason.FAILED_CORE,  # the stage runs nothing
+    MoveReason.QUEUE_SATURATED,  # it drops events
+    MoveReason.LINK_CONGESTED,
+    MoveReason.LOW_EFFICIENCY,
+)
+"""Most urgent first: when several stages of one job are degraded, the job's one move per cooldown goes to the
+stage whose worst reason comes first here."""
+
+
+def urgency(reasons: Iterable[MoveReason]) -> int:
+    """Rank of the most urgent of ``reasons`` in :data:`MOVE_URGENCY` (lower moves first)."""
+    return min((MOVE_URGENCY.index(r) for r in reasons if r in MOVE_URGENCY), default=len(MOVE_URGENCY))
 
 
 @dataclass(frozen=True, slots=True)

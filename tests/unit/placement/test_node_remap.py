@@ -170,6 +170,25 @@ async def test_a_failed_core_moves_the_stage_without_dwell(tmp_path: Path) -> No
     assert victim not in source.placement[2].tolist()
 
 
+async def test_a_failed_stage_moves_before_a_merely_saturated_one_of_the_same_job(tmp_path: Path) -> None:
+    """Both stages are degraded in the same pass; the job may move once per cooldown. The stage on a failed core
+    (it runs nothing) goes first; in index order, a saturated stage 0 would take the move and the cooldown would
+    leave stage 2 on its dead core for 30 s."""
+    backend, node, source, realloc, reporter, clock = await _rig(tmp_path)
+    await _run(backend, node, realloc, clock, 0.5)
+    realloc.remap_allowed = False  # stage 0 goes past its dwell while moves are paused (as with a dry run)
+    backend.sim.inject(sim_hw.faults.HotSpot(cores=tuple(source.placement[0].tolist()), service_divisor=8.0))
+    await _run(backend, node, realloc, clock, 3.0)
+    assert any(p == "j-0" and h.degraded and "queue-saturated" in h.reasons for p, h, _ in reporter.reports)
+    realloc.remap_allowed = True
+    victim = int(source.placement[2][0])
+    backend.sim.inject(sim_hw.faults.CoreFailure(cores=(victim,)))
+    await _run(backend, node, realloc, clock, 0.5)
+    assert realloc.remaps == 1
+    assert victim not in source.placement[2].tolist()
+    assert [p for p, r, _ in reporter.events if r == "Remapped"] == ["j-2"]
+
+
 def test_the_ledger_recovers_only_remaps_whose_pod_still_holds_its_cores(tmp_path: Path) -> None:
     """After a restart: a record whose pod still holds its admitted cores (PodResources) is kept, the file
     re-pointed and its cores lent again; a record of a pod that is gone is deleted."""
