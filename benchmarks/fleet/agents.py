@@ -65,6 +65,7 @@ class SimNode:
     healthy: BoolArray = field(default_factory=lambda: np.ones(TOPOLOGY.n_cores, dtype=np.bool_))
     fill: FloatArray = field(init=False)
     link: FloatArray = field(init=False)
+    readings: int = 0
 
     def __post_init__(self) -> None:
         self.fill = self.rng.uniform(0.05, 0.4, self.topology.n_chips)
@@ -72,6 +73,7 @@ class SimNode:
 
     @property
     def monitor(self) -> Readings:
+        self.readings += 1  # once per agent sync: the cadence the agents actually kept
         t, u = self.topology, self.rng.uniform
         chip = u(-NOISE, NOISE, t.n_chips)
         return Readings(
@@ -166,6 +168,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 "cpu_s": time.process_time() - cpu0,
                 "wall_s": time.monotonic() - t0,
                 "faulted": faulted[0],
+                "syncs": sum(node.readings for node in nodes),
             }
             tmp = stats.with_suffix(".tmp")
             tmp.write_text(json.dumps(body))

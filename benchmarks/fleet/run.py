@@ -367,9 +367,9 @@ async def run_size(size: Size, workdir: Path) -> None:
             size.say(f"  {n} summaries published by the agents in {time.monotonic() - t:.1f} s ({load()})")
             db1 = prom(etcd_metrics)[etcd_db]
 
-            # Steady state: every agent published, no jobs. A daemon's first summary carries one noisy reading; the
-            # smoothed loads settle within a few load_tau (the odd second write), so start measuring after that.
-            await asyncio.sleep(4 * PublishPolicy().load_tau)
+            # Steady state: every agent published, no jobs. A daemon's first summary carries one noisy reading and
+            # is re-published settle_after later (and may be corrected before): start measuring after that.
+            await asyncio.sleep(PublishPolicy().settle_after + 2 * PublishPolicy().load_tau)
             s0, w0 = agent_stats(), time.time()
             c0 = proc_cpu_rss(controller.proc.pid)
             await asyncio.sleep(STEADY_WINDOW)
@@ -379,6 +379,7 @@ async def run_size(size: Size, workdir: Path) -> None:
             steady_ctl = audit.rates("snnrm-controller", w0, w1)
             pubs = (s1["publications"] - s0["publications"]) / (s1["time"] - s0["time"])
             agent_cpu = (s1["cpu_s"] - s0["cpu_s"]) / (s1["wall_s"] - s0["wall_s"])
+            cadence = n * (s1["wall_s"] - s0["wall_s"]) / max(s1["syncs"] - s0["syncs"], 1)
 
             # Jobs, and faults on 5 % of the nodes over the same span.
             binds = Binds()
@@ -432,7 +433,8 @@ async def run_size(size: Size, workdir: Path) -> None:
         size.say(f"  {n} nodes: node agents while jobs arrive: {job_agents['writes']:.1f} writes/s, "
                  f"{job_agents['reads']:.2f} reads/s, {job_agents['watches']:.2f} watches opened/s "
                  f"(one shared pod watch here; a fleet holds {n}: one per daemon); agents' CPU "
-                 f"{agent_cpu * 1000 / n:.2f} ms/s per node at steady state")  # fmt: skip
+                 f"{agent_cpu * 1000 / n:.2f} ms/s per node at steady state, each syncing every {cadence:.2f} s "
+                 f"(the daemon's period: 1 s; more = the simulator is CPU-starved)")  # fmt: skip
         size.say(f"  {n} nodes: controller requests/s steady: {steady_ctl['reads']:.2f} reads, "
                  f"{steady_ctl['writes']:.2f} writes, {steady_ctl['watches']:.2f} watches; while jobs arrive: "
                  f"{job_ctl['reads']:.2f} reads, {job_ctl['writes']:.2f} writes, {job_ctl['watches']:.2f} "

@@ -43,6 +43,9 @@ from snnrm.kubelet.podresources import PodResourcesClient
 
 log = structlog.get_logger(__name__)
 
+SYNC_PERIOD = 1.0
+"""Seconds between two syncs of the agent when no pod bound here changes (each one summarises the node)."""
+
 
 class LoadReadings(Protocol):
     """The telemetry the summary reads (:class:`~snnrm.core.monitor.NodeMonitor` has it)."""
@@ -173,7 +176,7 @@ class NodeAgent:
 
     def __post_init__(self) -> None:
         self.pods = NodePods(self.api, self.node_name)
-        self._loads = LoadSmoother(self.policy.load_tau)
+        self._loads = LoadSmoother(self.policy.load_tau, max_step=SYNC_PERIOD)
 
     # -- what the kubelet handed out -----------------------------------------------------------------------------
 
@@ -254,7 +257,7 @@ class NodeAgent:
         while True:
             await self.sync_once()
             try:
-                async with asyncio.timeout(1.0):
+                async with asyncio.timeout(SYNC_PERIOD):
                     await self.pods.changed.wait()
             except TimeoutError:
                 pass

@@ -324,6 +324,9 @@ class LoadSmoother:
     """
 
     tau: float
+    max_step: float = 1.0
+    """Seconds one reading counts for at most (the agent's sync period): the noise is per reading, so a reading
+    that comes late, from an agent starved of CPU, must not weigh more than one on time."""
     time: float = math.nan
     fill: FloatArray | None = None
     link: FloatArray | None = None
@@ -334,7 +337,7 @@ class LoadSmoother:
         if self.fill is None or self.link is None or self.fill.shape != fill.shape or not dt >= 0 or self.tau <= 0:
             self.fill, self.link = fill.copy(), link.copy()
         else:
-            a = 1.0 - math.exp(-dt / self.tau)
+            a = 1.0 - math.exp(-min(dt, self.max_step) / self.tau)
             self.fill = self.fill + a * (fill - self.fill)
             self.link = self.link + a * (link - self.link)
         self.time = now

@@ -76,11 +76,11 @@ def rig(tmp: Path, policy: PublishPolicy) -> tuple[FakeClusterApi, NoisyNode, Cl
     return api, node, clock, agent
 
 
-async def run_for(agent: NodeAgent, clock: Clock, seconds: int) -> int:
-    """Sync once a second (the agent's cadence) for ``seconds``; returns the Node writes made."""
+async def run_for(agent: NodeAgent, clock: Clock, seconds: int, *, every: int = 1) -> int:
+    """Sync every ``every`` seconds (the agent's cadence is 1 s) for ``seconds``; returns the Node writes made."""
     before = agent.publications
-    for _ in range(seconds):
-        clock.now += 1.0
+    for _ in range(seconds // every):
+        clock.now += every
         await agent.sync_once()
     return agent.publications - before
 
@@ -104,6 +104,15 @@ async def test_noise_writes_nothing_but_the_heartbeat(tmp_path: Path) -> None:
     # Then 20 minutes of +-0.1 noise per chip and per core and link: only the 300 s heartbeats.
     assert await run_for(agent, clock, 1200) == 1200 // int(policy.max_interval)
     assert [c for c in api.calls if c[0] == "PATCH"] == [("PATCH", "/api/v1/nodes/n1")] * agent.publications
+
+
+async def test_a_late_agent_does_not_publish_noise_either(tmp_path: Path) -> None:
+    """An agent starved of CPU syncs every 5 s instead of every second: each reading still counts as one."""
+    policy = PublishPolicy()
+    _api, _node, clock, agent = rig(tmp_path, policy)
+    await agent.sync_once()
+    await run_for(agent, clock, 100, every=5)  # the settling: a late agent takes more seconds (same readings)
+    assert await run_for(agent, clock, 1200, every=5) == 1200 // int(policy.max_interval)
 
 
 async def test_unsmoothed_noise_would_write_every_min_interval(tmp_path: Path) -> None:
