@@ -205,7 +205,7 @@ class Rig:
     def publish(
         self, node: str, *, topology: Topology = SMALL_TOPOLOGY, free: int | None = None, healthy: int | None = None
     ) -> None:
-        """What the node's daemon publishes (on a real node: snnrm/cluster/node_agent.py, from snnrm/core/summary.py)."""
+        """What the node's daemon publishes (on a real node: snnrm/cluster/node_agent.py via snnrm/core/summary)."""
         s = node_summary(time.time(), free=free, topology=topology, healthy=healthy)
         self.k.merge_patch(f"/api/v1/nodes/{node}", {"metadata": {"annotations": {ANNOTATION: s.encode()}}})
 
