@@ -609,13 +609,27 @@ def _scenario_lines(suite: SuiteResult) -> list[str]:
     return [f"- `{s}`: {SCENARIOS[s].description}" for s in suite.scenarios]
 
 
+WORKLOADS = (
+    "Jobs are the DVS-Gesture CSNN, the N-MNIST CSNN (SLAYER, Shrestha & Orchard, NeurIPS 2018) and the SHD "
+    "recurrent network (Cramer et al., IEEE TNNLS 2020) as NIR graphs with their published layer shapes. Their "
+    "stage sizes and the ratios between stage rates are **measured**: `scripts/make-nir-workloads.py` runs each "
+    "graph on event input generated deterministically (moving-edge gestures, N-MNIST-like saccades, Poisson "
+    "cochlea channels) through `snnrm job plan`'s own interpreter and planner, with random weights scaled to the "
+    "activity sparsity NeuroBench reports (Yik et al., Nature Communications 2025), and stores the result in "
+    "`sim_hw/nir/workloads.json`. The absolute level is **not** the measured one: each job is rescaled so its "
+    "busiest stage runs at the configured load (`load` in config.json; at real activity the cores would be "
+    "0.03-2 % busy). Trained weights would give other rates; `snnrm job plan --recorded` takes real activity."
+)
+"""How the workloads' rates were obtained (results.md's Workloads section)."""
+
+
 def results_markdown(suite: SuiteResult, items: Sequence[Headline], *, prefix: str = "") -> str:
     """The full results page (``benchmarks/results/results.md``)."""
     lines = [f"# snnrm experiments: {suite.cfg.name} set", "", *_intro(suite, ""), "", "## Headline targets", "",
              headline_table(items), "", "## Where a target is missed, and why", ""]  # fmt: skip
     lines += [f"- {s}" for s in why_missed(suite, items)] or ["- every target is met"]
     lines += ["", "## Limits", "", *[f"- {s}" for s in LIMITS], "", "## Policies", "", *_policy_lines(suite), "",
-              "## Scenarios", "", *_scenario_lines(suite), ""]  # fmt: skip
+              "## Scenarios", "", *_scenario_lines(suite), "", "## Workloads", "", WORKLOADS, ""]  # fmt: skip
     if SNNRM in suite.policies and REACTIVE in suite.policies:
         lines += ["## snnrm - reactive, paired by seed (mean [95% bootstrap CI]; negative = snnrm lower)", "",
                   paired_table(suite), ""]  # fmt: skip
