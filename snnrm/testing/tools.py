@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import NoReturn
 
 REPO = Path(__file__).resolve().parents[2]
 ENV_FILES = ("{checkout}.env", "{checkout}.observability.env", "{checkout}.chart.env")
@@ -51,12 +52,17 @@ def require_tool(var: str, what: str, script: str = "build-tools.sh") -> Path:
 
     Paths that are directories (schema trees) count as present too.
     """
+    value = tool_env().get(var)
+    if not value or not (os.access(value, os.X_OK) or Path(value).is_dir()) or not Path(value).exists():
+        missing(f"{what} is not built: run `make tools` (scripts/{script}); looked for ${var}")
+    return Path(value)
+
+
+def missing(reason: str) -> NoReturn:
+    """A test cannot run here: skip with ``reason``, or fail when ``SNNRM_E2E_REQUIRE=1`` (what `make test` sets,
+    so nothing a tier needs ever passes as a skip there)."""
     import pytest  # only tests call this
 
-    value = tool_env().get(var)
-    if value and (os.access(value, os.X_OK) or Path(value).is_dir()) and Path(value).exists():
-        return Path(value)
-    reason = f"{what} is not built: run `make tools` (scripts/{script}); looked for ${var}"
     if os.environ.get("SNNRM_E2E_REQUIRE") == "1":
         raise pytest.fail.Exception(reason)
     raise pytest.skip.Exception(reason, allow_module_level=True)

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 import pytest
 from node_support import CLUSTER, SCRIPT, Node
 
+from snnrm.testing.tools import missing
+
 
 def _cluster_running() -> bool:
     pids = CLUSTER / "pids"
@@ -33,10 +35,7 @@ def _cluster_running() -> bool:
 @pytest.fixture(scope="session")
 def node() -> Iterator[Node]:
     if os.geteuid() != 0:
-        reason = "the real-node tier needs root (a kubelet and containerd run here): run `make test` as root"
-        if os.environ.get("SNNRM_E2E_REQUIRE") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
+        missing("the real-node tier needs root (a kubelet and containerd run here): run `make test` as root")
     was_up = _cluster_running()
     # Always run `up`: it is idempotent, and rebuilds and reinstalls the image when the sources changed.
     subprocess.run(["bash", str(SCRIPT), "up"], check=True, timeout=2400)
