@@ -24,7 +24,7 @@ import contextlib
 import os
 import re
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -54,6 +54,32 @@ _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9
 
 class AdmissionError(Exception):
     """The pod cannot be admitted (like kubelet's ``UnexpectedAdmissionError``)."""
+
+
+Register = Callable[[api_pb2.RegisterRequest, Any], Awaitable[api_pb2.Empty]]
+"""A kubelet's handler of ``Registration.Register`` (request, gRPC context) -> Empty."""
+
+
+async def registration_server(socket: Path, register: Register) -> grpc.aio.Server:
+    """A started gRPC server on ``socket`` answering the kubelet's Registration service with ``register``."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                REGISTRATION_SERVICE,
+                {
+                    "Register": grpc.unary_unary_rpc_method_handler(
+                        register,
+                        request_deserializer=api_pb2.RegisterRequest.FromString,
+                        response_serializer=api_pb2.Empty.SerializeToString,
+                    )
+                },
+            ),
+        )
+    )
+    server.add_insecure_port(f"unix://{socket}")
+    await server.start()
+    return server
 
 
 def is_extended_resource_name(name: str) -> bool:
@@ -116,24 +142,7 @@ class KubeletStandIn:
         """Clean the directory of sockets and serve ``kubelet.sock``."""
         self.directory.mkdir(parents=True, exist_ok=True)
         self._cleanup_sockets()
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    REGISTRATION_SERVICE,
-                    {
-                        "Register": grpc.unary_unary_rpc_method_handler(
-                            self._register,
-                            request_deserializer=api_pb2.RegisterRequest.FromString,
-                            response_serializer=api_pb2.Empty.SerializeToString,
-                        )
-                    },
-                ),
-            )
-        )
-        server.add_insecure_port(f"unix://{self.socket}")
-        await server.start()
-        self._server = server
+        self._server = await registration_server(self.socket, self._register)
         log.info("kubelet stand-in serving", socket=str(self.socket))
 
     async def aclose(self) -> None:

@@ -20,7 +20,8 @@ import pytest
 from snnrm.core.devices import NEURON_CORE
 from snnrm.kubelet.protos.deviceplugin.v1beta1 import api_pb2
 from snnrm.kubelet.registration import answers, register
-from snnrm.kubelet.wire import KUBELET_SOCKET, REGISTRATION_SERVICE
+from snnrm.kubelet.standin import registration_server
+from snnrm.kubelet.wire import KUBELET_SOCKET
 
 
 @pytest.fixture
@@ -50,23 +51,7 @@ async def test_register_after_a_kubelet_that_reset_us_reaches_the_new_one(short_
         calls.append(request)
         return api_pb2.Empty()
 
-    new = grpc.aio.server()
-    new.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                REGISTRATION_SERVICE,
-                {
-                    "Register": grpc.unary_unary_rpc_method_handler(
-                        accept,
-                        request_deserializer=api_pb2.RegisterRequest.FromString,
-                        response_serializer=api_pb2.Empty.SerializeToString,
-                    )
-                },
-            ),
-        )
-    )
-    new.add_insecure_port(f"unix://{path}")
-    await new.start()
+    new = await registration_server(path, accept)
     try:
         await register(path, endpoint="x.sock", resource=NEURON_CORE, options=api_pb2.DevicePluginOptions())
     finally:

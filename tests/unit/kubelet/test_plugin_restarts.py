@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 import structlog
@@ -29,9 +28,9 @@ from snnrm.kubelet.feed import DeviceFeed
 from snnrm.kubelet.plugin import DevicePlugin
 from snnrm.kubelet.protos.deviceplugin.v1beta1 import api_pb2
 from snnrm.kubelet.registration import identity
-from snnrm.kubelet.standin import KubeletStandIn
+from snnrm.kubelet.standin import KubeletStandIn, registration_server
 from snnrm.kubelet.state import StaticAllocationState
-from snnrm.kubelet.wire import KUBELET_SOCKET, REGISTRATION_SERVICE
+from snnrm.kubelet.wire import KUBELET_SOCKET
 
 TOPOLOGY = Topology.grid(chips=1, geometry=ChipGeometry(cols=2, rows=2))
 WITHIN = 20.0  # liveness bound only: nothing here asserts how long anything took
@@ -41,7 +40,7 @@ CHILD = """
 import asyncio, json, sys
 from pathlib import Path
 import structlog
-from snnrm.kubelet.standin import KubeletStandIn
+from snnrm.kubelet.standin import KubeletStandIn, registration_server
 
 structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))  # stdout carries our JSON lines
 
@@ -202,23 +201,7 @@ async def test_a_registration_whose_socket_is_deleted_meanwhile_is_abandoned_and
             await asyncio.Event().wait()  # dialing a deleted path; ends only when the plugin cancels
         return api_pb2.Empty()
 
-    server = grpc.aio.server()
-    server.add_generic_rpc_handlers(
-        (
-            grpc.method_handlers_generic_handler(
-                REGISTRATION_SERVICE,
-                {
-                    "Register": grpc.unary_unary_rpc_method_handler(
-                        register,
-                        request_deserializer=api_pb2.RegisterRequest.FromString,
-                        response_serializer=api_pb2.Empty.SerializeToString,
-                    )
-                },
-            ),
-        )
-    )
-    server.add_insecure_port(f"unix://{kdir / KUBELET_SOCKET}")
-    await server.start()
+    server = await registration_server(kdir / KUBELET_SOCKET, register)
     try:
         with structlog.testing.capture_logs() as logs:
             async with running(plugin):
