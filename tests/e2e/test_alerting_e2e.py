@@ -21,7 +21,6 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from e2e_controlplane import ControlPlane
 
 from snnrm.app import Daemon
@@ -30,6 +29,7 @@ from snnrm.core.devices import NEURON_CORE
 from snnrm.kubelet.standin import KubeletStandIn
 from snnrm.testing.promstack import Alertmanager, Prometheus, eventually, rules_with_short_for
 from snnrm.testing.tools import REPO, require_tool
+from snnrm.testing.webhook_sink import webhook_sink
 
 pytestmark = pytest.mark.e2e
 
@@ -74,19 +74,8 @@ def _deployment(name: str) -> dict[str, Any]:
 @pytest.fixture
 async def webhook_target() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     """A real HTTP server standing in for the webhook hook's target."""
-    got: list[dict[str, Any]] = []
-
-    async def handle(request: web.Request) -> web.Response:
-        got.append(await request.json())
-        return web.Response(status=200)
-
-    app = web.Application()
-    app.router.add_post("/notify", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}/notify", got
-    await runner.cleanup()
+    async with webhook_sink() as sink:
+        yield sink
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ from snnrm.config_hooks import HooksConfig
 from snnrm.core.hooks import Action, HookPlanner, HookSpec, Matcher, Target
 from snnrm.http.hooks import PATH, HookEndpoint, HookSetupError, TokenSource, build_endpoint, setup_hooks
 from snnrm.testing.fake_kube import FakeKubeApi
+from snnrm.testing.webhook_sink import webhook_sink
 
 DEPLOY_PATH = "/apis/apps/v1/namespaces/snn/deployments/stage1"
 TOKEN = "correct horse battery staple"
@@ -172,19 +173,8 @@ async def test_scaling_hooks_outside_a_cluster_without_kubeconfig_refuse_to_star
 @pytest.fixture
 async def target() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     """A real HTTP server standing in for a webhook hook's target; records every body it receives."""
-    got: list[dict[str, Any]] = []
-
-    async def handle(request: web.Request) -> web.Response:
-        got.append(await request.json())
-        return web.Response(status=200)
-
-    app = web.Application()
-    app.router.add_post("/notify", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}/notify", got
-    await runner.cleanup()
+    async with webhook_sink() as sink:
+        yield sink
 
 
 @pytest.mark.parametrize("send_resolved", [True, False])
