@@ -43,7 +43,7 @@ from snnrm.core.devices import ThroughputBlocks
 from snnrm.core.health import HealthSettings
 from snnrm.core.jobs import StageHealth
 from snnrm.core.monitor import NodeMonitor
-from snnrm.core.placement import NodeView, StageDemand, first_fit_plan, plan_job
+from snnrm.core.placement import PlacementView, StageDemand, first_fit_plan, plan_job
 from snnrm.core.reallocation import ReallocationSettings
 from snnrm.core.topology import BoolArray, IntArray, Topology
 from snnrm.node import NodeService
@@ -111,7 +111,7 @@ def realloc_settings(policy: PolicySpec) -> ReallocationSettings:
 
 
 def place(
-    policy: PolicySpec, view: NodeView, demands: Sequence[StageDemand], rng: np.random.Generator
+    policy: PolicySpec, view: PlacementView, demands: Sequence[StageDemand], rng: np.random.Generator
 ) -> tuple[IntArray, ...] | None:
     """Cores for every stage of a new job, or None when the free cores cannot hold it."""
     if policy.placer == "first-fit":

@@ -70,7 +70,7 @@ from sim_hw import Job, MachineSpec, Simulator, StageMetrics, load_preset
 from snnrm.backends.sim import frame_of, topology_of
 from snnrm.core.devices import ThroughputBlocks
 from snnrm.core.monitor import NodeMonitor
-from snnrm.core.placement import NodeView
+from snnrm.core.placement import PlacementView
 from snnrm.core.telemetry import FaultKind, HardFault
 from snnrm.core.topology import BoolArray, IntArray
 
@@ -302,11 +302,11 @@ class Run:
         with self.meter.decide():
             if self.monitor is not None:
                 m = self.monitor
-                view = NodeView.measured(self.topology, free=m.core_healthy & ~booked, queue_fill=m.queue_fill,
+                view = PlacementView.measured(self.topology, free=m.core_healthy & ~booked, queue_fill=m.queue_fill,
                                          link_utilization=m.link_utilization, link_failed=m.link_failed,
                                          inter_chip_weight=self.weight)  # fmt: skip
             else:  # a classic device plugin knows only hard failures
-                view = NodeView.idle(self.topology, ~booked & ~self.hw_failed, inter_chip_weight=self.weight)
+                view = PlacementView.idle(self.topology, ~booked & ~self.hw_failed, inter_chip_weight=self.weight)
             placement = place(self.policy, view, j.demands, self.rng_place)
         if placement is None:
             t.rejected = True

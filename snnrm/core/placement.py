@@ -146,10 +146,6 @@ class PlacementView:
         return out
 
 
-NodeView = PlacementView
-"""Old name, kept only while benchmarks/experiments (another change in flight) still imports it; remove then."""
-
-
 @dataclass(frozen=True, slots=True)
 class CostBreakdown:
     """:func:`plan_cost` split into its terms (KEPS x hop-equivalents)."""

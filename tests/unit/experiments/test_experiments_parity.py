@@ -23,7 +23,7 @@ from snnrm.cluster.remap import LocalStage, NodeReallocator, RemapLedger
 from snnrm.core.devices import ThroughputBlocks
 from snnrm.core.jobs import StageHealth
 from snnrm.core.monitor import NodeMonitor
-from snnrm.core.placement import NodeView, StageDemand, plan_job
+from snnrm.core.placement import PlacementView, StageDemand, plan_job
 from snnrm.core.reallocation import ReallocationSettings
 from snnrm.core.telemetry import FaultKind, HardFault
 from snnrm.node import NodeService
@@ -71,7 +71,7 @@ def test_the_experiment_policy_and_the_daemon_reallocator_decide_alike(tmp_path:
     sim = backend.sim
     topo = topology_of(sim)
     weight = sim.spec.inter_chip_hop_latency / sim.spec.hop_latency
-    plan = plan_job(NodeView.idle(topo, inter_chip_weight=weight), DEMANDS)
+    plan = plan_job(PlacementView.idle(topo, inter_chip_weight=weight), DEMANDS)
     assert plan is not None
     placement = [p.copy() for p in plan.stages]
     sim.add_job(JOB, placement)

@@ -17,7 +17,7 @@ from benchmarks.experiments.policies import (
 )
 from snnrm.core.devices import ThroughputBlocks
 from snnrm.core.monitor import NodeMonitor
-from snnrm.core.placement import NodeView, StageDemand
+from snnrm.core.placement import PlacementView, StageDemand
 from snnrm.core.reallocation import ReallocationSettings
 from snnrm.core.telemetry import FaultKind, HardFault
 from snnrm.core.topology import ChipGeometry, Topology
@@ -50,7 +50,7 @@ def _booked(*jobs: RunningJob) -> np.ndarray:
 def test_first_fit_takes_the_lowest_free_cores_stage_after_stage() -> None:
     free = np.ones(TOPO.n_cores, dtype=bool)
     free[[0, 5]] = False
-    out = place(POLICIES["first-fit"], NodeView.idle(TOPO, free), DEMANDS, np.random.default_rng(0))
+    out = place(POLICIES["first-fit"], PlacementView.idle(TOPO, free), DEMANDS, np.random.default_rng(0))
     assert out is not None
     assert [s.tolist() for s in out] == [[1, 2, 3], [4, 6, 7], [8, 9]]
 
@@ -58,7 +58,7 @@ def test_first_fit_takes_the_lowest_free_cores_stage_after_stage() -> None:
 @pytest.mark.parametrize("policy", ["first-fit", "random", "static"])
 def test_every_placer_uses_only_free_cores_once(policy: str) -> None:
     free = np.random.default_rng(1).random(TOPO.n_cores) < 0.6
-    out = place(POLICIES[policy], NodeView.idle(TOPO, free), DEMANDS, np.random.default_rng(2))
+    out = place(POLICIES[policy], PlacementView.idle(TOPO, free), DEMANDS, np.random.default_rng(2))
     assert out is not None
     flat = np.concatenate(out)
     assert len(np.unique(flat)) == len(flat) == sum(d.cores for d in DEMANDS)
@@ -67,7 +67,7 @@ def test_every_placer_uses_only_free_cores_once(policy: str) -> None:
 
 
 def test_random_placement_is_reproducible_and_placers_refuse_what_does_not_fit() -> None:
-    view = NodeView.idle(TOPO)
+    view = PlacementView.idle(TOPO)
     a = place(POLICIES["random"], view, DEMANDS, np.random.default_rng(5))
     b = place(POLICIES["random"], view, DEMANDS, np.random.default_rng(5))
     assert a is not None
@@ -76,7 +76,7 @@ def test_random_placement_is_reproducible_and_placers_refuse_what_does_not_fit()
     tight = np.zeros(TOPO.n_cores, dtype=bool)
     tight[:7] = True  # 8 cores needed
     for name in ("first-fit", "random", "static"):
-        assert place(POLICIES[name], NodeView.idle(TOPO, tight), DEMANDS, np.random.default_rng(0)) is None
+        assert place(POLICIES[name], PlacementView.idle(TOPO, tight), DEMANDS, np.random.default_rng(0)) is None
 
 
 def test_the_ablation_settings_remove_every_hysteresis_and_keep_the_defaults_otherwise() -> None:

@@ -10,7 +10,7 @@ import pytest
 from benchmarks.experiments.policies import DaemonReallocator, RunningJob, RunningStage
 from snnrm.core.devices import ThroughputBlocks
 from snnrm.core.monitor import NodeMonitor
-from snnrm.core.placement import NodeView, StageDemand
+from snnrm.core.placement import PlacementView, StageDemand
 from snnrm.core.reallocation import ReallocationSettings, StageSignals, StageWatch, evaluate_remap, signals_of
 from snnrm.core.telemetry import FaultKind, HardFault, TelemetryFrame
 from snnrm.core.topology import ChipGeometry, Topology
@@ -33,7 +33,7 @@ def test_one_saturated_core_outweighs_the_hops_of_the_only_free_home_on_another_
     place = [np.arange(0, 4), np.arange(8, 24), np.arange(32, 36)]
     free = np.zeros(topo.n_cores, dtype=bool)
     free[-24:] = True
-    view = NodeView.idle(topo, free, inter_chip_weight=WEIGHT)
+    view = PlacementView.idle(topo, free, inter_chip_weight=WEIGHT)
     degraded = np.zeros(topo.n_cores, dtype=bool)
     degraded[10] = True  # one of stage 1's sixteen cores
     no_fail = np.zeros(topo.n_cores, dtype=bool)
@@ -56,7 +56,7 @@ def test_one_saturated_core_weighs_as_much_as_a_whole_saturated_stage() -> None:
     place = [np.arange(0, 4), np.arange(8, 24), np.arange(32, 36)]
     free = np.zeros(topo.n_cores, dtype=bool)
     free[40:64] = True
-    view = NodeView.idle(topo, free, inter_chip_weight=WEIGHT)
+    view = PlacementView.idle(topo, free, inter_chip_weight=WEIGHT)
     one = np.zeros(topo.n_cores, dtype=bool)
     one[10] = True
     every = np.zeros(topo.n_cores, dtype=bool)
