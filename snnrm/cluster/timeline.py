@@ -38,6 +38,18 @@ class TimelineReporter:
     def _ids(self, stage: LocalStage) -> list[str]:
         return [self.topology.ids[i] for i in sorted(stage.cores.tolist())]
 
+    def _stage_entry(self, stage: LocalStage, action: str, what: str, reasons: tuple[str, ...]) -> None:
+        self.timeline.add(
+            "stage",
+            action,
+            f"stage {stage.index} of {stage.job} {what}",
+            reasons=reasons,
+            devices=self._ids(stage),
+            job=stage.job,
+            stage=stage.index,
+            pod=stage.pod,
+        )
+
     async def report(self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None, moved_at: float | None
                      ) -> None:  # fmt: skip
         """Record a change of the stage's verdict (the reallocator reports only changes), then pass it on."""
@@ -46,29 +58,11 @@ class TimelineReporter:
         self._health[key] = health
         if health.degraded:
             verdict = _VERDICTS.get(health.remap, health.remap)
-            self.timeline.add(
-                "stage",
-                "degraded",
-                f"stage {stage.index} of {stage.job} degraded ({', '.join(health.reasons)}); {verdict}",
-                reasons=health.reasons,
-                devices=self._ids(stage),
-                job=stage.job,
-                stage=stage.index,
-                pod=stage.pod,
-            )
+            self._stage_entry(stage, "degraded", f"degraded ({', '.join(health.reasons)}); {verdict}", health.reasons)
         elif health.remap == "done" and cores is not None:
             self._moved_to[key] = cores  # recorded with the Remapped Event, which carries the costs
         elif before is not None and before.degraded:
-            self.timeline.add(
-                "stage",
-                "recovered",
-                f"stage {stage.index} of {stage.job} healthy again on its cores",
-                reasons=before.reasons,
-                devices=self._ids(stage),
-                job=stage.job,
-                stage=stage.index,
-                pod=stage.pod,
-            )
+            self._stage_entry(stage, "recovered", "healthy again on its cores", before.reasons)
         await self.inner.report(stage, health, cores=cores, moved_at=moved_at)
 
     async def event(self, stage: LocalStage, *, reason: str, note: str, warning: bool = False) -> None:
