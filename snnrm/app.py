@@ -20,7 +20,6 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from snnrm.backends.base import HardwareBackend
 from snnrm.backends.sim import SimBackend
-from snnrm.cluster.api import ApiConfigError, KubeAsyncApi
 from snnrm.cluster.events import EventRecorder
 from snnrm.cluster.hints import PlanHints
 from snnrm.cluster.hooks import HookCollector
@@ -43,6 +42,8 @@ from snnrm.http.history import StatusHistory
 from snnrm.http.hooks import HookEndpoint, build_endpoint, setup_hooks, token_from_env
 from snnrm.http.server import FaultAccess, build_app, serve
 from snnrm.http.status import fault_recorder
+from snnrm.kube.api import KubeConfigError as ApiConfigError
+from snnrm.kube.client import KubeAsyncApi
 from snnrm.kubelet.allocator import AllocationFiles, verify_allocation_files
 from snnrm.kubelet.files import writable_problem
 from snnrm.kubelet.plugin import DevicePlugin

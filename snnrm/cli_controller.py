@@ -104,9 +104,9 @@ def controller(
         )
         await run(config, stop=stop)
 
-    from snnrm.cluster.api import ApiConfigError
+    from snnrm.kube.api import KubeConfigError
 
     try:
         asyncio.run(_main())
-    except ApiConfigError as e:
+    except KubeConfigError as e:
         raise click.UsageError(str(e)) from None

@@ -19,12 +19,12 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from snnrm.cluster.api import KubeAsyncApi
 from snnrm.cluster.controller import ControllerSettings, PlacementController
 from snnrm.cluster.reallocation import ReallocationController, ReallocationMetrics
 from snnrm.http.extender import DEFAULT_PREFIX, ExtenderContext, build_extender_app, json_response
 from snnrm.http.metrics import metrics_handler
 from snnrm.http.server import serve
+from snnrm.kube.client import KubeAsyncApi
 from snnrm.obs.tracing import setup_tracing
 
 log = structlog.get_logger(__name__)
@@ -101,7 +101,7 @@ async def run(
 ) -> None:
     """Connect to the apiserver, build the controllers and run them with their HTTP face until ``stop``.
 
-    Raises :class:`~snnrm.cluster.api.ApiConfigError` when no usable kubeconfig or service account is found.
+    Raises :class:`~snnrm.kube.api.KubeConfigError` when no usable kubeconfig or service account is found.
     """
     registry = CollectorRegistry(auto_describe=True)
     tracing = setup_tracing(node=config.settings.identity)  # off unless OTEL_* asks for it

@@ -33,7 +33,6 @@ import numpy as np
 from kubernetes_asyncio import config as kube_config
 from kubernetes_asyncio.client import ApiClient, Configuration
 
-from snnrm.cluster.api import PODS, GoneError, KubeAsyncApi, KubeError
 from snnrm.cluster.events import EventRecorder
 from snnrm.cluster.hints import PlanHints
 from snnrm.cluster.node_agent import NodeAgent
@@ -41,6 +40,8 @@ from snnrm.cluster.remap import RemapLedger
 from snnrm.core.jobs import JOB
 from snnrm.core.summary import PublishPolicy
 from snnrm.core.topology import BoolArray, ChipGeometry, FloatArray, Topology
+from snnrm.kube.api import PODS, GoneError, KubeError
+from snnrm.kube.client import KubeAsyncApi
 
 TOPOLOGY = Topology.grid(chips=4, geometry=ChipGeometry(cols=4, rows=4, cores_per_router=2))
 """Each simulated node: 4 chips of 32 cores (128 cores); small, so that 5,000 agents fit in one process."""

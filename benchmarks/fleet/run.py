@@ -43,9 +43,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks.fleet.agents import TOPOLOGY
-from snnrm.cluster.api import NODES, PODS, KubeAsyncApi, KubeError
 from snnrm.core.jobs import JOB, STAGE
 from snnrm.core.summary import PublishPolicy
+from snnrm.kube.api import NODES, PODS, KubeError
+from snnrm.kube.client import KubeAsyncApi
 from snnrm.testing.fake_cluster import stage_pod
 from snnrm.testing.tools import REPO, find_tool
 

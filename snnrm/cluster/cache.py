@@ -24,11 +24,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import structlog
 
-from snnrm.cluster.api import NODES, PODS, ClusterApi, GoneError, KubeError, Resource
 from snnrm.core.cluster import ClusterIndex, Reservation, StageKey
 from snnrm.core.jobs import JOB, ContractError, StageRef, stage_of
 from snnrm.core.summary import ANNOTATION, NodeSummary, SummaryError
 from snnrm.core.types import JSON
+from snnrm.kube.api import NODES, PODS, ClusterApi, GoneError, KubeError, Resource
 
 log = structlog.get_logger(__name__)
 

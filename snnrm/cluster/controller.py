@@ -16,13 +16,13 @@ from typing import Any
 
 import structlog
 
-from snnrm.cluster.api import ClusterApi
 from snnrm.cluster.cache import ClusterCache
 from snnrm.cluster.events import EventRecorder
 from snnrm.cluster.leader import LeaderElector
 from snnrm.cluster.native import NativeGang, detect
 from snnrm.cluster.planner import GangPlanner
 from snnrm.core.cluster import ClusterIndex
+from snnrm.kube.api import ClusterApi
 
 log = structlog.get_logger(__name__)
 

@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 
 import structlog
 
-from snnrm.cluster.api import EVENTS, ClusterApi, KubeError
 from snnrm.core.types import JSON
+from snnrm.kube.api import EVENTS, ClusterApi, KubeError
 
 log = structlog.get_logger(__name__)
 

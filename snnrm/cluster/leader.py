@@ -23,8 +23,8 @@ from typing import Any
 
 import structlog
 
-from snnrm.cluster.api import LEASES, ClusterApi, ConflictError, KubeError, NotFoundError
 from snnrm.core.types import JSON
+from snnrm.kube.api import LEASES, ClusterApi, ConflictError, KubeError, NotFoundError
 
 log = structlog.get_logger(__name__)
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from snnrm.cluster.api import ClusterApi, ConflictError, KubeError, Resource
 from snnrm.core.types import JSON
+from snnrm.kube.api import ClusterApi, ConflictError, KubeError, Resource
 
 log = structlog.get_logger(__name__)
 

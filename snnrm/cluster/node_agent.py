@@ -29,7 +29,6 @@ from typing import Any, Protocol
 import numpy as np
 import structlog
 
-from snnrm.cluster.api import JSON, NODES, PODS, ClusterApi, GoneError, KubeError
 from snnrm.cluster.events import EventRecorder, PodRef
 from snnrm.cluster.hints import PlanHints, PlannedPod
 from snnrm.cluster.planner import demand_of
@@ -39,6 +38,7 @@ from snnrm.core.jobs import CORES, JOB, LAST_MOVE, STAGE_HEALTH, ContractError, 
 from snnrm.core.placement import StageDemand
 from snnrm.core.summary import ANNOTATION, LoadSmoother, NodeSummary, PublishPolicy, should_publish, summarize
 from snnrm.core.topology import INTER_CHIP_WEIGHT, BoolArray, FloatArray, Topology
+from snnrm.kube.api import JSON, NODES, PODS, ClusterApi, GoneError, KubeError
 from snnrm.kubelet.podresources import PodResourcesClient
 
 log = structlog.get_logger(__name__)

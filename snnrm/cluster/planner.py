@@ -30,7 +30,6 @@ from typing import Any
 import numpy as np
 import structlog
 
-from snnrm.cluster.api import PODS, ClusterApi, KubeError
 from snnrm.cluster.cache import ClusterCache
 from snnrm.cluster.events import EventRecorder, PodRef
 from snnrm.cluster.native import NativeGang, ensure_group
@@ -46,6 +45,7 @@ from snnrm.core.jobs import (
 )
 from snnrm.core.placement import StageDemand
 from snnrm.core.topology import IntArray
+from snnrm.kube.api import PODS, ClusterApi, KubeError
 
 log = structlog.get_logger(__name__)
 

@@ -33,7 +33,6 @@ import numpy as np
 import structlog
 from prometheus_client import CollectorRegistry, Counter
 
-from snnrm.cluster.api import PODS, ClusterApi, KubeError, TooManyRequestsError, evict
 from snnrm.cluster.cache import ClusterCache
 from snnrm.cluster.events import EventRecorder, PodRef
 from snnrm.cluster.planner import demand_of
@@ -42,6 +41,7 @@ from snnrm.core.gang import Placed, plan_gang
 from snnrm.core.jobs import LAST_MOVE, StageRef
 from snnrm.core.reallocation import MoveBudget, MoveReason, ReallocationSettings
 from snnrm.core.topology import IntArray
+from snnrm.kube.api import PODS, ClusterApi, KubeError, TooManyRequestsError, evict
 from snnrm.obs.tracing import NoopTracer, Tracer
 
 log = structlog.get_logger(__name__)

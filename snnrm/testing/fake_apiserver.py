@@ -1,8 +1,8 @@
 """The in-memory apiserver (:class:`~snnrm.testing.fake_cluster.FakeClusterApi`) over HTTP, for a daemon subprocess.
 
-A daemon run as ``snnrm run`` talks to the apiserver through a kubeconfig (:class:`snnrm.cluster.api.KubeAsyncApi`),
+A daemon run as ``snnrm run`` talks to the apiserver through a kubeconfig (:class:`snnrm.kube.client.KubeAsyncApi`),
 so the in-process fake cannot be handed to it. :class:`FakeApiServer` serves the REST paths that client uses on
-plain HTTP (get, list, watch as JSON lines, create, merge patch, replace) and :meth:`FakeApiServer.kubeconfig`
+plain HTTP (get, list, watch as JSON lines, create, merge patch, replace, delete) and :meth:`FakeApiServer.kubeconfig`
 writes a kubeconfig pointing at it. Errors come back as ``Status`` objects with the fake's HTTP status. The test
 still reads and writes objects through :attr:`FakeApiServer.api` directly.
 """
@@ -20,8 +20,8 @@ from typing import Self
 import yaml
 from aiohttp import web
 
-from snnrm.cluster.api import KubeError, Resource
 from snnrm.core.types import JSON
+from snnrm.kube.api import KubeError, Resource
 from snnrm.testing.fake_cluster import FakeClusterApi
 from snnrm.testing.promstack import free_port
 
@@ -107,7 +107,7 @@ class FakeApiServer:
                 )
                 return web.json_response({"kind": "List", "items": items, "metadata": {"resourceVersion": rv}})
             if request.method == "GET" and name is not None:
-                return web.json_response(await self.api.get(res, name, namespace=ns))
+                return web.json_response(await self.api.get(res, name, namespace=ns, subresource=sub))
             body: JSON = await request.json() if request.can_read_body else {}
             if request.method == "POST":
                 dry = q.get("dryRun") == "All"
@@ -117,6 +117,10 @@ class FakeApiServer:
                 return web.json_response(await self.api.merge_patch(res, name, body, namespace=ns, subresource=sub))
             if request.method == "PUT" and name is not None:
                 return web.json_response(await self.api.replace(res, name, body, namespace=ns))
+            if request.method == "DELETE" and name is not None:
+                rv = str((body.get("preconditions") or {}).get("resourceVersion") or "")
+                await self.api.delete(res, name, namespace=ns, resource_version=rv)
+                return web.json_response({"kind": "Status", "apiVersion": "v1", "status": "Success"})
         except KubeError as e:
             return _status(e)
         return _status(KubeError(405, f"{request.method} {request.path} is not served by the fake"))

@@ -1,9 +1,12 @@
-"""An in-memory :class:`snnrm.cluster.api.ClusterApi`: objects by resource, watches, evictions, Leases, discovery.
+"""The in-memory :class:`snnrm.kube.api.ClusterApi` every layer's unit tests use: objects by resource, watches,
+evictions, Leases, scale subresources, discovery.
 
-Enough apiserver behaviour for the placement controller's unit tests:
+Enough apiserver behaviour for the placement controller's, the hooks' and the DRA driver's unit tests:
 
-* ``resourceVersion`` on every write, and optimistic concurrency on ``replace`` (409 on a stale one);
+* ``resourceVersion`` on every write, and optimistic concurrency on ``replace``, on a merge patch that carries
+  ``metadata.resourceVersion`` and on a preconditioned ``delete`` (409 on a stale one);
 * RFC 7386 merge patches, ``generateName``, 404 for unknown objects, 409 for existing names;
+* the ``scale`` subresource (a ``Scale`` reading and writing the parent's ``spec.replicas``);
 * list + watch with label selectors (``key``, ``key=value``) and ``spec.nodeName=`` field selectors; each
   watcher gets every later change (and ``DELETED`` events);
 * the Eviction subresource: deletes the pod, or answers 429 when the pod is named in :attr:`blocked_evictions`
@@ -22,18 +25,31 @@ import copy
 import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from snnrm.cluster.api import PODS, KubeError, Resource, error_for
 from snnrm.core.devices import NEURON_CORE
 from snnrm.core.jobs import GATE, INPUT_RATE, JOB, SPIKE_RATE, STAGE, STAGES
 from snnrm.core.summary import NodeSummary, summarize
 from snnrm.core.topology import ChipGeometry, Topology
 from snnrm.core.types import JSON
-from snnrm.testing.fake_kube import merge_patch
+from snnrm.kube.api import PODS, KubeError, Resource, error_for
 
 _Key = tuple[str, str | None, str]  # (resource path without namespace, namespace, name)
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
 
 
 def _matches(obj: JSON, label_selector: str | None, field_selector: str | None) -> bool:
@@ -130,12 +146,16 @@ class FakeClusterApi:
 
     # -- ClusterApi ----------------------------------------------------------------------------------------------
 
-    async def get(self, res: Resource, name: str, *, namespace: str | None = None) -> JSON:
-        path = res.path(namespace=namespace, name=name)
+    async def get(
+        self, res: Resource, name: str, *, namespace: str | None = None, subresource: str | None = None
+    ) -> JSON:
+        path = res.path(namespace=namespace, name=name, subresource=subresource)
         self._maybe_fail("GET", path)
         obj = self.objects.get(self._key(res, name, namespace))
         if obj is None:
             raise error_for(404, f"{path} not found", method="GET", path=path)
+        if subresource == "scale":
+            return _scale_of(obj)
         return copy.deepcopy(obj)
 
     async def list(
@@ -216,9 +236,16 @@ class FakeClusterApi:
         path = res.path(namespace=namespace, name=name, subresource=subresource)
         self._maybe_fail("PATCH", path)
         key = self._key(res, name, namespace)
-        if key not in self.objects:
+        cur = self.objects.get(key)
+        if cur is None:
             raise error_for(404, f"{path} not found", method="PATCH", path=path)
-        merged: JSON = merge_patch(self.objects[key], patch)
+        want = (patch.get("metadata") or {}).get("resourceVersion")
+        if want is not None and want != cur["metadata"]["resourceVersion"]:
+            raise error_for(409, "the object has been modified", method="PATCH", path=path)
+        if subresource == "scale":
+            replicas = (patch.get("spec") or {}).get("replicas")
+            return _scale_of(self._store(res, key, merge_patch(cur, {"spec": {"replicas": replicas}}), "MODIFIED"))
+        merged: JSON = merge_patch(cur, patch)
         return self._store(res, key, merged, "MODIFIED")
 
     async def replace(self, res: Resource, name: str, obj: JSON, *, namespace: str | None = None) -> JSON:
@@ -233,6 +260,19 @@ class FakeClusterApi:
             raise error_for(409, "the object has been modified", method="PUT", path=path)
         return self._store(res, key, obj, "MODIFIED")
 
+    async def delete(
+        self, res: Resource, name: str, *, namespace: str | None = None, resource_version: str = ""
+    ) -> None:
+        path = res.path(namespace=namespace, name=name)
+        self._maybe_fail("DELETE", path)
+        key = self._key(res, name, namespace)
+        cur = self.objects.get(key)
+        if cur is None:
+            raise error_for(404, f"{path} not found", method="DELETE", path=path)
+        if resource_version and resource_version != cur["metadata"]["resourceVersion"]:
+            raise error_for(409, "the object has been modified (precondition failed)", method="DELETE", path=path)
+        self.delete_obj(res, name, key[1])
+
     async def served_versions(self, group: str) -> dict[str, builtins.list[str]]:
         self._maybe_fail("GET", f"/apis/{group}")
         return copy.deepcopy(self.served.get(group, {}))
@@ -245,6 +285,21 @@ class FakeClusterApi:
             for (p, _, _), o in self.objects.items()
             if p.endswith("/events") and (o.get("regarding") or {}).get("name") == pod
         ]
+
+
+def _scale_of(obj: JSON) -> JSON:
+    """The ``autoscaling/v1`` Scale of a workload: its name, resourceVersion and ``spec.replicas``."""
+    meta = obj.get("metadata") or {}
+    return {
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {
+            "name": meta.get("name"),
+            "namespace": meta.get("namespace"),
+            "resourceVersion": meta.get("resourceVersion"),
+        },
+        "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 0)},
+    }
 
 
 SMALL_TOPOLOGY = Topology.grid(chips=2, geometry=ChipGeometry(cols=4, rows=4))

@@ -397,10 +397,10 @@ CONTROLLER_MODULES = ("cache", "controller", "events", "leader", "native", "plan
 NODE_AGENT_MODULES = ("events", "node_agent", "remap", "sim_workload", "stage_metrics", "timeline")
 """What the daemon's placement agent runs (snnrm/app.py _placement_agent: NodeAgent, KubeStageReporter, remaps,
 simulated workloads, per-stage metrics)."""
-NOT_PLACEMENT = ("__init__", "api", "hooks", "kube", "hints")
-"""snnrm/cluster modules that are neither: the API seam itself, the autoscaling hooks (own client and test)."""
+NOT_PLACEMENT = ("__init__", "hooks", "kube", "hints")
+"""snnrm/cluster modules that are neither: the autoscaling hooks (their own RBAC test)."""
 CLUSTER_API_VERBS = {"get": "get", "list": "list", "watch": "watch", "create": "create", "merge_patch": "patch",
-                     "replace": "update"}  # fmt: skip
+                     "replace": "update", "delete": "delete"}  # fmt: skip
 
 
 def _resources_made_in(tree: Any, module: Any) -> set[tuple[str, str]]:
@@ -417,17 +417,22 @@ def _resources_made_in(tree: Any, module: Any) -> set[tuple[str, str]]:
 
 
 def _cluster_calls(name: str) -> set[Rule]:
-    """Every (group, resource, verb) module snnrm/cluster/<name>.py asks of the apiserver through ClusterApi: calls of
+    """Every (group, resource, verb) module snnrm/cluster/<name>.py asks of the apiserver (:func:`_api_calls`)."""
+    return _api_calls(f"snnrm.cluster.{name}")
+
+
+def _api_calls(module_name: str) -> set[Rule]:
+    """Every (group, resource, verb) a module asks of the apiserver through ClusterApi: calls of
     ``self.api.<verb>(RESOURCE, ...)`` / ``api.<verb>(...)`` (subresource= included), and of the helpers of
-    snnrm/cluster/api.py that make such calls (evict)."""
+    snnrm/kube/api.py that make such calls (evict)."""
     import ast
     import importlib
 
-    import snnrm.cluster.api as api_mod
+    import snnrm.kube.api as api_mod
 
-    module = importlib.import_module(f"snnrm.cluster.{name}")
-    tree = ast.parse((CLUSTER / f"{name}.py").read_text())
-    api_tree = ast.parse((CLUSTER / "api.py").read_text())
+    module = importlib.import_module(module_name)
+    tree = ast.parse(Path(str(module.__file__)).read_text())
+    api_tree = ast.parse((REPO / "snnrm" / "kube" / "api.py").read_text())
     helpers = {f.name: f for f in api_tree.body if isinstance(f, ast.AsyncFunctionDef | ast.FunctionDef)}
     made = _resources_made_in(tree, module)
     enclosing = {
@@ -438,7 +443,7 @@ def _cluster_calls(name: str) -> set[Rule]:
     }  # fmt: skip (innermost wins: walk order visits outer functions first)
 
     def resolve(arg: Any, call: Any) -> set[tuple[str, str]]:
-        """The Resources an argument can be: a constant of snnrm/cluster/api.py, a parameter of the enclosing
+        """The Resources an argument can be: a constant of snnrm/kube/api.py, a parameter of the enclosing
         function (the constants its callers in this module pass), else every Resource the module builds."""
         if isinstance(arg, ast.Name) and isinstance(getattr(api_mod, arg.id, None), api_mod.Resource):
             res = getattr(api_mod, arg.id)
@@ -451,9 +456,9 @@ def _cluster_calls(name: str) -> set[Rule]:
             for node in ast.walk(tree):
                 if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == fn.name:
                     out |= resolve(node.args[i], node)
-            assert out, f"snnrm/cluster/{name}.py: no caller of {fn.name} passes a Resource"
+            assert out, f"{module_name}: no caller of {fn.name} passes a Resource"
             return out
-        assert made, f"snnrm/cluster/{name}.py: cannot resolve the resource of {ast.unparse(call)}"
+        assert made, f"{module_name}: cannot resolve the resource of {ast.unparse(call)}"
         return made
 
     def calls(root: Any) -> set[Rule]:

@@ -34,9 +34,9 @@ import pytest_asyncio
 import yaml
 from aiohttp import web
 
-from snnrm.cluster.api import NODES, PODS
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
 from snnrm.core.jobs import LIVE_REMAP
+from snnrm.kube.api import NODES, PODS
 from snnrm.kubelet.standin import KubeletStandIn
 from snnrm.testing.fake_apiserver import FakeApiServer
 from snnrm.testing.fake_cluster import stage_pod

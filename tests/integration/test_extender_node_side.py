@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from snnrm.backends.sim import SimBackend
-from snnrm.cluster.api import NODES, PODS
 from snnrm.cluster.events import EventRecorder
 from snnrm.cluster.hints import PlanHints
 from snnrm.cluster.node_agent import NodeAgent
@@ -21,6 +20,7 @@ from snnrm.core.devices import NEURON_CORE
 from snnrm.core.jobs import PLANNED_CORES, PLANNED_NODE
 from snnrm.core.placement import StageDemand
 from snnrm.core.summary import ANNOTATION, NodeSummary, PublishPolicy
+from snnrm.kube.api import NODES, PODS
 from snnrm.kubelet.podresources import PodResourcesClient
 from snnrm.node import NodeService
 from snnrm.testing.fake_cluster import FakeClusterApi, stage_pod

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from snnrm.cluster.api import ApiConfigError, ConflictError, GoneError, KubeError, error_for
 from snnrm.cluster.kube import KubeApiError, KubeConfigError
 from snnrm.core.errors import ApiError, CredentialsError, SnnrmError
 from snnrm.dra.kube import DraApiError
+from snnrm.kube.api import ConflictError, GoneError, KubeError, error_for
+from snnrm.kube.api import KubeConfigError as ApiConfigError
 
 CLIENT_ERRORS = (KubeError, KubeApiError, DraApiError)
 

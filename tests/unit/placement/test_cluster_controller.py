@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from snnrm.cluster.api import LEASES, NODES, PODS, KubeError
 from snnrm.cluster.cache import ClusterCache
 from snnrm.cluster.controller import ControllerSettings, PlacementController
 from snnrm.cluster.events import EventRecorder
@@ -23,6 +22,7 @@ from snnrm.core.cluster import ClusterIndex, StageKey
 from snnrm.core.jobs import GATE, PLANNED_CORES, PLANNED_NODE, STAGE_HEALTH, StageHealth
 from snnrm.core.reallocation import ReallocationSettings
 from snnrm.core.summary import ANNOTATION
+from snnrm.kube.api import LEASES, NODES, PODS, KubeError
 from snnrm.testing.fake_cluster import FakeClusterApi, node_summary, stage_pod
 
 NOW = 1_800_000_000.0  # 2027: after the fake pods' creation timestamps

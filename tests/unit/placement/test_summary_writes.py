@@ -7,13 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from snnrm.cluster.api import NODES
 from snnrm.cluster.events import EventRecorder
 from snnrm.cluster.hints import PlanHints
 from snnrm.cluster.node_agent import NodeAgent
 from snnrm.cluster.remap import RemapLedger
 from snnrm.core.summary import ANNOTATION, NodeSummary, PublishPolicy
 from snnrm.core.topology import BoolArray, ChipGeometry, FloatArray, Topology
+from snnrm.kube.api import NODES
 from snnrm.testing.fake_cluster import FakeClusterApi
 
 TOPO = Topology.grid(chips=4, geometry=ChipGeometry(cols=4, rows=4, cores_per_router=2))

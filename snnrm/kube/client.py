@@ -1,0 +1,280 @@
+"""The product's one Kubernetes client: :class:`~snnrm.kube.api.ClusterApi` over kubernetes-asyncio.
+
+kubernetes-asyncio does what a client must get right and snnrm should not re-implement: kubeconfig loading (files,
+inline ``*-data``, exec plugins), the in-cluster service account (its projected token refreshed as it rotates), TLS.
+:meth:`KubeAsyncApi.connect` is the only place the product loads credentials; the app modules connect once and
+hand the client (or a :meth:`~KubeAsyncApi.with_timeout` view of it, sharing its connections) to every part that
+talks to the apiserver. Requests go through the client's aiohttp session with its auth headers, but the JSON is
+ours: bodies are serialised once with :func:`json.dumps` (not walked by the generated client's sanitiser first), and
+answers over 1 MiB (a node's ResourceSlices at 16k cores are ~10 MB) are parsed off the event loop. Failures become
+:class:`~snnrm.kube.api.KubeError` here, at the boundary (``status`` 0 for a network error or timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import urlencode
+
+import aiohttp
+from kubernetes_asyncio import config as kube_config
+from kubernetes_asyncio.client import ApiClient, Configuration
+
+from snnrm.kube.api import JSON, KubeConfigError, KubeError, NotFoundError, Resource, error_for
+
+WATCH_SECONDS = 240
+"""Server-side watch timeout: the apiserver ends watches after 5-10 min anyway; 4 min re-lists nothing (we resume
+from the last resourceVersion) and keeps a silently dead connection from lasting long."""
+USER_AGENT = "snnrm"
+BIG_ANSWER = 1 << 20
+"""Bytes above which an answer is parsed in a worker thread (about 10 ms of json.loads on the event loop)."""
+
+
+class KubeAsyncApi:
+    """:class:`~snnrm.kube.api.ClusterApi` over kubernetes-asyncio. Use as an async context manager (it owns an
+    ApiClient, unless it is a :meth:`with_timeout` view of another client)."""
+
+    def __init__(self, client: ApiClient, *, timeout: float = 10.0, owner: bool = True) -> None:
+        self._client = client
+        self._timeout = timeout
+        self._owner = owner
+
+    @classmethod
+    async def connect(cls, kubeconfig: Path | None = None, *, request_timeout: float = 10.0) -> KubeAsyncApi:
+        """From a kubeconfig file, else the pod's service account (in cluster); :class:`KubeConfigError` if neither
+        gives usable credentials."""
+        cfg = Configuration()
+        try:
+            if kubeconfig is not None:
+                await kube_config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
+            else:
+                kube_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        except (kube_config.ConfigException, OSError, ValueError, TypeError, KeyError) as e:  # garbled kubeconfig
+            where = kubeconfig if kubeconfig is not None else "the pod's service account"
+            raise KubeConfigError(f"no usable cluster credentials from {where}: {e}") from e
+        client = ApiClient(configuration=cfg)
+        client.user_agent = USER_AGENT
+        return cls(client, timeout=request_timeout)
+
+    def with_timeout(self, seconds: float) -> KubeAsyncApi:
+        """The same client (credentials, connections) with another per-call timeout; closing it closes nothing."""
+        return KubeAsyncApi(self._client, timeout=seconds, owner=False)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._owner:
+            await self._client.close()
+
+    @asynccontextmanager
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: builtins.list[tuple[str, str]] | None = None,
+        data: bytes | None = None,
+        content_type: str = "application/json",
+        client_timeout: aiohttp.ClientTimeout | None = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """One HTTP exchange through the client's session, with its credentials (a refreshed token if it rotates)."""
+        client = self._client
+        headers: dict[str, str] = {"Accept": "application/json", "User-Agent": client.user_agent or USER_AGENT}
+        if data is not None:
+            headers["Content-Type"] = content_type
+        query = list(query or [])
+        await client.update_params_for_auth(headers, query, ["BearerToken"])
+        url = str(client.configuration.host) + path + ("?" + urlencode(query) if query else "")
+        rest = client.rest_client
+        extra: dict[str, Any] = {}
+        if rest.server_hostname:
+            extra["server_hostname"] = rest.server_hostname
+        if rest.proxy:
+            extra["proxy"] = rest.proxy
+            extra["proxy_headers"] = rest.proxy_headers
+        async with rest.pool_manager.request(
+            method,
+            url,
+            data=data,
+            headers=headers,
+            timeout=client_timeout or aiohttp.ClientTimeout(total=self._timeout),
+            **extra,
+        ) as resp:
+            yield resp
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: builtins.list[tuple[str, str]] | None = None,
+        body: JSON | None = None,
+        content_type: str = "application/json",
+    ) -> JSON:
+        data = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        try:
+            async with self._request(method, path, query=query, data=data, content_type=content_type) as resp:
+                raw = await resp.read()
+                status, reason = resp.status, resp.reason
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            raise KubeError(0, repr(e), method=method, path=path) from e
+        if status >= 300:
+            message, why = _status(raw, reason)
+            raise error_for(status, message, method=method, path=path, reason=why)
+        if not raw:
+            return {}
+        try:
+            out = await asyncio.to_thread(json.loads, raw) if len(raw) > BIG_ANSWER else json.loads(raw)
+        except ValueError as e:
+            raise KubeError(status, f"answer is not JSON: {raw[:200]!r}", method=method, path=path) from e
+        return out if isinstance(out, dict) else {}
+
+    async def get(
+        self, res: Resource, name: str, *, namespace: str | None = None, subresource: str | None = None
+    ) -> JSON:
+        return await self._call("GET", res.path(namespace=namespace, name=name, subresource=subresource))
+
+    async def list(
+        self,
+        res: Resource,
+        *,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> tuple[builtins.list[JSON], str]:
+        query = _selectors(label_selector, field_selector)
+        body = await self._call("GET", res.path(namespace=namespace), query=query)
+        items = [i for i in body.get("items") or [] if isinstance(i, dict)]
+        return items, str((body.get("metadata") or {}).get("resourceVersion") or "")
+
+    async def watch(
+        self,
+        res: Resource,
+        *,
+        resource_version: str,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> AsyncIterator[tuple[str, JSON]]:
+        path = res.path(namespace=namespace)
+        query = [("watch", "true"), ("allowWatchBookmarks", "true"), ("timeoutSeconds", str(WATCH_SECONDS))]
+        if resource_version:
+            query.append(("resourceVersion", resource_version))
+        query += _selectors(label_selector, field_selector)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self._timeout, sock_read=WATCH_SECONDS + 30)
+        try:
+            async with self._request("GET", path, query=query, client_timeout=timeout) as resp:
+                if resp.status != 200:
+                    message, why = _status(await resp.read(), resp.reason)
+                    raise error_for(resp.status, message, method="WATCH", path=path, reason=why)
+                buf = b""
+                # Lines can be longer than aiohttp's readline limit (Nodes carry image lists): split by hand.
+                async for chunk in resp.content.iter_chunked(1 << 16):
+                    buf += chunk
+                    while b"\n" in buf:
+                        line, buf = buf.split(b"\n", 1)
+                        if line.strip():
+                            yield _event(line, path)
+        except (aiohttp.ClientError, TimeoutError, OSError, asyncio.IncompleteReadError) as e:
+            raise KubeError(0, f"watch broke: {e!r}", method="WATCH", path=path) from e
+
+    async def create(
+        self,
+        res: Resource,
+        obj: JSON,
+        *,
+        namespace: str | None = None,
+        name: str | None = None,
+        subresource: str | None = None,
+        dry_run: bool = False,
+    ) -> JSON:
+        query = [("dryRun", "All")] if dry_run else None
+        return await self._call(
+            "POST", res.path(namespace=namespace, name=name, subresource=subresource), query=query, body=obj
+        )
+
+    async def merge_patch(
+        self, res: Resource, name: str, patch: JSON, *, namespace: str | None = None, subresource: str | None = None
+    ) -> JSON:
+        return await self._call(
+            "PATCH",
+            res.path(namespace=namespace, name=name, subresource=subresource),
+            body=patch,
+            content_type="application/merge-patch+json",
+        )
+
+    async def replace(self, res: Resource, name: str, obj: JSON, *, namespace: str | None = None) -> JSON:
+        return await self._call("PUT", res.path(namespace=namespace, name=name), body=obj)
+
+    async def delete(
+        self, res: Resource, name: str, *, namespace: str | None = None, resource_version: str = ""
+    ) -> None:
+        body: JSON | None = None
+        if resource_version:
+            body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"resourceVersion": resource_version}}
+        await self._call("DELETE", res.path(namespace=namespace, name=name), body=body)
+
+    async def served_versions(self, group: str) -> dict[str, builtins.list[str]]:
+        try:
+            body = await self._call("GET", f"/apis/{group}")
+        except NotFoundError:
+            return {}
+        out: dict[str, builtins.list[str]] = {}
+        for v in body.get("versions") or []:
+            version = str((v or {}).get("version") or "")
+            if not version:
+                continue
+            try:
+                rl = await self._call("GET", f"/apis/{group}/{version}")
+            except NotFoundError:
+                continue
+            out[version] = [str(r.get("name")) for r in rl.get("resources") or [] if isinstance(r, dict)]
+        return out
+
+
+def _selectors(label_selector: str | None, field_selector: str | None) -> builtins.list[tuple[str, str]]:
+    q: list[tuple[str, str]] = []
+    if label_selector:
+        q.append(("labelSelector", label_selector))
+    if field_selector:
+        q.append(("fieldSelector", field_selector))
+    return q
+
+
+def _status(body: bytes, fallback: str | None) -> tuple[str, str]:
+    """(message, reason) of an error answer: the ``Status`` object's, else the start of the body."""
+    text = body.decode(errors="replace")
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return text[:500] or str(fallback or ""), ""
+    if not isinstance(parsed, dict):
+        return text[:500], ""
+    return str(parsed.get("message") or text[:500]), str(parsed.get("reason") or "")
+
+
+def _event(line: bytes, path: str) -> tuple[str, JSON]:
+    try:
+        ev = json.loads(line)
+    except ValueError as e:
+        raise KubeError(0, f"watch sent a line that is not JSON: {line[:200]!r}", method="WATCH", path=path) from e
+    kind = str(ev.get("type") or "")
+    obj = ev.get("object") if isinstance(ev.get("object"), dict) else {}
+    if kind == "ERROR":
+        code = int(obj.get("code") or 0)
+        raise error_for(
+            code, str(obj.get("message") or obj), method="WATCH", path=path, reason=str(obj.get("reason") or "")
+        )
+    return kind, obj
