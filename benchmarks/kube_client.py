@@ -30,12 +30,12 @@ from snnrm.core.dra import DRIVER, DraLayout, HardwareInfo
 from snnrm.core.summary import ANNOTATION
 from snnrm.core.topology import ChipGeometry, Topology
 from snnrm.dra.publisher import SlicePublisher
-from snnrm.dra.testing import StaticTelemetry
 from snnrm.dra.view import DraView
 from snnrm.kube.api import NODES, PODS, ClusterApi
 from snnrm.kube.client import KubeAsyncApi
 from snnrm.kube.dra import DRA_TIMEOUT, DraApi
 from snnrm.testing.fake_cluster import node_summary, stage_pod
+from snnrm.testing.fake_telemetry import StaticTelemetry
 from snnrm.testing.tools import REPO, find_tool
 
 sys.path.insert(0, str(REPO / "tests" / "e2e"))

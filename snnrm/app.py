@@ -13,6 +13,7 @@ import os
 import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -23,7 +24,6 @@ from snnrm.backends.sim import SimBackend
 from snnrm.cluster.events import EventRecorder
 from snnrm.cluster.hints import PlanHints
 from snnrm.cluster.hooks import HookCollector
-from snnrm.cluster.kube import KubeApi, KubeConfigError, KubeCredentials
 from snnrm.cluster.node_agent import KubeStageReporter, NodeAgent
 from snnrm.cluster.reallocation import ReallocationMetrics
 from snnrm.cluster.remap import NodeReallocator, RemapLedger, remapped_allocation_files
@@ -35,15 +35,15 @@ from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
 from snnrm.core.placement import INTER_CHIP_WEIGHT
 from snnrm.core.reallocation import ReallocationSettings
 from snnrm.core.summary import PublishPolicy
-from snnrm.dra.kube import DraKubeApi, RestDraApi
 from snnrm.dra.plugin import DraPlugin, node_plugin
 from snnrm.http.extender import setup_stage_view
 from snnrm.http.history import StatusHistory
-from snnrm.http.hooks import HookEndpoint, build_endpoint, setup_hooks, token_from_env
+from snnrm.http.hooks import HookEndpoint, HookSetupError, build_endpoint, setup_hooks, token_from_env
 from snnrm.http.server import FaultAccess, build_app, serve
 from snnrm.http.status import fault_recorder
-from snnrm.kube.api import KubeConfigError as ApiConfigError
+from snnrm.kube.api import ClusterApi, KubeConfigError
 from snnrm.kube.client import KubeAsyncApi
+from snnrm.kube.dra import DRA_TIMEOUT, DraApi
 from snnrm.kubelet.allocator import AllocationFiles, verify_allocation_files
 from snnrm.kubelet.files import writable_problem
 from snnrm.kubelet.plugin import DevicePlugin
@@ -78,6 +78,26 @@ def make_backend(config: Config) -> HardwareBackend:
     return SysfsBackend(config.sysfs_root)
 
 
+@dataclass(eq=False)
+class KubeClients:
+    """The daemon's Kubernetes clients: one per credentials source (a kubeconfig, or the pod's service account),
+    made on first need and shared by the hooks, the DRA driver and the placement agent, closed with the daemon.
+    A chart points all three at the same source, so a daemon loads its credentials once."""
+
+    _clients: dict[Path | None, KubeAsyncApi] = field(default_factory=dict)
+
+    async def get(self, kubeconfig: Path | None) -> KubeAsyncApi:
+        """The client for ``kubeconfig`` (None: in cluster); :class:`KubeConfigError` without usable credentials."""
+        if kubeconfig not in self._clients:
+            self._clients[kubeconfig] = await KubeAsyncApi.connect(kubeconfig)
+        return self._clients[kubeconfig]
+
+    async def aclose(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+
+
 @dataclass(slots=True, eq=False)
 class Daemon:
     """Everything one node runs, built from a :class:`Config`."""
@@ -103,6 +123,8 @@ class Daemon:
     stage_view: Callable[[], dict[str, Any]] | None = None
     """``GET /api/v1/stages``: the stages running here and their cores (for the status page); read per request,
     so it may be set after the server started (the demo sets it once its job is admitted). None: no stages."""
+    kube: KubeClients = field(default_factory=KubeClients)
+    """The Kubernetes clients the components above share (none unless a feature needs the apiserver)."""
     http_port: int | None = field(default=None, init=False)
     http_started: asyncio.Event = field(default_factory=asyncio.Event, init=False)
 
@@ -112,11 +134,12 @@ class Daemon:
         config: Config,
         *,
         backend: HardwareBackend | None = None,
-        hooks_kube: KubeApi | None = None,
-        dra_kube: DraKubeApi | None = None,
+        hooks_kube: ClusterApi | None = None,
+        dra_kube: ClusterApi | None = None,
         hints: PlanHints | None = None,
     ) -> Daemon:
-        """Discover the hardware and build (not yet start) every component."""
+        """Discover the hardware and build (not yet start) every component. ``hooks_kube`` and ``dra_kube`` replace
+        the Kubernetes client the hooks and the DRA driver would get (tests pass the in-memory one)."""
         fault_access(config)  # a token mode without its token refuses to start, before anything is served
         for flag, directory in (("--state-dir", config.state_dir), ("--cdi-dir", config.cdi_dir)):
             if (problem := writable_problem(directory)) is not None:
@@ -162,30 +185,39 @@ class Daemon:
         if isinstance(backend, SimBackend):
             backend.on_inject.append(fault_recorder(timeline, node.topology))
         hooks = None
-        if config.hooks.enabled:  # alert-driven autoscaling hooks: snnrm/http/hooks.py, docs/autoscaling-hooks.md
-            hooks = await build_endpoint(
-                config.hooks,
-                node=socket.gethostname(),
-                scratch=config.state_dir / "kube",
-                token=token_from_env(),
-                kube=hooks_kube,
-            )
-            registry.register(HookCollector(hooks.runner, node=socket.gethostname()))
-        dra = _dra_plugin(config, node, dra_kube) if config.dra != "off" else None
-        placement = workloads = None
-        if config.placement.enabled and hints is not None:  # snnrm/cluster/node_agent.py, docs/split-learning.md
-            placement = await _placement_agent(config, backend, node, pods, hints, registry, tracing.tracer, timeline)
-            if isinstance(backend, SimBackend):  # simulated chips run the admitted stages' traffic
-                workloads = SimWorkloads(backend.sim, placement.stages)
-            # The stages this node runs, without the controller: what the split-learning dashboard reads.
-            registry.register(
-                StageCollector(
-                    node=node_name,
-                    stages=placement.stages,
-                    ledger=placement.ledger,
-                    latency=workloads.latencies if workloads is not None else None,
+        kube = KubeClients()
+        try:
+            if config.hooks.enabled:  # alert-driven autoscaling hooks: snnrm/http/hooks.py, docs/autoscaling-hooks.md
+                if hooks_kube is None and config.hooks.needs_kube:
+                    try:
+                        hooks_kube = await kube.get(config.hooks.kubeconfig)
+                    except KubeConfigError as e:
+                        raise HookSetupError(f"scaling hooks need the Kubernetes API: {e}") from None
+                hooks = await build_endpoint(
+                    config.hooks, node=socket.gethostname(), token=token_from_env(), kube=hooks_kube
                 )
-            )
+                registry.register(HookCollector(hooks.runner, node=socket.gethostname()))
+            dra = await _dra_plugin(config, node, dra_kube, kube) if config.dra != "off" else None
+            placement = workloads = None
+            if config.placement.enabled and hints is not None:  # snnrm/cluster/node_agent.py, docs/split-learning.md
+                placement = await _placement_agent(
+                    config, backend, node, pods, hints, registry, tracing.tracer, timeline, kube
+                )
+                if isinstance(backend, SimBackend):  # simulated chips run the admitted stages' traffic
+                    workloads = SimWorkloads(backend.sim, placement.stages)
+                # The stages this node runs, without the controller: what the split-learning dashboard reads.
+                registry.register(
+                    StageCollector(
+                        node=node_name,
+                        stages=placement.stages,
+                        ledger=placement.ledger,
+                        latency=workloads.latencies if workloads is not None else None,
+                    )
+                )
+        except BaseException:
+            await kube.aclose()  # a half-built daemon leaves no open connection
+            raise
+
         return cls(
             config=config,
             backend=backend,
@@ -200,6 +232,7 @@ class Daemon:
             dra=dra,
             placement=placement,
             workloads=workloads,
+            kube=kube,
         )
 
     def _ready_checks(self) -> list[Callable[[], str | None]]:
@@ -317,8 +350,7 @@ class Daemon:
             for coro in extra:
                 coro.close()  # never-started extras must not warn "coroutine was never awaited"
             await self.pods.aclose()
-            if self.placement is not None and self.placement.close is not None:
-                await self.placement.close()
+            await self.kube.aclose()
             await asyncio.to_thread(self.tracing.shutdown)  # flush queued spans (bounded by the exporter's timeout)
         log.info("stopped")
 
@@ -342,25 +374,18 @@ def _device_plugin_serves(config: Config, resource: str) -> bool:
     return config.dra == "off" or (config.dra == "on" and resource == EVENT_THROUGHPUT)
 
 
-def _dra_plugin(config: Config, node: NodeService, kube: DraKubeApi | None) -> DraPlugin:
-    """The DRA kubelet plugin, with an apiserver client from ``--dra-kubeconfig`` or the pod's service account."""
-    close = None
-    if kube is None:
+async def _dra_plugin(config: Config, node: NodeService, api: ClusterApi | None, kube: KubeClients) -> DraPlugin:
+    """The DRA kubelet plugin, with the apiserver client from ``--dra-kubeconfig`` or the pod's service account."""
+    if api is None:
         try:
-            credentials = (
-                KubeCredentials.from_kubeconfig(config.dra_kubeconfig, scratch=config.state_dir / "kube")
-                if config.dra_kubeconfig is not None
-                else KubeCredentials.in_cluster()
-            )
+            api = (await kube.get(config.dra_kubeconfig)).with_timeout(DRA_TIMEOUT)
         except KubeConfigError as e:
             raise ConfigError(f"--dra {config.dra} needs the apiserver: {e}") from None
-        rest = RestDraApi(credentials)
-        kube, close = rest, rest.aclose
     return node_plugin(
         monitor=node.monitor,
         core_feed=node.feeds[NEURON_CORE],
         node=config.dra_node_name or socket.gethostname(),
-        api=kube,
+        api=DraApi(api),
         registry_dir=config.dra_registry_dir,
         plugin_dir=config.dra_plugin_dir,
         state_dir=config.state_dir,
@@ -369,7 +394,6 @@ def _dra_plugin(config: Config, node: NodeService, kube: DraKubeApi | None) -> D
         model=config.sim_preset if config.backend == "sim" else None,
         block_keps=config.block_keps,
         share_throughput=config.dra == "only",
-        on_stop=close,
     )
 
 
@@ -385,12 +409,13 @@ async def _placement_agent(
     registry: CollectorRegistry,
     tracer: Tracer,
     timeline: Timeline,
+    kube: KubeClients,
 ) -> NodeAgent:
     """Summary publisher, plan hints and live remaps, with an apiserver client from the config or in cluster."""
     pc = config.placement
     try:
-        api = await KubeAsyncApi.connect(pc.kubeconfig)
-    except ApiConfigError as e:
+        api = await kube.get(pc.kubeconfig)
+    except KubeConfigError as e:
         raise ConfigError(f"placement.enabled needs the apiserver: {e}") from None
     name = pc.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
     weight = INTER_CHIP_WEIGHT
@@ -428,5 +453,4 @@ async def _placement_agent(
         reallocator_factory=remapper,
         policy=PublishPolicy(min_interval=pc.publish_min_interval, max_interval=pc.publish_max_interval),
         inter_chip_weight=weight,
-        close=api.aclose,
     )

@@ -1,9 +1,8 @@
 """Alert-driven autoscaling hooks, the I/O part: carry out what :class:`snnrm.core.hooks.HookPlanner` decides.
 
-For each decision the runner talks to the Kubernetes API (through the :class:`~snnrm.cluster.kube.KubeApi` seam),
-or to an outgoing webhook, then records the
-result with the planner. Every action is logged, counted (``snnrm_hook_actions_total``) and, when it touched a
-Kubernetes object, recorded as an Event on that object.
+For each decision the runner talks to the Kubernetes API (through the :class:`~snnrm.kube.api.ClusterApi` the app
+injects) or to an outgoing webhook, then records the result with the planner. Every action is logged, counted
+(``snnrm_hook_actions_total``) and, when it touched a Kubernetes object, recorded as an Event on that object.
 
 Replica changes are read-modify-write with the object's ``resourceVersion`` as precondition, retried on conflict,
 so a concurrent HPA/KEDA/kubectl write is never silently overwritten. Transient failures (network, 5xx, 429,
@@ -29,7 +28,6 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from snnrm.cluster.kube import JSON, KubeApi, KubeApiError
 from snnrm.core.hooks import (
     Alert,
     Decision,
@@ -41,6 +39,7 @@ from snnrm.core.hooks import (
     Target,
     bounded,
 )
+from snnrm.kube.api import CORE_EVENTS, JSON, ClusterApi, KubeError, Resource
 
 log = structlog.get_logger(__name__)
 
@@ -55,11 +54,10 @@ _PLURALS = {
 }
 
 
-def target_path(t: Target) -> str:
-    """API path the hook reads and patches: the scale subresource for workloads, the object for KEDA/HPA."""
-    group = "api" if t.api_version == "v1" else "apis"
-    path = f"/{group}/{t.api_version}/namespaces/{t.namespace}/{_PLURALS[t.kind]}/{t.name}"
-    return path + "/scale" if t.field == "replicas" else path
+def target_resource(t: Target) -> tuple[Resource, str | None]:
+    """The resource the hook reads and patches, and the subresource: ``scale`` for workloads, none for KEDA/HPA."""
+    group, _, version = t.api_version.rpartition("/")
+    return Resource(group, version, _PLURALS[t.kind]), ("scale" if t.field == "replicas" else None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +93,7 @@ class HookRunner:
     calls are in flight at once."""
 
     planner: HookPlanner
-    kube: KubeApi | None
+    kube: ClusterApi | None
     """None when no hook needs the Kubernetes API (or none is reachable: scaling hooks then fail loudly)."""
     http: aiohttp.ClientSession | None = None
     """Session for outgoing webhooks (created on first use if None)."""
@@ -151,7 +149,7 @@ class HookRunner:
                 outcome = Outcome.APPLIED
         except _TransientError as e:
             outcome, detail = Outcome.RETRY, str(e)
-        except (KubeApiError, OSError, ValueError) as e:
+        except (KubeError, OSError, ValueError) as e:
             outcome, detail = Outcome.FAILED, str(e)
         else:
             self.planner.record(d, applied_delta=applied, now=self.clock())
@@ -175,11 +173,11 @@ class HookRunner:
         assert t is not None
         if self.kube is None:
             raise ValueError("no Kubernetes API configured (hooks.kubeconfig, or run in a cluster)")
-        path = target_path(t)
+        res, sub = target_resource(t)
         delta = -d.delta if d.undo else d.delta
         for _ in range(CONFLICT_RETRIES):
             try:
-                obj = await self.kube.get(path)
+                obj = await self.kube.get(res, t.name, namespace=t.namespace, subresource=sub)
                 spec = obj.get("spec") or {}
                 current = int(spec.get(t.field, FIELD_DEFAULTS[t.field]))
                 new = bounded(current, delta, hook.min_replicas, hook.max_replicas)
@@ -189,8 +187,8 @@ class HookRunner:
                 patch: JSON = {"spec": {t.field: new}}
                 if version:
                     patch["metadata"] = {"resourceVersion": version}
-                await self.kube.merge_patch(path, patch)
-            except KubeApiError as e:
+                await self.kube.merge_patch(res, t.name, patch, namespace=t.namespace, subresource=sub)
+            except KubeError as e:
                 if e.status == 409:
                     continue  # someone else wrote in between: read again
                 if e.retryable:
@@ -262,8 +260,8 @@ class HookRunner:
             "lastTimestamp": now,
             "count": 1,
         }
-        with contextlib.suppress(KubeApiError):
-            await self.kube.create(f"/api/v1/namespaces/{t.namespace}/events", event)
+        with contextlib.suppress(KubeError):
+            await self.kube.create(CORE_EVENTS, event, namespace=t.namespace)
             return
         log.warning("hook_event_not_recorded", hook=hook.name, target=str(t))
 

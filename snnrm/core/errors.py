@@ -1,9 +1,9 @@
-"""The root of snnrm's own exceptions, and the one Kubernetes API error with the one retry rule.
+"""The root of snnrm's own exceptions, and the Kubernetes API error with the one retry rule.
 
-Each adapter keeps its own subclass (``KubeError`` for the controller and node agent's client, ``KubeApiError``
-for the hooks' client, ``DraApiError`` for the DRA driver's), so an ``except`` in one layer never starts catching
-another layer's failures; what they share, the message format and which statuses are worth retrying, lives here
-once. ``except SnnrmError`` catches anything snnrm raised on purpose.
+The one Kubernetes client (:mod:`snnrm.kube`) translates every failure at its boundary into ``KubeError`` (a
+subclass of :class:`ApiError`, with ``NotFoundError``, ``ConflictError``, ``GoneError`` and ``TooManyRequestsError``
+below it) and missing credentials into ``KubeConfigError`` (a :class:`CredentialsError`); the message format and
+which statuses are worth retrying live here once. ``except SnnrmError`` catches anything snnrm raised on purpose.
 """
 
 from __future__ import annotations

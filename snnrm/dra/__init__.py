@@ -6,6 +6,7 @@
 * :mod:`snnrm.dra.health`: the ``DRAResourceHealth`` stream;
 * :mod:`snnrm.dra.view`: the node's DRA device state, folded from the telemetry monitor (pure rules in
   :mod:`snnrm.core.dra`);
-* :mod:`snnrm.dra.publisher`: the node's ResourceSlices against the apiserver (:mod:`snnrm.dra.kube`);
+* :mod:`snnrm.dra.publisher`: the node's ResourceSlices against the apiserver (:mod:`snnrm.kube.dra`, over the
+  daemon's one Kubernetes client);
 * :mod:`snnrm.dra.plugin`: the lifecycle that owns all of it. docs/dra.md explains the design.
 """

@@ -36,11 +36,11 @@ from snnrm.core.dra import DRIVER, DraFeatures, DraLayout, HardwareInfo, SliceSe
 from snnrm.core.monitor import NodeMonitor
 from snnrm.dra.claims import ClaimStore
 from snnrm.dra.health import HealthServicer
-from snnrm.dra.kube import DraKubeApi
 from snnrm.dra.publisher import SlicePublisher
 from snnrm.dra.registration import RegistrationServicer
 from snnrm.dra.servicer import DraPluginServicer
 from snnrm.dra.view import DraView, MonitorTelemetry
+from snnrm.kube.dra import DraApi
 from snnrm.kubelet.feed import DeviceFeed
 from snnrm.kubelet.registration import FileIdentity, identity
 
@@ -64,7 +64,7 @@ class DraPlugin:
         registry_dir: Path,
         plugin_dir: Path,
         view: DraView,
-        api: DraKubeApi,
+        api: DraApi,
         state_dir: Path,
         cdi_dir: Path,
         info: HardwareInfo,
@@ -205,7 +205,7 @@ def node_plugin(
     monitor: NodeMonitor,
     core_feed: DeviceFeed,
     node: str,
-    api: DraKubeApi,
+    api: DraApi,
     registry_dir: Path,
     plugin_dir: Path,
     state_dir: Path,

@@ -34,8 +34,9 @@ from snnrm.core.dra import (
     slice_name,
 )
 from snnrm.core.types import JSON
-from snnrm.dra.kube import DraApiError, DraKubeApi
 from snnrm.dra.view import DraView
+from snnrm.kube.api import KubeError
+from snnrm.kube.dra import DraApi
 
 log = structlog.get_logger(__name__)
 
@@ -47,7 +48,7 @@ class SlicePublisher:
 
     def __init__(
         self,
-        api: DraKubeApi,
+        api: DraApi,
         view: DraView,
         *,
         driver: str,
@@ -105,7 +106,7 @@ class SlicePublisher:
         while True:
             try:
                 returned = await self._api.create_slice(probe_slice(self.node, self.driver), dry_run=True)
-            except DraApiError as e:
+            except KubeError as e:
                 self.last_error = str(e)
                 if e.status == 422:
                     # The probe itself is invalid for this apiserver (an older validation): stay conservative.
@@ -129,7 +130,7 @@ class SlicePublisher:
     async def _owner_ref(self) -> JSON | None:
         try:
             node = await self._api.get_node(self.node)
-        except DraApiError as e:
+        except KubeError as e:
             log.warning("dra_node_lookup_failed", node=self.node, error=str(e))
             return None
         if node is None:
@@ -151,7 +152,7 @@ class SlicePublisher:
             await self._wait_for_work()
             try:
                 await self.sync_once()
-            except DraApiError as e:
+            except KubeError as e:
                 self.last_error = str(e)
                 log.warning("dra_slice_sync_failed", error=str(e), retry_in=delay)
                 self._dirty.set()
@@ -234,7 +235,7 @@ class SlicePublisher:
                 cache[name] = stored
                 self._written.append(_rv(stored))
                 self._acked[index[name]] = (desired[index[name]], _rv(stored))
-        except DraApiError:
+        except KubeError:
             self._cache = None  # something else changed the pool: list again
             self._acked.clear()
             raise
@@ -269,7 +270,7 @@ class SlicePublisher:
                 ):
                     delay = 1.0
                     self._on_event(kind, obj)
-            except DraApiError as e:
+            except KubeError as e:
                 if e.status == 410:  # our resourceVersion is too old: re-list through a sync, then watch again
                     self._list_rv = ""
                 else:

@@ -30,9 +30,10 @@ from snnrm.core.dra import (
     tolerates,
 )
 from snnrm.dra.claims import ClaimStore, PreparedClaim
-from snnrm.dra.kube import DraApiError, DraKubeApi
 from snnrm.dra.registration import DRA_SERVICE_V1, DRA_SERVICE_V1BETA1
 from snnrm.dra.view import DraView
+from snnrm.kube.api import KubeError
+from snnrm.kube.dra import DraApi
 from snnrm.kubelet.protos.dra.v1 import api_pb2
 
 log = structlog.get_logger(__name__)
@@ -50,7 +51,7 @@ class DraPluginServicer:
         driver: str,
         pool: str,
         layout: DraLayout,
-        api: DraKubeApi,
+        api: DraApi,
         store: ClaimStore,
         view: DraView | None = None,
     ) -> None:
@@ -158,7 +159,7 @@ class DraPluginServicer:
             async with self._gets:
                 self.api_reads += 1
                 obj = await self._api.get_claim(claim.namespace, claim.name)
-        except DraApiError as e:
+        except KubeError as e:
             return f"reading ResourceClaim {claim.namespace}/{claim.name}: {e}"
         try:
             devices = allocated_devices(obj, driver=self.driver, uid=claim.uid)

@@ -21,11 +21,11 @@ import structlog
 from aiohttp import web
 
 from snnrm.cluster.hooks import HookRunner
-from snnrm.cluster.kube import KubeApi, KubeConfigError, KubeCredentials, RestKubeApi
 from snnrm.config import ConfigError
 from snnrm.config_hooks import HooksConfig
 from snnrm.core.hooks import HookPlanner, Outcome, PayloadError, parse_notification
 from snnrm.http import body as bodies
+from snnrm.kube.api import ClusterApi
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +55,7 @@ class TokenSource:
 
 
 class HookSetupError(ConfigError):
-    """Hooks are configured but cannot work (no token, no Kubernetes credentials); the daemon refuses to start."""
+    """Hooks are configured but cannot work (no token, no Kubernetes client); the daemon refuses to start."""
 
 
 @dataclass(eq=False)
@@ -65,48 +65,34 @@ class HookEndpoint:
     runner: HookRunner
     token: TokenSource
     max_body_bytes: int = 1024 * 1024
-    kube_client: RestKubeApi | None = None
-    """The Kubernetes client this endpoint opened (closed with the app), if any."""
 
     async def aclose(self) -> None:
         await self.runner.aclose()
-        if self.kube_client is not None:
-            await self.kube_client.aclose()
 
 
 async def build_endpoint(
     cfg: HooksConfig,
     *,
     node: str,
-    scratch: Path,
-    kube: KubeApi | None = None,
+    kube: ClusterApi | None = None,
     token: str | None = None,
 ) -> HookEndpoint:
-    """The endpoint for ``cfg`` (which must have hooks). ``kube`` overrides the client built from the config;
-    ``token`` (from ``$SNNRM_HOOKS_TOKEN`` at the edge) is used when ``cfg.token_file`` is unset."""
+    """The endpoint for ``cfg`` (which must have hooks). ``kube`` is the Kubernetes client the app made (from
+    ``hooks.kubeconfig`` or in cluster), required when a hook scales something; ``token`` (from
+    ``$SNNRM_HOOKS_TOKEN`` at the edge) is used when ``cfg.token_file`` is unset."""
     source = TokenSource(file=cfg.token_file, value=None if cfg.token_file else token)
     if source.current() is None:
         where = f"token_file {cfg.token_file}" if cfg.token_file else "$SNNRM_HOOKS_TOKEN"
         raise HookSetupError(f"hooks are configured but no bearer token is available ({where} empty or unreadable)")
-    client: RestKubeApi | None = None
     if kube is None and cfg.needs_kube:
-        try:
-            creds = (
-                KubeCredentials.from_kubeconfig(cfg.kubeconfig, scratch=scratch)
-                if cfg.kubeconfig is not None
-                else KubeCredentials.in_cluster()
-            )
-        except KubeConfigError as e:
-            raise HookSetupError(f"scaling hooks need the Kubernetes API: {e}") from e
-        client = await RestKubeApi(creds).__aenter__()
-        kube = client
+        raise HookSetupError("scaling hooks need the Kubernetes API, and no client was given")
     runner = HookRunner(
         planner=HookPlanner(cfg.specs(), ttl=cfg.dedup_ttl, max_entries=cfg.dedup_max_entries),
         kube=kube,
         node=node,
         webhook_tokens={h.name: h.token_file for h in cfg.rules if h.token_file is not None},
     )
-    return HookEndpoint(runner=runner, token=source, max_body_bytes=cfg.max_body_bytes, kube_client=client)
+    return HookEndpoint(runner=runner, token=source, max_body_bytes=cfg.max_body_bytes)
 
 
 HOOKS = web.AppKey("hooks", HookEndpoint)
@@ -171,7 +157,8 @@ async def alertmanager_webhook(request: web.Request) -> web.Response:
 
 
 def setup_hooks(app: web.Application, endpoint: HookEndpoint) -> None:
-    """Add ``POST /hooks/alertmanager`` to ``app``; the endpoint's clients close with the app."""
+    """Add ``POST /hooks/alertmanager`` to ``app``; the endpoint's webhook session closes with the app (the
+    Kubernetes client is the app module's, which closes it)."""
     app[HOOKS] = endpoint
     app.router.add_post(PATH, alertmanager_webhook)
 

@@ -11,7 +11,9 @@ Enough apiserver behaviour for the placement controller's, the hooks' and the DR
   watcher gets every later change (and ``DELETED`` events);
 * the Eviction subresource: deletes the pod, or answers 429 when the pod is named in :attr:`blocked_evictions`
   (what a PodDisruptionBudget does); ``dryRun`` changes nothing;
-* ``served`` for API discovery, and :attr:`fail_next` to inject errors.
+* ``served`` for API discovery, and :attr:`fail_next` to inject errors;
+* ResourceSlices stored as an apiserver with DRA feature gates off stores them (:attr:`dra_features`: the fields of
+  a disabled feature are dropped on write, dry runs included, as the real apiserver's strategies do).
 
 Also builders for the objects these tests (and the e2e tier) need: :func:`stage_pod` (a pod following the job
 contract) and :func:`node_summary` (what a node's daemon would publish).
@@ -30,11 +32,12 @@ from typing import Any
 import numpy as np
 
 from snnrm.core.devices import NEURON_CORE
+from snnrm.core.dra import DraFeatures
 from snnrm.core.jobs import GATE, INPUT_RATE, JOB, SPIKE_RATE, STAGE, STAGES
 from snnrm.core.summary import NodeSummary, summarize
 from snnrm.core.topology import ChipGeometry, Topology
 from snnrm.core.types import JSON
-from snnrm.kube.api import PODS, KubeError, Resource, error_for
+from snnrm.kube.api import NODES, PODS, RESOURCE_CLAIMS, RESOURCE_SLICES, KubeError, Resource, error_for
 
 _Key = tuple[str, str | None, str]  # (resource path without namespace, namespace, name)
 
@@ -75,6 +78,8 @@ def _matches(obj: JSON, label_selector: str | None, field_selector: str | None) 
             return False
         if k == "metadata.name" and meta.get("name") != v:
             return False
+        if k == "spec.driver" and (obj.get("spec") or {}).get("driver") != v:
+            return False
     return True
 
 
@@ -88,10 +93,14 @@ class FakeClusterApi:
     evictions: list[tuple[str, str, bool]] = field(default_factory=list)
     """(namespace, pod, dry_run) of every eviction that went through."""
     calls: list[tuple[str, str]] = field(default_factory=list)
+    """(method, path) of every call; a dry-run create is ``POST?dryRun``, a list ``LIST``, a watch ``WATCH``."""
     fail_next: list[KubeError] = field(default_factory=list)
+    """Errors raised by the next calls, in order (then calls behave normally again)."""
+    dra_features: DraFeatures = field(default_factory=DraFeatures)
+    """The DRA features this apiserver keeps in ResourceSlices (all by default)."""
     _rv: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
-    _watchers: list[tuple[Resource, str | None, str | None, str | None, asyncio.Queue[tuple[str, JSON]]]] = field(
-        default_factory=list
+    _watchers: list[tuple[Resource, str | None, str | None, str | None, asyncio.Queue[tuple[str, JSON] | None]]] = (
+        field(default_factory=list)
     )
 
     # -- helpers for tests ---------------------------------------------------------------------------------------
@@ -113,10 +122,38 @@ class FakeClusterApi:
         return [o for (p, _, _), o in sorted(self.objects.items(), key=lambda kv: str(kv[0])) if p == res.path()]
 
     def delete_obj(self, res: Resource, name: str, namespace: str | None = "default") -> None:
+        """Delete as someone else would (an admin, the kubelet wiping slices); watchers see the deletion with a new
+        resourceVersion, as from the real apiserver."""
         key = (res.path(), namespace if res.namespaced else None, name)
         obj = self.objects.pop(key, None)
         if obj is not None:
+            obj["metadata"]["resourceVersion"] = str(next(self._rv))
             self._notify(res, "DELETED", obj)
+
+    def close_watches(self) -> None:
+        """End every open watch (as the apiserver does after its timeout)."""
+        for *_, q in self._watchers:
+            q.put_nowait(None)
+
+    def add_node(self, name: str) -> JSON:
+        """A Node with a uid (what the DRA driver owns its slices by)."""
+        return self.put(NODES, {"metadata": {"name": name}})
+
+    def put_claim(self, claim: JSON) -> JSON:
+        return self.put(RESOURCE_CLAIMS, claim)
+
+    @property
+    def slices(self) -> dict[str, JSON]:
+        """Every ResourceSlice by name (as stored)."""
+        return {str(o["metadata"]["name"]): o for o in self.all(RESOURCE_SLICES)}
+
+    def pool_slices(self, node: str, driver: str) -> list[JSON]:
+        """Copies of ``node``'s slices of ``driver``."""
+        return [
+            copy.deepcopy(s)
+            for s in self.all(RESOURCE_SLICES)
+            if (s.get("spec") or {}).get("nodeName") == node and (s.get("spec") or {}).get("driver") == driver
+        ]
 
     # -- internals -----------------------------------------------------------------------------------------------
 
@@ -185,12 +222,12 @@ class FakeClusterApi:
         field_selector: str | None = None,
     ) -> AsyncIterator[tuple[str, JSON]]:
         self._maybe_fail("WATCH", res.path(namespace=namespace))
-        q: asyncio.Queue[tuple[str, JSON]] = asyncio.Queue()
+        q: asyncio.Queue[tuple[str, JSON] | None] = asyncio.Queue()
         entry = (res, namespace, label_selector, field_selector, q)
         self._watchers.append(entry)
         try:
-            while True:
-                yield await q.get()
+            while (event := await q.get()) is not None:
+                yield event
         finally:
             self._watchers.remove(entry)
 
@@ -205,7 +242,7 @@ class FakeClusterApi:
         dry_run: bool = False,
     ) -> JSON:
         path = res.path(namespace=namespace, name=name, subresource=subresource)
-        self._maybe_fail("POST", path)
+        self._maybe_fail("POST?dryRun" if dry_run else "POST", path)
         if res == PODS and subresource == "eviction" and name is not None:
             ns = namespace or "default"
             if self._key(res, name, ns) not in self.objects:
@@ -225,8 +262,13 @@ class FakeClusterApi:
             meta["namespace"] = namespace or meta.get("namespace") or "default"
         key = self._key(res, meta["name"], meta.get("namespace"))
         if key in self.objects:
-            raise error_for(409, f"{path}/{meta['name']} already exists", method="POST", path=path)
+            raise error_for(
+                409, f"{path}/{meta['name']} already exists", method="POST", path=path, reason="AlreadyExists"
+            )
+        if res == RESOURCE_SLICES:
+            obj = _dra_stored(obj, self.dra_features)
         if dry_run:
+            meta.pop("resourceVersion", None)
             return obj
         return self._store(res, key, obj, "ADDED")
 
@@ -257,7 +299,9 @@ class FakeClusterApi:
             raise error_for(404, f"{path} not found", method="PUT", path=path)
         want = (obj.get("metadata") or {}).get("resourceVersion")
         if want is not None and want != cur["metadata"]["resourceVersion"]:
-            raise error_for(409, "the object has been modified", method="PUT", path=path)
+            raise error_for(409, "the object has been modified", method="PUT", path=path, reason="Conflict")
+        if res == RESOURCE_SLICES:
+            obj = _dra_stored(obj, self.dra_features)
         return self._store(res, key, obj, "MODIFIED")
 
     async def delete(
@@ -270,7 +314,7 @@ class FakeClusterApi:
         if cur is None:
             raise error_for(404, f"{path} not found", method="DELETE", path=path)
         if resource_version and resource_version != cur["metadata"]["resourceVersion"]:
-            raise error_for(409, "the object has been modified (precondition failed)", method="DELETE", path=path)
+            raise error_for(409, "precondition failed", method="DELETE", path=path, reason="Conflict")
         self.delete_obj(res, name, key[1])
 
     async def served_versions(self, group: str) -> dict[str, builtins.list[str]]:
@@ -285,6 +329,26 @@ class FakeClusterApi:
             for (p, _, _), o in self.objects.items()
             if p.endswith("/events") and (o.get("regarding") or {}).get("name") == pod
         ]
+
+
+def _dra_stored(obj: JSON, f: DraFeatures) -> JSON:
+    """A ResourceSlice as an apiserver keeping only the features ``f`` stores it (and with taints' timeAdded set)."""
+    obj = copy.deepcopy(obj)
+    spec = obj.setdefault("spec", {})
+    if not f.partitionable:
+        spec.pop("sharedCounters", None)
+    for d in spec.get("devices") or []:
+        if not f.partitionable:
+            d.pop("consumesCounters", None)
+        if not f.consumable:
+            d.pop("allowMultipleAllocations", None)
+            for cap in (d.get("capacity") or {}).values():
+                cap.pop("requestPolicy", None)
+        if not f.taints:
+            d.pop("taints", None)
+        for t in d.get("taints") or []:
+            t.setdefault("timeAdded", "2026-01-01T00:00:00Z")
+    return obj
 
 
 def _scale_of(obj: JSON) -> JSON:

@@ -339,23 +339,22 @@ def test_monitor_none_renders_no_operator_objects(helm: Helm) -> None:
 
 
 def _expected_hook_rbac(values: dict[str, Any]) -> dict[str, set[tuple[str, str, str, str]]]:
-    """namespace -> {(apiGroup, resource, name, verb)} derived from the hooks' code: target_path() is the URL the hook
-    GETs and merge-PATCHes, and each action records a core/v1 Event in the target's namespace."""
-    from snnrm.cluster.hooks import target_path
+    """namespace -> {(apiGroup, resource, name, verb)} derived from the hooks' code: target_resource() is what the hook
+    GETs and merge-PATCHes (with its subresource), and each action records a core/v1 Event in the target's
+    namespace (CORE_EVENTS)."""
+    from snnrm.cluster.hooks import target_resource
+    from snnrm.kube.api import CORE_EVENTS
 
     out: dict[str, set[tuple[str, str, str, str]]] = {}
     for spec in HooksConfig.model_validate({"rules": values["hooks"]["rules"]}).specs():
-        if spec.target is None:
+        t = spec.target
+        if t is None:
             continue
-        path = target_path(spec.target)
-        m = re.fullmatch(r"/apis?/(?:(?P<group>[^/]+)/)?v[^/]+/namespaces/(?P<ns>[^/]+)/(?P<res>[^/]+)/(?P<name>[^/]+)"
-                         r"(?:/(?P<sub>[^/]+))?", path)  # fmt: skip
-        assert m, path
-        group = m["group"] if path.startswith("/apis/") else ""
-        resource = m["res"] + (f"/{m['sub']}" if m["sub"] else "")
-        rules = out.setdefault(m["ns"], set())
-        rules |= {(group, resource, m["name"], "get"), (group, resource, m["name"], "patch")}
-        rules.add(("", "events", "*", "create"))
+        res, sub = target_resource(t)
+        resource = res.plural + (f"/{sub}" if sub else "")
+        rules = out.setdefault(t.namespace, set())
+        rules |= {(res.group, resource, t.name, "get"), (res.group, resource, t.name, "patch")}
+        rules.add((CORE_EVENTS.group, CORE_EVENTS.plural, "*", "create"))
     return out
 
 
@@ -532,33 +531,13 @@ def test_daemon_placement_rbac_is_exactly_what_the_node_agent_calls(helm: Helm) 
 
 
 def _dra_calls() -> set[Rule]:
-    """Every (group, resource, verb) of snnrm/dra/kube.py's RestDraApi, the DRA driver's only apiserver client:
-    ``_call("METHOD", f"<path>")`` (GET of a name = get, of a collection = list) and the ``watch=1`` request."""
-    import snnrm.dra.kube as dra_kube
-
-    src = (REPO / "snnrm" / "dra" / "kube.py").read_text()
-    verbs = {"POST": "create", "PUT": "update", "DELETE": "delete"}
-
-    def target(path: str) -> tuple[str, str, bool]:
-        path = path.replace("{RESOURCE_API}", dra_kube.RESOURCE_API).split("?")[0]
-        parts = path.strip("/").split("/")
-        group, rest = ("", parts[2:]) if parts[0] == "api" else (parts[1], parts[3:])
-        if rest[0] == "namespaces":
-            rest = rest[2:]
-        return group, rest[0], len(rest) > 1
-
-    out: set[Rule] = set()
-    for method, path in re.findall(r'_call\(\s*"(GET|POST|PUT|DELETE)",\s*f?"([^"]+)"', src):
-        group, res, named = target(path)
-        out.add((group, res, verbs.get(method) or ("get" if named else "list")))
-    for path in re.findall(r'f"([^"]*[?&]watch=1[^"]*)"', src):
-        group, res, _ = target(path)
-        out.add((group, res, "watch"))
-    # No other module of snnrm/dra builds an apiserver URL.
+    """Every (group, resource, verb) of snnrm/kube/dra.py's DraApi, the DRA driver's only way to the apiserver."""
+    # No module of snnrm/dra calls the apiserver but through DraApi.
     for other in (REPO / "snnrm" / "dra").glob("*.py"):
-        if other.name != "kube.py":
-            assert "RESOURCE_API" not in other.read_text() or other.name == "testing.py", other.name
-    return out
+        text = other.read_text()
+        assert "snnrm.kube.client" not in text, other.name
+        assert "kubernetes_asyncio" not in text, other.name
+    return _api_calls("snnrm.kube.dra")
 
 
 def test_daemon_dra_rbac_is_exactly_what_the_dra_driver_calls(helm: Helm) -> None:

@@ -397,15 +397,16 @@ async def test_the_readme_dra_example_runs(dra_node: DraNode) -> None:
 
 
 async def test_rest_client_against_the_real_apiserver(control_plane: ControlPlane, tmp_path: Path) -> None:
-    """snnrm.dra.kube.RestDraApi: optimistic concurrency, preconditioned deletes, watches and errors as the real
-    apiserver gives them."""
-    from snnrm.cluster.kube import KubeCredentials
+    """snnrm.kube.dra.DraApi over the one client (snnrm.kube.client.KubeAsyncApi): optimistic concurrency,
+    preconditioned deletes, dry runs, watches and errors as the real apiserver gives them."""
     from snnrm.core.dra import probe_slice
-    from snnrm.dra.kube import DraApiError, RestDraApi
+    from snnrm.kube.api import ConflictError, KubeError, NotFoundError
+    from snnrm.kube.client import KubeAsyncApi
+    from snnrm.kube.dra import DRA_TIMEOUT, DraApi
 
     node = f"rest-{uuid.uuid4().hex[:6]}"
-    creds = KubeCredentials.from_kubeconfig(control_plane.kubeconfig, scratch=tmp_path)
-    async with RestDraApi(creds) as api:
+    async with await KubeAsyncApi.connect(control_plane.kubeconfig) as client:
+        api = DraApi(client.with_timeout(DRA_TIMEOUT))
         body = probe_slice(node, DRIVER)
         body["metadata"]["name"] = f"{node}-x"
         dry = await api.create_slice(body, dry_run=True)
@@ -415,16 +416,16 @@ async def test_rest_client_against_the_real_apiserver(control_plane: ControlPlan
         rv = created["metadata"]["resourceVersion"]
         items, list_rv = await api.list_slices(node=node, driver=DRIVER)
         assert [i["metadata"]["name"] for i in items] == [body["metadata"]["name"]]
-        with pytest.raises(DraApiError) as exists:
+        with pytest.raises(ConflictError) as exists:
             await api.create_slice(body)
-        assert exists.value.status == 409
+        assert (exists.value.status, exists.value.reason) == (409, "AlreadyExists")
         stale = {**created, "metadata": {**created["metadata"], "resourceVersion": "1"}}
-        with pytest.raises(DraApiError) as conflict:
+        with pytest.raises(ConflictError) as conflict:
             await api.update_slice(stale)
         assert conflict.value.status == 409
         fewer = {**created, "spec": {**created["spec"], "devices": created["spec"]["devices"][:1]}}
         updated = await api.update_slice(fewer)
-        with pytest.raises(DraApiError) as precondition:
+        with pytest.raises(ConflictError) as precondition:
             await api.delete_slice(body["metadata"]["name"], resource_version=rv)
         assert precondition.value.status == 409
         events: list[tuple[str, str]] = []
@@ -440,7 +441,9 @@ async def test_rest_client_against_the_real_apiserver(control_plane: ControlPlan
         await asyncio.wait_for(watcher, 10)
         assert events == [("MODIFIED", body["metadata"]["name"]), ("DELETED", body["metadata"]["name"])]
         await api.delete_slice(body["metadata"]["name"])  # already gone: fine
-        with pytest.raises(DraApiError) as missing:
+        with pytest.raises(NotFoundError) as missing:
             await api.get_claim("default", "no-such-claim")
         assert missing.value.status == 404
+        assert isinstance(missing.value, KubeError)
+        assert not missing.value.retryable
         assert await api.get_node("no-such-node") is None

@@ -23,21 +23,28 @@ from snnrm.app import Daemon
 from snnrm.config import Config
 from snnrm.core.devices import NEURON_CORE
 from snnrm.core.hooks import HOOK_LABEL
+from snnrm.kube.api import CORE_EVENTS, Resource
 from snnrm.kubelet.standin import KubeletStandIn
-from snnrm.testing.fake_kube import FakeKubeApi
+from snnrm.testing.fake_cluster import FakeClusterApi
 from snnrm.testing.promstack import Alertmanager, eventually
 from snnrm.testing.tools import require_tool
 
-DEPLOY = "/apis/apps/v1/namespaces/snn/deployments/dvs-gesture-stage1"
+DEPLOYMENTS = Resource("apps", "v1", "deployments")
+DEPLOY = "dvs-gesture-stage1"
 TOKEN = "alertmanager-to-snnrm"
 
 
 @dataclass
 class Stack:
     daemon: Daemon
-    kube: FakeKubeApi
+    kube: FakeClusterApi
     am: Alertmanager
     base: str
+
+    def replicas(self) -> int:
+        obj = self.kube.get_obj(DEPLOYMENTS, DEPLOY, "snn")
+        assert obj is not None
+        return int(obj["spec"]["replicas"])
 
     def counts(self) -> dict[str, int]:
         assert self.daemon.hooks is not None
@@ -85,8 +92,8 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
             },
         }
     )
-    kube = FakeKubeApi()
-    kube.put(DEPLOY, {"metadata": {"name": "dvs-gesture-stage1", "namespace": "snn"}, "spec": {"replicas": 1}})
+    kube = FakeClusterApi()
+    kube.put(DEPLOYMENTS, {"metadata": {"name": DEPLOY, "namespace": "snn"}, "spec": {"replicas": 1}})
     async with KubeletStandIn(config.kubelet_dir) as kubelet:
         daemon = await Daemon.create(config, hooks_kube=kube)
         stop = asyncio.Event()
@@ -131,8 +138,8 @@ async def test_alertmanager_delivery_scales_exactly_once_and_resolve_undoes_once
     )
     assert stack.counts()["scale-stage1:applied"] == 1
     assert stack.counts()["scale-stage1:duplicate"] >= 1
-    assert stack.kube.replicas(DEPLOY) == 2
-    [(_, event)] = [c for c in stack.kube.created if c[1]["reason"] == "SnnrmHookScaled"]
+    assert stack.replicas() == 2
+    [event] = [e for e in stack.kube.all(CORE_EVENTS) if e["reason"] == "SnnrmHookScaled"]
     assert "1 -> 2" in event["message"]
 
     # Resolve both: Alertmanager sends the resolved notification; only the alert that scaled is undone, once.
@@ -150,7 +157,7 @@ async def test_alertmanager_delivery_scales_exactly_once_and_resolve_undoes_once
     await eventually(
         lambda: _async(stack.counts().get("(unknown):unknown-hook", 0) >= 1), within=20, what="the marker alert"
     )
-    assert stack.kube.replicas(DEPLOY) == 1
+    assert stack.replicas() == 1
     assert stack.counts()["scale-stage1:undone"] == 1
     assert stack.counts()["scale-stage1:applied"] == 1
     assert stack.counts()["scale-stage1:nothing-to-undo"] == 1  # chip 1's resolve, delivered once
@@ -185,7 +192,7 @@ async def test_alertmanager_without_the_token_is_refused(stack: Stack, tmp_path:
         assert stack.daemon.hooks is not None
         runner = stack.daemon.hooks.runner
         await eventually(lambda: _async(runner.notifications["unauthorized"] >= 1), within=20, what="a 401")
-    assert stack.kube.replicas(DEPLOY) == 1
+    assert stack.replicas() == 1
     assert stack.counts() == {}
 
 
@@ -194,4 +201,4 @@ async def _async(value: bool) -> bool:
 
 
 async def _replicas(stack: Stack, n: int) -> bool:
-    return stack.kube.replicas(DEPLOY) == n
+    return stack.replicas() == n

@@ -19,9 +19,9 @@ from snnrm.app import Daemon
 from snnrm.config import Config
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
 from snnrm.core.dra import DRIVER, NO_EXECUTE
-from snnrm.dra.testing import FakeDraKube
 from snnrm.kubelet.protos.pluginregistration.v1 import api_pb2 as reg
 from snnrm.kubelet.standin import KubeletStandIn
+from snnrm.testing.fake_cluster import FakeClusterApi
 
 NODE = "sim-node"
 
@@ -51,7 +51,7 @@ def config(d: Path, dra: str) -> Config:
 
 
 @contextlib.asynccontextmanager
-async def daemon(cfg: Config, kube: FakeDraKube) -> AsyncIterator[Daemon]:
+async def daemon(cfg: Config, kube: FakeClusterApi) -> AsyncIterator[Daemon]:
     d = await Daemon.create(cfg, dra_kube=kube)
     stop = asyncio.Event()
     task = asyncio.create_task(d.run(stop=stop))
@@ -63,7 +63,7 @@ async def daemon(cfg: Config, kube: FakeDraKube) -> AsyncIterator[Daemon]:
         await asyncio.wait_for(task, 10)
 
 
-def devices(kube: FakeDraKube) -> dict[str, dict[str, Any]]:
+def devices(kube: FakeClusterApi) -> dict[str, dict[str, Any]]:
     return {d["name"]: d for s in kube.pool_slices(NODE, DRIVER) for d in s["spec"].get("devices", [])}
 
 
@@ -74,7 +74,7 @@ async def until(pred: Any, within: float = 10.0) -> None:
 
 
 async def test_dra_only_publishes_measured_devices_and_taints_a_failed_core(short_dir: Path) -> None:
-    kube = FakeDraKube()
+    kube = FakeClusterApi()
     kube.add_node(NODE)
     async with daemon(config(short_dir, "only"), kube) as d:
         assert d.plugins == []  # no device plugins at all
@@ -110,7 +110,7 @@ async def test_dra_only_publishes_measured_devices_and_taints_a_failed_core(shor
 
 
 async def test_dra_on_splits_resources_between_the_two_apis(short_dir: Path) -> None:
-    kube = FakeDraKube()
+    kube = FakeClusterApi()
     cfg = config(short_dir, "on")
     async with KubeletStandIn(cfg.kubelet_dir) as kubelet, daemon(cfg, kube) as d:
         assert [p.resource for p in d.plugins] == [EVENT_THROUGHPUT]

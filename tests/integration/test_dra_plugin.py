@@ -20,11 +20,14 @@ import pytest
 from snnrm.core.dra import DRIVER, TAINT_KEY, DraLayout, HardwareInfo
 from snnrm.core.topology import ChipGeometry, Topology
 from snnrm.dra.plugin import DraPlugin
-from snnrm.dra.testing import FakeDraKube, StaticTelemetry
 from snnrm.dra.view import DraView
+from snnrm.kube.api import RESOURCE_CLAIMS
+from snnrm.kube.dra import DraApi
 from snnrm.kubelet.protos.dra.v1 import api_pb2 as dra
 from snnrm.kubelet.protos.dra_health.v1 import api_pb2 as health
 from snnrm.kubelet.protos.pluginregistration.v1 import api_pb2 as reg
+from snnrm.testing.fake_cluster import FakeClusterApi
+from snnrm.testing.fake_telemetry import StaticTelemetry
 
 NODE = "node-1"
 V1 = "/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin"
@@ -42,7 +45,7 @@ def short_dir() -> Iterator[Path]:
 class Node:
     plugin: DraPlugin
     task: asyncio.Task[None]
-    kube: FakeDraKube
+    kube: FakeClusterApi
     telemetry: StaticTelemetry
     dir: Path
 
@@ -51,14 +54,14 @@ class Node:
         return self.dir / "cdi"
 
 
-def make_plugin(d: Path, kube: FakeDraKube, tel: StaticTelemetry, layout: DraLayout) -> DraPlugin:
+def make_plugin(d: Path, kube: FakeClusterApi, tel: StaticTelemetry, layout: DraLayout) -> DraPlugin:
     view = DraView(layout, tel, period=0.02)
     return DraPlugin(
         node=NODE,
         registry_dir=d / "plugins_registry",
         plugin_dir=d / "plugins" / DRIVER,
         view=view,
-        api=kube,
+        api=DraApi(kube),
         state_dir=d / "state",
         cdi_dir=d / "cdi",
         info=HardwareInfo(model="loihi2"),
@@ -69,9 +72,11 @@ def make_plugin(d: Path, kube: FakeDraKube, tel: StaticTelemetry, layout: DraLay
 
 
 @contextlib.asynccontextmanager
-async def running(d: Path, kube: FakeDraKube | None = None, tel: StaticTelemetry | None = None) -> AsyncIterator[Node]:
+async def running(
+    d: Path, kube: FakeClusterApi | None = None, tel: StaticTelemetry | None = None
+) -> AsyncIterator[Node]:
     t = Topology.grid(chips=2, geometry=ChipGeometry(cols=2, rows=2, cores_per_router=2))
-    kube = kube or FakeDraKube()
+    kube = kube or FakeClusterApi()
     tel = tel or StaticTelemetry(t)
     plugin = make_plugin(d, kube, tel, DraLayout.build(t))
     task = asyncio.create_task(plugin.run())
@@ -236,11 +241,12 @@ async def test_unprepare_removes_spec_and_checkpoint_and_is_idempotent(node: Nod
 
 
 async def test_prepared_claims_survive_a_plugin_restart(short_dir: Path) -> None:
-    kube = FakeDraKube()
+    kube = FakeClusterApi()
     kube.put_claim(allocated("u1", "c", result("chip0-g0")))
     async with running(short_dir, kube) as n:
         first = await prepare(n, ("u1", "c"))
-    kube.claims.clear()  # the restarted plugin must not need the apiserver for a claim it prepared before
+    for claim in kube.all(RESOURCE_CLAIMS):  # the restarted plugin must not need the apiserver for a claim it prepared
+        kube.delete_obj(RESOURCE_CLAIMS, claim["metadata"]["name"], claim["metadata"]["namespace"])
     async with running(short_dir, kube) as n:
         assert await prepare(n, ("u1", "c")) == first
         await unprepare(n, ("u1", "c"))

@@ -15,14 +15,17 @@ from aiohttp import web
 from hook_payloads import alert, payload
 from prometheus_client import CollectorRegistry
 
+from snnrm.app import Daemon
 from snnrm.cluster.hooks import HookCollector, HookRunner
-from snnrm.cluster.kube import KubeApiError
+from snnrm.config import Config
 from snnrm.config_hooks import HooksConfig
 from snnrm.core.hooks import Action, HookPlanner, HookSpec, Matcher, Target
 from snnrm.http.hooks import PATH, HookEndpoint, HookSetupError, TokenSource, build_endpoint, setup_hooks
-from snnrm.testing.fake_kube import FakeKubeApi
+from snnrm.kube.api import KubeError, Resource
+from snnrm.testing.fake_cluster import FakeClusterApi
 from snnrm.testing.webhook_sink import webhook_sink
 
+DEPLOYMENTS = Resource("apps", "v1", "deployments")
 DEPLOY_PATH = "/apis/apps/v1/namespaces/snn/deployments/stage1"
 TOKEN = "correct horse battery staple"
 
@@ -30,9 +33,14 @@ TOKEN = "correct horse battery staple"
 @dataclass
 class Served:
     url: str
-    kube: FakeKubeApi
+    kube: FakeClusterApi
     endpoint: HookEndpoint
     token_file: Path
+
+    def replicas(self) -> int:
+        obj = self.kube.get_obj(DEPLOYMENTS, "stage1", "snn")
+        assert obj is not None
+        return int(obj["spec"]["replicas"])
 
     async def post(self, body: bytes | Any, *, token: str | None = TOKEN, **headers: str) -> tuple[int, Any]:
         hdrs = {"Content-Type": "application/json", **headers}
@@ -46,8 +54,8 @@ class Served:
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    kube = FakeKubeApi()
-    kube.put(DEPLOY_PATH, {"metadata": {"name": "stage1"}, "spec": {"replicas": 1}})
+    kube = FakeClusterApi()
+    kube.put(DEPLOYMENTS, {"metadata": {"name": "stage1", "namespace": "snn"}, "spec": {"replicas": 1}})
     hook = HookSpec("scale-stage1", (Matcher.parse('alertname="SnnrmEventQueueSaturated"'),), Action.SCALE,
                     Target("Deployment", "snn", "stage1", "replicas"), max_replicas=5, cooldown=0.0)  # fmt: skip
     token_file = tmp_path / "token"
@@ -72,7 +80,7 @@ async def test_an_authenticated_notification_acts_and_reports_each_outcome(serve
                                 "detail": "Deployment/snn/stage1.spec.replicas 1 -> 2"}]  # fmt: skip
     status, body = await served.post(payload(alert()))
     assert (status, body["results"][0]["outcome"]) == (200, "duplicate")
-    assert served.kube.replicas(DEPLOY_PATH) == 2
+    assert served.replicas() == 2
 
 
 @pytest.mark.parametrize(
@@ -96,7 +104,7 @@ async def test_bad_requests_get_4xx_and_change_nothing(
     got, answer = await served.post(body, token=token, **headers)
     assert got == status
     assert message in answer["error"]
-    assert served.kube.replicas(DEPLOY_PATH) == 1
+    assert served.replicas() == 1
     assert ("PATCH", DEPLOY_PATH + "/scale") not in served.kube.calls
     assert served.endpoint.runner.notifications[result] == 1
 
@@ -126,12 +134,12 @@ async def test_a_rotated_token_file_takes_effect_and_an_emptied_one_fails_closed
 
 
 async def test_transient_failure_answers_503_so_alertmanager_resends(served: Served) -> None:
-    served.kube.fail_next = [KubeApiError(0, "connection refused")]
+    served.kube.fail_next = [KubeError(0, "connection refused")]
     status, body = await served.post(payload(alert()))
     assert (status, body["results"][0]["outcome"]) == (503, "retry")
     status, body = await served.post(payload(alert()))
     assert (status, body["results"][0]["outcome"]) == (200, "applied")
-    assert served.kube.replicas(DEPLOY_PATH) == 2
+    assert served.replicas() == 2
 
 
 async def test_counters_are_exported(served: Served) -> None:
@@ -152,8 +160,8 @@ async def test_hooks_without_a_token_refuse_to_start(tmp_path: Path, monkeypatch
         {"rules": [{"name": "n", "match": ['alertname="X"'], "action": "webhook", "url": "http://127.0.0.1:1/"}]}
     )
     with pytest.raises(HookSetupError, match="SNNRM_HOOKS_TOKEN"):
-        await build_endpoint(cfg, node="n1", scratch=tmp_path, token=None)
-    ep = await build_endpoint(cfg, node="n1", scratch=tmp_path, token="t")
+        await build_endpoint(cfg, node="n1", token=None)
+    ep = await build_endpoint(cfg, node="n1", token="t")
     assert ep.token.current() == b"t"
     await ep.aclose()
 
@@ -161,13 +169,22 @@ async def test_hooks_without_a_token_refuse_to_start(tmp_path: Path, monkeypatch
 async def test_scaling_hooks_outside_a_cluster_without_kubeconfig_refuse_to_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The daemon makes the hooks' Kubernetes client (snnrm/app.py); without credentials it refuses to start, and the
+    endpoint itself refuses scaling hooks without a client."""
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     cfg = HooksConfig.model_validate(
         {"rules": [{"name": "n", "match": ['alertname="X"'], "action": "scale",
                     "target": {"kind": "Deployment", "namespace": "a", "name": "b"}}]}
     )  # fmt: skip
-    with pytest.raises(HookSetupError, match="KUBERNETES_SERVICE_HOST"):
-        await build_endpoint(cfg, node="n1", scratch=tmp_path, token="t")
+    with pytest.raises(HookSetupError, match="no client was given"):
+        await build_endpoint(cfg, node="n1", token="t")
+    config = Config.model_validate(
+        {"backend": "sim", "kubelet_dir": tmp_path / "dp", "http": "127.0.0.1:0", "sim_chips": 1, "sim_cores": 4,
+         "state_dir": tmp_path / "state", "cdi_dir": tmp_path / "cdi", "hooks": cfg.model_dump(mode="json")}
+    )  # fmt: skip
+    monkeypatch.setenv("SNNRM_HOOKS_TOKEN", "t")
+    with pytest.raises(HookSetupError, match=r"scaling hooks need the Kubernetes API: .*service account"):
+        await Daemon.create(config)
 
 
 @pytest.fixture
@@ -188,13 +205,13 @@ async def test_a_webhook_hook_forwards_resolved_alerts_only_when_asked(
         "name": "notify", "match": ['alertname="SnnrmEventQueueSaturated"'], "action": "webhook", "url": url,
         "cooldown": 600, "send_resolved": send_resolved,
     }]})  # fmt: skip
-    endpoint = await build_endpoint(cfg, node="n1", scratch=tmp_path, token=TOKEN)
+    endpoint = await build_endpoint(cfg, node="n1", token=TOKEN)
     app = web.Application()
     setup_hooks(app, endpoint)
     server = web.AppRunner(app)
     await server.setup()
     await web.TCPSite(server, "127.0.0.1", 0).start()
-    served = Served(f"http://127.0.0.1:{server.addresses[0][1]}{PATH}", FakeKubeApi(), endpoint, tmp_path / "none")
+    served = Served(f"http://127.0.0.1:{server.addresses[0][1]}{PATH}", FakeClusterApi(), endpoint, tmp_path / "none")
     try:
         status, body = await served.post(payload(alert()))
         assert (status, body["results"][0]["outcome"]) == (200, "applied")

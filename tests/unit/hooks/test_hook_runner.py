@@ -10,14 +10,21 @@ import pytest
 from aiohttp import web
 from hook_payloads import alert, payload
 
-from snnrm.cluster.hooks import HookRunner, target_path
-from snnrm.cluster.kube import KubeApiError
+from snnrm.cluster.hooks import HookRunner, target_resource
 from snnrm.core.hooks import Action, HookPlanner, HookSpec, Matcher, Outcome, Target, parse_notification
-from snnrm.testing.fake_kube import FakeKubeApi
+from snnrm.kube.api import CORE_EVENTS, KubeError, Resource
+from snnrm.testing.fake_cluster import FakeClusterApi
 
 QUEUE = (Matcher.parse('alertname="SnnrmEventQueueSaturated"'),)
 DEPLOY = Target("Deployment", "snn", "stage1", "replicas")
+DEPLOYMENTS, _ = target_resource(DEPLOY)
 DEPLOY_PATH = "/apis/apps/v1/namespaces/snn/deployments/stage1"
+
+
+def replicas(kube: FakeClusterApi, res: Resource = DEPLOYMENTS, name: str = "stage1") -> int:
+    obj = kube.get_obj(res, name, "snn")
+    assert obj is not None
+    return int(obj["spec"]["replicas"])
 
 
 class Clock:
@@ -29,13 +36,13 @@ class Clock:
 
 
 @pytest.fixture
-def kube() -> FakeKubeApi:
-    k = FakeKubeApi()
-    k.put(DEPLOY_PATH, {"metadata": {"name": "stage1", "namespace": "snn"}, "spec": {"replicas": 2}})
+def kube() -> FakeClusterApi:
+    k = FakeClusterApi()
+    k.put(DEPLOYMENTS, {"metadata": {"name": "stage1", "namespace": "snn"}, "spec": {"replicas": 2}})
     return k
 
 
-def runner(kube: FakeKubeApi | None, *hooks: HookSpec, clock: Clock | None = None) -> HookRunner:
+def runner(kube: FakeClusterApi | None, *hooks: HookSpec, clock: Clock | None = None) -> HookRunner:
     return HookRunner(HookPlanner(hooks), kube=kube, node="n1",
                       clock=clock or Clock())  # fmt: skip
 
@@ -50,97 +57,104 @@ def note(*alerts: dict[str, Any]) -> Any:
     return parse_notification(payload(*alerts))
 
 
-async def test_scale_up_through_the_scale_subresource_with_a_precondition(kube: FakeKubeApi) -> None:
+async def test_scale_up_through_the_scale_subresource_with_a_precondition(kube: FakeClusterApi) -> None:
     r = runner(kube, scale())
     [res] = await r.handle(note(alert()))
     assert res.outcome is Outcome.APPLIED
     assert res.detail == "Deployment/snn/stage1.spec.replicas 2 -> 3"
-    assert kube.replicas(DEPLOY_PATH) == 3
+    assert replicas(kube) == 3
     assert ("PATCH", DEPLOY_PATH + "/scale") in kube.calls
-    [(path, event)] = kube.created
-    assert path == "/api/v1/namespaces/snn/events"
+    assert ("POST", "/api/v1/namespaces/snn/events") in kube.calls
+    [event] = kube.all(CORE_EVENTS)
     assert event["reason"] == "SnnrmHookScaled"
     assert event["involvedObject"] == {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": "snn",
                                        "name": "stage1"}  # fmt: skip
     assert r.actions[("scale-stage1", "scale", "applied")] == 1
 
 
-async def test_repeats_do_nothing_and_resolve_undoes_once(kube: FakeKubeApi) -> None:
+async def test_repeats_do_nothing_and_resolve_undoes_once(kube: FakeClusterApi) -> None:
     r = runner(kube, scale())
     await r.handle(note(alert()))
     for _ in range(3):
         [res] = await r.handle(note(alert()))
         assert res.outcome is Outcome.DUPLICATE
-    assert kube.replicas(DEPLOY_PATH) == 3
+    assert replicas(kube) == 3
     [res] = await r.handle(note(alert(status="resolved")))
     assert res.outcome is Outcome.UNDONE
-    assert kube.replicas(DEPLOY_PATH) == 2
+    assert replicas(kube) == 2
     [res] = await r.handle(note(alert(status="resolved")))
     assert res.outcome is Outcome.NOTHING_TO_UNDO
-    assert kube.replicas(DEPLOY_PATH) == 2
+    assert replicas(kube) == 2
 
 
-async def test_bounds_hold_and_undo_reverts_only_what_was_applied(kube: FakeKubeApi) -> None:
+async def test_bounds_hold_and_undo_reverts_only_what_was_applied(kube: FakeClusterApi) -> None:
     r = runner(kube, scale(step=5, max_replicas=4))
     [res] = await r.handle(note(alert()))
-    assert (res.outcome, kube.replicas(DEPLOY_PATH)) == (Outcome.APPLIED, 4)  # 2 + 5 clamped to 4
+    assert (res.outcome, replicas(kube)) == (Outcome.APPLIED, 4)  # 2 + 5 clamped to 4
     [res] = await r.handle(note(alert(fingerprint="other")))
-    assert (res.outcome, kube.replicas(DEPLOY_PATH)) == (Outcome.AT_BOUND, 4)
+    assert (res.outcome, replicas(kube)) == (Outcome.AT_BOUND, 4)
     await r.handle(note(alert(status="resolved")))
-    assert kube.replicas(DEPLOY_PATH) == 2  # -2, not -5
+    assert replicas(kube) == 2  # -2, not -5
 
 
-async def test_a_write_conflict_is_read_again(kube: FakeKubeApi) -> None:
+async def test_a_write_conflict_is_read_again(kube: FakeClusterApi) -> None:
     """Someone (an HPA, kubectl) wrote between our read and our write: we re-read and apply on top of theirs."""
     r = runner(kube, scale())
     original_get = kube.get
     sneaked = False
 
-    async def get_then_sneak(path: str) -> dict[str, Any]:
+    async def get_then_sneak(res: Resource, name: str, **kw: Any) -> dict[str, Any]:
         nonlocal sneaked
-        obj = await original_get(path)
+        obj = await original_get(res, name, **kw)
         if not sneaked:
             sneaked = True
-            kube.put(DEPLOY_PATH, {"metadata": {"name": "stage1"}, "spec": {"replicas": 3}})
+            kube.put(DEPLOYMENTS, {"metadata": {"name": "stage1", "namespace": "snn"}, "spec": {"replicas": 3}})
         return obj
 
     kube.get = get_then_sneak  # type: ignore[method-assign]
     [res] = await r.handle(note(alert()))
     assert res.outcome is Outcome.APPLIED
-    assert kube.replicas(DEPLOY_PATH) == 4
+    assert replicas(kube) == 4
 
 
-async def test_transient_failures_ask_for_a_resend_which_then_acts_once(kube: FakeKubeApi) -> None:
+async def test_transient_failures_ask_for_a_resend_which_then_acts_once(kube: FakeClusterApi) -> None:
     r = runner(kube, scale())
-    kube.fail_next = [KubeApiError(503, "etcd leader changed")]
+    kube.fail_next = [KubeError(503, "etcd leader changed")]
     [res] = await r.handle(note(alert()))
     assert res.outcome is Outcome.RETRY
-    assert kube.replicas(DEPLOY_PATH) == 2
+    assert replicas(kube) == 2
     [res] = await r.handle(note(alert()))  # Alertmanager re-sends after the 5xx
     assert res.outcome is Outcome.APPLIED
     [res] = await r.handle(note(alert()))
     assert res.outcome is Outcome.DUPLICATE
-    assert kube.replicas(DEPLOY_PATH) == 3
+    assert replicas(kube) == 3
 
 
-async def test_permanent_failures_are_reported_not_retried(kube: FakeKubeApi) -> None:
+async def test_permanent_failures_are_reported_not_retried(kube: FakeClusterApi) -> None:
     missing = Target("StatefulSet", "snn", "nope", "replicas")
     r = runner(kube, HookSpec("scale-missing", QUEUE, Action.SCALE, missing, max_replicas=3))
     [res] = await r.handle(note(alert()))
     assert res.outcome is Outcome.FAILED
     assert "404" in res.detail
-    assert kube.created[0][1]["reason"] == "SnnrmHookFailed"
-    assert kube.created[0][1]["type"] == "Warning"
+    [event] = kube.all(CORE_EVENTS)
+    assert event["reason"] == "SnnrmHookFailed"
+    assert event["type"] == "Warning"
 
 
-async def test_keda_and_hpa_bounds_are_patched_on_the_object(kube: FakeKubeApi) -> None:
+async def test_keda_and_hpa_bounds_are_patched_on_the_object(kube: FakeClusterApi) -> None:
     so = Target("ScaledObject", "snn", "stage1", "minReplicaCount")
     hpa = Target("HorizontalPodAutoscaler", "snn", "stage2", "maxReplicas")
-    so_path, hpa_path = target_path(so), target_path(hpa)
-    assert so_path == "/apis/keda.sh/v1alpha1/namespaces/snn/scaledobjects/stage1"
-    assert hpa_path == "/apis/autoscaling/v2/namespaces/snn/horizontalpodautoscalers/stage2"
-    kube.put(so_path, {"metadata": {"name": "stage1"}, "spec": {"maxReplicaCount": 10}})  # minReplicaCount: default 0
-    kube.put(hpa_path, {"metadata": {"name": "stage2"}, "spec": {"minReplicas": 1, "maxReplicas": 4}})
+    (so_res, so_sub), (hpa_res, hpa_sub) = target_resource(so), target_resource(hpa)
+    assert (so_sub, hpa_sub) == (None, None)  # the bounds live on the objects, not in a scale subresource
+    assert so_res.path(namespace="snn", name="stage1") == "/apis/keda.sh/v1alpha1/namespaces/snn/scaledobjects/stage1"
+    assert hpa_res.path(namespace="snn", name="stage2") == (
+        "/apis/autoscaling/v2/namespaces/snn/horizontalpodautoscalers/stage2"
+    )
+    # minReplicaCount: default 0
+    kube.put(so_res, {"metadata": {"name": "stage1", "namespace": "snn"}, "spec": {"maxReplicaCount": 10}})
+    kube.put(
+        hpa_res, {"metadata": {"name": "stage2", "namespace": "snn"}, "spec": {"minReplicas": 1, "maxReplicas": 4}}
+    )
     r = runner(
         kube,
         HookSpec("keda-floor", QUEUE, Action.KEDA, so, step=2, min_replicas=0, max_replicas=8),
@@ -148,8 +162,8 @@ async def test_keda_and_hpa_bounds_are_patched_on_the_object(kube: FakeKubeApi) 
     )
     results = await r.handle(note(alert()))
     assert [x.outcome for x in results] == [Outcome.APPLIED, Outcome.APPLIED]
-    assert kube.objects[so_path]["spec"] == {"maxReplicaCount": 10, "minReplicaCount": 2}
-    assert kube.objects[hpa_path]["spec"] == {"minReplicas": 1, "maxReplicas": 8}
+    assert (kube.get_obj(so_res, "stage1", "snn") or {})["spec"] == {"maxReplicaCount": 10, "minReplicaCount": 2}
+    assert (kube.get_obj(hpa_res, "stage2", "snn") or {})["spec"] == {"minReplicas": 1, "maxReplicas": 8}
 
 
 async def test_scaling_without_a_kubernetes_api_fails_loudly() -> None:
