@@ -92,6 +92,9 @@ class KubeClients:
             self._clients[kubeconfig] = await KubeAsyncApi.connect(kubeconfig)
         return self._clients[kubeconfig]
 
+    def __len__(self) -> int:
+        return len(self._clients)
+
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
         for client in clients:

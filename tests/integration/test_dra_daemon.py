@@ -1,5 +1,6 @@
 """The whole daemon with ``--dra``: the simulator's telemetry drives the DRA driver's slices, taints and health
-(the apiserver is the in-memory fake), and ``--dra on`` leaves only event throughput to the device plugin."""
+(the apiserver is the in-memory fake), ``--dra on`` leaves only event throughput to the device plugin, and with
+hooks and placement on as well all three share the one Kubernetes client."""
 
 from __future__ import annotations
 
@@ -17,10 +18,15 @@ import pytest
 
 from snnrm.app import Daemon
 from snnrm.config import Config
+from snnrm.config_hooks import HooksConfig
+from snnrm.config_placement import PlacementConfig
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
 from snnrm.core.dra import DRIVER, NO_EXECUTE
+from snnrm.core.summary import ANNOTATION
+from snnrm.kube.api import NODES, Resource
 from snnrm.kubelet.protos.pluginregistration.v1 import api_pb2 as reg
 from snnrm.kubelet.standin import KubeletStandIn
+from snnrm.testing.fake_apiserver import FakeApiServer
 from snnrm.testing.fake_cluster import FakeClusterApi
 
 NODE = "sim-node"
@@ -125,3 +131,58 @@ def test_bad_tile_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match=r"--dra-tile \(or SNNRM_DRA_TILE\): expected a tile"):
         load_config(None, dra_tile="3")
+
+
+async def test_hooks_dra_and_placement_share_one_client_from_one_kubeconfig(short_dir: Path) -> None:
+    """A daemon with scaling hooks, DRA and placement on, all pointed at one kubeconfig (an in-memory apiserver over
+    HTTP): the credentials are loaded once, one client is made, and each feature does its writes through it: the
+    slices are published, the node summary annotated, and an Alertmanager notification scales the Deployment."""
+    token = short_dir / "hooks-token"
+    token.write_text("hooks-token-of-this-test\n")
+    async with FakeApiServer() as server:
+        kubeconfig = server.kubeconfig(short_dir / "kubeconfig")
+        server.api.add_node(NODE)
+        deployments = Resource("apps", "v1", "deployments")
+        server.api.put(deployments, {"metadata": {"name": "stage1", "namespace": "snn"}, "spec": {"replicas": 1}})
+        rule = {"name": "scale-stage1", "match": ['alertname="SnnrmEventQueueSaturated"'], "action": "scale",
+                "target": {"kind": "Deployment", "namespace": "snn", "name": "stage1"}, "max_replicas": 3}  # fmt: skip
+        cfg = config(short_dir, "only").model_copy(
+            update={
+                "dra_kubeconfig": kubeconfig,
+                "hooks": HooksConfig.model_validate(
+                    {"token_file": str(token), "kubeconfig": kubeconfig, "rules": [rule]}
+                ),
+                "placement": PlacementConfig(enabled=True, node_name=NODE, kubeconfig=kubeconfig),
+            }
+        )
+        d = await Daemon.create(cfg)
+        assert len(d.kube) == 1
+        assert d.hooks is not None
+        assert d.placement is not None
+        assert d.hooks.runner.kube is d.placement.api
+        stop = asyncio.Event()
+        task = asyncio.create_task(d.run(stop=stop))
+        try:
+            await asyncio.wait_for(d.http_started.wait(), 10)
+            await until(lambda: len(server.api.pool_slices(NODE, DRIVER)) > 0)
+            await until(
+                lambda: ANNOTATION in (server.api.get_obj(NODES, NODE) or {})["metadata"].get("annotations", {})
+            )
+            note = {"version": "4", "groupKey": "{}:{}", "status": "firing", "receiver": "snnrm-hooks",
+                    "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://am",
+                    "alerts": [{"status": "firing", "labels": {"alertname": "SnnrmEventQueueSaturated"},
+                                "annotations": {}, "startsAt": "2026-11-25T10:00:00Z",
+                                "endsAt": "0001-01-01T00:00:00Z", "fingerprint": "0123456789abcdef"}]}  # fmt: skip
+            headers = {"Authorization": "Bearer hooks-token-of-this-test"}
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(f"http://127.0.0.1:{d.http_port}/hooks/alertmanager", json=note, headers=headers) as r,
+            ):
+                body = await r.json()
+            assert r.status == 200, body
+            assert [x["outcome"] for x in body["results"]] == ["applied"]
+            assert (server.api.get_obj(deployments, "stage1", "snn") or {})["spec"]["replicas"] == 2
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+        assert len(d.kube) == 0  # closed with the daemon
