@@ -179,9 +179,13 @@ base_image() {
   if [[ ! -f "$tar" ]]; then
     say "building the base image rootfs with mmdebstrap (Debian bookworm, python3) ..."
     mkdir -p "$CACHE"
+    # The target must end in .tar: mmdebstrap picks its output format from the name (a name ending in .tmp gave a
+    # directory, so the -f test above never held and the next run failed on the non-empty leftover).
+    rm -rf "$tar.tmp" "$tar.tmp.tar"
+    [[ -d "$tar" ]] && rm -rf "$tar"  # a directory left by that bug
     mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,python-is-python3,ca-certificates \
-      bookworm "$tar.tmp" http://deb.debian.org/debian
-    mv "$tar.tmp" "$tar"
+      bookworm "$tar.tmp.tar" http://deb.debian.org/debian
+    mv "$tar.tmp.tar" "$tar"
   fi
   if ! "${BUILDAH[@]}" inspect --type image "localhost/snnrm-base:$key" >/dev/null 2>&1; then
     local c
