@@ -18,7 +18,15 @@ Model, per step of ``dt`` seconds:
 * a link loaded beyond its (possibly degraded) capacity drops the excess, charged to the transitions crossing it
   in proportion to their share; a failed link drops everything routed over it. Links whose load can never exceed
   capacity (bounded by the senders' service rates) are skipped in the loop;
-* spikes that cross the network arrive at the next stage's cores one step later.
+* spikes that cross the network arrive at the next stage's cores one step later;
+* with ``overflow: backpressure`` (Loihi's flow-controlled mesh) no spike between stages is dropped for lack of
+  room: a sender processes only what its destination stage can still take (queue capacity plus one step of
+  service), so a saturated stage stalls the stages before it and its backlog shows up as latency; spikes a
+  congested link cannot carry wait one step at the sender instead of being lost. Input from outside the mesh waits
+  at the host, up to ``INPUT_HOLD_S`` of the core's present service; beyond that the host sheds it (dropped).
+  With ``overflow: drop`` (SpiNNaker's router) the excess is discarded;
+* energy (when the preset gives per-operation figures): ``synops_per_event * energy_per_synop`` per processed
+  event, plus per spike sent the per-hop energy of its route (on-chip and chip-to-chip hops priced apart).
 
 Input noise comes from a seeded bank of normal deviates read at a random offset each step (Poisson plus rate
 modulation, in the Gaussian approximation), so runs are reproducible and no random numbers are drawn per core.
@@ -70,6 +78,13 @@ _NOISE_CLIP = 4.0
 _FOLD_EVERY = 16
 """Steps between folds of the float32 running sums into the float64 counters (keeps float32 error < 1e-6)."""
 
+INPUT_HOLD_S = 1.0
+"""Under backpressure, the most a core's input may hold: this many seconds of its present service (assumed).
+
+Stages stall their senders, but input from outside the mesh (job input, background, bursts, a hot spot's extra
+load) has nowhere to wait but the host; a host that falls a second behind sheds the rest, counted as dropped.
+Without a bound, one second of the largest allowed burst left a core saturated for half an hour after it ended."""
+
 _RHO_MAX = 0.99
 """Utilisation cap in the M/D/1 waiting-time term (beyond it the leftover backlog dominates anyway)."""
 
@@ -77,8 +92,9 @@ FaultStatus = Literal["pending", "active", "ended"]
 
 
 def _wsum(index: IntArray, weights: npt.ArrayLike, n: int) -> FloatArray:
-    """Weighted bincount (numpy's stubs type every bincount as integer; with weights it is float64)."""
-    return cast(FloatArray, np.bincount(index, weights, minlength=n))
+    """Weighted bincount (numpy's stubs type every bincount as integer; with weights it is float64, except on empty
+    input, where numpy returns int64: a node whose every route stays inside one router has no link entries)."""
+    return cast(FloatArray, np.bincount(index, weights, minlength=n).astype(np.float64, copy=False))
 
 
 class HardFaultCallback(Protocol):
@@ -145,6 +161,10 @@ class StageMetrics:
     """Delivered / sent spikes towards the next stage over the last step (1.0 when nothing was sent)."""
     events_dropped_total: float
     """Cumulative events dropped on the stage's current cores."""
+    synaptic_power_w: float = 0.0
+    """Synaptic-operation power of the stage over the last step (events processed x synops x J per synop)."""
+    noc_power_w: float = 0.0
+    """Power of the stage's outgoing spikes on the mesh over the last step (spikes x per-hop energy of the route)."""
 
 
 ENDED_FAULTS_KEPT = 256
@@ -204,6 +224,9 @@ class Simulator:
     _trans_hops: FloatArray
     _trans_inter: FloatArray
     _trans_latency: FloatArray
+    _trans_energy: FloatArray
+    _dst_starts: IntArray
+    _carry: FloatArray
     # Entries on links that could overflow (only these are evaluated per step).
     _risk_link: IntArray
     _risk_trans: IntArray
@@ -254,6 +277,10 @@ class Simulator:
         self._c_drop = np.zeros(n)
         self._c_sent = np.zeros(n)
         self._c_deliv = np.zeros(n)
+        self._c_noc_energy = np.zeros(n)
+        self._backpressure = spec.overflow == "backpressure"
+        self._synop_energy = spec.synops_per_event * spec.energy_per_synop
+        """Joules per processed event (0 when the preset publishes no figure)."""
 
         # Faults and their combined effect.
         self._faults: dict[int, _FaultState] = {}
@@ -273,6 +300,7 @@ class Simulator:
         self._link_div = np.ones(nl)
         self._svc_dt = np.zeros(n, np.float32)
         self._cap_eff = np.zeros(n, np.float32)
+        self._bp_room_dt = np.zeros(n, np.float32)
         self._link_cap_dt = np.zeros(nl)
 
         # Background load.
@@ -362,7 +390,8 @@ class Simulator:
             arr *= self._load_mult
         q = self._q
         q += arr
-        proc = np.minimum(q, self._svc_dt, out=self._proc)
+        svc = self._stalled_service(q) if self._backpressure and self._n_src else self._svc_dt
+        proc = np.minimum(q, svc, out=self._proc)
         q -= proc
         kept = np.minimum(q, self._cap_eff, out=self._qtmp)
         np.subtract(q, kept, out=self._drop)
@@ -377,6 +406,8 @@ class Simulator:
             self._src_proc_acc += p_src
             s = np.add.reduceat(p_src, self._src_starts).astype(np.float64)
             s *= self._trans_gain
+            if self._backpressure:
+                s += self._carry
             if self._risk_trans.size:
                 loads = _wsum(self._risk_link, self._risk_w * s[self._risk_trans], self._n_risk)
                 loads += self._risk_bg
@@ -384,15 +415,44 @@ class Simulator:
                 frac = excess / np.maximum(loads, 1e-30)
                 lost = _wsum(self._risk_trans, self._risk_w * frac[self._risk_link], self._n_trans)
                 through = np.maximum(1.0 - lost, 0.0)
-                self._src_lost_acc += p_src * ((1.0 - through) * self._trans_gain)[self._src_trans]
-                self._last_through = through
                 s_through = s * through
+                if self._backpressure:
+                    # Flow control: what the link could not carry waits at the sender for the next step.
+                    self._carry = s - s_through
+                else:
+                    self._src_lost_acc += p_src * ((1.0 - through) * self._trans_gain)[self._src_trans]
+                    self._last_through = through
             else:
                 s_through = s
             self._routed[self._dst_cores] = np.repeat(s_through / self._dst_count, self._dst_count)
             self._last_s = s
         if self._since_fold >= _FOLD_EVERY:
             self._fold()
+
+    def _stalled_service(self, q: F32Array) -> F32Array:
+        """Per-step service under backpressure: a stage's senders process only what the next stage can take.
+
+        The room of a transition is, summed over its destination cores, what their queues can take so that after
+        the next step's service they hold at most their capacity, less the spikes still waiting for a congested
+        link; the senders' service is scaled by room / (spikes they would send this step unstalled).
+        """
+        dst = self._dst_cores
+        q_dst = q[dst]
+        # What arrives now is queued behind this step's service: after it, a full queue holds exactly capacity.
+        room = self._bp_room_dt[dst] - q_dst
+        room += np.minimum(q_dst, self._svc_dt[dst])
+        np.maximum(room, 0.0, out=room)
+        room_t = np.add.reduceat(room, self._dst_starts).astype(np.float64)
+        # Spikes still waiting for a congested link take room first (they were sent earlier).
+        room_t = np.maximum(room_t - self._carry, 0.0)
+        src = self._src_cores
+        want_t = self._trans_gain * np.add.reduceat(np.minimum(q[src], self._svc_dt[src]), self._src_starts)
+        frac = np.divide(room_t, want_t, out=np.ones(self._n_trans), where=want_t > 0)
+        if frac.min() >= 1.0:
+            return self._svc_dt
+        svc = self._svc_dt.copy()
+        svc[self._src_cores] *= np.minimum(frac, 1.0)[self._src_trans].astype(np.float32)
+        return svc
 
     # ------------------------------------------------------------------ jobs and placement
     def add_job(self, job: Job, placement: Sequence[npt.ArrayLike]) -> None:
@@ -511,6 +571,9 @@ class Simulator:
         self._src_lost_acc = np.zeros(0, np.float32)
         self._last_s = np.zeros(0)
         self._last_through = np.zeros(0)
+        self._trans_energy = np.zeros(0)
+        self._dst_starts = e_i
+        self._carry = np.zeros(0)
         self._risk_link, self._risk_trans = e_i, e_i
         self._risk_w = np.zeros(0)
         self._risk_cap = np.zeros(0)
@@ -609,6 +672,11 @@ class Simulator:
             self._trans_hops = _wsum(self._ent_trans, self._ent_w, nt)
             self._trans_inter = _wsum(self._ent_trans, self._ent_w * inter, nt)
             self._trans_latency = _wsum(self._ent_trans, self._ent_w * lat, nt)
+            spec = self.spec
+            on_chip = self._trans_hops - self._trans_inter
+            self._trans_energy = on_chip * spec.energy_per_hop + self._trans_inter * spec.energy_per_inter_chip_hop
+            self._dst_starts = np.flatnonzero(np.r_[True, self._dst_trans[1:] != self._dst_trans[:-1]])
+            self._carry = np.zeros(nt)
         self._refresh_inputs()
         self._refresh_alive()
         self._refresh_risk()
@@ -628,6 +696,7 @@ class Simulator:
             sent = self._src_proc_acc * self._src_gain.astype(np.float64)
             self._c_sent[self._src_cores] += sent
             self._c_deliv[self._src_cores] += (sent - self._src_lost_acc) * self._src_alive_share
+            self._c_noc_energy[self._src_cores] += sent * self._trans_energy[self._src_trans]
             self._src_proc_acc[:] = 0.0
             self._src_lost_acc[:] = 0.0
 
@@ -844,7 +913,18 @@ class Simulator:
         self._link_div = link_div
         svc = self.core_service_rate * self.dt / svc_div
         self._svc_dt = np.where(core_failed, 0.0, svc).astype(np.float32)
-        self._cap_eff = np.where(core_failed, 0.0, self.core_queue_capacity).astype(np.float32)
+        # Under backpressure a stage's senders stall instead of overflowing its queue (_stalled_service); what
+        # still exceeds the bound came from outside the mesh and is shed at the host (INPUT_HOLD_S).
+        # A failed core holds nothing.
+        if self._backpressure:
+            # At the core's present rate: a throttled core's input falls a second behind sooner.
+            cap = np.maximum(self.core_queue_capacity, self.core_service_rate / svc_div * INPUT_HOLD_S)
+        else:
+            cap = self.core_queue_capacity
+        self._cap_eff = np.where(core_failed, 0.0, cap).astype(np.float32)
+        # A failed destination never stalls its senders: what they send to it is lost (counted by _alive_share).
+        room = np.where(core_failed, np.inf, self.core_queue_capacity + self._svc_dt)
+        self._bp_room_dt = room.astype(np.float32)
         self._refresh_inputs()
         self._refresh_alive()
         self._refresh_risk()
@@ -868,6 +948,14 @@ class Simulator:
             "spikes_sent": self._c_sent.copy(),
             "spikes_delivered": self._c_deliv.copy(),
         }
+
+    def energy(self) -> tuple[FloatArray, FloatArray]:
+        """(n_cores,) cumulative joules per core: synaptic operations, and the NoC hops of the spikes it sent.
+
+        Both are zero on a preset that publishes no per-operation energy (never an invented figure).
+        """
+        self._fold()
+        return self._c_proc * self._synop_energy, self._c_noc_energy.copy()
 
     def link_loads(self) -> FloatArray:
         """(n_links,) spike messages per second on each link over the last step (job traffic + background)."""
@@ -957,6 +1045,8 @@ class Simulator:
                     spikes_delivered_per_s=deliv_ps,
                     transfer_efficiency=eff,
                     events_dropped_total=float(self._c_drop[cores].sum()),
+                    synaptic_power_w=float(self._proc[cores].sum()) / dt * self._synop_energy,
+                    noc_power_w=sent_ps * float(self._trans_energy[t_out]) if t_out is not None else 0.0,
                 )
             )
         return tuple(out)

@@ -36,7 +36,7 @@ class MachineSpec:
     core_service_rate: float
     """Events (incoming spike messages) per second one core can process."""
     core_queue_capacity: float
-    """Depth of a core's event input queue, in events; arrivals beyond it are dropped."""
+    """Depth of a core's event input queue, in events; what happens beyond it is ``overflow``."""
     link_capacity: float
     """Spike messages per second one directed on-chip mesh link carries."""
     inter_chip_link_capacity: float
@@ -52,6 +52,18 @@ class MachineSpec:
     whichever binds."""
     board_cols: int = 0
     """Chip columns on the board grid; 0 means ``ceil(sqrt(chips))`` (row-major tiling, as snnrm's topology)."""
+    overflow: str = "drop"
+    """What a full input queue does: ``drop`` (the router discards what does not fit, as SpiNNaker's router after
+    a wait) or ``backpressure`` (flow control: the senders stall and nothing is lost, as on Loihi's mesh)."""
+    synops_per_event: float = 0.0
+    """Synaptic operations one incoming event triggers on its core (the fan-out into the core's neurons);
+    0: not modelled, synaptic energy reported as 0."""
+    energy_per_synop: float = 0.0
+    """Joules per synaptic operation (0: not published for this chip)."""
+    energy_per_hop: float = 0.0
+    """Joules per spike message per on-chip router hop (0: not published)."""
+    energy_per_inter_chip_hop: float = 0.0
+    """Joules per spike message per chip-to-chip hop (0: not published)."""
 
     def __post_init__(self) -> None:
         for name in ("chips", "cols", "rows", "cores_per_router", "neurons_per_core"):
@@ -63,6 +75,12 @@ class MachineSpec:
                 raise ValueError(f"MachineSpec.{name} must be a finite number > 0, got {v!r}")
         if self.synapses_per_core < 0:
             raise ValueError("MachineSpec.synapses_per_core must be >= 0")
+        if self.overflow not in OVERFLOW_MODES:
+            raise ValueError(f"MachineSpec.overflow must be one of {', '.join(OVERFLOW_MODES)}, got {self.overflow!r}")
+        for name in ("synops_per_event", "energy_per_synop", "energy_per_hop", "energy_per_inter_chip_hop"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
+                raise ValueError(f"MachineSpec.{name} must be a finite number >= 0, got {v!r}")
         if self.board_cols < 0:
             raise ValueError("MachineSpec.board_cols must be >= 0")
         if self.board_cols == 0:
@@ -94,6 +112,9 @@ class MachineSpec:
         return -(-self.chips // self.board_cols)
 
 
+OVERFLOW_MODES = ("drop", "backpressure")
+"""Values of :attr:`MachineSpec.overflow`."""
+
 _FLOAT_FIELDS = frozenset(
     {
         "core_service_rate",
@@ -104,6 +125,9 @@ _FLOAT_FIELDS = frozenset(
         "inter_chip_hop_latency",
     }
 )
+
+
+_ENERGY_FIELDS = frozenset({"synops_per_event", "energy_per_synop", "energy_per_hop", "energy_per_inter_chip_hop"})
 
 
 def factorise(routers: int, aspect: float) -> tuple[int, int]:
@@ -159,7 +183,7 @@ def load_preset(name: str, chips: int | None = None, cores_per_chip: int | None 
     if unknown:
         raise ValueError(f"preset {name!r} has unknown keys: {', '.join(unknown)}")
     data.setdefault("name", Path(name).stem)
-    for key in _FLOAT_FIELDS & set(data):
+    for key in (_FLOAT_FIELDS | _ENERGY_FIELDS) & set(data):
         try:
             data[key] = float(data[key])
         except (TypeError, ValueError):

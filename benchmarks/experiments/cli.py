@@ -30,8 +30,9 @@ NOTES = (
     "**Limits of these results.** Everything runs on `sim_hw`: latency is the simulator's analytical estimate "
     "(hop latency + queueing delay per stage), not a cycle-accurate model, and latencies are per spike in "
     "microseconds, not per timestep; queue capacity, hop latency, service rate, weight-load bandwidth, telemetry "
-    "noise and delay are assumed, with no sensitivity sweep yet; workloads are still rescaled to a target load; "
-    "no energy model. first-fit, random and static never move a running stage, which is what default Kubernetes "
+    "noise and delay are assumed (their sweep: `python -m benchmarks.experiments sensitivity`); jobs run at "
+    "their networks' measured rates, on random weights scaled to published sparsity. first-fit, random and static "
+    "never move a running stage, which is what default Kubernetes "
     "does when only a device fails (a failed node's pods are evicted after ~340 s); the reactive baseline is the "
     "fair comparison. The eviction path (cluster controller) is not run.",
     "",
@@ -70,8 +71,10 @@ def config_for(
 def _summary(suite: SuiteResult) -> list[str]:
     pols = suite.policies
     width = max(len(p) for p in pols) + 1
-    out = ["SLO-violation time, % of job-time (mean over seeds):", f"{'scenario':<18}" + "".join(
-        f"{p:>{width}}" for p in pols)]  # fmt: skip
+    out = [
+        "SLO-violation time, % of job-time (mean over seeds):",
+        f"{'scenario':<18}" + "".join(f"{p:>{width}}" for p in pols),
+    ]
     for sc in suite.scenarios:
         cells = []
         for p in pols:
@@ -119,15 +122,18 @@ def execute(
     if readme is None:
         readme = complete and out == RESULTS_DIR
     n_cells = len(cfg.seeds) * len(scenario_names(cfg)) * len(policy_names(cfg))
-    print(f"experiments ({cfg.name}): {n_cells} runs of {cfg.duration:.0f} simulated s, seeds "
-          f"{list(cfg.seeds)}, {workers or default_workers()} processes -> {out}", flush=True)  # fmt: skip
+    print(
+        f"experiments ({cfg.name}): {n_cells} runs of {cfg.duration:.0f} simulated s, seeds "
+        f"{list(cfg.seeds)}, {workers or default_workers()} processes -> {out}",
+        flush=True,
+    )
     t0 = time.perf_counter()
     suite = run_suite(cfg, workers=workers, progress=lambda s: print(s, flush=True))
-    items = write_all(suite, out, plots=make_plots if plots else None, readme=readme, notes=NOTES)
-    cache = cache_path(out)
+    cache = cache_path(out)  # first: a report that fails can be rewritten with --rerender, without running again
     cache.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(cache, "wb", compresslevel=3) as f:
         pickle.dump(suite, f, protocol=pickle.HIGHEST_PROTOCOL)
+    items = write_all(suite, out, plots=make_plots if plots else None, readme=readme, notes=NOTES)
     print("\n".join(_summary(suite)))
     if SNNRM in suite.policies:
         print("\nheadline targets (from the issue / hardware reference; targets, not promises):")
@@ -135,9 +141,11 @@ def execute(
             print(f"  {line}")
     wall = time.perf_counter() - t0
     sim_s = len(suite.runs) * cfg.duration
-    print(f"\n{len(suite.runs)} runs, {sim_s:.0f} simulated s in {wall:.0f} s wall "
-          f"({sim_s / wall if wall > 0 else math.nan:.0f}x real time over {suite.workers} processes); "
-          f"results in {out}{' and README.md' if readme else ''}")  # fmt: skip
+    print(
+        f"\n{len(suite.runs)} runs, {sim_s:.0f} simulated s in {wall:.0f} s wall "
+        f"({sim_s / wall if wall > 0 else math.nan:.0f}x real time over {suite.workers} processes); "
+        f"results in {out}{' and README.md' if readme else ''}"
+    )
     return 0
 
 
@@ -166,6 +174,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv and argv[0] == "sensitivity":  # the assumed-parameter sweep has its own options
+        from benchmarks.experiments import sensitivity
+
+        return sensitivity.main(argv[1:])
+    if argv and argv[0] == "ablations":  # each seed claim switched off on its own
+        from benchmarks.experiments import ablations
+
+        return ablations.main(argv[1:])
     p = parser()
     a = p.parse_args(argv)
     if a.rerender:

@@ -1,5 +1,5 @@
-"""Measures: confidence intervals over seeds, latency percentiles, SLO recovery, and the resource manager's own
-cost (CPU seconds and memory of the decision code).
+"""Measures: confidence intervals over seeds, latency percentiles, SLO recovery, energy per timestep, and the
+resource manager's own cost (CPU seconds and memory of the decision code).
 
 All functions are pure except :class:`DecisionMeter`, which reads the process CPU clock and, when asked,
 ``tracemalloc``.
@@ -22,10 +22,37 @@ BoolArray = npt.NDArray[np.bool_]
 
 # Two-sided 95% Student t quantiles, t(0.975, df) for df = 1..30 (beyond that the normal 1.96 is within 2%).
 _T975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 
 
 def t975(df: int) -> float:
@@ -84,6 +111,41 @@ def percentile(samples: FloatArray, q: float) -> float:
     """``q``-th percentile of the finite samples (NaN when there are none)."""
     ok = samples[np.isfinite(samples)]
     return float(np.percentile(ok, q)) if len(ok) else math.nan
+
+
+@dataclass(slots=True)
+class EnergyMeter:
+    """Energy of the jobs, integrated from sampled power (:class:`sim_hw.StageMetrics` synaptic and NoC power).
+
+    Reported per *timestep* of a job (one inference step of the SNN: the workloads' 1 ms step), which is what a
+    chip's energy per inference is quoted in, and the NoC part per spike (it depends on placement only: hops).
+    All zero on a preset without published per-operation energy.
+    """
+
+    synaptic_j: float = 0.0
+    noc_j: float = 0.0
+    job_s: float = 0.0
+    """Job-seconds integrated (sum over jobs of the time each ran)."""
+    spikes: float = 0.0
+    """Spikes sent between stages, integrated."""
+
+    def add(self, synaptic_w: float, noc_w: float, spikes_per_s: float, seconds: float) -> None:
+        """One job over one sample interval."""
+        self.synaptic_j += synaptic_w * seconds
+        self.noc_j += noc_w * seconds
+        self.spikes += spikes_per_s * seconds
+        self.job_s += seconds
+
+    def metrics(self, step_s: float) -> dict[str, float]:
+        """``energy_uj_per_step`` (synaptic + NoC, per job and timestep ``step_s``), ``noc_energy_uj_per_step``,
+        ``noc_pj_per_spike`` and the run's total ``energy_j``."""
+        per_step = step_s / self.job_s if self.job_s > 0 else math.nan
+        return {
+            "energy_uj_per_step": (self.synaptic_j + self.noc_j) * per_step * 1e6,
+            "noc_energy_uj_per_step": self.noc_j * per_step * 1e6,
+            "noc_pj_per_spike": self.noc_j / self.spikes * 1e12 if self.spikes > 0 else math.nan,
+            "energy_j": self.synaptic_j + self.noc_j,
+        }
 
 
 def recovery_time(times: FloatArray, violating: BoolArray, start: float, hold: float) -> float:

@@ -179,8 +179,11 @@ def timeline(suite: SuiteResult, path: Path) -> bool:
         ax.set_xlabel("simulated time, s", fontsize=8)
     handles, labels = _legend(axes[0][0], suite.policies)
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.suptitle("A fault and its reallocation (dashed: a policy moved a victim stage); per scenario the first seed "
-                 "in which snnrm moved one, else the first seed", fontsize=10)  # fmt: skip
+    fig.suptitle(
+        "A fault and its reallocation (dashed: a policy moved a victim stage); per scenario the first seed "
+        "in which snnrm moved one, else the first seed",
+        fontsize=10,
+    )
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -250,8 +253,9 @@ def heatmap(suite: SuiteResult, path: Path) -> bool:
         ax.set_title(f"{p}, {label} (mean {hops:.1f} hops/spike)", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"Seed {seed}, {sc}: cores by job (colour), free cores white, no chip grey, failed cores x",
-                 fontsize=10)  # fmt: skip
+    fig.suptitle(
+        f"Seed {seed}, {sc}: cores by job (colour), free cores white, no chip grey, failed cores x", fontsize=10
+    )
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     fig.savefig(path, dpi=DPI)
     plt.close(fig)

@@ -22,6 +22,15 @@ snnrm and its ablation place like ``static`` and then watch every stage:
 * ``snnrm-no-hysteresis``: the same with every dwell, exit threshold and cooldown removed, in the health
   machine and in the stage watch (the margin on cost stays: it is a price test, not hysteresis).
 
+Ablations of the other claims (run by :mod:`benchmarks.experiments.ablations`, not in the default set):
+
+* ``snnrm-whole-chips``: no sparsity-aware reporting. The node reports chips, not cores, as a classic device
+  plugin reports accelerators: the kubelet hands a stage whole free chips (count-based, lowest first), however few
+  cores its neurons need; the daemon's reallocator still runs, on what it was handed.
+* ``snnrm-no-units``: snnrm's planner without asynchronous-unit awareness
+  (:attr:`~snnrm.core.placement.PlacementView.shared_unit_hops` = 0), so two stages of a job may share a router's
+  core group; the reallocator is unchanged.
+
 The eviction ablation (``snnrm-evict``) was removed with its mirror of the cluster controller: driving
 :class:`snnrm.cluster.reallocation.ReallocationController` needs an injected cluster API, not done yet.
 """
@@ -48,7 +57,7 @@ from snnrm.core.reallocation import ReallocationSettings
 from snnrm.core.topology import BoolArray, IntArray, Topology
 from snnrm.node import NodeService
 
-Placer = Literal["first-fit", "random", "plan"]
+Placer = Literal["first-fit", "random", "plan", "chips"]
 Realloc = Literal["none", "remap", "reschedule"]
 
 
@@ -59,11 +68,13 @@ class PolicySpec:
     realloc: Realloc
     hysteresis: bool
     description: str
+    unit_aware: bool = True
+    """Placement prices stages that share a core group (the asynchronous-unit claim)."""
 
     @property
     def uses_monitor(self) -> bool:
         """Runs snnrm's telemetry pipeline (a classic device plugin only reports hard failures)."""
-        return self.placer == "plan" or self.realloc != "none"
+        return self.placer in ("plan", "chips") or self.realloc != "none"
 
     @property
     def restarts(self) -> bool:
@@ -86,8 +97,25 @@ POLICIES: dict[str, PolicySpec] = {
         PolicySpec("static", "plan", "none", True, "snnrm's planner at admission, no reallocation"),
         PolicySpec("snnrm", "plan", "remap", True, "snnrm: planner + telemetry-driven live remap, with hysteresis"),
         PolicySpec("snnrm-no-hysteresis", "plan", "remap", False, "ablation: snnrm without dwell/exit/cooldown"),
+        PolicySpec(
+            "snnrm-whole-chips",
+            "chips",
+            "remap",
+            True,
+            "ablation: snnrm without sparsity-aware reporting (the node reports whole chips; a stage gets whole chips)",
+        ),
+        PolicySpec(
+            "snnrm-no-units",
+            "plan",
+            "remap",
+            True,
+            "ablation: snnrm's planner without asynchronous-unit awareness (stages may share a core group)",
+            unit_aware=False,
+        ),
     )
 }
+DEFAULT_POLICIES = ("first-fit", "reactive", "random", "static", "snnrm", "snnrm-no-hysteresis")
+"""The default set's policies; the other ablations run in :mod:`benchmarks.experiments.ablations`."""
 BASELINES = ("reactive", "first-fit", "random", "static")
 REACTIVE = "reactive"
 
@@ -97,8 +125,14 @@ def health_settings(policy: PolicySpec) -> HealthSettings:
     d = HealthSettings()
     if policy.hysteresis:
         return d
-    return replace(d, queue_exit=d.queue_enter, efficiency_exit=d.efficiency_enter, link_exit=d.link_enter,
-                   enter_dwell=0.0, recover_dwell=0.0)  # fmt: skip
+    return replace(
+        d,
+        queue_exit=d.queue_enter,
+        efficiency_exit=d.efficiency_enter,
+        link_exit=d.link_enter,
+        enter_dwell=0.0,
+        recover_dwell=0.0,
+    )
 
 
 def realloc_settings(policy: PolicySpec) -> ReallocationSettings:
@@ -106,8 +140,17 @@ def realloc_settings(policy: PolicySpec) -> ReallocationSettings:
     d = ReallocationSettings()
     if policy.hysteresis:
         return d
-    return replace(d, queue_exit=d.queue_enter, efficiency_exit=d.efficiency_enter, link_exit=d.link_enter,
-                   dwell=0.0, clear=0.0, cooldown=0.0, max_moves_per_window=1_000_000, min_age=0.0)  # fmt: skip
+    return replace(
+        d,
+        queue_exit=d.queue_enter,
+        efficiency_exit=d.efficiency_enter,
+        link_exit=d.link_enter,
+        dwell=0.0,
+        clear=0.0,
+        cooldown=0.0,
+        max_moves_per_window=1_000_000,
+        min_age=0.0,
+    )
 
 
 def place(
@@ -118,8 +161,10 @@ def place(
         plan = first_fit_plan(view, demands)
         return None if plan is None else plan.stages
     if policy.placer == "plan":
-        plan = plan_job(view, demands)
+        plan = plan_job(view if policy.unit_aware else replace(view, shared_unit_hops=0.0), demands)
         return None if plan is None else plan.stages
+    if policy.placer == "chips":
+        return whole_chips(view, demands)
     pool = np.flatnonzero(view.free)
     need = sum(d.cores for d in demands)
     if need > len(pool):
@@ -130,6 +175,25 @@ def place(
     for d in demands:
         out.append(np.sort(drawn[pos : pos + d.cores]).astype(np.int64))
         pos += d.cores
+    return tuple(out)
+
+
+def whole_chips(view: PlacementView, demands: Sequence[StageDemand]) -> tuple[IntArray, ...] | None:
+    """What a node that reports whole chips gets from the kubelet: for each stage, the lowest-numbered chips with
+    no core taken or unhealthy, as many as its cores need (None if they run out). The stage's runtime maps its
+    neurons onto the first cores it needs; the rest of its chips sit idle, and since a chip with a core in use
+    is no longer a free device, no other stage gets them."""
+    t = view.topology
+    per_chip = np.bincount(t.chip_of, minlength=t.n_chips)
+    free_chips = [c for c in range(t.n_chips) if np.all(view.free[t.chip_of == c])]
+    out: list[IntArray] = []
+    for d in demands:
+        got: list[int] = []
+        while free_chips and sum(int(per_chip[c]) for c in got) < d.cores:
+            got.append(free_chips.pop(0))
+        if sum(int(per_chip[c]) for c in got) < d.cores:
+            return None
+        out.append(np.flatnonzero(np.isin(t.chip_of, got))[: d.cores].astype(np.int64))
     return tuple(out)
 
 
@@ -210,8 +274,9 @@ class _Recorder:
     """Reasons of the last remap of each (job, stage)."""
     _degraded: set[tuple[str, str]] = field(default_factory=set)
 
-    async def report(self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None,
-                     moved_at: float | None) -> None:  # fmt: skip
+    async def report(
+        self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None, moved_at: float | None
+    ) -> None:
         key = (stage.namespace, stage.pod)
         if health.remap == "done":  # a failed core moves at once, without a "degraded" report first
             self.done[(stage.job, stage.index)] = health.reasons
@@ -306,9 +371,20 @@ class DaemonReallocator:
             if job.in_flight:
                 continue
             for s in job.stages:
-                out.append(LocalStage(NAMESPACE, pod_name(name, s.index), str(s.uid), name, s.index, job.demands,
-                                      tuple(ids[i] for i in np.sort(s.admitted).tolist()),
-                                      np.asarray(s.cores, dtype=np.int64), True, s.last_move))  # fmt: skip
+                out.append(
+                    LocalStage(
+                        NAMESPACE,
+                        pod_name(name, s.index),
+                        str(s.uid),
+                        name,
+                        s.index,
+                        job.demands,
+                        tuple(ids[i] for i in np.sort(s.admitted).tolist()),
+                        np.asarray(s.cores, dtype=np.int64),
+                        True,
+                        s.last_move,
+                    )
+                )
         return out
 
     def step(self, jobs: Mapping[str, RunningJob], booked: BoolArray) -> list[Move]:

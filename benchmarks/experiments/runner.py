@@ -25,6 +25,8 @@ What is measured, and how (all per job, then summed or averaged):
   (including queues flushed by a move), plus spikes lost on congested links (sampled from ``stage_metrics``) and
   the traffic into an evicted stage while it is down;
 * hops per spike: traffic-weighted mean hops between consecutive stages (``stage_metrics``);
+* energy: synaptic and NoC power from ``stage_metrics`` (the preset's pJ per synaptic op and per hop, see
+  docs/hardware-model.md) integrated over the samples, reported per job timestep (µJ) and NoC pJ per spike;
 * the resource manager's cost: process CPU time inside decision code (placement, telemetry ingest, reallocation),
   and with ``trace_memory`` the memory that code holds and allocates at peak (``tracemalloc``).
 """
@@ -42,7 +44,7 @@ import numpy.typing as npt
 import structlog
 
 from benchmarks.experiments.config import ExperimentConfig
-from benchmarks.experiments.metrics import DecisionMeter, FloatArray, percentile, recovery_time
+from benchmarks.experiments.metrics import DecisionMeter, EnergyMeter, FloatArray, percentile, recovery_time
 from benchmarks.experiments.policies import (
     POLICIES,
     DaemonReallocator,
@@ -66,7 +68,7 @@ from benchmarks.experiments.scenarios import (
 )
 from benchmarks.experiments.telemetry import NoisyTelemetry
 from benchmarks.experiments.workloads import JobSpec, make_workload, stage_utilisation
-from sim_hw import Job, MachineSpec, Simulator, StageMetrics, load_preset
+from sim_hw import Job, MachineSpec, Simulator, StageMetrics, load_preset, networks
 from snnrm.backends.sim import frame_of, topology_of
 from snnrm.core.devices import ThroughputBlocks
 from snnrm.core.monitor import NodeMonitor
@@ -75,6 +77,9 @@ from snnrm.core.telemetry import FaultKind, HardFault
 from snnrm.core.topology import BoolArray, IntArray
 
 Int16Array = npt.NDArray[np.int16]
+
+TIMESTEP_S = float(networks.measurements()["dt_s"])
+"""One SNN timestep of the workloads (their measured rates are per 1 ms step): the unit of energy per inference."""
 
 BLOCK_KEPS = 1000.0
 """Event-throughput device size (the daemon's default --block-keps); only shapes NodeMonitor's capacity devices."""
@@ -216,12 +221,14 @@ class Run:
         self.fault_cores = np.zeros(0, dtype=np.int64)
         self.faulted: list[tuple[IntArray, float, float]] = []
         """(cores, start, end) of every injected fault that degrades hardware (not telemetry glitches)."""
-        self.telemetry = NoisyTelemetry(cfg.telemetry_noise, cfg.telemetry_delay,
-                                        np.random.default_rng(np.random.SeedSequence([seed, 6])))  # fmt: skip
+        self.telemetry = NoisyTelemetry(
+            cfg.telemetry_noise, cfg.telemetry_delay, np.random.default_rng(np.random.SeedSequence([seed, 6]))
+        )
         self.declined: list[tuple[float, str, str]] = []
         self.owner_at_fault = np.full(self.n, -1, dtype=np.int16)
         self.hop_spikes = 0.0
         self.spikes = 0.0
+        self.energy = EnergyMeter()
         self.alloc_sum = 0.0
         self.running_sum = 0.0
         self.util_samples = 0
@@ -302,9 +309,14 @@ class Run:
         with self.meter.decide():
             if self.monitor is not None:
                 m = self.monitor
-                view = PlacementView.measured(self.topology, free=m.core_healthy & ~booked, queue_fill=m.queue_fill,
-                                         link_utilization=m.link_utilization, link_failed=m.link_failed,
-                                         inter_chip_weight=self.weight)  # fmt: skip
+                view = PlacementView.measured(
+                    self.topology,
+                    free=m.core_healthy & ~booked,
+                    queue_fill=m.queue_fill,
+                    link_utilization=m.link_utilization,
+                    link_failed=m.link_failed,
+                    inter_chip_weight=self.weight,
+                )
             else:  # a classic device plugin knows only hard failures
                 view = PlacementView.idle(self.topology, ~booked & ~self.hw_failed, inter_chip_weight=self.weight)
             placement = place(self.policy, view, j.demands, self.rng_place)
@@ -379,8 +391,19 @@ class Run:
         self._set_owner(t)
         self.owner[s.cores] = -1  # reserved, but nothing runs there yet
         victim = any(v[0] == mv.job for v in self.victims)
-        self.moves.append(MoveRecord(self.now, mv.job, i, mv.action, mv.reasons, len(mv.target), victim, degraded,
-                                     (t.restart_step - self._step()) * self.dt))  # fmt: skip
+        self.moves.append(
+            MoveRecord(
+                self.now,
+                mv.job,
+                i,
+                mv.action,
+                mv.reasons,
+                len(mv.target),
+                victim,
+                degraded,
+                (t.restart_step - self._step()) * self.dt,
+            )
+        )
 
     def _restart(self, t: _Track) -> None:
         assert t.running is not None
@@ -417,10 +440,20 @@ class Run:
         for k, (kind, name) in enumerate(zip(targeted, victims, strict=True)):
             t = self.tracks[name]
             assert t.running is not None
-            stage = busiest_stage(stage_utilisation(t.spec.job, self.spec.core_service_rate))
+            util = stage_utilisation(t.spec.job, self.spec.core_service_rate)
+            stage = busiest_stage(util)
             rng = np.random.default_rng(np.random.SeedSequence([self.seed, 3, k]))
             placement = [s.cores for s in t.running.stages]
-            pf = build_fault(kind, sim=self.sim, job=name, placement=placement, stage=stage, cfg=self.cfg, rng=rng)
+            pf = build_fault(
+                kind,
+                sim=self.sim,
+                job=name,
+                placement=placement,
+                stage=stage,
+                cfg=self.cfg,
+                rng=rng,
+                utilisation=float(util[stage]),
+            )
             planned.append(pf)
             self.victims.append((name, stage, pf.kind))
             hit.append(pf.cores)
@@ -466,6 +499,7 @@ class Run:
             for a, b in itertools.pairwise(ms):
                 self.hop_spikes += a.spikes_sent_per_s * b.hops_mean
             self.spikes += sent
+            self.energy.add(sum(m.synaptic_power_w for m in ms), sum(m.noc_power_w for m in ms), sent, stride_s)
         self.alloc_sum += float(self._booked().sum()) / self.n
         self.running_sum += self._running_cores() / self.n
         self.util_samples += 1
@@ -581,6 +615,7 @@ class Run:
             "decision_mem_kib": self.meter.memory_bytes / 1024.0 if self.meter.trace else math.nan,
             "wall_s": wall,
         }
+        metrics.update(self.energy.metrics(TIMESTEP_S))
         victim_lat = np.full(len(self.times), np.nan)
         victim_loss = np.full(len(self.times), np.nan)
         victim_post = np.zeros(0)

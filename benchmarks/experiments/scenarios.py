@@ -37,8 +37,14 @@ SCENARIOS: dict[str, Scenario] = {
     for s in (
         Scenario("none", (), "no fault: steady-state placement quality and false reallocations"),
         Scenario("core-failure", ("core-failure",), "k = 4 cores of the victim stage fail-stop (pushed hard fault)"),
-        Scenario("hot-spot", ("hot-spot",), "every core under the victim stage runs 4x slower (throttled region)"),
-        Scenario("hot-core", ("hot-core",), "one core of the victim stage runs 4x slower"),
+        Scenario(
+            "hot-spot",
+            ("hot-spot",),
+            "every core under the victim stage runs slower (throttled region): 4x, or enough to serve half its load",
+        ),
+        Scenario(
+            "hot-core", ("hot-core",), "one core of the victim stage runs 4x slower, or enough to be overloaded 2x"
+        ),
         Scenario(
             "link-congestion",
             ("link-congestion",),
@@ -137,22 +143,21 @@ def build_fault(
     stage: int,
     cfg: ExperimentConfig,
     rng: np.random.Generator,
+    utilisation: float = 1.0,
 ) -> PlannedFault:
-    """The fault of ``kind`` on stage ``stage`` of ``job`` as it is placed now."""
+    """The fault of ``kind`` on stage ``stage`` of ``job`` as it is placed now; ``utilisation`` is the stage's
+    per-core load at the job's nominal rates (it sizes a hot spot, policy-independently)."""
     cores = np.asarray(placement[stage], dtype=np.int64)
     none = np.zeros(0, dtype=np.int64)
+    hot = max(cfg.hot_divisor, cfg.hot_overload / utilisation) if utilisation > 0 else cfg.hot_divisor
     if kind == "core-failure":
         hit = _pick(cores, cfg.fail_cores, rng)
         return PlannedFault(kind, job, stage, CoreFailure(tuple(hit.tolist())), None, hit, none)
     if kind == "hot-spot":
-        return PlannedFault(
-            kind, job, stage, HotSpot(tuple(cores.tolist()), service_divisor=cfg.hot_divisor), None, cores, none
-        )
+        return PlannedFault(kind, job, stage, HotSpot(tuple(cores.tolist()), service_divisor=hot), None, cores, none)
     if kind == "hot-core":
         hit = _pick(cores, 1, rng)
-        return PlannedFault(
-            kind, job, stage, HotSpot(tuple(hit.tolist()), service_divisor=cfg.hot_divisor), None, hit, none
-        )
+        return PlannedFault(kind, job, stage, HotSpot(tuple(hit.tolist()), service_divisor=hot), None, hit, none)
     if kind == "queue-saturation":
         burst = QueueSaturation(tuple(cores.tolist()), burst_factor=cfg.burst_factor)
         return PlannedFault(kind, job, stage, burst, cfg.burst_duration, cores, none)
@@ -162,7 +167,16 @@ def build_fault(
     if kind == "link-congestion":
         link = busiest_link(sim, placement, stage)
         if link is None:  # a one-router pipeline has no link to congest: slow its routers' cores instead
-            return build_fault("hot-core", sim=sim, job=job, placement=placement, stage=stage, cfg=cfg, rng=rng)
+            return build_fault(
+                "hot-core",
+                sim=sim,
+                job=job,
+                placement=placement,
+                stage=stage,
+                cfg=cfg,
+                rng=rng,
+                utilisation=utilisation,
+            )
         load = float(sim.link_loads()[link])
         cap = float(sim.mesh.link_capacity[link])
         divisor = max(10.0, cfg.link_overload * cap / load) if load > 0 else 10.0

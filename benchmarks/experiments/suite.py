@@ -13,11 +13,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from benchmarks.experiments import provenance
 from benchmarks.experiments.config import ExperimentConfig
 from benchmarks.experiments.metrics import Estimate, mean_ci
-from benchmarks.experiments.policies import POLICIES
+from benchmarks.experiments.policies import DEFAULT_POLICIES, POLICIES
 from benchmarks.experiments.runner import RunResult, run_one
 from benchmarks.experiments.scenarios import SCENARIOS
 
@@ -34,7 +35,7 @@ def scenario_names(cfg: ExperimentConfig) -> list[str]:
 
 
 def policy_names(cfg: ExperimentConfig) -> list[str]:
-    names = list(cfg.policies) or list(POLICIES)
+    names = list(cfg.policies) or list(DEFAULT_POLICIES)
     unknown = [n for n in names if n not in POLICIES]
     if unknown:
         raise ValueError(f"unknown policy(ies) {', '.join(unknown)}; choose from {', '.join(POLICIES)}")
@@ -49,6 +50,8 @@ class SuiteResult:
     """Decision-code memory per policy (state + largest transient peak), from the tracemalloc runs."""
     wall: float
     workers: int
+    provenance: dict[str, str] = field(default_factory=dict)
+    """When the runs finished and from what code (:func:`benchmarks.experiments.provenance.now`)."""
 
     def cell(self, scenario: str, policy: str) -> list[RunResult]:
         return [r for r in self.runs if r.scenario == scenario and r.policy == policy]
@@ -88,6 +91,7 @@ def run_suite(
     measure_memory: bool = True,
 ) -> SuiteResult:
     """Run every cell of ``cfg`` (plus the memory runs) and return the results in a fixed order."""
+    code = provenance.versions()  # the code as the runs start (a commit made while they run is not theirs)
     scenarios, policies = scenario_names(cfg), policy_names(cfg)
     tasks: list[tuple[ExperimentConfig, str, str, int, bool]] = [
         (cfg, sc, po, seed, False) for sc in scenarios for po in policies for seed in cfg.seeds
@@ -127,7 +131,8 @@ def run_suite(
     order_s = {n: i for i, n in enumerate(scenarios)}
     order_p = {n: i for i, n in enumerate(policies)}
     out.sort(key=lambda r: (order_s[r.scenario], order_p[r.policy], r.seed))
-    return SuiteResult(cfg, out, memory, time.perf_counter() - t0, n_workers)
+    made = {**provenance.now(), **code}
+    return SuiteResult(cfg, out, memory, time.perf_counter() - t0, n_workers, made)
 
 
 def fault_scenarios(names: Sequence[str]) -> list[str]:

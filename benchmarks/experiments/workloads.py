@@ -4,10 +4,10 @@ Each seed draws a sequence of jobs from the three networks of :mod:`sim_hw.netwo
 CSNN and N-MNIST CSNN, the SHD recurrent net), each cut into 2-6 stages (SHD: 2). Layer sizes, stage cuts and
 stage rates are measured: ``scripts/make-nir-workloads.py`` runs the networks' NIR graphs on generated event input
 through ``snnrm job plan``'s interpreter and planner and caches the result in ``sim_hw/nir/workloads.json`` (how,
-on what input, with which weights: ``snnrm/job/workloads.py``). The rates are then scaled so that every job's
-busiest stage runs its cores at the same utilisation (``ExperimentConfig.load``): a load sweep in the experiment
-design's sense, which makes faults comparable across jobs (:func:`scale_to_load`; at ``load`` <= 0 jobs keep their
-measured rates). Jobs arrive uniformly over the first part of the run; a share of them (``churn``) leave again
+on what input, with which weights: ``snnrm/job/workloads.py``). Every job runs at those measured rates: nothing is
+rescaled to a target utilisation, so a stage's load is its network's real activity over the cores its neurons
+need, and the node's load comes from how many jobs run and how big they are (``ExperimentConfig.occupancy`` and
+``max_jobs``). Jobs arrive uniformly over the first part of the run; a share of them (``churn``) leave again
 before the faults start, so later arrivals land in a fragmented node, as on a busy cluster. Arrivals that would not
 fit a count-based check are dropped from the workload up front, so every policy sees exactly the same jobs.
 """
@@ -62,12 +62,6 @@ def stage_utilisation(job: Job, service_rate: float) -> np.ndarray:
     )
 
 
-def scale_to_load(job: Job, load: float, service_rate: float) -> Job:
-    """The job with every rate scaled so that its busiest stage runs its cores at ``load``."""
-    busiest = float(stage_utilisation(job, service_rate).max())
-    return job if busiest <= 0 else job.scaled(load / busiest)
-
-
 def md1_wait(rho: float, service_rate: float) -> float:
     """Mean wait in an M/D/1 queue at utilisation ``rho`` (the simulator's queueing-delay model)."""
     rho = min(max(rho, 0.0), 0.99)
@@ -100,14 +94,14 @@ def demands_of(job: Job) -> tuple[StageDemand, ...]:
     )
 
 
-def _draw_job(rng: np.random.Generator, k: int, spec: MachineSpec, cfg: ExperimentConfig) -> tuple[str, Job]:
+def _draw_job(rng: np.random.Generator, k: int, spec: MachineSpec) -> tuple[str, Job]:
     names = list(NETWORKS)
     weights = np.array([NETWORKS[n][3] for n in names])
     network = names[int(rng.choice(len(names), p=weights / weights.sum()))]
     maker, lo, hi, _ = NETWORKS[network]
     stages = int(rng.integers(lo, hi + 1))
     job = maker(stages, name=f"{network}-{k}", neurons_per_core=spec.neurons_per_core, seed=int(rng.integers(2**31)))
-    return network, scale_to_load(job, cfg.load, spec.core_service_rate) if cfg.load > 0 else job
+    return network, job
 
 
 def make_workload(seed: int, cfg: ExperimentConfig, spec: MachineSpec) -> tuple[JobSpec, ...]:
@@ -121,7 +115,7 @@ def make_workload(seed: int, cfg: ExperimentConfig, spec: MachineSpec) -> tuple[
     for k in range(cfg.max_jobs * 4):
         if long_cores >= budget or len(drawn) >= cfg.max_jobs:
             break
-        network, job = _draw_job(rng, k, spec, cfg)
+        network, job = _draw_job(rng, k, spec)
         short = bool(rng.random() < cfg.churn)
         if not short and long_cores + job.cores_needed > budget:
             continue
@@ -177,7 +171,6 @@ __all__ = [
     "describe",
     "make_workload",
     "md1_wait",
-    "scale_to_load",
     "slo_latency",
     "stage_utilisation",
 ]

@@ -158,8 +158,12 @@ class ReallocationController:
         reason = h.reasons[0] if h.reasons else "degraded"
         pod = PodRef(ref.namespace, ref.pod, ref.uid)
         where: dict[str, Any] = {"namespace": ref.namespace, "job": job[1], "stage": i}
-        attrs: dict[str, str | int] = {"snnrm.job": job[1], "snnrm.stage": i, "snnrm.reason": reason,
-                                       "snnrm.node": ref.node or ""}  # fmt: skip
+        attrs: dict[str, str | int] = {
+            "snnrm.job": job[1],
+            "snnrm.stage": i,
+            "snnrm.reason": reason,
+            "snnrm.node": ref.node or "",
+        }
         with self.tracer.span("snnrm.reallocate", attrs) as span:
             blocked = self._in_flight(job, stages)
             last = max((r.last_move for r in stages.values() if r.last_move is not None), default=None)
@@ -168,8 +172,9 @@ class ReallocationController:
                 blocked = f"stage is {_age(ref, now):.0f}s old (min {self.settings.min_age:.0f}s)"
             if blocked is not None:
                 span.set_attribute("snnrm.action", "deferred")
-                await self.recorder.record(pod, reason="ReallocationDeferred", note=f"{reason}: {blocked}",
-                                           action="Reallocate")  # fmt: skip
+                await self.recorder.record(
+                    pod, reason="ReallocationDeferred", note=f"{reason}: {blocked}", action="Reallocate"
+                )
                 return
             index = self.cache.index
             demands = [demand_of(stages[k]) for k in range(ref.stages)]
@@ -181,8 +186,9 @@ class ReallocationController:
                 self.metrics.count(reason, "no-target", **where)
                 span.set_attribute("snnrm.action", "no-target")
                 note = f"{reason} on node {ref.node}; no node can take the stage now"
-                await self.recorder.record(pod, reason="NoBetterPlacement", note=note, action="Reallocate",
-                                           warning=True)  # fmt: skip
+                await self.recorder.record(
+                    pod, reason="NoBetterPlacement", note=note, action="Reallocate", warning=True
+                )
                 return
             traffic = demands[i].in_keps + demands[i].out_keps + (demands[i - 1].out_keps if i else 0.0)
             migration = self.settings.evict_cost_hops * max(traffic, 1e-3)
@@ -212,15 +218,21 @@ class ReallocationController:
                 Reservation(key, target.node, target.cores, now + self.reservation_ttl, "realloc", replaces=ref.uid)
             )
             try:
-                await self.api.merge_patch(PODS, ref.pod, {"metadata": {"annotations": {LAST_MOVE: f"{now:.3f}"}}},
-                                           namespace=ref.namespace)  # fmt: skip
+                await self.api.merge_patch(
+                    PODS, ref.pod, {"metadata": {"annotations": {LAST_MOVE: f"{now:.3f}"}}}, namespace=ref.namespace
+                )
                 await evict(self.api, ref.namespace, ref.pod)
             except TooManyRequestsError as e:
                 index.release(key)
                 self.metrics.count(reason, "blocked", **where)
                 span.set_error("eviction refused")
-                await self.recorder.record(pod, reason="EvictionBlocked", action="Evict", warning=True,
-                                           note=f"{reason}: eviction refused ({e.message})")  # fmt: skip
+                await self.recorder.record(
+                    pod,
+                    reason="EvictionBlocked",
+                    action="Evict",
+                    warning=True,
+                    note=f"{reason}: eviction refused ({e.message})",
+                )
                 return
             except KubeError as e:
                 index.release(key)

@@ -54,10 +54,12 @@ from snnrm.core.reallocation import (
     degraded_view,
     evaluate_remap,
     local_job,
+    own_reasons,
+    queue_pressure,
     signals_of,
     urgency,
 )
-from snnrm.core.topology import INTER_CHIP_WEIGHT, BoolArray, IntArray, Topology
+from snnrm.core.topology import BoolArray, IntArray, Topology
 from snnrm.kubelet.allocation_file import Remap, core_allocation, write_allocation
 from snnrm.kubelet.allocation_file import read_allocation as read_allocation  # what runtimes read; the demo uses it
 from snnrm.kubelet.allocator import AllocationFiles
@@ -99,8 +101,9 @@ class StageSource(Protocol):
 class StageReporter(Protocol):
     """Where the node's verdicts go: pod annotations + Events in a cluster, the log in the demo."""
 
-    async def report(self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None, moved_at: float | None
-                     ) -> None: ...  # fmt: skip
+    async def report(
+        self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None, moved_at: float | None
+    ) -> None: ...
 
     async def event(self, stage: LocalStage, *, reason: str, note: str, warning: bool = False) -> None: ...
 
@@ -119,8 +122,15 @@ class RemapRecord:
     at: float
 
     def as_json(self) -> dict[str, Any]:
-        return {"namespace": self.namespace, "pod": self.pod, "uid": self.uid, "admitted": list(self.admitted),
-                "cores": list(self.cores), "generation": self.generation, "at": self.at}  # fmt: skip
+        return {
+            "namespace": self.namespace,
+            "pod": self.pod,
+            "uid": self.uid,
+            "admitted": list(self.admitted),
+            "cores": list(self.cores),
+            "generation": self.generation,
+            "at": self.at,
+        }
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> RemapRecord:
@@ -195,12 +205,22 @@ class RemapLedger:
             (prev.generation if prev is not None else 0) + 1,
             now,
         )
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._path(stage.namespace, stage.pod).with_suffix(".tmp")
-        tmp.write_text(json.dumps(rec.as_json()))
-        os.replace(tmp, self._path(stage.namespace, stage.pod))
-        self.records[(stage.namespace, stage.pod)] = rec
+        self._write(rec)
         return rec
+
+    def _write(self, rec: RemapRecord) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self._path(rec.namespace, rec.pod).with_suffix(".tmp")
+        tmp.write_text(json.dumps(rec.as_json()))
+        os.replace(tmp, self._path(rec.namespace, rec.pod))
+        self.records[(rec.namespace, rec.pod)] = rec
+
+    def restore(self, namespace: str, pod: str, rec: RemapRecord | None) -> None:
+        """Put back the record a failed remap replaced (``None``: there was none)."""
+        if rec is None:
+            self.forget(namespace, pod)
+            return
+        self._write(rec)
 
     def forget(self, namespace: str, pod: str) -> None:
         self.records.pop((namespace, pod), None)
@@ -249,8 +269,9 @@ class NodeReallocator:
     settings: ReallocationSettings = field(default_factory=ReallocationSettings)
     period: float = 0.5
     """Seconds between evaluations: five telemetry samples, well inside the dwell."""
-    inter_chip_weight: float = INTER_CHIP_WEIGHT
-    """Hops a chip crossing counts for; the app passes the hardware's (the sim preset's latency ratio)."""
+    inter_chip_weight: float = field(kw_only=True)
+    """Hops a chip crossing counts for: the hardware's own (``SimBackend.inter_chip_weight`` for the sim), no default
+    so no caller can fall back to a figure that disagrees with the node's summary and the daemon's plans."""
     dry_run: bool = False
     remap_allowed: bool = True
     """False: never move, only report degradations (the controller may still evict)."""
@@ -275,26 +296,32 @@ class NodeReallocator:
             await self.step()
 
     def _view(self) -> tuple[PlacementView, BoolArray, BoolArray]:
-        """The node now, the cores that failed (hard), and all Unhealthy cores (any reason).
+        """The node now, the cores that failed (hard), and all degraded cores: Unhealthy for any reason, or with
+        a queue whose wait is a saturated one's (:func:`~snnrm.core.reallocation.queue_pressure`).
 
         Stale telemetry is not a failed core: a core whose counters stopped for a few seconds (a glitch) is not a
         target (it is Unhealthy, so not free) but does not force its stage to move either.
         """
         m = self.node.monitor
+        t = self.node.topology
         healthy = self.node.core_healthy()
         hard = (m.health.reasons & int(HealthReason.FAILED)) != 0
         failed = hard & ~healthy
         withheld = self.node.withheld if self.node.withheld is not None else np.zeros_like(healthy)
         free = healthy & ~self.allocated() & ~withheld
+        r = m.rates.rates
+        pressure = queue_pressure(
+            r.queue_depth, r.events_processed_rate, t.core_queue_capacity, t.core_nominal_keps * 1e3
+        )
         view = PlacementView.measured(
-            self.node.topology,
-            free=free,
-            queue_fill=m.queue_fill,
+            t,
+            free=free & ~(pressure > self.settings.queue_enter),
+            queue_fill=pressure,
             link_utilization=m.link_utilization,
             link_failed=m.link_failed,
             inter_chip_weight=self.inter_chip_weight,
         )
-        return view, failed, ~healthy
+        return view, failed, ~healthy | (pressure > self.settings.queue_enter)
 
     async def step(self) -> None:
         """One evaluation of every stage on this node."""
@@ -312,18 +339,26 @@ class NodeReallocator:
             by_job.setdefault(s.job_key, []).append(s)
         for job, members in sorted(by_job.items()):
             degraded: list[tuple[LocalStage, frozenset[Any], StageWatch]] = []
-            for s in sorted(members, key=lambda x: x.index):
+            ordered = sorted(members, key=lambda x: x.index)
+            sigs = [
+                signals_of(s.cores, failed=failed, queue_fill=view.queue_fill, efficiency=eff, link_util=view.link_util)
+                for s in ordered
+            ]
+            for k, (s, sig) in enumerate(zip(ordered, sigs, strict=True)):
                 watch = self.watches.setdefault((s.namespace, s.pod, s.uid), StageWatch())
-                sig = signals_of(s.cores, failed=failed, queue_fill=view.queue_fill, efficiency=eff,
-                                 link_util=view.link_util)  # fmt: skip
                 active = watch.observe(sig, now, self.settings)
+                nxt = sigs[k + 1] if k + 1 < len(sigs) and ordered[k + 1].index == s.index + 1 else None
+                # Losses and stalls caused by the next stage are that stage's to answer (it is judged on its own).
+                active = own_reasons(active, nxt, self.settings)
                 if not active:
                     await self._report(s, StageHealth("ok"), cores=None, moved_at=None)
                 else:
                     degraded.append((s, active, watch))
             # The job may move once per cooldown: the most urgent stage takes it (a stage on a failed core runs
-            # nothing; a saturated one drops events), not the first by index.
-            degraded.sort(key=lambda d: (urgency(d[1]), d[0].index))
+            # nothing; a saturated one drops events), not the first by index. Among equals the last stage goes
+            # first: on a flow-controlled mesh (Loihi) a saturated stage stalls every stage before it, whose
+            # queues then fill too, so the most downstream one is the bottleneck.
+            degraded.sort(key=lambda d: (urgency(d[1]), -d[0].index))
             for s, active, watch in degraded:
                 if await self._act(job, members, s, active, watch, view, failed, unhealthy, now):
                     # The cores just taken are withheld now: the rest of this pass prices other jobs against
@@ -351,24 +386,41 @@ class NodeReallocator:
         cost_now = plan_cost(dview, lj.demands, lj.placement).total
         since = watch.since or now
         if not s.live_remap or not self.remap_allowed:
-            await self._report(s, StageHealth("degraded", tuple(reasons), since, "not-opted-in", cost_now), cores=None,
-                               moved_at=None)  # fmt: skip
+            await self._report(
+                s, StageHealth("degraded", tuple(reasons), since, "not-opted-in", cost_now), cores=None, moved_at=None
+            )
             return False
         # The move budget first: a job that may not move now costs no evaluation (a replan is the expensive part).
         last = max((m.last_move for m in members if m.last_move is not None), default=None)
         blocked = self.budget.blocked(job, now, last_move=last)
         if blocked is not None:
+            self._count(s, reason, "blocked")
             await self.reporter.event(s, reason="RemapDeferred", note=f"{reason}: {blocked}")
             return False
-        with self.tracer.span("snnrm.remap", {"snnrm.job": s.job, "snnrm.stage": s.index, "snnrm.reason": reason}
-                              ) as span:  # fmt: skip
+        with self.tracer.span(
+            "snnrm.remap", {"snnrm.job": s.job, "snnrm.stage": s.index, "snnrm.reason": reason}
+        ) as span:
+            m = self.node.monitor
+            congested = (np.nan_to_num(m.link_utilization, nan=1.0) > self.settings.link_enter) | m.link_failed
             option = evaluate_remap(
-                view, lj.demands, lj.placement, pos, failed=failed, degraded=unhealthy, settings=self.settings
+                view,
+                lj.demands,
+                lj.placement,
+                pos,
+                failed=failed,
+                degraded=unhealthy,
+                settings=self.settings,
+                congested=congested,
             )
             if option is None or not option.worth_it(self.settings.margin):
                 span.set_attribute("snnrm.action", "unavailable")
-                await self._report(s, StageHealth("degraded", tuple(reasons), since, "unavailable", cost_now),
-                                   cores=None, moved_at=None)  # fmt: skip
+                self._count(s, reason, "no-target" if option is None else "not-worth-it")
+                await self._report(
+                    s,
+                    StageHealth("degraded", tuple(reasons), since, "unavailable", cost_now),
+                    cores=None,
+                    moved_at=None,
+                )
                 return False
             target = option.target
             ids = [self.node.topology.ids[i] for i in np.sort(target).tolist()]
@@ -383,29 +435,60 @@ class NodeReallocator:
                     self.metrics.count(reason, "dry-run", namespace=s.namespace, job=s.job, stage=s.index)
                 await self.reporter.event(s, reason="WouldRemap", note=note)
                 return False
-            rec = self.ledger.record(s, target, now)
-            self.node.withhold(self.ledger.lent())
-            write_allocation(
-                self.ledger.allocation_file(s.admitted),
-                core_allocation(self.node.topology, target, remap_fields(s.admitted, rec.generation, now)),
-                in_place=True,
-            )
+            try:
+                self._commit(s, target, now)
+            except OSError as e:
+                # The runtime never saw new cores: the stage stays where it was, and says why.
+                span.set_error(f"remap failed: {e}")
+                self._count(s, reason, "failed")
+                log.warning("stage_remap_failed", job=s.job, stage=s.index, pod=s.pod, error=repr(e))
+                await self.reporter.event(s, reason="RemapFailed", note=f"{reason}: {e}", warning=True)
+                return False
             self.budget.record(job, now)
             self.remaps += 1
             watch.active.clear()
             watch.bad_since.clear()
             watch.since = None
             span.set_attribute("snnrm.action", "remap")
-            if self.metrics is not None:
-                self.metrics.count(reason, "remap", namespace=s.namespace, job=s.job, stage=s.index)
-            log.warning("stage_remapped", job=s.job, stage=s.index, pod=s.pod, reasons=reasons, cores=len(ids),
-                        cost_before=round(option.cost_before), cost_after=round(option.cost_after))  # fmt: skip
-            await self._report(s, StageHealth("ok", tuple(reasons), now, "done", option.cost_after), cores=ids,
-                               moved_at=now)  # fmt: skip
+            self._count(s, reason, "remap")
+            log.warning(
+                "stage_remapped",
+                job=s.job,
+                stage=s.index,
+                pod=s.pod,
+                reasons=reasons,
+                cores=len(ids),
+                cost_before=round(option.cost_before),
+                cost_after=round(option.cost_after),
+            )
+            await self._report(
+                s, StageHealth("ok", tuple(reasons), now, "done", option.cost_after), cores=ids, moved_at=now
+            )
             await self.reporter.event(s, reason="Remapped", note=note)
             if self.on_remap is not None:
                 self.on_remap(s, target)
             return True
+
+    def _commit(self, s: LocalStage, target: IntArray, now: float) -> None:
+        """Record the remap, lend its cores and rewrite the stage's allocation file; on an I/O error undo the
+        record and the lending (the allocation file is the last write: if it fails, nothing moved)."""
+        prev = self.ledger.current(s.namespace, s.pod, s.uid)
+        rec = self.ledger.record(s, target, now)
+        try:
+            self.node.withhold(self.ledger.lent())
+            write_allocation(
+                self.ledger.allocation_file(s.admitted),
+                core_allocation(self.node.topology, target, remap_fields(s.admitted, rec.generation, now)),
+                in_place=True,
+            )
+        except OSError:
+            self.ledger.restore(s.namespace, s.pod, prev)
+            self.node.withhold(self.ledger.lent())
+            raise
+
+    def _count(self, s: LocalStage, reason: str, action: str) -> None:
+        if self.metrics is not None:
+            self.metrics.count(reason, action, namespace=s.namespace, job=s.job, stage=s.index)
 
     async def _report(self, s: LocalStage, h: StageHealth, *, cores: list[str] | None, moved_at: float | None) -> None:
         # Only state changes are written (cost and since are informative and would churn the pod).

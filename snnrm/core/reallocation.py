@@ -29,7 +29,7 @@ import numpy as np
 
 from snnrm.core.health import HealthSettings
 from snnrm.core.placement import MIN_KEPS, PlacementView, StageDemand, plan_cost, replan_stage
-from snnrm.core.topology import BoolArray, FloatArray, IntArray
+from snnrm.core.topology import BoolArray, FloatArray, IntArray, Topology
 
 _HEALTH = HealthSettings()
 """The stage thresholds default to the core health machine's (one definition; a stage is judged by its worst core)."""
@@ -140,13 +140,20 @@ class StageWatch:
         st = settings
         raw = {
             MoveReason.FAILED_CORE: s.failed > 0,
-            MoveReason.QUEUE_SATURATED: _over(s.queue_fill, st.queue_enter, st.queue_exit,
-                                              MoveReason.QUEUE_SATURATED in self.active),
-            MoveReason.LOW_EFFICIENCY: _over(s.efficiency, st.efficiency_enter, st.efficiency_exit,
-                                             MoveReason.LOW_EFFICIENCY in self.active, below=True),
-            MoveReason.LINK_CONGESTED: _over(s.link, st.link_enter, st.link_exit,
-                                             MoveReason.LINK_CONGESTED in self.active),
-        }  # fmt: skip
+            MoveReason.QUEUE_SATURATED: _over(
+                s.queue_fill, st.queue_enter, st.queue_exit, MoveReason.QUEUE_SATURATED in self.active
+            ),
+            MoveReason.LOW_EFFICIENCY: _over(
+                s.efficiency,
+                st.efficiency_enter,
+                st.efficiency_exit,
+                MoveReason.LOW_EFFICIENCY in self.active,
+                below=True,
+            ),
+            MoveReason.LINK_CONGESTED: _over(
+                s.link, st.link_enter, st.link_exit, MoveReason.LINK_CONGESTED in self.active
+            ),
+        }
         full = not math.isnan(s.queue_fill) and s.queue_fill >= st.full_queue
         self.full_since = (self.full_since if self.full_since is not None else now) if full else None
         for reason, bad in raw.items():
@@ -173,6 +180,54 @@ class StageWatch:
         if not self.active:
             self.since = None
         return frozenset(self.active)
+
+
+WAIT_RATE_FLOOR = 0.01
+"""Share of a core's nominal rate below which its measured processing rate is not trusted for a wait estimate (an
+idle core's rate is noise; a stuck one is the health machine's to call stale)."""
+
+
+def queue_pressure(
+    queue_depth: FloatArray, processed_per_s: FloatArray, capacity: FloatArray, nominal_per_s: FloatArray
+) -> FloatArray:
+    """Per-core queue pressure, 0..1: the larger of the queue's fill and its *wait* relative to the wait of a full
+    queue at the core's nominal rate.
+
+    The wait is the queue's depth over the rate the core really processes (Little's law). A core that runs at
+    its nominal rate waits at most a full queue's worth, so on it pressure is the fill. A throttled core (a hot
+    spot: the chip slows it, and nothing reports its real service rate) is different: near its reduced capacity
+    its queue stays short and noisy, a quarter full, but drains four times slower, and every spike waits
+    milliseconds. Fill alone never calls that saturated; the wait does. NaN depth (no telemetry) gives NaN.
+    """
+    depth = np.asarray(queue_depth, dtype=np.float64)
+    cap = np.maximum(np.asarray(capacity, dtype=np.float64), 1.0)
+    nominal = np.maximum(np.asarray(nominal_per_s, dtype=np.float64), 1e-9)
+    rate = np.maximum(np.nan_to_num(np.asarray(processed_per_s, dtype=np.float64), nan=0.0), WAIT_RATE_FLOOR * nominal)
+    wait = depth * nominal / (rate * cap)
+    out: FloatArray = np.clip(np.fmax(depth / cap, wait), 0.0, 1.0)
+    return out
+
+
+def own_reasons(
+    active: frozenset[MoveReason], nxt: StageSignals | None, settings: ReallocationSettings
+) -> frozenset[MoveReason]:
+    """The active reasons that are this stage's own, once what its next stage explains is taken away.
+
+    Lost spikes are counted by the core that sent them (delivered / sent), but they are lost where they land: a
+    next stage with failed cores drops what is sent to them, so the sender's low efficiency is that stage's
+    failure (which moves at once on its own account), and moving the sender would cure nothing. Likewise a queue
+    that is only saturated while the next stage's is too is stalled, not slow: on a flow-controlled mesh (Loihi)
+    a saturated stage holds back its senders' spikes and their queues fill behind them. ``nxt`` is the next
+    stage's signals (None when it is not on this node: nothing is known about it, nothing is excused).
+    """
+    if nxt is None:
+        return active
+    own = set(active)
+    if nxt.failed > 0:
+        own.discard(MoveReason.LOW_EFFICIENCY)
+    if own == {MoveReason.QUEUE_SATURATED} and nxt.queue_fill >= settings.queue_enter:
+        own.clear()
+    return frozenset(own)
 
 
 def signals_of(
@@ -281,6 +336,56 @@ def degraded_view(view: PlacementView, bad: BoolArray) -> PlacementView:
     return replace(view, free=view.free & ~b, queue_fill=fill, link_util=link, extra_penalty=extra)
 
 
+def routes_crossing(topology: Topology, src: IntArray, dst: IntArray, links: IntArray) -> BoolArray:
+    """(len(src), len(dst)): whether the dimension-order route (X then Y, in the node's global mesh coordinates)
+    from router ``src[i]`` to router ``dst[j]`` uses any of ``links``.
+
+    A route uses a link a->b in the X phase when the link runs along the source's row, in the direction of
+    travel, between the two x coordinates; in the Y phase when it runs along the destination's column between
+    the two y coordinates. That is closed form, so a node's worth of candidate routers costs a few vector
+    operations per congested link.
+    """
+    x, y = topology.router_xy()
+    sx, sy = x[np.asarray(src, dtype=np.int64)][:, None], y[np.asarray(src, dtype=np.int64)][:, None]
+    dx, dy = x[np.asarray(dst, dtype=np.int64)][None, :], y[np.asarray(dst, dtype=np.int64)][None, :]
+    out = np.zeros((len(src), len(dst)), dtype=np.bool_)
+    for link in np.asarray(links, dtype=np.int64).tolist():
+        a, b = int(topology.link_src[link]), int(topology.link_dst[link])
+        ax, ay, bx, by = int(x[a]), int(y[a]), int(x[b]), int(y[b])
+        if ay == by:  # horizontal: X phase, along the source's row
+            step = bx - ax
+            along = (sy == ay) & (np.sign(dx - sx) == step)
+            out |= along & (np.minimum(sx, dx) <= min(ax, bx)) & (max(ax, bx) <= np.maximum(sx, dx))
+        else:  # vertical: Y phase, along the destination's column
+            step = by - ay
+            along = (dx == ax) & (np.sign(dy - sy) == step)
+            out |= along & (np.minimum(sy, dy) <= min(ay, by)) & (max(ay, by) <= np.maximum(sy, dy))
+    return out
+
+
+def route_penalty(view: PlacementView, placement: Sequence[IntArray], stage: int, congested: BoolArray) -> FloatArray:
+    """Per core: :func:`degraded_penalty_hops` where a spike between that core and a neighbouring stage of
+    ``stage`` would cross a ``congested`` link (per directed link), else 0.
+
+    The headroom term sees only the links leaving a core's own router; a stage moved off a congested link's
+    router onto the next core along the same row still sends every spike over that link. Pricing the route
+    makes the new home route around it.
+    """
+    t = view.topology
+    bad = np.flatnonzero(np.asarray(congested, dtype=np.bool_))
+    out = np.zeros(t.n_cores)
+    if len(bad) == 0:
+        return out
+    every = np.arange(t.n_routers, dtype=np.int64)
+    hit = np.zeros(t.n_routers, dtype=np.bool_)
+    if stage > 0 and len(placement[stage - 1]):
+        hit |= routes_crossing(t, np.unique(t.router[placement[stage - 1]]), every, bad).any(axis=0)
+    if stage + 1 < len(placement) and len(placement[stage + 1]):
+        hit |= routes_crossing(t, every, np.unique(t.router[placement[stage + 1]]), bad).any(axis=1)
+    out[hit[t.router]] = degraded_penalty_hops(view)
+    return out
+
+
 def evaluate_remap(
     view: PlacementView,
     demands: Sequence[StageDemand],
@@ -291,19 +396,24 @@ def evaluate_remap(
     settings: ReallocationSettings,
     degraded: BoolArray | None = None,
     migration_hops: float | None = None,
+    congested: BoolArray | None = None,
 ) -> MoveOption | None:
     """The best home for ``stage`` on this node with the other stages still (None if there is none).
 
     ``view.free`` holds the node's free healthy cores; ``failed`` marks cores that cannot run (the stage must
     leave them), ``degraded`` cores that run badly (Unhealthy for a soft reason): both are left and priced at
-    :func:`degraded_penalty_hops`. Both placements are priced by :func:`pipeline_cost` (each stage by its worst
-    core).
+    :func:`degraded_penalty_hops`. ``congested`` marks links (per directed link) whose load is past the
+    congestion threshold: cores whose route to a neighbouring stage crosses one are priced the same
+    (:func:`route_penalty`). Both placements are priced by :func:`pipeline_cost` (each stage by its worst core).
     """
     bad = np.asarray(failed, dtype=np.bool_)
     if degraded is not None:
         bad = bad | np.asarray(degraded, dtype=np.bool_)
     dv = degraded_view(view, bad)
     cur = [np.asarray(p, dtype=np.int64) for p in placement]
+    if congested is not None and np.any(congested):
+        extra = route_penalty(dv, cur, stage, congested)
+        dv = replace(dv, extra_penalty=extra if dv.extra_penalty is None else dv.extra_penalty + extra)
     mine = cur[stage]
     keep = mine[~bad[mine]]
     plan = replan_stage(dv, demands, cur, stage, keep=keep)

@@ -32,9 +32,23 @@ from snnrm.core.split import GraphNode, units
 
 Array = npt.NDArray[np.float64]
 SUPPORTED = (
-    "Input", "Output", "Affine", "Linear", "Scale", "Flatten", "Conv2d", "SumPool2d", "Delay", "Threshold",
-    "LIF", "CubaLIF", "IF", "LI", "CubaLI", "I",
-)  # fmt: skip
+    "Input",
+    "Output",
+    "Affine",
+    "Linear",
+    "Scale",
+    "Flatten",
+    "Conv2d",
+    "SumPool2d",
+    "Delay",
+    "Threshold",
+    "LIF",
+    "CubaLIF",
+    "IF",
+    "LI",
+    "CubaLI",
+    "I",
+)
 SPIKING = frozenset({"Input", "LIF", "CubaLIF", "IF", "Threshold"})
 
 

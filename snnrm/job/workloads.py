@@ -80,8 +80,9 @@ DATA_FILE = Path(__file__).resolve().parents[2] / "sim_hw" / "nir" / "workloads.
 # ---------------------------------------------------------------------------------------------------------- input
 
 
-def dvs_from_intensity(frames: Array, rng: np.random.Generator, *, contrast: float = 0.15,
-                       noise_hz: float = 0.05) -> dict[str, Array]:  # fmt: skip
+def dvs_from_intensity(
+    frames: Array, rng: np.random.Generator, *, contrast: float = 0.15, noise_hz: float = 0.05
+) -> dict[str, Array]:
     """Events of an idealised DVS pixel array watching ``frames`` (T, H, W intensities, one per ``DT``).
 
     Each pixel keeps the log intensity of its last event and emits one event per ``contrast`` step of change (ON,
@@ -188,8 +189,12 @@ def _shift(img: Array, dx: float, dy: float) -> Array:
     out = np.zeros_like(img)
     ix, iy = math.floor(dx), math.floor(dy)
     fx, fy = dx - ix, dy - iy
-    for ox, oy, wgt in ((ix, iy, (1 - fx) * (1 - fy)), (ix + 1, iy, fx * (1 - fy)), (ix, iy + 1, (1 - fx) * fy),
-                        (ix + 1, iy + 1, fx * fy)):  # fmt: skip
+    for ox, oy, wgt in (
+        (ix, iy, (1 - fx) * (1 - fy)),
+        (ix + 1, iy, fx * (1 - fy)),
+        (ix, iy + 1, (1 - fx) * fy),
+        (ix + 1, iy + 1, fx * fy),
+    ):
         out += wgt * np.roll(np.roll(img, oy, axis=0), ox, axis=1)
     return out
 
@@ -216,14 +221,18 @@ def cochlea_spikes(seed: int, *, steps: int = 700, channels: int = 700) -> Array
 
 
 def _lif(shape: tuple[int, ...]) -> nir.LIF:
-    return nir.LIF(tau=np.full(shape, TAU), r=np.ones(shape), v_leak=np.zeros(shape), v_threshold=np.ones(shape),
-                   v_reset=np.zeros(shape))  # fmt: skip
+    return nir.LIF(
+        tau=np.full(shape, TAU),
+        r=np.ones(shape),
+        v_leak=np.zeros(shape),
+        v_threshold=np.ones(shape),
+        v_reset=np.zeros(shape),
+    )
 
 
 def _conv(rng: np.random.Generator, c_in: int, c_out: int, k: int, pad: int, hw: int) -> nir.Conv2d:
     w = rng.normal(0.0, 1.0 / math.sqrt(c_in * k * k), (c_out, c_in, k, k))
-    return nir.Conv2d(input_shape=(hw, hw), weight=w, stride=1, padding=pad, dilation=1, groups=1,
-                      bias=np.zeros(c_out))  # fmt: skip
+    return nir.Conv2d(input_shape=(hw, hw), weight=w, stride=1, padding=pad, dilation=1, groups=1, bias=np.zeros(c_out))
 
 
 def _pool(k: int) -> nir.SumPool2d:
@@ -243,16 +252,23 @@ def dvs_gesture_graph(seed: int = 1) -> nir.NIRGraph:
     rng = np.random.default_rng(seed)
     nodes: dict[str, Any] = {
         "input": nir.Input(input_type={"input": np.array([2, 128, 128])}),
-        "pool1": _pool(4), "pool1_lif": _lif((2, 32, 32)),
-        "conv1": _conv(rng, 2, 16, 5, 2, 32), "conv1_lif": _lif((16, 32, 32)),
-        "pool2": _pool(2), "pool2_lif": _lif((16, 16, 16)),
-        "conv2": _conv(rng, 16, 32, 3, 1, 16), "conv2_lif": _lif((32, 16, 16)),
-        "pool3": _pool(2), "pool3_lif": _lif((32, 8, 8)),
+        "pool1": _pool(4),
+        "pool1_lif": _lif((2, 32, 32)),
+        "conv1": _conv(rng, 2, 16, 5, 2, 32),
+        "conv1_lif": _lif((16, 32, 32)),
+        "pool2": _pool(2),
+        "pool2_lif": _lif((16, 16, 16)),
+        "conv2": _conv(rng, 16, 32, 3, 1, 16),
+        "conv2_lif": _lif((32, 16, 16)),
+        "pool3": _pool(2),
+        "pool3_lif": _lif((32, 8, 8)),
         "flat": nir.Flatten(input_type={"input": np.array([32, 8, 8])}, start_dim=0, end_dim=-1),
-        "fc1": _dense(rng, 8 * 8 * 32, 512), "fc1_lif": _lif((512,)),
-        "fc2": _dense(rng, 512, 11), "fc2_lif": _lif((11,)),
+        "fc1": _dense(rng, 8 * 8 * 32, 512),
+        "fc1_lif": _lif((512,)),
+        "fc2": _dense(rng, 512, 11),
+        "fc2_lif": _lif((11,)),
         "output": nir.Output(output_type={"output": np.array([11])}),
-    }  # fmt: skip
+    }
     return nir.NIRGraph(nodes=nodes, edges=_chain(list(nodes)))
 
 
@@ -261,15 +277,21 @@ def nmnist_graph(seed: int = 2) -> nir.NIRGraph:
     rng = np.random.default_rng(seed)
     nodes: dict[str, Any] = {
         "input": nir.Input(input_type={"input": np.array([2, 34, 34])}),
-        "conv1": _conv(rng, 2, 16, 5, 1, 34), "conv1_lif": _lif((16, 32, 32)),
-        "pool1": _pool(2), "pool1_lif": _lif((16, 16, 16)),
-        "conv2": _conv(rng, 16, 32, 3, 1, 16), "conv2_lif": _lif((32, 16, 16)),
-        "pool2": _pool(2), "pool2_lif": _lif((32, 8, 8)),
-        "conv3": _conv(rng, 32, 64, 3, 1, 8), "conv3_lif": _lif((64, 8, 8)),
+        "conv1": _conv(rng, 2, 16, 5, 1, 34),
+        "conv1_lif": _lif((16, 32, 32)),
+        "pool1": _pool(2),
+        "pool1_lif": _lif((16, 16, 16)),
+        "conv2": _conv(rng, 16, 32, 3, 1, 16),
+        "conv2_lif": _lif((32, 16, 16)),
+        "pool2": _pool(2),
+        "pool2_lif": _lif((32, 8, 8)),
+        "conv3": _conv(rng, 32, 64, 3, 1, 8),
+        "conv3_lif": _lif((64, 8, 8)),
         "flat": nir.Flatten(input_type={"input": np.array([64, 8, 8])}, start_dim=0, end_dim=-1),
-        "fc": _dense(rng, 8 * 8 * 64, 10), "fc_lif": _lif((10,)),
+        "fc": _dense(rng, 8 * 8 * 64, 10),
+        "fc_lif": _lif((10,)),
         "output": nir.Output(output_type={"output": np.array([10])}),
-    }  # fmt: skip
+    }
     return nir.NIRGraph(nodes=nodes, edges=_chain(list(nodes)))
 
 
@@ -293,8 +315,15 @@ def shd_graph(seed: int = 3) -> nir.NIRGraph:
         "readout": cuba(out, False),
         "output": nir.Output(output_type={"output": np.array([out])}),
     }
-    edges = [("input", "fc_in"), ("fc_in", "hidden_lif"), ("hidden_lif", "recurrent"), ("recurrent", "hidden_lif"),
-             ("hidden_lif", "fc_out"), ("fc_out", "readout"), ("readout", "output")]  # fmt: skip
+    edges = [
+        ("input", "fc_in"),
+        ("fc_in", "hidden_lif"),
+        ("hidden_lif", "recurrent"),
+        ("recurrent", "hidden_lif"),
+        ("hidden_lif", "fc_out"),
+        ("fc_out", "readout"),
+        ("readout", "output"),
+    ]
     return nir.NIRGraph(nodes=nodes, edges=edges)
 
 
@@ -368,8 +397,9 @@ def _spiking_layers(graph: nir.NIRGraph) -> list[str]:
     return [n for n, node in graph.nodes.items() if type(node).__name__ in ("LIF", "CubaLIF")]
 
 
-def calibrate(graph: nir.NIRGraph, frames: Mapping[str, Array], *, target: float = TARGET_ACTIVITY,
-              iterations: int = 16) -> dict[str, float]:  # fmt: skip
+def calibrate(
+    graph: nir.NIRGraph, frames: Mapping[str, Array], *, target: float = TARGET_ACTIVITY, iterations: int = 16
+) -> dict[str, float]:
     """Set each spiking layer's gain ``r`` in network order so it fires in ``target`` of its neurons per step on
     ``frames`` (bisection in log ``r`` over [0.1, 1e4]). The interpreter runs the calibrated part of the graph
     once per layer to record the layer's input current, then the layer alone (with its recurrent loop, if any) on
@@ -385,8 +415,11 @@ def calibrate(graph: nir.NIRGraph, frames: Mapping[str, Array], *, target: float
         up_edges = [(a, b) for a, b in edges if a in upstream and b in upstream]
         res = run({n: graph.nodes[n] for n in upstream}, up_edges, frames, dt=DT, keep=feeders)
         current = np.sum([np.stack(res.outputs[f]) for f in feeders], axis=0)
-        mini = {"current": nir.Input(input_type={"input": np.array(current.shape[1:])}), layer: node,
-                **{n: graph.nodes[n] for n in loop}}  # fmt: skip
+        mini = {
+            "current": nir.Input(input_type={"input": np.array(current.shape[1:])}),
+            layer: node,
+            **{n: graph.nodes[n] for n in loop},
+        }
         mini_edges = [("current", layer)] + [(a, b) for a, b in edges if a in mini and b in mini]
         neurons = int(np.asarray(node.v_threshold).size)
         lo, hi = math.log(0.1), math.log(1e4)
@@ -437,18 +470,30 @@ def measure(w: Workload, workdir: Path, *, samples: int = SAMPLES) -> dict[str, 
         except SplitError:
             continue  # e.g. one stage would not fit a chip
         plans[str(k)] = [
-            {"nodes": list(s.nodes), "layers": [n for n in s.nodes if view[n].neurons > 0],
-             "neurons": s.neurons, "synapses": s.synapses, "cores": s.cores,
-             "in_keps": _sig(s.in_keps), "out_keps": _sig(s.out_keps), "internal_keps": _sig(s.internal_keps)}
+            {
+                "nodes": list(s.nodes),
+                "layers": [n for n in s.nodes if view[n].neurons > 0],
+                "neurons": s.neurons,
+                "synapses": s.synapses,
+                "cores": s.cores,
+                "in_keps": _sig(s.in_keps),
+                "out_keps": _sig(s.out_keps),
+                "internal_keps": _sig(s.internal_keps),
+            }
             for s in parts
-        ]  # fmt: skip
+        ]
     layers = []
     for name in _spiking_layers(graph):
         neurons = int(np.asarray(graph.nodes[name].v_threshold).size)
-        layers.append({
-            "node": name, "neurons": neurons, "gain_r": _sig(gains[name]), "rate_hz": _sig(rates[name]),
-            "activity": _sig(rates[name] * DT / neurons),
-        })  # fmt: skip
+        layers.append(
+            {
+                "node": name,
+                "neurons": neurons,
+                "gain_r": _sig(gains[name]),
+                "rate_hz": _sig(rates[name]),
+                "activity": _sig(rates[name] * DT / neurons),
+            }
+        )
     outputs = sorted({a for a, b in loaded.edges if view[b].kind == "Output" and view[a].spiking})
     return {
         "source": w.source,

@@ -45,8 +45,9 @@ SETTINGS = ReallocationSettings(dwell=1.0, cooldown=3.0, min_age=0.0)
 class _Reports:
     remaps: list[tuple[int, tuple[int, ...], tuple[str, ...]]] = field(default_factory=list)
 
-    async def report(self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None, moved_at: float | None
-                     ) -> None:  # fmt: skip
+    async def report(
+        self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None, moved_at: float | None
+    ) -> None:
         return None
 
     async def event(self, stage: LocalStage, *, reason: str, note: str, warning: bool = False) -> None:
@@ -62,8 +63,21 @@ class _Pods:
     last_move: list[float | None]
 
     def stages(self) -> list[LocalStage]:
-        return [LocalStage("default", pod_name("j", i), str(i + 1), "j", i, DEMANDS, self.admitted[i],
-                           self.placement[i], True, self.last_move[i]) for i in range(3)]  # fmt: skip
+        return [
+            LocalStage(
+                "default",
+                pod_name("j", i),
+                str(i + 1),
+                "j",
+                i,
+                DEMANDS,
+                self.admitted[i],
+                self.placement[i],
+                True,
+                self.last_move[i],
+            )
+            for i in range(3)
+        ]
 
 
 def test_the_experiment_policy_and_the_daemon_reallocator_decide_alike(tmp_path: Path) -> None:
@@ -80,13 +94,17 @@ def test_the_experiment_policy_and_the_daemon_reallocator_decide_alike(tmp_path:
     # The experiment's side.
     m_exp = NodeMonitor(topo, ThroughputBlocks.plan(topo, block_keps=1000.0))
     exp = DaemonReallocator(topo, m_exp, SETTINGS, weight, lambda: clock[0])
-    running = RunningJob("j", DEMANDS, [RunningStage("j", i, p.copy(), p.copy(), i + 1, 0.0)
-                                        for i, p in enumerate(placement)])  # fmt: skip
+    running = RunningJob(
+        "j", DEMANDS, [RunningStage("j", i, p.copy(), p.copy(), i + 1, 0.0) for i, p in enumerate(placement)]
+    )
 
     # The daemon's side, wired as snnrm/app.py wires it.
     node = NodeService(backend, topo, ThroughputBlocks.plan(topo, block_keps=1000.0), 0.1)
-    pods = _Pods([p.copy() for p in placement], [tuple(topo.ids[i] for i in np.sort(p).tolist()) for p in placement],
-                 [None, None, None])  # fmt: skip
+    pods = _Pods(
+        [p.copy() for p in placement],
+        [tuple(topo.ids[i] for i in np.sort(p).tolist()) for p in placement],
+        [None, None, None],
+    )
     daemon_moves: list[tuple[int, tuple[int, ...]]] = []
 
     def follow(stage: LocalStage, cores: np.ndarray) -> None:
@@ -94,9 +112,17 @@ def test_the_experiment_policy_and_the_daemon_reallocator_decide_alike(tmp_path:
 
     admitted = np.zeros(topo.n_cores, dtype=bool)
     admitted[np.concatenate(placement)] = True
-    daemon = NodeReallocator(node, pods, _Reports(), RemapLedger(tmp_path, topo), lambda: admitted,
-                             settings=SETTINGS, inter_chip_weight=weight, clock=lambda: clock[0],
-                             on_remap=follow)  # fmt: skip
+    daemon = NodeReallocator(
+        node,
+        pods,
+        _Reports(),
+        RemapLedger(tmp_path, topo),
+        lambda: admitted,
+        settings=SETTINGS,
+        inter_chip_weight=weight,
+        clock=lambda: clock[0],
+        on_remap=follow,
+    )
 
     sim.inject(sim_hw.HotSpot(tuple(placement[1].tolist()), service_divisor=8.0), duration=None)
     decided = 0

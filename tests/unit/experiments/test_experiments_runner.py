@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.experiments.config import ExperimentConfig
-from benchmarks.experiments.policies import POLICIES
+from benchmarks.experiments.policies import DEFAULT_POLICIES, POLICIES
 from benchmarks.experiments.report import README_BEGIN, README_END, headlines, update_readme, write_all
 from benchmarks.experiments.runner import run_one
-from benchmarks.experiments.scenarios import SCENARIOS
+from benchmarks.experiments.scenarios import SCENARIOS, build_fault
 from benchmarks.experiments.suite import run_suite
+from sim_hw import HotSpot, Simulator, load_preset
 
 CFG = ExperimentConfig(name="test", chips=2, duration=6.0, seeds=(0,), max_jobs=4, metric_stride=5)
 TIMING = {"decision_cpu_s", "decision_cpu_ms_per_s", "wall_s", "decision_mem_kib"}
@@ -118,6 +121,14 @@ def test_suite_report_files_and_readme(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "headlines.json").read_text())
     assert data["baseline"] == "reactive"
     assert all({"snnrm", "reactive", "verdict", "data"} <= set(h) for h in data["headlines"])
+    # Rewritten later from the cache, the files still name when and from what code the runs were made.
+    made = dataclasses.replace(suite, provenance={**suite.provenance, "generated": "then", "git_commit": "abc"})
+    write_all(made, tmp_path, plots=None, readme=False)
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    assert recorded["generated"] == "then"
+    assert recorded["versions"]["git_commit"] == "abc"
+    assert recorded["rendered"] != "then"
+    assert json.loads((tmp_path / "headlines.json").read_text())["generated"] == "then"
 
 
 def test_update_readme_appends_once_then_replaces_only_its_section(tmp_path: Path) -> None:
@@ -134,9 +145,17 @@ def test_update_readme_appends_once_then_replaces_only_its_section(tmp_path: Pat
 
 
 def test_policies_and_scenarios_are_complete() -> None:
-    assert set(POLICIES) == {"first-fit", "reactive", "random", "static", "snnrm", "snnrm-no-hysteresis"}
-    assert {"none", "core-failure", "hot-spot", "link-congestion", "queue-saturation", "telemetry-glitch",
-            "combined"} <= set(SCENARIOS)  # fmt: skip
+    assert set(DEFAULT_POLICIES) == {"first-fit", "reactive", "random", "static", "snnrm", "snnrm-no-hysteresis"}
+    assert set(POLICIES) == {*DEFAULT_POLICIES, "snnrm-whole-chips", "snnrm-no-units"}
+    assert {
+        "none",
+        "core-failure",
+        "hot-spot",
+        "link-congestion",
+        "queue-saturation",
+        "telemetry-glitch",
+        "combined",
+    } <= set(SCENARIOS)
 
 
 def test_headlines_json_round_trips_into_the_readme_quote(tmp_path: Path) -> None:
@@ -150,3 +169,24 @@ def test_headlines_json_round_trips_into_the_readme_quote(tmp_path: Path) -> Non
     assert any(line.startswith("| failed core -> victim back within SLO |") for line in lines)
     assert any(line.startswith("| false moves under telemetry glitches |") for line in lines)
     assert quoted_headlines(tmp_path / "missing.json", "x/") == []
+
+
+@pytest.mark.parametrize(("utilisation", "divisor"), [(0.02, 100.0), (0.25, 8.0), (0.6, 4.0), (0.0, 4.0)])
+def test_a_hot_spot_is_sized_to_overload_the_stage_it_hits(utilisation: float, divisor: float) -> None:
+    """At real sparsity a fixed 4x throttle left most victims under capacity: the divisor is at least
+    hot_overload / utilisation, so the stage gets at most half the service its load needs (never below 4x)."""
+    sim = Simulator(load_preset("loihi2", chips=1), seed=0)
+    placement = [np.arange(4, dtype=np.int64), np.arange(4, 8, dtype=np.int64)]
+    for kind in ("hot-spot", "hot-core"):
+        pf = build_fault(
+            kind,
+            sim=sim,
+            job="j",
+            placement=placement,
+            stage=1,
+            cfg=CFG,
+            rng=np.random.default_rng(0),
+            utilisation=utilisation,
+        )
+        assert isinstance(pf.fault, HotSpot)
+        assert pf.fault.service_divisor == pytest.approx(divisor)

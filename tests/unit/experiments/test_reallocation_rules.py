@@ -6,12 +6,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from benchmarks.experiments.policies import DaemonReallocator, RunningJob, RunningStage
+from snnrm.cluster.reallocation import ReallocationMetrics
 from snnrm.core.devices import ThroughputBlocks
 from snnrm.core.monitor import NodeMonitor
 from snnrm.core.placement import PlacementView, StageDemand
-from snnrm.core.reallocation import ReallocationSettings, StageSignals, StageWatch, evaluate_remap, signals_of
+from snnrm.core.reallocation import (
+    ReallocationSettings,
+    StageSignals,
+    StageWatch,
+    evaluate_remap,
+    routes_crossing,
+    signals_of,
+)
 from snnrm.core.telemetry import FaultKind, HardFault, TelemetryFrame
 from snnrm.core.topology import ChipGeometry, Topology
 
@@ -71,8 +80,9 @@ def test_one_saturated_core_weighs_as_much_as_a_whole_saturated_stage() -> None:
     # and the stage's signals speak for its worst core too
     fill = np.zeros(topo.n_cores)
     fill[10] = 1.0
-    sig = signals_of(place[1], failed=none, queue_fill=fill, efficiency=np.ones(topo.n_cores),
-                     link_util=np.zeros(topo.n_cores))  # fmt: skip
+    sig = signals_of(
+        place[1], failed=none, queue_fill=fill, efficiency=np.ones(topo.n_cores), link_util=np.zeros(topo.n_cores)
+    )
     assert sig.queue_fill == 1.0
 
 
@@ -84,8 +94,18 @@ def _frame(t: float, *, nan_cores: tuple[int, ...] = ()) -> TelemetryFrame:
     for k in nan_cores:
         c2[k] = np.nan
         q[k] = np.nan
-    return TelemetryFrame(t, q, c2, c2.copy(), np.zeros(n), c2.copy(), c2.copy(), np.zeros(TOPO.n_links),
-                          np.zeros(n, dtype=bool), np.zeros(TOPO.n_links, dtype=bool))  # fmt: skip
+    return TelemetryFrame(
+        t,
+        q,
+        c2,
+        c2.copy(),
+        np.zeros(n),
+        c2.copy(),
+        c2.copy(),
+        np.zeros(TOPO.n_links),
+        np.zeros(n, dtype=bool),
+        np.zeros(TOPO.n_links, dtype=bool),
+    )
 
 
 def _job() -> RunningJob:
@@ -141,8 +161,9 @@ def test_one_pass_never_gives_two_stages_the_same_cores() -> None:
     """Two jobs lose a core each in the same pass and only a few free cores fit both: disjoint targets."""
     m = NodeMonitor(TOPO, ThroughputBlocks.plan(TOPO, block_keps=1000.0))
     a = _job()
-    b = RunningJob("b", DEMANDS, [RunningStage("b", i, p + 16, p + 16, 10 + i, 0.0)
-                                  for i, p in enumerate(_placement())])  # fmt: skip
+    b = RunningJob(
+        "b", DEMANDS, [RunningStage("b", i, p + 16, p + 16, 10 + i, 0.0) for i, p in enumerate(_placement())]
+    )
     m.hard_fault(HardFault(FaultKind.CORE, 6, failed=True, timestamp=1.0))
     m.hard_fault(HardFault(FaultKind.CORE, 22, failed=True, timestamp=1.0))
     node = DaemonReallocator(TOPO, m, ReallocationSettings(), WEIGHT, lambda: 1.0)
@@ -181,3 +202,144 @@ def test_a_full_queue_moves_after_the_short_dwell_and_a_merely_saturated_one_aft
     glitch = StageWatch()  # an unknown reading is no fill at all
     assert not glitch.observe(StageSignals(0, float("nan"), 1.0, 0.0), 10.0, s)
     assert not glitch.observe(StageSignals(0, float("nan"), 1.0, 0.0), 10.0 + s.dwell, s)
+
+
+def _lossy_frame(t: float, *, lossy: tuple[int, ...], failed: tuple[int, ...]) -> TelemetryFrame:
+    """Every core busy, ``failed`` ones failed, and what ``lossy`` cores send never arrives."""
+    n = TOPO.n_cores
+    c = np.full(n, 100.0 * t)
+    delivered = c.copy()
+    delivered[list(lossy)] = 0.0
+    dead = np.zeros(n, dtype=bool)
+    dead[list(failed)] = True
+    links = np.zeros(TOPO.n_links)
+    return TelemetryFrame(t, np.zeros(n), c, c.copy(), np.zeros(n), c.copy(), delivered, links, dead, links > 0)
+
+
+def test_lost_spikes_are_blamed_on_the_stage_where_they_are_lost() -> None:
+    """Stage 1's cores all fail and no home fits it; stage 0 keeps sending into them, so its own counters show
+    every spike lost. The loss is stage 1's: stage 0 (which has room to move) stays where it is."""
+    demands = (StageDemand(2, out_keps=400.0, in_keps=400.0), StageDemand(4, out_keps=400.0), StageDemand(4))
+    place = [np.array([0, 1]), np.array([2, 3, 6, 7]), np.array([8, 9, 12, 13])]
+    job = RunningJob("a", demands, [RunningStage("a", i, p, p.copy(), i + 1, 0.0) for i, p in enumerate(place)])
+    booked = np.ones(TOPO.n_cores, dtype=bool)
+    booked[[29, 30, 31]] = False  # room for stage 0 (2 cores), none for stage 1 (4)
+    m = NodeMonitor(TOPO, ThroughputBlocks.plan(TOPO, block_keps=1000.0))
+    clock = [0.0]
+    node = DaemonReallocator(TOPO, m, ReallocationSettings(min_age=0.0), WEIGHT, lambda: clock[0])
+    for c in (2, 3, 6, 7):
+        m.hard_fault(HardFault(FaultKind.CORE, c, failed=True, timestamp=1.0))
+    moves = []
+    for k in range(1, 101):  # 10 s, well past every dwell
+        clock[0] = 0.1 * k
+        late = clock[0] > 1.0
+        m.observe(_lossy_frame(clock[0], lossy=(0, 1) if late else (), failed=(2, 3, 6, 7) if late else ()))
+        if k % 5 == 0:
+            moves += node.step({"a": job}, booked)
+    assert not m.core_healthy[0]  # the health machine sees stage 0's losses
+    assert moves == []
+    assert any(o == "unavailable" for _, _, o in node.outcomes)  # stage 1 is reported: no home for it
+    node.close()
+
+
+def test_a_remap_that_cannot_be_written_leaves_the_stage_where_it_was_and_is_counted() -> None:
+    """The stage's allocation file cannot be rewritten: no record, no lent cores, the stage stays, and the
+    failure is counted with its reason; once the file is writable again the move goes through."""
+    m = NodeMonitor(TOPO, ThroughputBlocks.plan(TOPO, block_keps=1000.0))
+    node = DaemonReallocator(TOPO, m, ReallocationSettings(), WEIGHT, lambda: 1.0)
+    metrics = ReallocationMetrics(CollectorRegistry())
+    node.realloc.metrics = metrics
+    job = _job()
+    admitted = tuple(TOPO.ids[i] for i in job.stages[1].admitted.tolist())
+    path = node.realloc.ledger.allocation_file(admitted)
+    path.mkdir(parents=True)  # a directory where the file should be: every write fails
+    m.hard_fault(HardFault(FaultKind.CORE, 6, failed=True, timestamp=1.0))
+    assert node.step({"a": job}, _booked(job)) == []
+    assert node.realloc.ledger.records == {}
+    assert node.service.withheld is None
+    assert metrics.value("failed-core", "failed") == 1
+    path.rmdir()
+    moves = node.step({"a": job}, _booked(job))
+    assert [mv.stage for mv in moves] == [1]
+    assert metrics.value("failed-core", "remap") == 1
+    node.close()
+
+
+def test_a_deferred_or_impossible_move_is_counted_with_its_reason() -> None:
+    m = NodeMonitor(TOPO, ThroughputBlocks.plan(TOPO, block_keps=1000.0))
+    node = DaemonReallocator(TOPO, m, ReallocationSettings(), WEIGHT, lambda: 100.0)
+    metrics = ReallocationMetrics(CollectorRegistry())
+    node.realloc.metrics = metrics
+    job = _job()
+    job.stages[0].last_move = 90.0  # inside the cooldown
+    m.hard_fault(HardFault(FaultKind.CORE, 6, failed=True, timestamp=100.0))
+    node.step({"a": job}, _booked(job))
+    assert metrics.value("failed-core", "blocked") == 1
+    job.stages[0].last_move = None
+    node.step({"a": job}, np.ones(TOPO.n_cores, dtype=bool))  # every core taken: nowhere to go
+    assert metrics.value("failed-core", "no-target") == 1
+    node.close()
+
+
+def _slow_frame(t: float, *, core: int, fill: float, rate_share: float) -> TelemetryFrame:
+    """Every core idle but ``core``: its queue ``fill`` full while it processes ``rate_share`` of its nominal rate."""
+    n = TOPO.n_cores
+    c = np.full(n, 100.0 * t)
+    processed = c.copy()
+    processed[core] = rate_share * TOPO.core_nominal_keps[core] * 1e3 * t
+    depth = np.zeros(n)
+    depth[core] = fill * TOPO.core_queue_capacity[core]
+    links = np.zeros(TOPO.n_links)
+    ok = np.zeros(n, dtype=bool)
+    return TelemetryFrame(t, depth, processed.copy(), processed, np.zeros(n), c.copy(), c.copy(), links, ok, links > 1)
+
+
+@pytest.mark.parametrize(("rate_share", "moves"), [(0.25, True), (1.0, False)])
+def test_a_short_queue_that_drains_slowly_is_a_saturated_one(rate_share: float, moves: bool) -> None:
+    """A hot spot throttles a core: its queue stays a third full, below every fill threshold, but it drains at a
+    quarter of the nominal rate, so each spike waits longer than behind a full queue at full speed. That stage
+    moves; the same queue on a core that processes at its nominal rate is only busy, and stays."""
+    m = NodeMonitor(TOPO, ThroughputBlocks.plan(TOPO, block_keps=1000.0))
+    clock = [0.0]
+    node = DaemonReallocator(TOPO, m, ReallocationSettings(min_age=0.0), WEIGHT, lambda: clock[0])
+    job = _job()
+    done = []
+    for k in range(1, 101):
+        clock[0] = 0.1 * k
+        m.observe(_slow_frame(clock[0], core=2, fill=0.3, rate_share=rate_share))
+        if k % 5 == 0:
+            done += node.step({"a": job}, _booked(job))
+    assert m.core_healthy[2]  # the health machine's fill threshold never fires
+    assert [mv.stage for mv in done] == ([1] if moves else [])
+    if moves:
+        assert 2 not in done[0].target
+    node.close()
+
+
+def test_a_stage_moved_off_a_congested_link_routes_around_it() -> None:
+    """Stage 0 sits on router (1,0), whose east link is congested, and sends to stage 1 on (3,0). The nearest free
+    core, (0,0), would still send every spike over that link; the move goes to (0,1), one hop further, whose XY
+    route runs along row 1."""
+    topo = Topology.grid(chips=1, geometry=ChipGeometry(cols=8, rows=4))
+    link = int(np.flatnonzero((topo.link_src == 1) & (topo.link_dst == 2))[0])
+    util = np.zeros(topo.n_links)
+    util[link] = 1.0
+    free = np.zeros(topo.n_cores, dtype=bool)
+    free[[0, 8]] = True
+    view = PlacementView.measured(
+        topo, free=free, queue_fill=np.zeros(topo.n_cores), link_utilization=util, inter_chip_weight=WEIGHT
+    )
+    demands = (StageDemand(1, out_keps=100.0, in_keps=100.0), StageDemand(1))
+    place = [np.array([1]), np.array([3])]
+    degraded = np.zeros(topo.n_cores, dtype=bool)
+    degraded[1] = True  # Unhealthy: its router's link is congested
+    none = np.zeros(topo.n_cores, dtype=bool)
+    s = ReallocationSettings()
+    opt = evaluate_remap(view, demands, place, 0, failed=none, degraded=degraded, settings=s, congested=util > 0.9)
+    assert opt is not None
+    assert opt.worth_it(s.margin)
+    assert opt.target.tolist() == [8]
+    # the closed-form route test agrees with the path: (0,0) -> (3,0) uses the link, (0,1) -> (3,0) does not
+    hit = routes_crossing(topo, np.array([0, 8]), np.array([3]), np.array([link]))
+    assert hit[:, 0].tolist() == [True, False]
+    assert not routes_crossing(topo, np.array([3]), np.array([0]), np.array([link])).any()  # westward: other link

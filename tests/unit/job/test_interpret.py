@@ -86,8 +86,10 @@ def test_delay_shifts_by_whole_steps() -> None:
 
 
 def test_unknown_node_type_is_named() -> None:
-    nodes = {"in": nir.Input(input_type={"input": np.array([1])}), "pool": nir.AvgPool2d(
-        kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0]))}  # fmt: skip
+    nodes = {
+        "in": nir.Input(input_type={"input": np.array([1])}),
+        "pool": nir.AvgPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0])),
+    }
     with pytest.raises(GraphError, match="node 'pool': type AvgPool2d is not supported"):
         run(nodes, [("in", "pool")], {"in": np.zeros((1, 1))}, dt=DT)
 
@@ -152,10 +154,18 @@ def test_conv_pool_graph_over_several_blocks_matches_direct_numpy() -> None:
         "conv": nir.Conv2d(input_shape=(hw, hw), weight=w, stride=1, padding=1, dilation=1, groups=1, bias=b),
         "pool": nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0])),
     }
-    nodes["l1"] = nir.LIF(tau=np.full((c_out, hw, hw), tau), r=np.ones((c_out, hw, hw)),
-                          v_leak=np.zeros((c_out, hw, hw)), v_threshold=np.full((c_out, hw, hw), thr))  # fmt: skip
-    nodes["l2"] = nir.LIF(tau=np.full((c_out, 3, 3), tau), r=np.ones((c_out, 3, 3)), v_leak=np.zeros((c_out, 3, 3)),
-                          v_threshold=np.full((c_out, 3, 3), thr))  # fmt: skip
+    nodes["l1"] = nir.LIF(
+        tau=np.full((c_out, hw, hw), tau),
+        r=np.ones((c_out, hw, hw)),
+        v_leak=np.zeros((c_out, hw, hw)),
+        v_threshold=np.full((c_out, hw, hw), thr),
+    )
+    nodes["l2"] = nir.LIF(
+        tau=np.full((c_out, 3, 3), tau),
+        r=np.ones((c_out, 3, 3)),
+        v_leak=np.zeros((c_out, 3, 3)),
+        v_threshold=np.full((c_out, 3, 3), thr),
+    )
     edges = [("in", "conv"), ("conv", "l1"), ("l1", "pool"), ("pool", "l2")]
     x = (rng.random((steps, c_in, hw, hw)) < 0.3).astype(float)
     res = run(nodes, edges, {"in": x}, dt=DT, keep=["l2"])

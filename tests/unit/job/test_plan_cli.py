@@ -24,8 +24,15 @@ def _csnn(path: Path, *, extra: dict[str, object] | None = None) -> Path:
     hw = (8, H, W)
     nodes: dict[str, object] = {
         "input": nir.Input(input_type={"input": np.array([C, H, W])}),
-        "conv1": nir.Conv2d(input_shape=(H, W), weight=rng.normal(0, 0.6, (8, C, 3, 3)), stride=1, padding=1,
-                            dilation=1, groups=1, bias=np.zeros(8)),
+        "conv1": nir.Conv2d(
+            input_shape=(H, W),
+            weight=rng.normal(0, 0.6, (8, C, 3, 3)),
+            stride=1,
+            padding=1,
+            dilation=1,
+            groups=1,
+            bias=np.zeros(8),
+        ),
         "lif1": nir.LIF(tau=np.full(hw, 0.02), r=np.ones(hw), v_leak=np.zeros(hw), v_threshold=np.full(hw, 0.3)),
         "pool1": nir.SumPool2d(kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0])),
         "flat": nir.Flatten(input_type={"input": np.array([8, 6, 6])}, start_dim=0, end_dim=-1),
@@ -34,9 +41,18 @@ def _csnn(path: Path, *, extra: dict[str, object] | None = None) -> Path:
         "fc2": nir.Affine(weight=rng.normal(0, 0.5, (10, 64)), bias=np.zeros(10)),
         "lif3": nir.LIF(tau=np.full(10, 0.02), r=np.ones(10), v_leak=np.zeros(10), v_threshold=np.full(10, 0.3)),
         "output": nir.Output(output_type={"output": np.array([10])}),
-    }  # fmt: skip
-    edges = [("input", "conv1"), ("conv1", "lif1"), ("lif1", "pool1"), ("pool1", "flat"), ("flat", "fc1"),
-             ("fc1", "lif2"), ("lif2", "fc2"), ("fc2", "lif3"), ("lif3", "output")]  # fmt: skip
+    }
+    edges = [
+        ("input", "conv1"),
+        ("conv1", "lif1"),
+        ("lif1", "pool1"),
+        ("pool1", "flat"),
+        ("flat", "fc1"),
+        ("fc1", "lif2"),
+        ("lif2", "fc2"),
+        ("fc2", "lif3"),
+        ("lif3", "output"),
+    ]
     if extra:
         nodes.update(extra)
         edges.append(("lif3", next(iter(extra))))
@@ -47,8 +63,9 @@ def _csnn(path: Path, *, extra: dict[str, object] | None = None) -> Path:
 def _events(path: Path) -> Path:
     rng = np.random.default_rng(1)
     n = 4000
-    np.savez(path, t=np.sort(rng.random(n) * 0.2), x=rng.integers(0, W, n), y=rng.integers(0, H, n),
-             p=rng.integers(0, C, n))  # fmt: skip
+    np.savez(
+        path, t=np.sort(rng.random(n) * 0.2), x=rng.integers(0, W, n), y=rng.integers(0, H, n), p=rng.integers(0, C, n)
+    )
     return path
 
 
@@ -81,8 +98,7 @@ def test_json_and_stdout_stream(tmp_path: Path) -> None:
     body = json.loads(output)
     assert body["stages"][0]["nodes"][0] == "input"
     assert sum(s["neurons"] for s in body["stages"]) == 8 * H * W + 64 + 10
-    result = CliRunner().invoke(main, ["job", "plan", str(graph), "--stages", "2", "--input",
-                                                       str(events)])  # fmt: skip
+    result = CliRunner().invoke(main, ["job", "plan", str(graph), "--stages", "2", "--input", str(events)])
     docs = list(yaml.safe_load_all(result.stdout))
     assert [d["metadata"]["labels"]["snnrm.io/stage"] for d in docs] == ["0", "1"]
 
@@ -93,12 +109,18 @@ def test_recorded_activity(tmp_path: Path) -> None:
     data = nir.NIRGraphData(
         nodes={
             "lif1": nir.NIRNodeData(observables={"spikes": grid}),
-            "lif2": nir.NIRNodeData(observables={"spikes": nir.EventData(
-                idx=np.array([np.arange(50), [*range(30), *[-1] * 20]]),
-                time=np.array([np.linspace(0, 0.09, 50), [*np.linspace(0, 0.09, 30), *[np.inf] * 20]]),
-                n_neurons=64, t_max=0.1)}),
+            "lif2": nir.NIRNodeData(
+                observables={
+                    "spikes": nir.EventData(
+                        idx=np.array([np.arange(50), [*range(30), *[-1] * 20]]),
+                        time=np.array([np.linspace(0, 0.09, 50), [*np.linspace(0, 0.09, 30), *[np.inf] * 20]]),
+                        n_neurons=64,
+                        t_max=0.1,
+                    )
+                }
+            ),
         }
-    )  # fmt: skip
+    )
     nir.write_data(str(tmp_path / "rates.h5"), data)
     code, output = _run(str(graph), "--stages", "2", "--recorded", str(tmp_path / "rates.h5"), "--json")
     assert code == 0, output
@@ -145,7 +167,8 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, case: str, mes
         nir.write(str(tmp_path / "s.nir"), g)
         args[0] = str(tmp_path / "s.nir")
     elif case == "too-big":
-        args[1:3] = ["--max-cores-per-stage", "1"]
+        # SpiNNaker 2 maps 256 neurons per core; a Loihi 2 core (7,812) holds the whole test graph
+        args[1:3] = ["--max-cores-per-stage", "1", "--preset", "spinnaker2"]
     elif case == "bad-events":
         np.savez(tmp_path / "e.npz", t=np.array([0.0]), x=np.array([W]), y=np.array([0]), p=np.array([0]))
         args[4] = str(tmp_path / "e.npz")

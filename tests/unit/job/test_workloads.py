@@ -34,8 +34,15 @@ def test_dvs_gesture_has_slayers_published_shapes() -> None:
     assert g.nodes["conv2"].weight.shape == (32, 16, 3, 3)
     assert g.nodes["fc1"].weight.shape == (512, 8 * 8 * 32)
     assert g.nodes["fc2"].weight.shape == (11, 512)
-    assert list(_neurons(g).values()) == [(2, 32, 32), (16, 32, 32), (16, 16, 16), (32, 16, 16), (32, 8, 8),
-                                          (512,), (11,)]  # fmt: skip
+    assert list(_neurons(g).values()) == [
+        (2, 32, 32),
+        (16, 32, 32),
+        (16, 16, 16),
+        (32, 16, 16),
+        (32, 8, 8),
+        (512,),
+        (11,),
+    ]
 
 
 def test_nmnist_has_slayers_published_shapes() -> None:
@@ -121,9 +128,18 @@ def test_snnrm_job_plan_on_a_written_graph_gives_the_stored_stages(tmp_path: Pat
     """The same graph and input through the CLI give the stage traffic sim_hw uses (SHD, two stages)."""
     workloads.write_graphs(tmp_path, only=("shd",))
     result = CliRunner().invoke(
-        main, ["job", "plan", str(tmp_path / "shd.nir"), "--stages", "2", "--input",
-               str(tmp_path / "shd-events.npz"), "--json"],
-    )  # fmt: skip
+        main,
+        [
+            "job",
+            "plan",
+            str(tmp_path / "shd.nir"),
+            "--stages",
+            "2",
+            "--input",
+            str(tmp_path / "shd-events.npz"),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     got = json.loads(result.output)["stages"]
     stored = networks.measurements()["networks"]["shd"]
