@@ -1,17 +1,20 @@
 """Hard fault in the chip -> the ListAndWatch message that reports it, at 16,384 cores.
 
 The daemon runs in process on a 128-chip x 128-core simulated node (real gRPC server on a unix socket, the
-telemetry sampler and the simulator clock running as usual). A client holds ListAndWatch open, reading raw bytes
-and timestamping each message on arrival; the benchmark fails one core at a time through the simulator and
-measures from the fault to the first message in which that core is Unhealthy. Target (PRODUCT.md): p99 < 20 ms.
+telemetry sampler and the simulator clock running as usual). A client in another process (as the kubelet is)
+holds ListAndWatch open and timestamps each message on arrival; the benchmark fails one core at a time through
+the simulator and measures from the fault to the first message in which that core is Unhealthy.
+Target (PRODUCT.md): p99 < 5 ms.
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing as mp
 import random
 import tempfile
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import grpc
@@ -25,11 +28,26 @@ from snnrm.kubelet.protos.deviceplugin.v1beta1 import api_pb2
 from snnrm.kubelet.wire import DEVICE_PLUGIN_SERVICE, REGISTRATION_SERVICE, plugin_socket_name
 from snnrm.obs.logging import configure_logging
 
-TARGET_P99_MS = 20.0
+TARGET_P99_MS = 5.0
+"""Fault -> ListAndWatch p99 at 16,384 cores (the fleet-scale issue's node target)."""
 
 
 async def _accept(request: bytes, context: object) -> bytes:
     return b""  # an empty v1beta1.Empty
+
+
+def _read_stream(sock: str, out: Connection) -> None:
+    """Child process: hold ListAndWatch open; per message send (arrival time, IDs reported Unhealthy)."""
+    with grpc.insecure_channel(f"unix://{sock}") as channel:
+        stream = channel.unary_stream(
+            f"/{DEVICE_PLUGIN_SERVICE}/ListAndWatch",
+            request_serializer=api_pb2.Empty.SerializeToString,
+            response_deserializer=lambda b: b,  # stamp the arrival before parsing
+        )(api_pb2.Empty())
+        for raw in stream:
+            t = time.perf_counter()
+            msg = api_pb2.ListAndWatchResponse.FromString(raw)
+            out.send((t, {d.ID for d in msg.devices if d.health == "Unhealthy"}))
 
 
 async def _measure(chips: int, cores: int, faults: int) -> tuple[list[float], int]:
@@ -71,20 +89,14 @@ async def _measure(chips: int, cores: int, faults: int) -> tuple[list[float], in
         while not sock.exists():  # noqa: ASYNC110 - a socket file appearing has no event to await
             await asyncio.sleep(0.01)
         await daemon.node.ready.wait()
-        arrivals: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
-        async with grpc.aio.insecure_channel(f"unix://{sock}") as channel:
-            stream = channel.unary_stream(
-                f"/{DEVICE_PLUGIN_SERVICE}/ListAndWatch",
-                request_serializer=api_pb2.Empty.SerializeToString,
-                response_deserializer=lambda b: b,  # keep the client's parse out of the measurement
-            )(api_pb2.Empty())
-
-            async def reader() -> None:
-                async for raw in stream:
-                    await arrivals.put((time.perf_counter(), raw))
-
-            read = asyncio.create_task(reader())
-            await arrivals.get()  # the initial full list
+        # The kubelet is another process: the reader runs in one, so receiving and parsing 16k-device messages
+        # does not share the daemon's event loop (perf_counter is CLOCK_MONOTONIC, comparable across processes).
+        ctx = mp.get_context("spawn")
+        parent, child = ctx.Pipe()
+        reader = ctx.Process(target=_read_stream, args=(str(sock), child), name="snnrm-bench-kubelet")
+        reader.start()
+        try:
+            await asyncio.to_thread(parent.recv)  # the initial full list
             await asyncio.sleep(0.5)
             rng = random.Random(0)
             victims = rng.sample(range(daemon.node.topology.n_cores), faults)
@@ -93,17 +105,19 @@ async def _measure(chips: int, cores: int, faults: int) -> tuple[list[float], in
             wrong = 0
             for core in victims:
                 await asyncio.sleep(rng.uniform(0.02, 0.08))  # land at every phase of the sampling period
-                t0 = time.perf_counter()
                 backend.inject({"kind": "core_failure", "cores": [core]})
+                # The fault happens when the simulator applies it: inject returns right after pushing the event
+                # (its own bookkeeping, ~2 ms at 16,384 cores, is the hardware's, not the daemon's).
+                t0 = time.perf_counter()
                 while True:
-                    t1, raw = await arrivals.get()
-                    msg = api_pb2.ListAndWatchResponse.FromString(raw)
-                    dev = next(d for d in msg.devices if ids[core] == d.ID)
-                    if dev.health == "Unhealthy":
+                    t1, unhealthy = await asyncio.to_thread(parent.recv)
+                    if ids[core] in unhealthy:
                         latencies.append(t1 - t0)
                         break
                     wrong += 1  # a message that did not yet carry the fault (e.g. a capacity change)
-            read.cancel()
+        finally:
+            reader.kill()
+            reader.join(10)
         stop.set()
         await run
         await kubelet.stop(None)

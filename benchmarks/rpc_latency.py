@@ -209,9 +209,10 @@ def main() -> None:
         for name, samples in (("snnrm", ours), ("trivial", floor)):
             target = f"p99 < {targets[rpc]} ms" if name == "snnrm" else "(floor)"
             print(f"{rpc:<24}{name:<9}{_pct(samples, 50):>9.3f}{_pct(samples, 99):>9.3f}   {target}")
-        ratio = _pct(ours, 99) / _pct(floor, 99)
-        verdict = "ok" if ratio <= FLOOR_RATIO_TARGET and _pct(ours, 99) < targets[rpc] else "MISSED"
-        print(f"{rpc:<24}{'ratio':<9}{'':>9}{ratio:>8.2f}x   p99 <= {FLOOR_RATIO_TARGET}x floor: {verdict}")
+        # Both the median and the tail must stay near the floor: the floor is what gRPC and the socket cost.
+        r50, r99 = _pct(ours, 50) / _pct(floor, 50), _pct(ours, 99) / _pct(floor, 99)
+        verdict = "ok" if max(r50, r99) <= FLOOR_RATIO_TARGET and _pct(ours, 99) < targets[rpc] else "MISSED"
+        print(f"{rpc:<24}{'ratio':<9}{r50:>8.2f}x{r99:>8.2f}x   p50 and p99 <= {FLOOR_RATIO_TARGET}x floor: {verdict}")
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ def effective_core_keps(
     efficiency; a queue filling past ``queue_knee`` means arrivals already outrun service, so the remaining
     headroom shrinks linearly to zero at a full queue. Unhealthy cores and NaN readings give nothing.
     """
-    eff = np.clip(np.nan_to_num(efficiency, nan=0.0), 0.0, 1.0)
-    fill = np.clip(np.nan_to_num(queue_fill, nan=1.0), 0.0, 1.0)
+    eff = np.clip(np.where(np.isnan(efficiency), 0.0, efficiency), 0.0, 1.0)
+    fill = np.clip(np.where(np.isnan(queue_fill), 1.0, queue_fill), 0.0, 1.0)
     headroom = np.clip(1.0 - (fill - queue_knee) / (1.0 - queue_knee), 0.0, 1.0)
     return np.where(healthy, nominal_keps * eff * headroom, 0.0)
 

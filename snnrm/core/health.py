@@ -115,9 +115,11 @@ class HealthMachine:
         """Advance one tick; returns the mask of cores whose state changed."""
         s = self.settings
         age = obs.now - obs.last_valid
-        fill = np.nan_to_num(obs.queue_fill, nan=0.0)
-        eff = np.nan_to_num(obs.efficiency, nan=1.0)
-        link = np.nan_to_num(obs.router_link_utilization, nan=0.0)
+        # NaN (untrusted telemetry) as the harmless value; where(isnan) is a third of nan_to_num's work, and
+        # only comparisons follow, for which an infinity needs no replacing. This runs per frame on 16k cores.
+        fill = np.where(np.isnan(obs.queue_fill), 0.0, obs.queue_fill)
+        eff = np.where(np.isnan(obs.efficiency), 1.0, obs.efficiency)
+        link = np.where(np.isnan(obs.router_link_utilization), 0.0, obs.router_link_utilization)
         previously_bad = self.reasons & (
             HealthReason.QUEUE_SATURATED | HealthReason.LOW_EFFICIENCY | HealthReason.LINK_CONGESTED
         )

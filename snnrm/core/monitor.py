@@ -67,12 +67,31 @@ class NodeMonitor:
 
     def observe(self, frame: TelemetryFrame) -> bool:
         """Fold a frame in; True if any advertised device changed health."""
+        if not self.fold_rates(frame):
+            return False
+        health_changed = self.fold_health(frame)
+        return self.fold_capacity(frame) or health_changed
+
+    def fold_rates(self, frame: TelemetryFrame) -> bool:
+        """First half of :meth:`observe`: validate and smooth the counters. False (and nothing changed) for a
+        frame of the wrong shape; then :meth:`fold_health` must not be called with it.
+
+        It touches only the rate tracker (nothing a hard fault changes), so the shell may run it off the event
+        loop: at 16,384 cores it is 1-2 ms of numpy, which a pushed hard fault would otherwise wait behind (its
+        budget to ListAndWatch is 5 ms). A fault applied before :meth:`fold_health` stays applied (a pushed
+        failure holds until a frame sampled after it says otherwise).
+        """
         n = self.topology.n_cores
         if frame.queue_depth.shape != (n,) or frame.link_utilization.shape != (self.topology.n_links,):
             # A frame of the wrong shape is a backend bug or a hot-swapped board; never index with it.
             self.rejected_frames += 1
             return False
         self.rates.update(frame)
+        return True
+
+    def fold_health(self, frame: TelemetryFrame) -> bool:
+        """Second part of :meth:`observe`: links and the health state machine; True if any core changed health.
+        Call :meth:`fold_capacity` next."""
         util = np.nan_to_num(np.asarray(frame.link_utilization, dtype=np.float64), nan=0.0).clip(0.0, None)
         self.link_utilization = util
         self.link_failed = np.asarray(frame.link_failed, dtype=np.bool_)
@@ -93,32 +112,56 @@ class NodeMonitor:
         )
         self.last_frame_time = frame.timestamp
         self.frames += 1
-        health_changed = bool(((before == Health.HEALTHY) != self.health.healthy).any())
-        capacity_changed = self.capacity.update(self.effective_keps(), now=frame.timestamp)
-        return health_changed or capacity_changed
+        return bool(((before == Health.HEALTHY) != self.health.healthy).any())
+
+    def fold_capacity(self, frame: TelemetryFrame) -> bool:
+        """Last part of :meth:`observe`: effective capacity from the new health and rates; True if the
+        event-throughput devices changed."""
+        return self.capacity.update(self.effective_keps(), now=frame.timestamp)
 
     def hard_fault(self, fault: HardFault) -> bool:
         """Apply a pushed hard fault at once; True if advertised devices changed."""
+        cores_changed = self.fault_health(fault)
+        if not self.acts_at_once(fault):
+            return cores_changed
+        return self.fault_capacity(fault.timestamp) or cores_changed
+
+    def fault_health(self, fault: HardFault) -> bool:
+        """First half of :meth:`hard_fault`: the cores' health; True if any neuron core changed health.
+
+        The shell publishes the cores before :meth:`fault_capacity` (the kubelet must stop placing work on a
+        failed core first; the event-throughput side follows a moment later).
+        """
+        if fault.kind is FaultKind.LINK and 0 <= fault.index < self.topology.n_links:
+            self.link_failed[fault.index] = fault.failed
+        if not self.acts_at_once(fault):
+            return False
         if fault.kind is FaultKind.CORE:
-            if not 0 <= fault.index < self.topology.n_cores:
-                return False
             cores = np.array([fault.index])
         else:
-            if not 0 <= fault.index < self.topology.n_links:
-                return False
-            self.link_failed[fault.index] = fault.failed
-            # Only a failure acts at once; a link recovery is confirmed by the next frames (dwell applies).
-            if not fault.failed:
-                return False
-            r = self.topology.link_src[fault.index]
-            cores = np.flatnonzero(self.topology.router == r)
-        before = self.health.healthy.copy()
+            cores = np.flatnonzero(self.topology.router == self.topology.link_src[fault.index])
+        before = self.health.healthy[cores]
         self.health.fail(cores, failed=fault.failed, now=fault.timestamp)
-        changed = bool((before != self.health.healthy).any())
-        return self.capacity.update(self.effective_keps(), now=fault.timestamp, immediate=True) or changed
+        return bool((before != self.health.healthy[cores]).any())
+
+    def fault_capacity(self, now: float) -> bool:
+        """Second half of :meth:`hard_fault`: effective capacity at once (for every fault applied since the last
+        call, so a burst needs one); True if event-throughput changed."""
+        return self.capacity.update(self.effective_keps(), now=now, immediate=True)
+
+    def acts_at_once(self, fault: HardFault) -> bool:
+        """Whether ``fault`` changes health at once (a core or link failure in range; a recovery waits for
+        frames to confirm it, dwell applies)."""
+        if fault.kind is FaultKind.CORE:
+            return 0 <= fault.index < self.topology.n_cores
+        return 0 <= fault.index < self.topology.n_links and fault.failed
+
+    def core_devices(self) -> DeviceSet:
+        """The neuron-core device list alone (what a hard fault must publish first)."""
+        return neuron_core_devices(self.topology, self.health.healthy)
 
     def devices(self) -> dict[str, DeviceSet]:
         """The complete device list of each resource, as ListAndWatch must send it."""
-        nc = neuron_core_devices(self.topology, self.health.healthy)
+        nc = self.core_devices()
         ev = event_throughput_devices(self.blocks, self.topology, self.capacity.healthy_per_chip)
         return {nc.resource: nc, ev.resource: ev}

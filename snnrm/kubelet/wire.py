@@ -1,9 +1,10 @@
 """Wire constants of the device plugin API and the pre-encoded ListAndWatch message.
 
 A ListAndWatch message is the *complete* device list. Building 16,384 ``Device`` messages in Python on every
-health change would cost tens of milliseconds, a good share of the 20 ms fault-to-kubelet budget. Instead each
+health change would cost tens of milliseconds, more than the 5 ms fault-to-kubelet budget. Instead each
 device's ``devices`` entry (tag, length, ``Device`` bytes) is encoded once per health state by protobuf itself,
-and a message is the concatenation of the right entry per device: one C-level ``map`` and a ``bytes.join``.
+and a message is the concatenation of the right entries: slices of two pre-joined buffers, one per run of
+devices in the same health.
 The server sends those bytes through a handler whose serializer is the identity. Protobuf's own encoding of the
 same message is byte-for-byte identical (tested), because a repeated message field is exactly the concatenation
 of its entries.
@@ -11,10 +12,12 @@ of its entries.
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 
+import numpy as np
+
 from snnrm.core.devices import DeviceSet
+from snnrm.core.topology import IntArray
 from snnrm.kubelet.protos.deviceplugin.v1beta1 import api_pb2
 
 VERSION = "v1beta1"
@@ -51,38 +54,65 @@ def _entry(device: api_pb2.Device) -> bytes:
 @dataclass(frozen=True, slots=True, eq=False)
 class _Entries:
     ids: tuple[str, ...]
-    numa: tuple[int, ...]
-    pairs: tuple[tuple[bytes, bytes], ...]
-    """Per device (unhealthy entry, healthy entry), indexed by the health bit."""
+    numa: IntArray
+    buffers: tuple[bytes, bytes]
+    """Every device's entry concatenated, per health bit: (all unhealthy, all healthy)."""
+    offsets: tuple[IntArray, IntArray]
+    """Per health bit, where device ``i``'s entry starts in its buffer; ``n + 1`` values (the last is the end)."""
 
 
 class ListAndWatchEncoder:
-    """Serialized ``ListAndWatchResponse`` for a :class:`DeviceSet`, with per-device entries cached.
+    """Serialized ``ListAndWatchResponse`` for a :class:`DeviceSet`, from per-device entries encoded once.
 
-    Entries are rebuilt only when the IDs or NUMA nodes change (start-up, never on health changes).
+    Entries are rebuilt only when the IDs or NUMA nodes change (start-up, never on health changes). A message is
+    the concatenation of runs of consecutive devices in the same health: one slice of the all-healthy or the
+    all-unhealthy buffer per run, so a node with a few unhealthy cores costs a handful of slices, not one Python
+    object per device (at 16,384 cores: ~0.1 ms and 0.7 MB instead of ~3 ms and 7 MB of per-device bytes).
     """
 
     def __init__(self) -> None:
         self._entries: _Entries | None = None
 
     def _prepare(self, devices: DeviceSet) -> _Entries:
-        numa = tuple(devices.numa.tolist())
         e = self._entries
-        if e is not None and e.ids == devices.ids and e.numa == numa:
+        if e is not None and e.ids == devices.ids and np.array_equal(e.numa, devices.numa):
             return e
-        pairs = []
-        for dev_id, node in zip(devices.ids, numa, strict=True):
-            topo = api_pb2.TopologyInfo(nodes=[api_pb2.NUMANode(ID=node)])
-            pairs.append(
-                (
-                    _entry(api_pb2.Device(ID=dev_id, health=UNHEALTHY, topology=topo)),
-                    _entry(api_pb2.Device(ID=dev_id, health=HEALTHY, topology=topo)),
+        buffers: list[bytes] = []
+        offsets: list[IntArray] = []
+        for health in (UNHEALTHY, HEALTHY):
+            entries = [
+                _entry(
+                    api_pb2.Device(
+                        ID=dev_id, health=health, topology=api_pb2.TopologyInfo(nodes=[api_pb2.NUMANode(ID=node)])
+                    )
                 )
-            )
-        self._entries = _Entries(ids=devices.ids, numa=numa, pairs=tuple(pairs))
+                for dev_id, node in zip(devices.ids, devices.numa.tolist(), strict=True)
+            ]
+            buffers.append(b"".join(entries))
+            ends = np.cumsum([len(b) for b in entries], dtype=np.int64)
+            offsets.append(np.concatenate((np.zeros(1, np.int64), ends)))
+        numa = np.array(devices.numa, dtype=np.int64, copy=True)
+        self._entries = _Entries(
+            ids=devices.ids,
+            numa=numa,
+            buffers=(buffers[0], buffers[1]),
+            offsets=(offsets[0], offsets[1]),
+        )
         return self._entries
 
     def encode(self, devices: DeviceSet) -> bytes:
         """The serialized ``ListAndWatchResponse`` listing every device of ``devices``."""
-        entries = self._prepare(devices)
-        return b"".join(map(operator.getitem, entries.pairs, devices.healthy.view("u1").tolist()))
+        e = self._prepare(devices)
+        healthy = np.asarray(devices.healthy, dtype=np.bool_)
+        n = healthy.size
+        if n == 0:
+            return b""
+        # Runs of equal health: [start, end) with the health of the run.
+        cut = np.flatnonzero(healthy[1:] != healthy[:-1]) + 1
+        starts = np.concatenate((np.zeros(1, np.int64), cut))
+        ends = np.concatenate((cut, np.full(1, n, np.int64)))
+        state = healthy[starts]
+        lo = np.where(state, e.offsets[1][starts], e.offsets[0][starts]).tolist()
+        hi = np.where(state, e.offsets[1][ends], e.offsets[0][ends]).tolist()
+        views = (memoryview(e.buffers[0]), memoryview(e.buffers[1]))
+        return b"".join([views[h][a:b] for h, a, b in zip(state.tolist(), lo, hi, strict=True)])

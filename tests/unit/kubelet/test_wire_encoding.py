@@ -41,6 +41,25 @@ def test_encoding_equals_protobuf() -> None:
         assert enc.encode(devices) == _protobuf(devices)
 
 
+def test_encoding_equals_protobuf_for_every_run_pattern() -> None:
+    """Runs of equal health at the edges, alternating, one device, all one state; a NUMA change re-encodes."""
+    enc = ListAndWatchEncoder()
+    patterns = [
+        np.ones(7, bool),
+        np.zeros(7, bool),
+        np.array([True]),
+        np.array([False]),
+        np.arange(9) % 2 == 0,
+        np.array([False, True, True, True, False]),
+        np.array([True, False, False, True]),
+    ]
+    for healthy in patterns:
+        devices = _devices(healthy.size, healthy)
+        assert enc.encode(devices) == _protobuf(devices)
+    moved = DeviceSet(resource=NEURON_CORE, ids=devices.ids, healthy=devices.healthy, numa=devices.numa + 1)
+    assert enc.encode(moved) == _protobuf(moved)
+
+
 def test_encoding_parses_with_exact_strings_and_numa() -> None:
     """Parsed back, every device has its ID, exact health string and NUMA node."""
     healthy = np.array([True, False, True])

@@ -1,0 +1,75 @@
+"""The hard-fault path of the node service: cores published per event at once, capacity once per burst after."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from snnrm.backends.sim import SimBackend
+from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
+from snnrm.core.monitor import NodeMonitor
+from snnrm.node import BURST_SETTLE_S, NodeService
+
+
+async def _node() -> tuple[SimBackend, NodeService]:
+    backend = SimBackend(chips=2, cores_per_chip=16, seed=1)
+    node = await NodeService.start(backend, block_keps=1000.0, sample_period=0.1)
+    return backend, node
+
+
+async def test_a_burst_publishes_cores_per_event_and_capacity_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed chip's 16 cores reach the neuron-core feed before any capacity work; capacity runs once."""
+    backend, node = await _node()
+    order: list[str] = []
+    real_capacity = NodeMonitor.fault_capacity
+
+    def capacity(self: NodeMonitor, now: float) -> bool:
+        order.append("capacity")
+        return real_capacity(self, now)
+
+    monkeypatch.setattr(NodeMonitor, "fault_capacity", capacity)
+    cores_feed, blocks_feed = node.feeds[NEURON_CORE], node.feeds[EVENT_THROUGHPUT]
+    real_publish = cores_feed.publish
+
+    def publish(devices: object) -> bool:
+        order.append("cores")
+        return real_publish(devices)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cores_feed, "publish", publish)
+    blocks_before = blocks_feed.version
+    async with asyncio.TaskGroup() as tg:
+        watch = tg.create_task(node.watch_hard_faults())
+        await asyncio.sleep(0)  # subscribed
+        backend.inject({"kind": "core_failure", "cores": list(range(16))})
+        for _ in range(100):
+            await asyncio.sleep(0)
+        # Every core is Unhealthy before the burst settles: nothing waited for the capacity update.
+        current = cores_feed.current
+        assert current is not None
+        assert not current.healthy[:16].any()
+        assert current.healthy[16:].all()
+        await asyncio.sleep(BURST_SETTLE_S * 3)
+        watch.cancel()
+    # 16 core publishes, then the one capacity update (whose publish of every resource follows it).
+    assert order[:17] == ["cores"] * 16 + ["capacity"]
+    assert order.count("capacity") == 1
+    assert blocks_feed.version > blocks_before  # chip 0's event throughput is gone
+    assert not np.any(node.monitor.capacity.healthy_per_chip[0])
+
+
+async def test_shutdown_mid_burst_still_applies_the_capacity() -> None:
+    """Cancelled before the burst settles: the faults already applied still reach the capacity (not lost)."""
+    backend, node = await _node()
+    blocks_feed = node.feeds[EVENT_THROUGHPUT]
+    before = blocks_feed.version
+    watch = asyncio.create_task(node.watch_hard_faults())
+    await asyncio.sleep(0)
+    backend.inject({"kind": "core_failure", "cores": list(range(16))})
+    for _ in range(50):
+        await asyncio.sleep(0)
+    watch.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await watch
+    assert blocks_feed.version > before
