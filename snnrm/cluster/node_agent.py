@@ -37,7 +37,7 @@ from snnrm.core.devices import NEURON_CORE
 from snnrm.core.jobs import CORES, JOB, LAST_MOVE, STAGE_HEALTH, ContractError, StageHealth, StageRef, stage_of
 from snnrm.core.placement import StageDemand
 from snnrm.core.summary import ANNOTATION, LoadSmoother, NodeSummary, PublishPolicy, should_publish, summarize
-from snnrm.core.topology import INTER_CHIP_WEIGHT, BoolArray, FloatArray, Topology
+from snnrm.core.topology import BoolArray, FloatArray, Topology
 from snnrm.kube.api import JSON, NODES, PODS, ClusterApi, GoneError, KubeError
 from snnrm.kubelet.podresources import PodResourcesClient
 
@@ -110,8 +110,9 @@ class NodePods:
                 for p in items:
                     self.apply("ADDED", p)
                 delay = 0.2
-                async for kind, obj in self.api.watch(PODS, resource_version=rv, label_selector=JOB,
-                                                      field_selector=selector):  # fmt: skip
+                async for kind, obj in self.api.watch(
+                    PODS, resource_version=rv, label_selector=JOB, field_selector=selector
+                ):
                     if kind != "BOOKMARK":
                         self.apply(kind, obj)
             except GoneError:
@@ -129,8 +130,9 @@ class KubeStageReporter:
     api: ClusterApi
     recorder: EventRecorder
 
-    async def report(self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None, moved_at: float | None
-                     ) -> None:  # fmt: skip
+    async def report(
+        self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None, moved_at: float | None
+    ) -> None:
         ann: dict[str, str] = {STAGE_HEALTH: health.encode()}
         if cores is not None:
             ann[CORES] = ",".join(cores)
@@ -142,8 +144,9 @@ class KubeStageReporter:
             log.warning("stage_report_failed", pod=stage.pod, error=str(e))
 
     async def event(self, stage: LocalStage, *, reason: str, note: str, warning: bool = False) -> None:
-        await self.recorder.record(PodRef(stage.namespace, stage.pod, stage.uid), reason=reason, note=note,
-                                   action="Remap", warning=warning)  # fmt: skip
+        await self.recorder.record(
+            PodRef(stage.namespace, stage.pod, stage.uid), reason=reason, note=note, action="Remap", warning=warning
+        )
 
 
 @dataclass(eq=False)
@@ -160,7 +163,8 @@ class NodeAgent:
     reallocator_factory: Callable[[NodeAgent], NodeReallocator] | None = None
     """Builds the remapper once the agent exists (None: no live remaps, reports only from the controller)."""
     policy: PublishPolicy = field(default_factory=PublishPolicy)
-    inter_chip_weight: float = INTER_CHIP_WEIGHT
+    inter_chip_weight: float = field(kw_only=True)
+    """Hops a chip crossing counts for in the published summary: the hardware's own, the one the remapper uses."""
     clock: Callable[[], float] = time.time
     close: Callable[[], Awaitable[None]] | None = None
     """Closes the API client the agent was given (the daemon calls it on shutdown)."""
@@ -265,12 +269,25 @@ class NodeAgent:
 
     async def sync_once(self) -> None:
         """Refresh admissions, plan hints, forgotten remaps, and publish the summary if it is due."""
+        plans = self._plans()
         if self.pod_resources is not None:
+            # An admission may be waiting for these plans (CoreAllocator.settle): hand them over before asking the
+            # kubelet, which answers PodResources late while it is busy admitting. Known admissions are kept.
+            self.hints.set_plans(plans)
             await self.pod_resources.refresh()
         holders = self._holders()
         self._owners = holders or {}
+        self.hints.set_plans(plans, admitted=set(self._owners.values()))
+        if holders is not None:  # a remapped pod that no longer holds its cores has ended: its lent cores come back
+            for (ns, pod), rec in list(self.ledger.records.items()):
+                if not all(self._owners.get(c) == (ns, pod) for c in rec.admitted):
+                    self.ledger.forget(ns, pod)
+                    self.node.withhold(self.ledger.lent())
+        await self.publish_if_due()
+
+    def _plans(self) -> list[PlannedPod]:
+        """The plans of the live pods bound here that carry one, as global core indices."""
         topo = self.node.topology
-        admitted_pods = set(self._owners.values())
         plans = []
         for (ns, name), ref in self.pods.pods.items():
             if ref.planned_cores and not ref.terminating:
@@ -278,13 +295,7 @@ class NodeAgent:
                     sorted(topo.index_of[c] for c in ref.planned_cores if c in topo.index_of), dtype=np.int64
                 )
                 plans.append(PlannedPod(ns, name, ref.created, idx))
-        self.hints.set_plans(plans, admitted=admitted_pods)
-        if holders is not None:  # a remapped pod that no longer holds its cores has ended: its lent cores come back
-            for (ns, pod), rec in list(self.ledger.records.items()):
-                if not all(self._owners.get(c) == (ns, pod) for c in rec.admitted):
-                    self.ledger.forget(ns, pod)
-                    self.node.withhold(self.ledger.lent())
-        await self.publish_if_due()
+        return plans
 
     async def publish_if_due(self) -> None:
         """Patch the Node's summary annotation if :func:`~snnrm.core.summary.should_publish` says so."""

@@ -44,6 +44,28 @@ async def test_an_admission_ahead_of_the_watch_waits_for_the_plan_and_follows_it
     assert sorted(got) == sorted(ids[i] for i in plan)
 
 
+async def test_a_refresh_without_the_plan_does_not_end_the_wait(tmp_path: Path) -> None:
+    """Another pod's change refreshes the plans first (one kubelet batch admitting a 4-stage job): the admission
+    keeps waiting for the refresh that brings its own plan (a CI run on a real kubelet took the ordinary choice)."""
+    hints = PlanHints()
+    alloc = allocator(tmp_path, hints)
+    other = PlannedPod("ns", "stage-1", "2026-01-01T00:00:00Z", np.array([0, 1], dtype=np.int64))
+    plan = np.array([9, 10, 13, 14], dtype=np.int64)
+    ids = list(TOPOLOGY.ids)
+
+    async def watch_catches_up() -> None:
+        await asyncio.sleep(PLAN_SETTLE_S / 8)
+        hints.set_plans([other])
+        await asyncio.sleep(PLAN_SETTLE_S / 8)
+        hints.set_plans([other, PlannedPod("ns", "stage-0", "2026-01-01T00:00:00Z", plan)])
+
+    late = asyncio.create_task(watch_catches_up())
+    await alloc.settle(ids, 4)
+    got = alloc.preferred(ids, [], 4, np.ones(N, dtype=bool))
+    await late
+    assert sorted(got) == sorted(ids[i] for i in plan)
+
+
 async def test_without_any_refresh_the_wait_ends_and_the_choice_is_the_ordinary_one(tmp_path: Path) -> None:
     hints = PlanHints()
     alloc = allocator(tmp_path, hints)
