@@ -21,7 +21,7 @@ from snnrm.core.cluster import ClusterIndex
 from snnrm.core.extender import demand_of, prioritize
 from snnrm.core.jobs import stage_of
 from snnrm.core.summary import summarize
-from snnrm.core.topology import ChipGeometry, Topology
+from snnrm.core.topology import INTER_CHIP_WEIGHT, ChipGeometry, Topology
 from snnrm.http.extender import ExtenderContext, build_extender_app
 from snnrm.http.server import serve
 from snnrm.testing.fake_cluster import stage_pod
@@ -47,6 +47,7 @@ def build_index(now: float) -> ClusterIndex:
                 queue_fill=np.full(topo.n_cores, rng.uniform(0, 0.8)),
                 link_utilization=np.full(topo.n_links, rng.uniform(0, 0.8)),
                 chip_headroom_keps=np.full(topo.n_chips, 1e5),
+                inter_chip_weight=INTER_CHIP_WEIGHT,
             ),
         )
     for i, node in ((0, "node-00010"), (2, "node-04000")):
@@ -99,8 +100,10 @@ async def run() -> None:
             await server
 
     print(f"request body: {len(body) / 1024:.0f} KiB ({NODES} node names)")
-    print(f"pure prioritize over {NODES} nodes: p50 {percentile(pure, 50) * 1e3:.2f} ms, "
-          f"p99 {percentile(pure, 99) * 1e3:.2f} ms")  # fmt: skip
+    print(
+        f"pure prioritize over {NODES} nodes: p50 {percentile(pure, 50) * 1e3:.2f} ms, "
+        f"p99 {percentile(pure, 99) * 1e3:.2f} ms"
+    )
     for verb, xs in results.items():
         p50, p99 = percentile(xs, 50), percentile(xs, 99)
         line = f"HTTP {verb} over {NODES} nodes ({ROUNDS} rounds): p50 {p50 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms"

@@ -271,10 +271,24 @@ async def _rss(chips: int, cores: int, scrapes: int) -> None:
         async with KubeletStandIn(kdir) as kubelet:
             env = {**os.environ, "SNNRM_STATE_DIR": f"{tmp}/state", "SNNRM_CDI_DIR": f"{tmp}/cdi"}
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "snnrm", "run", "--backend", "sim", "--kubelet-dir", str(kdir),
-                "--http", f"127.0.0.1:{port}", "--sim-chips", str(chips), "--sim-cores", str(cores),
-                env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
+                sys.executable,
+                "-m",
+                "snnrm",
+                "run",
+                "--backend",
+                "sim",
+                "--kubelet-dir",
+                str(kdir),
+                "--http",
+                f"127.0.0.1:{port}",
+                "--sim-chips",
+                str(chips),
+                "--sim-cores",
+                str(cores),
+                env=env,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )
             try:
                 t0 = time.perf_counter()
                 await kubelet.wait_capacity(NEURON_CORE, chips * cores, within=120)

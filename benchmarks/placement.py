@@ -42,10 +42,13 @@ def topology_of(sim: sim_hw.Simulator) -> Topology:
 def demands(job: sim_hw.networks.Job) -> list[StageDemand]:
     """The job contract's numbers for each stage: cores and outgoing spike rate in KEPS."""
     return [
-        StageDemand(cores=s.cores, out_keps=s.spike_rate / 1e3 if i + 1 < len(job.stages) else 0.0,
-                    in_keps=job.input_rate / 1e3 if i == 0 else 0.0)
+        StageDemand(
+            cores=s.cores,
+            out_keps=s.spike_rate / 1e3 if i + 1 < len(job.stages) else 0.0,
+            in_keps=job.input_rate / 1e3 if i == 0 else 0.0,
+        )
         for i, s in enumerate(job.stages)
-    ]  # fmt: skip
+    ]
 
 
 def run_policy(policy: str, *, seed: int, chips: int, busy: float, stages: int = 4, seconds: float = 2.0) -> Outcome:

@@ -62,9 +62,14 @@ class Harness:
     async def spawn(self) -> dict[str, Any]:
         with self.log.open("ab") as err:
             self.proc = await asyncio.create_subprocess_exec(
-                str(self.binary), f"--socket-dir={self.socket_dir}", f"--pods-file={self.pods_file}", "-v=2",
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
-            )  # fmt: skip
+                str(self.binary),
+                f"--socket-dir={self.socket_dir}",
+                f"--pods-file={self.pods_file}",
+                "-v=2",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=err,
+            )
         ready = await self._line()
         if ready.get("event") != "ready":
             raise RuntimeError(f"harness did not start: {ready}")
@@ -122,9 +127,22 @@ async def _daemon(socket_dir: Path, work: Path) -> asyncio.subprocess.Process:
     exe = Path(sys.executable).parent / "snnrm"
     argv = [str(exe)] if exe.exists() else [sys.executable, "-c", "from snnrm.cli import main; main()"]
     argv += [
-        "run", "--backend", "sim", "--kubelet-dir", str(socket_dir), "--http", f"127.0.0.1:{_free_port()}",
-        "--sim-chips", "2", "--sim-cores", "64", "--state-dir", str(work / "state"), "--cdi-dir", str(work / "cdi"),
-    ]  # fmt: skip
+        "run",
+        "--backend",
+        "sim",
+        "--kubelet-dir",
+        str(socket_dir),
+        "--http",
+        f"127.0.0.1:{_free_port()}",
+        "--sim-chips",
+        "2",
+        "--sim-cores",
+        "64",
+        "--state-dir",
+        str(work / "state"),
+        "--cdi-dir",
+        str(work / "cdi"),
+    ]
     with (work / "snnrm.log").open("ab") as out:
         return await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT

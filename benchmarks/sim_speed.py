@@ -83,8 +83,10 @@ def main(sim_seconds: float = 10.0, repeats: int = 3) -> None:
     c = sim.counters()
     dropped = float(c.events_dropped.sum()) / max(float(c.events_in.sum()), 1.0)
     eff = float(c.spikes_delivered.sum()) / max(float(c.spikes_sent.sum()), 1.0)
-    print(f"workload: {float(c.events_in.sum()) / sim.time:.3g} events/s, dropped {dropped:.2%}, "
-          f"spike-transfer efficiency {eff:.4f}")  # fmt: skip
+    print(
+        f"workload: {float(c.events_in.sum()) / sim.time:.3g} events/s, dropped {dropped:.2%}, "
+        f"spike-transfer efficiency {eff:.4f}"
+    )
     t0 = time.perf_counter()
     for _ in range(20):
         sim.counters()

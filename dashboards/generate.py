@@ -155,8 +155,12 @@ class Board:
             dashboard.AnnotationQuery().name(name).datasource(DATASOURCE).enable(True).icon_color(color).expr(expr)
         )
         # Fields of the Prometheus annotation editor the SDK's generic AnnotationQuery does not model.
-        self._annotation_extra[name] = {"step": "60s", "titleFormat": title, "textFormat": text,
-                                        "useValueForTime": False}  # fmt: skip
+        self._annotation_extra[name] = {
+            "step": "60s",
+            "titleFormat": title,
+            "textFormat": text,
+            "useValueForTime": False,
+        }
 
     def build(self) -> dict[str, Any]:
         out: dict[str, Any] = json.loads(json.dumps(self.builder.build(), cls=JSONEncoder, sort_keys=True))
@@ -169,8 +173,16 @@ class Board:
 # -- panel constructors ---------------------------------------------------------------------------------------------
 
 
-def ts(title: str, *, w: int = 12, h: int = 8, stack: bool = False, lo: float | None = None,
-       hi: float | None = None, legend_right: bool = False) -> timeseries.Panel:  # fmt: skip
+def ts(
+    title: str,
+    *,
+    w: int = 12,
+    h: int = 8,
+    stack: bool = False,
+    lo: float | None = None,
+    hi: float | None = None,
+    legend_right: bool = False,
+) -> timeseries.Panel:
     p = (
         timeseries.Panel()
         .title(title)
@@ -265,34 +277,49 @@ def cluster_overview() -> Board:
         ["overview"],
     )
     b.row("Fleet")
-    b.add(big("Nodes up"), [('count(up{job="snnrm"} == 1)', "nodes")],
-          description="snnrm daemons Prometheus scrapes successfully.", unit="short")  # fmt: skip
-    b.add(big("Chips"), [(f"count(count by (node, chip) (snnrm_chip_cores{{{CHIP}}}))", "chips")],
-          description="Neuromorphic chips discovered on the selected nodes.", unit="short")  # fmt: skip
+    b.add(
+        big("Nodes up"),
+        [('count(up{job="snnrm"} == 1)', "nodes")],
+        description="snnrm daemons Prometheus scrapes successfully.",
+        unit="short",
+    )
+    b.add(
+        big("Chips"),
+        [(f"count(count by (node, chip) (snnrm_chip_cores{{{CHIP}}}))", "chips")],
+        description="Neuromorphic chips discovered on the selected nodes.",
+        unit="short",
+    )
     b.add(
         big("Healthy cores", thresholds=[(None, "red"), (0.9, "orange"), (0.99, "green")]),
         [(f'sum(snnrm_chip_cores{{{CHIP}, state="healthy"}}) / sum(snnrm_chip_cores{{{CHIP}}})', "healthy")],
         description="Share of neuron cores that are Healthy (advertised to the kubelet as healthy devices).",
         unit="percentunit",
     )
-    b.add(big("Effective throughput"), [(f"sum(snnrm_chip_capacity_effective_events_per_second{{{CHIP}}})", "eff")],
-          description="Event throughput the chips can take now (healthy cores x measured efficiency and queue "
-          "headroom).", unit="si:ev/s")  # fmt: skip
+    b.add(
+        big("Effective throughput"),
+        [(f"sum(snnrm_chip_capacity_effective_events_per_second{{{CHIP}}})", "eff")],
+        description="Event throughput the chips can take now (healthy cores x measured efficiency and queue headroom).",
+        unit="si:ev/s",
+    )
     b.add(
         big("Firing snnrm alerts", thresholds=[(None, "green"), (1, "red")]),
         [('count(ALERTS{alertname=~"Snnrm.*", alertstate="firing"}) or vector(0)', "alerts")],
         description="Alerts of rules/snnrm.rules.yaml firing now (needs the rules loaded in this Prometheus).",
         unit="short",
     )
-    b.add(big("Dropped events/s", thresholds=[(None, "green"), (1, "orange")]),
-          [(f"sum({DROPPED}{{{CHIP}}})", "dropped")],
-          description="Events dropped at the cores (queue overflow or failure), all selected chips.",
-          unit="si:ev/s")  # fmt: skip
+    b.add(
+        big("Dropped events/s", thresholds=[(None, "green"), (1, "orange")]),
+        [(f"sum({DROPPED}{{{CHIP}}})", "dropped")],
+        description="Events dropped at the cores (queue overflow or failure), all selected chips.",
+        unit="si:ev/s",
+    )
     b.row("Capacity")
-    b.add(ts("Neuron cores by health", stack=True),
-          [(f"sum by (state) (snnrm_chip_cores{{{CHIP}}})", "{{state}}")],
-          description="Neuron cores by health state (healthy, unknown: telemetry quiet, unhealthy).",
-          unit="short")  # fmt: skip
+    b.add(
+        ts("Neuron cores by health", stack=True),
+        [(f"sum by (state) (snnrm_chip_cores{{{CHIP}}})", "{{state}}")],
+        description="Neuron cores by health state (healthy, unknown: telemetry quiet, unhealthy).",
+        unit="short",
+    )
     b.add(
         ts("Event-throughput capacity"),
         [
@@ -304,24 +331,38 @@ def cluster_overview() -> Board:
         "throughput per node.",
         unit="si:ev/s",
     )
-    b.add(ts("Devices advertised to the kubelet", legend_right=True),
-          [(f"sum by (node, resource, state) (snnrm_resource_devices{{{SEL}}})", "{{node}} {{resource}} {{state}}")],
-          description="snnrm.io/neuron-core and snnrm.io/event-throughput devices by health, as ListAndWatch "
-          "reports them.", unit="short")  # fmt: skip
-    b.add(ts("Allocations"),
-          [(f"sum by (resource, result) (rate(snnrm_allocations_total{{{SEL}}}[{RATE}]))", "{{resource}} {{result}}")],
-          description="Container allocations the kubelet asked for (Allocate), by result.", unit="reqps")  # fmt: skip
+    b.add(
+        ts("Devices advertised to the kubelet", legend_right=True),
+        [(f"sum by (node, resource, state) (snnrm_resource_devices{{{SEL}}})", "{{node}} {{resource}} {{state}}")],
+        description="snnrm.io/neuron-core and snnrm.io/event-throughput devices by health, as ListAndWatch "
+        "reports them.",
+        unit="short",
+    )
+    b.add(
+        ts("Allocations"),
+        [(f"sum by (resource, result) (rate(snnrm_allocations_total{{{SEL}}}[{RATE}]))", "{{resource}} {{result}}")],
+        description="Container allocations the kubelet asked for (Allocate), by result.",
+        unit="reqps",
+    )
     b.row("Traffic")
-    b.add(ts("Events processed and dropped"),
-          [(f"sum by (node) ({PROCESSED}{{{CHIP}}})", "{{node}} processed"),
-           (f"sum by (node) ({DROPPED}{{{CHIP}}})", "{{node}} dropped")],
-          description="Event throughput actually processed, and events lost, per node (2-minute rates).",
-          unit="si:ev/s")  # fmt: skip
-    b.add(ts("Spike-transfer efficiency", lo=0, hi=1),
-          [(f"min by (node) ({EFF_MIN}{{{CHIP}}})", "{{node}} worst"),
-           (f"avg by (node) ({EFF_AVG}{{{CHIP}}})", "{{node}} mean")],
-          description="Delivered over sent spikes: the worst core/group and the mean per node.",
-          unit="percentunit")  # fmt: skip
+    b.add(
+        ts("Events processed and dropped"),
+        [
+            (f"sum by (node) ({PROCESSED}{{{CHIP}}})", "{{node}} processed"),
+            (f"sum by (node) ({DROPPED}{{{CHIP}}})", "{{node}} dropped"),
+        ],
+        description="Event throughput actually processed, and events lost, per node (2-minute rates).",
+        unit="si:ev/s",
+    )
+    b.add(
+        ts("Spike-transfer efficiency", lo=0, hi=1),
+        [
+            (f"min by (node) ({EFF_MIN}{{{CHIP}}})", "{{node}} worst"),
+            (f"avg by (node) ({EFF_AVG}{{{CHIP}}})", "{{node}} mean"),
+        ],
+        description="Delivered over sent spikes: the worst core/group and the mean per node.",
+        unit="percentunit",
+    )
     return b
 
 
@@ -341,61 +382,109 @@ def node_chip() -> Board:
         color="red",
     )
     b.row("Event queues")
-    b.add(heat("Event-queue fill over the mesh (rows: cores or groups)"),
-          [(f"snnrm_core_event_queue_fill_ratio{{{CHIP}}}", "{{node}} chip {{chip}} {{core}}{{group}}")],
-          description="Queued events over queue capacity per core (or router group, by --metrics-granularity); "
-          "a hot spot shows as a bright band.", unit="percentunit")  # fmt: skip
-    b.add(ts("Fullest queues", lo=0, hi=1),
-          [(f"topk(5, snnrm_core_event_queue_fill_ratio{{{CHIP}}})", "{{node}} chip {{chip}} {{core}}{{group}}")],
-          description="The five fullest event queues; above 0.8 the daemon marks the core queue-saturated.",
-          unit="percentunit")  # fmt: skip
-    b.add(ts("Queued events per chip"),
-          [(f"{DEPTH}{{{CHIP}}}", "{{node}} chip {{chip}}")],
-          description="Events waiting in the input queues of each chip (smoothed).", unit="short")  # fmt: skip
+    b.add(
+        heat("Event-queue fill over the mesh (rows: cores or groups)"),
+        [(f"snnrm_core_event_queue_fill_ratio{{{CHIP}}}", "{{node}} chip {{chip}} {{core}}{{group}}")],
+        description="Queued events over queue capacity per core (or router group, by --metrics-granularity); "
+        "a hot spot shows as a bright band.",
+        unit="percentunit",
+    )
+    b.add(
+        ts("Fullest queues", lo=0, hi=1),
+        [(f"topk(5, snnrm_core_event_queue_fill_ratio{{{CHIP}}})", "{{node}} chip {{chip}} {{core}}{{group}}")],
+        description="The five fullest event queues; above 0.8 the daemon marks the core queue-saturated.",
+        unit="percentunit",
+    )
+    b.add(
+        ts("Queued events per chip"),
+        [(f"{DEPTH}{{{CHIP}}}", "{{node}} chip {{chip}}")],
+        description="Events waiting in the input queues of each chip (smoothed).",
+        unit="short",
+    )
     b.row("Mesh links")
-    b.add(ts("Link utilisation, hottest 10", lo=0, hi=1, legend_right=True),
-          [(f"topk(10, snnrm_link_utilization_ratio{{{CHIP}}})",
-            "{{node}} chip {{chip}} {{link}}{{group}} inter={{inter_chip}}")],
-          description="Load of directed mesh links, 0-1 of capacity (per link at core granularity, the hottest "
-          "link of each group or chip otherwise).", unit="percentunit")  # fmt: skip
-    b.add(bars("Hottest link per chip", hi=1),
-          [(f"{LINK_MAX}{{{CHIP}}}", "{{node}} chip {{chip}} inter={{inter_chip}}")],
-          description="Highest link utilisation on each chip, on-chip and inter-chip links apart.",
-          unit="percentunit")  # fmt: skip
-    b.add(ts("Failed links"), [(f"snnrm_chip_failed_links{{{CHIP}}}", "{{node}} chip {{chip}}")],
-          description="Mesh links leaving the chip's routers that hardware reports failed.", unit="short")  # fmt: skip
+    b.add(
+        ts("Link utilisation, hottest 10", lo=0, hi=1, legend_right=True),
+        [
+            (
+                f"topk(10, snnrm_link_utilization_ratio{{{CHIP}}})",
+                "{{node}} chip {{chip}} {{link}}{{group}} inter={{inter_chip}}",
+            )
+        ],
+        description="Load of directed mesh links, 0-1 of capacity (per link at core granularity, the hottest "
+        "link of each group or chip otherwise).",
+        unit="percentunit",
+    )
+    b.add(
+        bars("Hottest link per chip", hi=1),
+        [(f"{LINK_MAX}{{{CHIP}}}", "{{node}} chip {{chip}} inter={{inter_chip}}")],
+        description="Highest link utilisation on each chip, on-chip and inter-chip links apart.",
+        unit="percentunit",
+    )
+    b.add(
+        ts("Failed links"),
+        [(f"snnrm_chip_failed_links{{{CHIP}}}", "{{node}} chip {{chip}}")],
+        description="Mesh links leaving the chip's routers that hardware reports failed.",
+        unit="short",
+    )
     b.row("Spikes")
-    b.add(ts("Spike-transfer efficiency", lo=0, hi=1),
-          [(f"{EFF_MIN}{{{CHIP}}}", "{{node}} chip {{chip}} worst"),
-           (f"{EFF_P10}{{{CHIP}}}", "{{node}} chip {{chip}} p10")],
-          description="Delivered over sent spikes per chip: the worst unit and the 10th percentile (what "
-          "SnnrmLowSpikeTransferEfficiency alerts on).", unit="percentunit")  # fmt: skip
-    b.add(ts("Spikes sent and delivered"),
-          [(f"{SENT}{{{CHIP}}}", "{{node}} chip {{chip}} sent"),
-           (f"{DELIVERED}{{{CHIP}}}", "{{node}} chip {{chip}} delivered")],
-          description="Spike rate leaving the chip's cores and reaching their destination (KSPS/MSPS).",
-          unit="si:spikes/s")  # fmt: skip
-    b.add(ts("Events processed and dropped"),
-          [(f"{PROCESSED}{{{CHIP}}}", "{{node}} chip {{chip}} processed"),
-           (f"{DROPPED}{{{CHIP}}}", "{{node}} chip {{chip}} dropped")],
-          description="Event throughput per chip (KEPS/MEPS) and events lost (2-minute rates).",
-          unit="si:ev/s")  # fmt: skip
+    b.add(
+        ts("Spike-transfer efficiency", lo=0, hi=1),
+        [
+            (f"{EFF_MIN}{{{CHIP}}}", "{{node}} chip {{chip}} worst"),
+            (f"{EFF_P10}{{{CHIP}}}", "{{node}} chip {{chip}} p10"),
+        ],
+        description="Delivered over sent spikes per chip: the worst unit and the 10th percentile (what "
+        "SnnrmLowSpikeTransferEfficiency alerts on).",
+        unit="percentunit",
+    )
+    b.add(
+        ts("Spikes sent and delivered"),
+        [
+            (f"{SENT}{{{CHIP}}}", "{{node}} chip {{chip}} sent"),
+            (f"{DELIVERED}{{{CHIP}}}", "{{node}} chip {{chip}} delivered"),
+        ],
+        description="Spike rate leaving the chip's cores and reaching their destination (KSPS/MSPS).",
+        unit="si:spikes/s",
+    )
+    b.add(
+        ts("Events processed and dropped"),
+        [
+            (f"{PROCESSED}{{{CHIP}}}", "{{node}} chip {{chip}} processed"),
+            (f"{DROPPED}{{{CHIP}}}", "{{node}} chip {{chip}} dropped"),
+        ],
+        description="Event throughput per chip (KEPS/MEPS) and events lost (2-minute rates).",
+        unit="si:ev/s",
+    )
     b.row("Health and capacity")
-    b.add(ts("Cores by state", stack=True),
-          [(f"sum by (node, chip, state) (snnrm_chip_cores{{{CHIP}}})", "{{node}} chip {{chip}} {{state}}")],
-          description="Neuron cores of each chip by health state.", unit="short")  # fmt: skip
-    b.add(ts("Degraded cores by reason", stack=True),
-          [(f'sum by (node, reason) (snnrm_chip_degraded_cores{{{CHIP}}}) > 0', "{{node}} {{reason}}")],
-          description="Cores not Healthy, by reason (failed, stale, queue-saturated, low-efficiency, link-congested, "
-          "recovering); a core with several reasons counts under each.", unit="short")  # fmt: skip
-    b.add(ts("Capacity per chip"),
-          [(f"snnrm_chip_capacity_effective_events_per_second{{{CHIP}}}", "{{node}} chip {{chip}} effective"),
-           (f"snnrm_chip_capacity_advertised_events_per_second{{{CHIP}}}", "{{node}} chip {{chip}} advertised")],
-          description="Measured effective and advertised event throughput per chip.", unit="si:ev/s")  # fmt: skip
-    b.add(ts("Telemetry age per chip"),
-          [(f"snnrm_chip_telemetry_age_seconds{{{CHIP}}}", "{{node}} chip {{chip}}")],
-          description="Age of the oldest last-accepted core sample of each chip (backend clock); growth means a "
-          "chip's telemetry went quiet.", unit="s")  # fmt: skip
+    b.add(
+        ts("Cores by state", stack=True),
+        [(f"sum by (node, chip, state) (snnrm_chip_cores{{{CHIP}}})", "{{node}} chip {{chip}} {{state}}")],
+        description="Neuron cores of each chip by health state.",
+        unit="short",
+    )
+    b.add(
+        ts("Degraded cores by reason", stack=True),
+        [(f"sum by (node, reason) (snnrm_chip_degraded_cores{{{CHIP}}}) > 0", "{{node}} {{reason}}")],
+        description="Cores not Healthy, by reason (failed, stale, queue-saturated, low-efficiency, link-congested, "
+        "recovering); a core with several reasons counts under each.",
+        unit="short",
+    )
+    b.add(
+        ts("Capacity per chip"),
+        [
+            (f"snnrm_chip_capacity_effective_events_per_second{{{CHIP}}}", "{{node}} chip {{chip}} effective"),
+            (f"snnrm_chip_capacity_advertised_events_per_second{{{CHIP}}}", "{{node}} chip {{chip}} advertised"),
+        ],
+        description="Measured effective and advertised event throughput per chip.",
+        unit="si:ev/s",
+    )
+    b.add(
+        ts("Telemetry age per chip"),
+        [(f"snnrm_chip_telemetry_age_seconds{{{CHIP}}}", "{{node}} chip {{chip}}")],
+        description="Age of the oldest last-accepted core sample of each chip (backend clock); growth means a "
+        "chip's telemetry went quiet.",
+        unit="s",
+    )
     return b
 
 
@@ -421,49 +510,90 @@ def split_learning() -> Board:
     )
     join = f" * on (namespace, pod) group_left (snn_job, stage) snnrm_job_stage_info{{{stage}}}"
     b.row("Stages")
-    b.add(ts("Spike latency per stage"),
-          [(f"max by (snn_job, stage) (snnrm_stage_spike_latency_seconds{{{stage}}})", "{{snn_job}} stage {{stage}}")],
-          description="Spike latency into each stage (route from the previous stage plus queueing delay), as the "
-          "node running the stage measures it (today: simulated chips only).", unit="s")  # fmt: skip
-    b.add(ts("Cores per stage"),
-          [(f"max by (node, snn_job, stage) (snnrm_stage_cores{{{stage}}})",
-            "{{snn_job}} stage {{stage}} on {{node}}")],
-          description="Neuron cores each stage uses now (a live remap's target, else the cores it was admitted "
-          "to).", unit="short")  # fmt: skip
-    b.add(ts("Spike rate per stage"),
-          [(f"sum by (snn_job, stage) (rate(snnrm_core_spikes_sent_total{{{SEL}, pod!=\"\"}}[{RATE}]){join})",
-            "{{snn_job}} stage {{stage}}")],
-          description="Spikes sent by the cores each stage's pod holds (core series carry namespace/pod at "
-          "--metrics-granularity core with the PodResources socket), joined to stages.",
-          unit="si:spikes/s")  # fmt: skip
-    b.add(ts("Events per pod"),
-          [(f"sum by (namespace, pod) (rate(snnrm_core_events_processed_total{{{SEL}, pod!=\"\"}}[{RATE}]))",
-            "{{namespace}}/{{pod}} processed"),
-           (f"sum by (namespace, pod) (rate(snnrm_core_events_dropped_total{{{SEL}, pod!=\"\"}}[{RATE}]))",
-            "{{namespace}}/{{pod}} dropped")],
-          description="Event throughput of the cores each pod holds (needs --metrics-granularity core and the "
-          "kubelet PodResources socket).", unit="si:ev/s")  # fmt: skip
-    b.add(ts("Spike-transfer efficiency per pod", lo=0, hi=1),
-          [(f"min by (namespace, pod) (snnrm_core_spike_transfer_efficiency_ratio{{{SEL}, pod!=\"\"}})",
-            "{{namespace}}/{{pod}} worst core")],
-          description="Worst delivered/sent spike ratio among each pod's cores: a stage about to be reallocated "
-          "shows here first.", unit="percentunit")  # fmt: skip
-    b.add(bars("Devices held per pod"),
-          [(f"sum by (namespace, pod, resource) (snnrm_container_devices{{{SEL}}})",
-            "{{namespace}}/{{pod}} {{resource}}")],
-          description="snnrm devices each pod's containers hold, from the kubelet PodResources API.",
-          unit="short")  # fmt: skip
+    b.add(
+        ts("Spike latency per stage"),
+        [(f"max by (snn_job, stage) (snnrm_stage_spike_latency_seconds{{{stage}}})", "{{snn_job}} stage {{stage}}")],
+        description="Spike latency into each stage (route from the previous stage plus queueing delay), as the "
+        "node running the stage measures it (today: simulated chips only).",
+        unit="s",
+    )
+    b.add(
+        ts("Cores per stage"),
+        [(f"max by (node, snn_job, stage) (snnrm_stage_cores{{{stage}}})", "{{snn_job}} stage {{stage}} on {{node}}")],
+        description="Neuron cores each stage uses now (a live remap's target, else the cores it was admitted to).",
+        unit="short",
+    )
+    b.add(
+        ts("Spike rate per stage"),
+        [
+            (
+                f'sum by (snn_job, stage) (rate(snnrm_core_spikes_sent_total{{{SEL}, pod!=""}}[{RATE}]){join})',
+                "{{snn_job}} stage {{stage}}",
+            )
+        ],
+        description="Spikes sent by the cores each stage's pod holds (core series carry namespace/pod at "
+        "--metrics-granularity core with the PodResources socket), joined to stages.",
+        unit="si:spikes/s",
+    )
+    b.add(
+        ts("Events per pod"),
+        [
+            (
+                f'sum by (namespace, pod) (rate(snnrm_core_events_processed_total{{{SEL}, pod!=""}}[{RATE}]))',
+                "{{namespace}}/{{pod}} processed",
+            ),
+            (
+                f'sum by (namespace, pod) (rate(snnrm_core_events_dropped_total{{{SEL}, pod!=""}}[{RATE}]))',
+                "{{namespace}}/{{pod}} dropped",
+            ),
+        ],
+        description="Event throughput of the cores each pod holds (needs --metrics-granularity core and the "
+        "kubelet PodResources socket).",
+        unit="si:ev/s",
+    )
+    b.add(
+        ts("Spike-transfer efficiency per pod", lo=0, hi=1),
+        [
+            (
+                f'min by (namespace, pod) (snnrm_core_spike_transfer_efficiency_ratio{{{SEL}, pod!=""}})',
+                "{{namespace}}/{{pod}} worst core",
+            )
+        ],
+        description="Worst delivered/sent spike ratio among each pod's cores: a stage about to be reallocated "
+        "shows here first.",
+        unit="percentunit",
+    )
+    b.add(
+        bars("Devices held per pod"),
+        [
+            (
+                f"sum by (namespace, pod, resource) (snnrm_container_devices{{{SEL}}})",
+                "{{namespace}}/{{pod}} {{resource}}",
+            )
+        ],
+        description="snnrm devices each pod's containers hold, from the kubelet PodResources API.",
+        unit="short",
+    )
     b.row("Reallocations")
-    b.add(ts("Reallocation decisions by reason"),
-          [(f"sum by (snn_job, reason, action) (increase({moves}[1h]))", "{{snn_job}} {{reason}} {{action}}")],
-          description="Decisions in the last hour, from the nodes (live remaps) and the controller (evictions), "
-          "by degradation reason and action (SnnrmReallocationStorm fires above 6 moves).",
-          unit="short")  # fmt: skip
-    b.add(ts("Live remaps per stage"),
-          [(f"sum by (snn_job, stage) (increase(snnrm_stage_remaps_total{{{stage}}}[1h]))",
-            "{{snn_job}} stage {{stage}}")],
-          description="Live remaps of each stage on its node in the last hour (0 from the stage's admission, so "
-          "the first move counts).", unit="short")  # fmt: skip
+    b.add(
+        ts("Reallocation decisions by reason"),
+        [(f"sum by (snn_job, reason, action) (increase({moves}[1h]))", "{{snn_job}} {{reason}} {{action}}")],
+        description="Decisions in the last hour, from the nodes (live remaps) and the controller (evictions), "
+        "by degradation reason and action (SnnrmReallocationStorm fires above 6 moves).",
+        unit="short",
+    )
+    b.add(
+        ts("Live remaps per stage"),
+        [
+            (
+                f"sum by (snn_job, stage) (increase(snnrm_stage_remaps_total{{{stage}}}[1h]))",
+                "{{snn_job}} stage {{stage}}",
+            )
+        ],
+        description="Live remaps of each stage on its node in the last hour (0 from the stage's admission, so "
+        "the first move counts).",
+        unit="short",
+    )
     return b
 
 
@@ -477,62 +607,118 @@ def daemon_health() -> Board:
         variables=("node",),
     )
     b.row("Device plugin")
-    b.add(ts("RPC latency (p99, p50)"),
-          [(f"histogram_quantile(0.99, sum by (rpc, le) (rate(snnrm_device_plugin_rpc_duration_seconds_bucket{{{SEL}}}"
-            f"[{RATE}])))", "{{rpc}} p99"),
-           (f"histogram_quantile(0.5, sum by (rpc, le) (rate(snnrm_device_plugin_rpc_duration_seconds_bucket{{{SEL}}}"
-            f"[{RATE}])))", "{{rpc}} p50")],
-          description="Time to answer device plugin RPCs (Allocate, GetPreferredAllocation, ...).",
-          unit="s")  # fmt: skip
-    b.add(ts("RPC errors"),
-          [(f'sum by (rpc, code) (rate(snnrm_device_plugin_rpcs_total{{{SEL}, code!="OK"}}[{RATE}])) or on (rpc) '
-            f"sum by (rpc) (rate(snnrm_device_plugin_rpcs_total{{{SEL}}}[{RATE}])) * 0", "{{rpc}} {{code}}")],
-          description="Device plugin RPCs answered with a non-OK gRPC status (0 for an RPC served without error, so "
-          "no errors and no data look different).", unit="reqps")  # fmt: skip
-    b.add(ts("ListAndWatch messages"),
-          [(f"sum by (resource) (rate(snnrm_list_and_watch_messages_total{{{SEL}}}[{RATE}]))", "{{resource}}")],
-          description="Device lists sent to the kubelet (one per health or capacity change).",
-          unit="short")  # fmt: skip
-    b.add(ts("Registered with the kubelet", lo=0, hi=1),
-          [(f"snnrm_device_plugin_registered{{{SEL}}}", "{{node}} {{resource}}")],
-          description="1 while the resource's plugin is registered (SnnrmDevicePluginNotRegistered alerts on 0).",
-          unit="bool")  # fmt: skip
+    b.add(
+        ts("RPC latency (p99, p50)"),
+        [
+            (
+                f"histogram_quantile(0.99, sum by (rpc, le) "
+                f"(rate(snnrm_device_plugin_rpc_duration_seconds_bucket{{{SEL}}}[{RATE}])))",
+                "{{rpc}} p99",
+            ),
+            (
+                f"histogram_quantile(0.5, sum by (rpc, le) "
+                f"(rate(snnrm_device_plugin_rpc_duration_seconds_bucket{{{SEL}}}[{RATE}])))",
+                "{{rpc}} p50",
+            ),
+        ],
+        description="Time to answer device plugin RPCs (Allocate, GetPreferredAllocation, ...).",
+        unit="s",
+    )
+    b.add(
+        ts("RPC errors"),
+        [
+            (
+                f'sum by (rpc, code) (rate(snnrm_device_plugin_rpcs_total{{{SEL}, code!="OK"}}[{RATE}])) or on (rpc) '
+                f"sum by (rpc) (rate(snnrm_device_plugin_rpcs_total{{{SEL}}}[{RATE}])) * 0",
+                "{{rpc}} {{code}}",
+            )
+        ],
+        description="Device plugin RPCs answered with a non-OK gRPC status (0 for an RPC served without error, so "
+        "no errors and no data look different).",
+        unit="reqps",
+    )
+    b.add(
+        ts("ListAndWatch messages"),
+        [(f"sum by (resource) (rate(snnrm_list_and_watch_messages_total{{{SEL}}}[{RATE}]))", "{{resource}}")],
+        description="Device lists sent to the kubelet (one per health or capacity change).",
+        unit="short",
+    )
+    b.add(
+        ts("Registered with the kubelet", lo=0, hi=1),
+        [(f"snnrm_device_plugin_registered{{{SEL}}}", "{{node}} {{resource}}")],
+        description="1 while the resource's plugin is registered (SnnrmDevicePluginNotRegistered alerts on 0).",
+        unit="bool",
+    )
     b.row("Scrape and telemetry")
-    b.add(ts("Scrape duration"),
-          [(f'scrape_duration_seconds{{job="snnrm"}} * on (instance) group_left (node) '
-            f"max by (instance, node) (snnrm_build_info{{{SEL}}})", "{{node}}")],
-          description="How long Prometheus takes to scrape /metrics (target: < 100 ms at 4,096 cores).",
-          unit="s")  # fmt: skip
-    b.add(ts("Series per scrape"),
-          [(f'scrape_samples_scraped{{job="snnrm"}} * on (instance) group_left (node) '
-            f"max by (instance, node) (snnrm_build_info{{{SEL}}})", "{{node}}")],
-          description="Samples in one scrape: grows with cores x --metrics-granularity.", unit="short")  # fmt: skip
-    b.add(ts("Telemetry frames and errors"),
-          [(f"sum by (node) (rate(snnrm_telemetry_frames_total{{{SEL}}}[{RATE}]))", "{{node}} frames"),
-           (f"sum by (node) (rate(snnrm_telemetry_read_errors_total{{{SEL}}}[{RATE}]))", "{{node}} read errors"),
-           (f"sum by (node) (rate(snnrm_telemetry_rejected_frames_total{{{SEL}}}[{RATE}]))",
-            "{{node}} rejected frames")],
-          description="Frames folded in per second, and backend reads that failed or were rejected whole.",
-          unit="ops")  # fmt: skip
-    b.add(ts("Rejected core samples"),
-          [(f"sum by (node) (rate(snnrm_telemetry_rejected_samples_total{{{SEL}}}[{RATE}]))", "{{node}}")],
-          description="Core samples rejected as NaN, negative, stale or impossible (never propagated).",
-          unit="ops")  # fmt: skip
-    b.add(ts("Last frame age"),
-          [(f"snnrm_telemetry_last_frame_age_seconds{{{SEL}}}", "{{node}}")],
-          description="Seconds since the last telemetry frame (SnnrmTelemetryStale alerts above 10 s).",
-          unit="s")  # fmt: skip
-    b.add(ts("Up"), [('up{job="snnrm"}', "{{instance}}")],
-          description="Prometheus' view of each snnrm target (SnnrmDaemonDown alerts on 0).", unit="bool")  # fmt: skip
+    b.add(
+        ts("Scrape duration"),
+        [
+            (
+                f'scrape_duration_seconds{{job="snnrm"}} * on (instance) group_left (node) '
+                f"max by (instance, node) (snnrm_build_info{{{SEL}}})",
+                "{{node}}",
+            )
+        ],
+        description="How long Prometheus takes to scrape /metrics (target: < 100 ms at 4,096 cores).",
+        unit="s",
+    )
+    b.add(
+        ts("Series per scrape"),
+        [
+            (
+                f'scrape_samples_scraped{{job="snnrm"}} * on (instance) group_left (node) '
+                f"max by (instance, node) (snnrm_build_info{{{SEL}}})",
+                "{{node}}",
+            )
+        ],
+        description="Samples in one scrape: grows with cores x --metrics-granularity.",
+        unit="short",
+    )
+    b.add(
+        ts("Telemetry frames and errors"),
+        [
+            (f"sum by (node) (rate(snnrm_telemetry_frames_total{{{SEL}}}[{RATE}]))", "{{node}} frames"),
+            (f"sum by (node) (rate(snnrm_telemetry_read_errors_total{{{SEL}}}[{RATE}]))", "{{node}} read errors"),
+            (
+                f"sum by (node) (rate(snnrm_telemetry_rejected_frames_total{{{SEL}}}[{RATE}]))",
+                "{{node}} rejected frames",
+            ),
+        ],
+        description="Frames folded in per second, and backend reads that failed or were rejected whole.",
+        unit="ops",
+    )
+    b.add(
+        ts("Rejected core samples"),
+        [(f"sum by (node) (rate(snnrm_telemetry_rejected_samples_total{{{SEL}}}[{RATE}]))", "{{node}}")],
+        description="Core samples rejected as NaN, negative, stale or impossible (never propagated).",
+        unit="ops",
+    )
+    b.add(
+        ts("Last frame age"),
+        [(f"snnrm_telemetry_last_frame_age_seconds{{{SEL}}}", "{{node}}")],
+        description="Seconds since the last telemetry frame (SnnrmTelemetryStale alerts above 10 s).",
+        unit="s",
+    )
+    b.add(
+        ts("Up"),
+        [('up{job="snnrm"}', "{{instance}}")],
+        description="Prometheus' view of each snnrm target (SnnrmDaemonDown alerts on 0).",
+        unit="bool",
+    )
     b.row("Autoscaling hooks")
-    b.add(ts("Alertmanager notifications"),
-          [(f"sum by (result) (increase(snnrm_hook_notifications_total{{{SEL}}}[{RATE}]))", "{{result}}")],
-          description="Notifications received on /hooks/alertmanager by result (ok, retry, unauthorized, "
-          "bad-request, too-large, ...).", unit="short")  # fmt: skip
-    b.add(ts("Hook actions"),
-          [(f"sum by (hook, outcome) (increase(snnrm_hook_actions_total{{{SEL}}}[{RATE}]))", "{{hook}} {{outcome}}")],
-          description="What each configured hook did (applied, undone, duplicate, cooldown, at-bound, failed, retry).",
-          unit="short")  # fmt: skip
+    b.add(
+        ts("Alertmanager notifications"),
+        [(f"sum by (result) (increase(snnrm_hook_notifications_total{{{SEL}}}[{RATE}]))", "{{result}}")],
+        description="Notifications received on /hooks/alertmanager by result (ok, retry, unauthorized, "
+        "bad-request, too-large, ...).",
+        unit="short",
+    )
+    b.add(
+        ts("Hook actions"),
+        [(f"sum by (hook, outcome) (increase(snnrm_hook_actions_total{{{SEL}}}[{RATE}]))", "{{hook}} {{outcome}}")],
+        description="What each configured hook did (applied, undone, duplicate, cooldown, at-bound, failed, retry).",
+        unit="short",
+    )
     return b
 
 

@@ -58,9 +58,21 @@ async def shoot(settle: float, view: str) -> bytes:
         scratch = Path(tmp)
         with (scratch / "demo.log").open("wb") as log:
             demo = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "snnrm", "demo", "--http", f"127.0.0.1:{port}", "--seconds", "120",
-                "--log-format", "json", stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log, cwd=REPO,
-            )  # fmt: skip
+                sys.executable,
+                "-m",
+                "snnrm",
+                "demo",
+                "--http",
+                f"127.0.0.1:{port}",
+                "--seconds",
+                "120",
+                "--log-format",
+                "json",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                cwd=REPO,
+            )
         try:
             await _serving(base, demo, within=60)
             async with chromium(scratch) as cdp:
@@ -102,9 +114,11 @@ if __name__ == "__main__":
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "img" / "status-page.png")
     parser.add_argument("--settle", type=float, default=1.2, help="seconds the page polls after it shows the remap")
     parser.add_argument(
-        "--view", choices=("peak", "now"), default="peak",
+        "--view",
+        choices=("peak", "now"),
+        default="peak",
         help="colour the mesh by the worst value of the last minutes (default) or the live frame",
-    )  # fmt: skip
+    )
     args = parser.parse_args()
     png = asyncio.run(shoot(args.settle, args.view))
     args.out.parent.mkdir(parents=True, exist_ok=True)

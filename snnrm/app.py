@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -42,7 +42,6 @@ from snnrm.http.hooks import HookEndpoint, HookSetupError, build_endpoint, setup
 from snnrm.http.server import FaultAccess, build_app, serve
 from snnrm.http.status import fault_recorder
 from snnrm.kube.api import ClusterApi, KubeConfigError
-from snnrm.kube.client import KubeAsyncApi
 from snnrm.kube.dra import DRA_TIMEOUT, DraApi
 from snnrm.kubelet.allocator import AllocationFiles, verify_allocation_files
 from snnrm.kubelet.files import writable_problem
@@ -55,6 +54,10 @@ from snnrm.obs.rpc import RpcInstrumentation
 from snnrm.obs.timeline import Timeline
 from snnrm.obs.tracing import Tracer, Tracing, setup_tracing
 from snnrm.obs.transitions import HealthTransitions
+
+if TYPE_CHECKING:
+    # kubernetes-asyncio costs ~34 MB of RSS at import: a daemon that never talks to the apiserver never loads it.
+    from snnrm.kube.client import KubeAsyncApi
 
 log = structlog.get_logger(__name__)
 
@@ -89,6 +92,8 @@ class KubeClients:
     async def get(self, kubeconfig: Path | None) -> KubeAsyncApi:
         """The client for ``kubeconfig`` (None: in cluster); :class:`KubeConfigError` without usable credentials."""
         if kubeconfig not in self._clients:
+            from snnrm.kube.client import KubeAsyncApi  # lazily: see the TYPE_CHECKING import
+
             self._clients[kubeconfig] = await KubeAsyncApi.connect(kubeconfig)
         return self._clients[kubeconfig]
 
@@ -421,9 +426,9 @@ async def _placement_agent(
     except KubeConfigError as e:
         raise ConfigError(f"placement.enabled needs the apiserver: {e}") from None
     name = pc.node_name or os.environ.get("NODE_NAME") or socket.gethostname()
-    weight = INTER_CHIP_WEIGHT
-    if isinstance(backend, SimBackend):  # a chip crossing costs what its latency says, in on-chip hops
-        weight = backend.sim.spec.inter_chip_hop_latency / backend.sim.spec.hop_latency
+    # A chip crossing costs what the hardware's latencies say, in on-chip hops; a backend that cannot say gets the
+    # documented fallback of the pure core.
+    weight = backend.inter_chip_weight if isinstance(backend, SimBackend) else INTER_CHIP_WEIGHT
     ledger = RemapLedger(config.state_dir, node.topology)
     recorder = EventRecorder(api, instance=f"snnrm-node/{name}")
     metrics = ReallocationMetrics(registry)

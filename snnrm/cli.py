@@ -165,10 +165,16 @@ def main() -> None:
 )
 @_opt("dra-node-name", default=None, help="Node name for the ResourceSlice pool [default: the host name].")
 @_opt(
+    "kubeconfig",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Kubeconfig of every apiserver client (scaling hooks, DRA, placement) [default: in-cluster service account].",
+)
+@_opt(
     "dra-kubeconfig",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="Kubeconfig for ResourceSlices/ResourceClaims [default: in-cluster service account].",
+    help="Deprecated alias of --kubeconfig.",
 )
 @_opt("dra-tile", default=None, help="Routers per DRA core-group device, WxH [default: 1x1].")
 def run(config: Path | None, **flags: Any) -> None:
@@ -234,13 +240,29 @@ def demo(
 @click.option("--scenarios", default="", show_default=False, help="Comma-separated scenarios [default: all].")
 @click.option("--policies", default="", show_default=False, help="Comma-separated policies [default: all].")
 @click.option("--workers", type=int, default=None, help="Processes [default: min(2, CPUs)].")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output directory [default: benchmarks/results, or benchmarks/results/full].")  # fmt: skip
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output directory [default: benchmarks/results, or benchmarks/results/full].",
+)
 @click.option("--plots/--no-plots", default=True, help="Write the PNG plots (needs the 'bench' extra).")
-@click.option("--readme/--no-readme", default=None,
-              help="Rewrite README.md's Experiments section [default: after a complete default-set run].")  # fmt: skip
-def bench(full: bool, seeds: int | None, duration: float | None, scenarios: str, policies: str, workers: int | None,
-          out: Path | None, plots: bool, readme: bool | None) -> None:  # fmt: skip
+@click.option(
+    "--readme/--no-readme",
+    default=None,
+    help="Rewrite README.md's Experiments section [default: after a complete default-set run].",
+)
+def bench(
+    full: bool,
+    seeds: int | None,
+    duration: float | None,
+    scenarios: str,
+    policies: str,
+    workers: int | None,
+    out: Path | None,
+    plots: bool,
+    readme: bool | None,
+) -> None:
     """Experiments on the simulator: snnrm vs first-fit, random and static placement under faults (source tree)."""
     try:
         from benchmarks.experiments.cli import config_for, execute
@@ -253,8 +275,13 @@ def bench(full: bool, seeds: int | None, duration: float | None, scenarios: str,
         sys.path.insert(0, str(root))
         from benchmarks.experiments.cli import config_for, execute
     try:
-        cfg = config_for(full=full, seeds=seeds, duration=duration, scenarios=[s for s in scenarios.split(",") if s],
-                         policies=[s for s in policies.split(",") if s])  # fmt: skip
+        cfg = config_for(
+            full=full,
+            seeds=seeds,
+            duration=duration,
+            scenarios=[s for s in scenarios.split(",") if s],
+            policies=[s for s in policies.split(",") if s],
+        )
     except ValueError as e:
         raise click.UsageError(str(e)) from None
     raise SystemExit(execute(cfg, out=out, workers=workers, plots=plots, readme=readme))

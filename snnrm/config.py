@@ -11,12 +11,18 @@ import difflib
 from pathlib import Path
 from typing import Any, Literal
 
+import structlog
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from snnrm.config_hooks import HooksConfig
 from snnrm.config_placement import PlacementConfig
 from snnrm.core.dra import parse_tile
+
+log = structlog.get_logger(__name__)
+
+KUBECONFIG_ALIASES = ("dra_kubeconfig", "hooks.kubeconfig", "placement.kubeconfig")
+"""Deprecated spellings of :attr:`Config.kubeconfig`, still accepted (with a warning) and folded into it."""
 
 DEFAULT_KUBELET_DIR = Path("/var/lib/kubelet/device-plugins")
 UNIX_PATH_MAX = 107
@@ -86,6 +92,11 @@ class Config(BaseModel):
     """The kubelet's PodResources API socket, for namespace/pod/container labels on allocated devices; when it is
     absent, metrics simply carry no pod labels."""
 
+    kubeconfig: Path | None = None
+    """Kubeconfig of every apiserver client the daemon makes (scaling hooks, the DRA driver, the placement agent);
+    unset means the pod's service account. ``--dra-kubeconfig``, ``hooks.kubeconfig`` and ``placement.kubeconfig``
+    are deprecated aliases of it: accepted with a warning, an error when two disagree."""
+
     # -- alert-driven autoscaling hooks (snnrm/config_hooks.py; docs/autoscaling-hooks.md) --
     hooks: HooksConfig = Field(default_factory=HooksConfig)
     """``POST /hooks/alertmanager`` and the allowlist of hooks it may run; only settable from the config file."""
@@ -103,7 +114,7 @@ class Config(BaseModel):
     """Kubernetes node name: the pool and the slices' nodeName (default: the host name; the chart passes
     spec.nodeName)."""
     dra_kubeconfig: Path | None = None
-    """Kubeconfig for publishing ResourceSlices and reading ResourceClaims (default: the pod's service account)."""
+    """Deprecated alias of :attr:`kubeconfig` (the DRA driver's ResourceSlices and ResourceClaims)."""
     dra_tile: str = "1x1"
     """Routers per core-group device, ``WxH``: 1x1 is one router domain; bigger tiles mean fewer, larger devices
     (e.g. 2x2 on one-core-per-router meshes like Loihi 2, where 1x1 is one device per core)."""
@@ -123,6 +134,32 @@ class Config(BaseModel):
                 f"is {UNIX_PATH_MAX}); use a shorter directory"
             )
         return v
+
+    @model_validator(mode="after")
+    def _one_kubeconfig(self) -> Config:
+        # One credentials source per daemon: three settings that could name three files were three chances to talk
+        # to two clusters. The aliases are folded in (each consumer reads the same path whichever name it reads).
+        given = {
+            "kubeconfig": self.kubeconfig,
+            "dra_kubeconfig": self.dra_kubeconfig,
+            "hooks.kubeconfig": self.hooks.kubeconfig,
+            "placement.kubeconfig": self.placement.kubeconfig,
+        }
+        named = {k: v for k, v in given.items() if v is not None}
+        if len(set(named.values())) > 1:
+            listed = ", ".join(f"{k}={v}" for k, v in named.items())
+            raise ValueError(
+                f"kubeconfig settings disagree ({listed}); set kubeconfig (--kubeconfig or SNNRM_KUBECONFIG) only"
+            )
+        for alias in (k for k in named if k != "kubeconfig"):
+            log.warning("deprecated_setting", setting=alias, use="kubeconfig (--kubeconfig or SNNRM_KUBECONFIG)")
+        path = next(iter(named.values()), None)
+        # The model is frozen to callers; this is its own validation finishing the values.
+        object.__setattr__(self, "kubeconfig", path)
+        object.__setattr__(self, "dra_kubeconfig", path)
+        object.__setattr__(self, "hooks", self.hooks.model_copy(update={"kubeconfig": path}))
+        object.__setattr__(self, "placement", self.placement.model_copy(update={"kubeconfig": path}))
+        return self
 
     @field_validator("dra_tile")
     @classmethod

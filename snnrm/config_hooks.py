@@ -127,7 +127,7 @@ class HooksConfig(BaseModel):
     """File holding the bearer token Alertmanager must send (mount a Secret; re-read on change). Alertmanager side:
     ``http_config.authorization.credentials_file``. When unset, the token comes from ``$SNNRM_HOOKS_TOKEN``."""
     kubeconfig: Path | None = None
-    """Kubeconfig for scaling hooks; unset means the pod's service account (in-cluster)."""
+    """Deprecated alias of the daemon's top-level ``kubeconfig`` (which every apiserver client uses)."""
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=16 * 1024 * 1024)
     """Largest notification accepted: ~1 KB per alert, so 1 MiB holds about a thousand; set Alertmanager's
     ``max_alerts`` to stay below it."""

@@ -7,7 +7,6 @@ live remaps (snnrm/cluster/node_agent.py; docs/split-learning.md)::
     placement:
       enabled: true
       node_name: worker-3          # default: $NODE_NAME (the chart sets it from spec.nodeName), else the host name
-      kubeconfig: null             # default: the pod's service account
       live_remap: true
 """
 
@@ -25,7 +24,7 @@ class PlacementConfig(BaseModel):
     node_name: str | None = None
     """This node's name in the cluster; default ``$NODE_NAME``, else the host name."""
     kubeconfig: Path | None = None
-    """Kubeconfig for the apiserver; default the pod's service account."""
+    """Deprecated alias of the daemon's top-level ``kubeconfig`` (which every apiserver client uses)."""
     live_remap: bool = True
     """Move degraded stages within the node when their runtime opted in (``snnrm.io/live-remap: "true"``)."""
     dry_run: bool = False

@@ -80,8 +80,9 @@ class _DemoStages:
 class _LogReporter:
     """StageReporter for a node without a cluster: the verdicts go to the log."""
 
-    async def report(self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None, moved_at: float | None
-                     ) -> None:  # fmt: skip
+    async def report(
+        self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None, moved_at: float | None
+    ) -> None:
         if health.degraded:
             log.warning("stage_degraded", stage=stage.index, reasons=list(health.reasons), remap=health.remap)
 
@@ -119,8 +120,9 @@ async def _runtime(sim: SimBackend, job: str, files: list[Path], moved: Callable
             moved(i, cores)
 
 
-async def scenario(daemon: Daemon, kubelet: KubeletStandIn, sim: SimBackend, summary: LiveSummary,
-                   hints: PlanHints) -> None:  # fmt: skip
+async def scenario(
+    daemon: Daemon, kubelet: KubeletStandIn, sim: SimBackend, summary: LiveSummary, hints: PlanHints
+) -> None:
     """The demo's story on a running daemon: plan and admit the job, then the faults and the reallocator's answers
     (runs until cancelled; the status page test and the screenshot script run it too)."""
     node = daemon.node
@@ -139,14 +141,21 @@ async def scenario(daemon: Daemon, kubelet: KubeletStandIn, sim: SimBackend, sum
     job = sim_hw.networks.nmnist_classifier(stages=4, name="nmnist")
     # The job contract's numbers: cores per stage, spikes to the next stage (KEPS), sensor input into stage 0.
     demands = tuple(
-        StageDemand(s.cores, out_keps=s.spike_rate / 1e3 if i + 1 < len(job.stages) else 0.0,
-                    in_keps=job.input_rate / 1e3 if i == 0 else 0.0)
+        StageDemand(
+            s.cores,
+            out_keps=s.spike_rate / 1e3 if i + 1 < len(job.stages) else 0.0,
+            in_keps=job.input_rate / 1e3 if i == 0 else 0.0,
+        )
         for i, s in enumerate(job.stages)
-    )  # fmt: skip
-    spec = sim.sim.spec
-    weight = spec.inter_chip_hop_latency / spec.hop_latency
-    view = PlacementView.measured(topo, free=node.core_healthy(), queue_fill=node.queue_fill(),
-                             link_utilization=node.monitor.link_utilization, inter_chip_weight=weight)  # fmt: skip
+    )
+    weight = sim.inter_chip_weight
+    view = PlacementView.measured(
+        topo,
+        free=node.core_healthy(),
+        queue_fill=node.queue_fill(),
+        link_utilization=node.monitor.link_utilization,
+        inter_chip_weight=weight,
+    )
     plan, baseline = plan_job(view, demands), first_fit_plan(view, demands)
     assert plan is not None, "the demo job must fit an idle node"
     assert baseline is not None

@@ -39,7 +39,7 @@ from snnrm.cluster.node_agent import NodeAgent
 from snnrm.cluster.remap import RemapLedger
 from snnrm.core.jobs import JOB
 from snnrm.core.summary import PublishPolicy
-from snnrm.core.topology import BoolArray, ChipGeometry, FloatArray, Topology
+from snnrm.core.topology import INTER_CHIP_WEIGHT, BoolArray, ChipGeometry, FloatArray, Topology
 from snnrm.kube.api import PODS, GoneError, KubeError
 from snnrm.kube.client import KubeAsyncApi
 
@@ -150,7 +150,17 @@ async def main_async(args: argparse.Namespace) -> None:
     agents: dict[str, NodeAgent] = {}
     for name, node in zip(names, nodes, strict=True):
         ledger, recorder = RemapLedger(state / name, TOPOLOGY), EventRecorder(api, instance=name)
-        agents[name] = NodeAgent(api, name, node, ledger, PlanHints(), None, recorder, policy=PublishPolicy())
+        agents[name] = NodeAgent(
+            api,
+            name,
+            node,
+            ledger,
+            PlanHints(),
+            None,
+            recorder,
+            policy=PublishPolicy(),
+            inter_chip_weight=INTER_CHIP_WEIGHT,
+        )
     stats = Path(args.stats)
     t0, cpu0 = time.monotonic(), time.process_time()
     faulted = [0]

@@ -95,10 +95,36 @@ def client_cert(pki: Path, name: str) -> None:
     """A client certificate for ``name`` in system:masters, signed by the control plane's CA."""
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     (pki / f"{name}.ext").write_text("extendedKeyUsage=clientAuth\n")
-    _openssl("req", "-new", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
-             "-subj", f"/O=system:masters/CN={name}", cwd=pki)  # fmt: skip
-    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=pki)  # fmt: skip
+    _openssl(
+        "req",
+        "-new",
+        *ec,
+        "-keyout",
+        f"{name}.key",
+        "-out",
+        f"{name}.csr",
+        "-subj",
+        f"/O=system:masters/CN={name}",
+        cwd=pki,
+    )
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        f"{name}.ext",
+        "-out",
+        f"{name}.crt",
+        cwd=pki,
+    )
 
 
 def user_kubeconfig(cp: ControlPlane, name: str) -> Path:
@@ -106,8 +132,10 @@ def user_kubeconfig(cp: ControlPlane, name: str) -> Path:
     path = cp.workdir / f"{name}.kubeconfig"
     write_kubeconfig(path, cp.server, cp.certs)
     cfg = json.loads(path.read_text())
-    cfg["users"][0]["user"] = {"client-certificate": str(cp.certs / f"{name}.crt"),
-                               "client-key": str(cp.certs / f"{name}.key")}  # fmt: skip
+    cfg["users"][0]["user"] = {
+        "client-certificate": str(cp.certs / f"{name}.crt"),
+        "client-key": str(cp.certs / f"{name}.key"),
+    }
     path.write_text(json.dumps(cfg))
     return Path(path)
 
@@ -227,8 +255,11 @@ async def create_nodes(api: KubeAsyncApi, names: list[str]) -> None:
 
     async def one(name: str) -> None:
         async with sem:
-            meta = {"name": name, "labels": {"kubernetes.io/hostname": name, "type": "kwok"},
-                    "annotations": {"kwok.x-k8s.io/node": "fake"}}  # fmt: skip
+            meta = {
+                "name": name,
+                "labels": {"kubernetes.io/hostname": name, "type": "kwok"},
+                "annotations": {"kwok.x-k8s.io/node": "fake"},
+            }
             with contextlib.suppress(KubeError):
                 await api.create(NODES, {"apiVersion": "v1", "kind": "Node", "metadata": meta})
             await api.merge_patch(NODES, name, {"status": {"capacity": res, "allocatable": res}}, subresource="status")
@@ -247,8 +278,11 @@ class Binds:
     stages: int = 4
 
     def job_latencies(self) -> list[float]:
-        return [max(b.values()) - self.created[j] for j, b in self.bound.items()
-                if len(b) == self.stages and j in self.created]  # fmt: skip
+        return [
+            max(b.values()) - self.created[j]
+            for j, b in self.bound.items()
+            if len(b) == self.stages and j in self.created
+        ]
 
     async def watch(self, api: KubeAsyncApi) -> None:
         rv = ""
@@ -274,8 +308,15 @@ async def submit_jobs(api: KubeAsyncApi, binds: Binds, n: int, rng: random.Rando
         job = f"job-{i:04d}"
         binds.created[job] = time.monotonic()
         for s in range(binds.stages):
-            pod = stage_pod(job, s, binds.stages, rng.choice((8, 12, 16, 24)), keps=rng.uniform(50, 400),
-                            gated=True, scheduler=SCHEDULER)  # fmt: skip
+            pod = stage_pod(
+                job,
+                s,
+                binds.stages,
+                rng.choice((8, 12, 16, 24)),
+                keps=rng.uniform(50, 400),
+                gated=True,
+                scheduler=SCHEDULER,
+            )
             for key in ("uid", "creationTimestamp"):
                 pod["metadata"].pop(key)
             await api.create(PODS, pod, namespace="default")
@@ -297,11 +338,19 @@ def tool(var: str) -> Path:
 async def run_size(size: Size, workdir: Path) -> None:
     n = size.nodes
     cp = ControlPlane(
-        workdir, tool("SNNRM_ETCD"), tool("SNNRM_KUBE_APISERVER"), tool("SNNRM_KUBE_SCHEDULER"),
-        apiserver_args=[f"--audit-policy-file={workdir / 'audit.yaml'}", f"--audit-log-path={workdir / 'audit.log'}",
-                        "--audit-log-mode=batch", "--audit-log-maxsize=0",
-                        "--max-requests-inflight=800", "--max-mutating-requests-inflight=400"],
-    )  # fmt: skip
+        workdir,
+        tool("SNNRM_ETCD"),
+        tool("SNNRM_KUBE_APISERVER"),
+        tool("SNNRM_KUBE_SCHEDULER"),
+        apiserver_args=[
+            f"--audit-policy-file={workdir / 'audit.yaml'}",
+            f"--audit-log-path={workdir / 'audit.log'}",
+            "--audit-log-mode=batch",
+            "--audit-log-maxsize=0",
+            "--max-requests-inflight=800",
+            "--max-mutating-requests-inflight=400",
+        ],
+    )
     (workdir / "audit.yaml").write_text(AUDIT_POLICY)
     procs: list[Proc] = []
     agents: asyncio.subprocess.Process | None = None
@@ -315,12 +364,23 @@ async def run_size(size: Size, workdir: Path) -> None:
         etcd_metrics = next(a for _, p in cp.procs for a in p.args if a.startswith("http://127.0.0.1")) + "/metrics"
         etcd_db = "etcd_mvcc_db_total_size_in_bytes"
         db0 = prom(etcd_metrics)[etcd_db]
-        kwok = spawn("kwok", [str(tool("SNNRM_KWOK")), "--kubeconfig", str(cp.kubeconfig),
-                              "--manage-all-nodes=false",
-                              "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                              "--manage-nodes-with-label-selector=", "--manage-single-node=",
-                              "--cidr=10.0.0.0/16", "--node-ip=10.0.0.1", "--node-lease-duration-seconds=0",
-                              f"--config={HERE / 'kwok-stages.yaml'}"], workdir)  # fmt: skip
+        kwok = spawn(
+            "kwok",
+            [
+                str(tool("SNNRM_KWOK")),
+                "--kubeconfig",
+                str(cp.kubeconfig),
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                "--manage-nodes-with-label-selector=",
+                "--manage-single-node=",
+                "--cidr=10.0.0.0/16",
+                "--node-ip=10.0.0.1",
+                "--node-lease-duration-seconds=0",
+                f"--config={HERE / 'kwok-stages.yaml'}",
+            ],
+            workdir,
+        )
         procs.append(kwok)
         ctl_conf = user_kubeconfig(cp, "snnrm-controller")
         agent_conf = user_kubeconfig(cp, "snnrm-node-agents")
@@ -346,11 +406,25 @@ async def run_size(size: Size, workdir: Path) -> None:
             stats = workdir / "agents.json"
             with (workdir / "agents.log").open("ab") as out:
                 agents = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "benchmarks.fleet.agents", "--kubeconfig", str(agent_conf),
-                    "--nodes", str(n), "--stats", str(stats), "--state", str(workdir / "agent-state"),
-                    "--ramp", str(min(60.0, n / 50)), "--fault-window", str(size.jobs / JOB_RATE),
-                    stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                )  # fmt: skip
+                    sys.executable,
+                    "-m",
+                    "benchmarks.fleet.agents",
+                    "--kubeconfig",
+                    str(agent_conf),
+                    "--nodes",
+                    str(n),
+                    "--stats",
+                    str(stats),
+                    "--state",
+                    str(workdir / "agent-state"),
+                    "--ramp",
+                    str(min(60.0, n / 50)),
+                    "--fault-window",
+                    str(size.jobs / JOB_RATE),
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    cwd=REPO,
+                )
 
             def agent_stats() -> dict[str, Any]:
                 if agents is not None and agents.returncode is not None:
@@ -413,45 +487,64 @@ async def run_size(size: Size, workdir: Path) -> None:
         done = len(lat)
         target = TARGET_P99.get(n, 5.0)
         p50, p99 = pct(lat, 50), pct(lat, 99)
-        size.say(f"  jobs: {done}/{size.jobs} fully bound ({size.jobs / JOB_RATE:.0f} s of Poisson arrivals at "
-                 f"{JOB_RATE:g}/s, {s2.get('faulted', 0)} nodes lost a chip meanwhile; {load()})")  # fmt: skip
+        size.say(
+            f"  jobs: {done}/{size.jobs} fully bound ({size.jobs / JOB_RATE:.0f} s of Poisson arrivals at "
+            f"{JOB_RATE:g}/s, {s2.get('faulted', 0)} nodes lost a chip meanwhile; {load()})"
+        )
         if done < size.jobs:
             size.ok = False
             size.say(f"  {size.jobs - done} jobs not fully bound within 120 s of the last arrival")
-        size.say(f"  {n} nodes: job creation -> every stage bound p50 {p50:.2f} s, p99 {p99:.2f} s "
-                 f"(target < {target:g} s, ratio {p99 / target:.2f})")  # fmt: skip
+        size.say(
+            f"  {n} nodes: job creation -> every stage bound p50 {p50:.2f} s, p99 {p99:.2f} s "
+            f"(target < {target:g} s, ratio {p99 / target:.2f})"
+        )
         _, rss, hwm = proc_cpu_rss(controller.proc.pid)
-        size.say(f"  {n} nodes: controller RSS {rss:.0f} MB, peak {hwm:.0f} MB (target < {TARGET_RSS_MB:g} MB, "
-                 f"ratio {hwm / TARGET_RSS_MB:.2f}); CPU {(c1[0] - c0[0]) / (w1 - w0):.2f} cores steady, "
-                 f"{(jc1[0] - jc0[0]) / (j1 - j0):.2f} cores while jobs arrive")  # fmt: skip
+        size.say(
+            f"  {n} nodes: controller RSS {rss:.0f} MB, peak {hwm:.0f} MB (target < {TARGET_RSS_MB:g} MB, "
+            f"ratio {hwm / TARGET_RSS_MB:.2f}); CPU {(c1[0] - c0[0]) / (w1 - w0):.2f} cores steady, "
+            f"{(jc1[0] - jc0[0]) / (j1 - j0):.2f} cores while jobs arrive"
+        )
         heartbeat = n / PublishPolicy().max_interval
         target_w = TARGET_WRITES * n / 5000
         steady_w = steady_agents["writes"]
-        size.say(f"  {n} nodes: node-agent Node writes {pubs:.2f}/s measured over {STEADY_WINDOW:.0f} s of steady "
-                 f"state (apiserver: {steady_w:.2f} writes/s), + heartbeats {heartbeat:.1f}/s "
-                 f"(every {PublishPolicy().max_interval:g} s) = {steady_w + heartbeat:.1f}/s "
-                 f"(target < {target_w:g}/s at this size, ratio {(steady_w + heartbeat) / target_w:.2f})")  # fmt: skip
-        size.say(f"  {n} nodes: node agents while jobs arrive: {job_agents['writes']:.1f} writes/s, "
-                 f"{job_agents['reads']:.2f} reads/s, {job_agents['watches']:.2f} watches opened/s "
-                 f"(one shared pod watch here; a fleet holds {n}: one per daemon); agents' CPU "
-                 f"{agent_cpu * 1000 / n:.2f} ms/s per node at steady state, each syncing every {cadence:.2f} s "
-                 f"(the daemon's period: 1 s; more = the simulator is CPU-starved)")  # fmt: skip
-        size.say(f"  {n} nodes: controller requests/s steady: {steady_ctl['reads']:.2f} reads, "
-                 f"{steady_ctl['writes']:.2f} writes, {steady_ctl['watches']:.2f} watches; while jobs arrive: "
-                 f"{job_ctl['reads']:.2f} reads, {job_ctl['writes']:.2f} writes, {job_ctl['watches']:.2f} "
-                 f"watches ({job_ctl['writes'] * (j1 - j0) / max(size.jobs, 1):.1f} writes per job); "
-                 f"{audit.count('snnrm-controller', 'watches')} watches opened since its start")  # fmt: skip
-        size.say(f"  {n} nodes: etcd db {db0 / 1e6:.1f} MB empty, {db1 / 1e6:.1f} MB with nodes+summaries "
-                 f"(+{(db1 - db0) / n / 1e3:.1f} KB/node), {db2 / 1e6:.1f} MB after the jobs")  # fmt: skip
+        size.say(
+            f"  {n} nodes: node-agent Node writes {pubs:.2f}/s measured over {STEADY_WINDOW:.0f} s of steady "
+            f"state (apiserver: {steady_w:.2f} writes/s), + heartbeats {heartbeat:.1f}/s "
+            f"(every {PublishPolicy().max_interval:g} s) = {steady_w + heartbeat:.1f}/s "
+            f"(target < {target_w:g}/s at this size, ratio {(steady_w + heartbeat) / target_w:.2f})"
+        )
+        size.say(
+            f"  {n} nodes: node agents while jobs arrive: {job_agents['writes']:.1f} writes/s, "
+            f"{job_agents['reads']:.2f} reads/s, {job_agents['watches']:.2f} watches opened/s "
+            f"(one shared pod watch here; a fleet holds {n}: one per daemon); agents' CPU "
+            f"{agent_cpu * 1000 / n:.2f} ms/s per node at steady state, each syncing every {cadence:.2f} s "
+            f"(the daemon's period: 1 s; more = the simulator is CPU-starved)"
+        )
+        size.say(
+            f"  {n} nodes: controller requests/s steady: {steady_ctl['reads']:.2f} reads, "
+            f"{steady_ctl['writes']:.2f} writes, {steady_ctl['watches']:.2f} watches; while jobs arrive: "
+            f"{job_ctl['reads']:.2f} reads, {job_ctl['writes']:.2f} writes, {job_ctl['watches']:.2f} "
+            f"watches ({job_ctl['writes'] * (j1 - j0) / max(size.jobs, 1):.1f} writes per job); "
+            f"{audit.count('snnrm-controller', 'watches')} watches opened since its start"
+        )
+        size.say(
+            f"  {n} nodes: etcd db {db0 / 1e6:.1f} MB empty, {db1 / 1e6:.1f} MB with nodes+summaries "
+            f"(+{(db1 - db0) / n / 1e3:.1f} KB/node), {db2 / 1e6:.1f} MB after the jobs"
+        )
         algo = "scheduler_scheduling_algorithm_duration_seconds"
         ext50 = histogram_quantile(sched1, algo, 0.5, sched0)
         ext99 = histogram_quantile(sched1, algo, 0.99, sched0)
-        attempts = sum(v - sched0.get(k, 0.0) for k, v in sched1.items()
-                       if k.startswith("scheduler_schedule_attempts_total"))  # fmt: skip
-        size.say(f"  {n} nodes: scheduling algorithm incl. extender filter+prioritize p50 {ext50 * 1e3:.1f} ms, "
-                 f"p99 {ext99 * 1e3:.1f} ms over {attempts:.0f} attempts (scheduler metrics)")  # fmt: skip
-        size.say(f"  {n} nodes: CPU while jobs arrive (cores): controller {(jc1[0] - jc0[0]) / (j1 - j0):.2f}, "
-                 + ", ".join(f"{k} {v:.2f}" for k, v in others_cpu.items()))  # fmt: skip
+        attempts = sum(
+            v - sched0.get(k, 0.0) for k, v in sched1.items() if k.startswith("scheduler_schedule_attempts_total")
+        )
+        size.say(
+            f"  {n} nodes: scheduling algorithm incl. extender filter+prioritize p50 {ext50 * 1e3:.1f} ms, "
+            f"p99 {ext99 * 1e3:.1f} ms over {attempts:.0f} attempts (scheduler metrics)"
+        )
+        size.say(
+            f"  {n} nodes: CPU while jobs arrive (cores): controller {(jc1[0] - jc0[0]) / (j1 - j0):.2f}, "
+            + ", ".join(f"{k} {v:.2f}" for k, v in others_cpu.items())
+        )
         size.say(f"  ({load()}; 2 shared cores)")
     finally:
         for task in procs_tasks:

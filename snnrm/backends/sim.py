@@ -39,6 +39,15 @@ def topology_of(sim: sim_hw.Simulator) -> Topology:
     )
 
 
+def inter_chip_weight(spec: sim_hw.MachineSpec) -> float:
+    """Hops one chip-to-chip crossing costs on this machine: its inter-chip hop latency over its on-chip one.
+
+    The one source of the weight every placement cost, summary and remap of a simulated node uses (about 18.9
+    for the Loihi 2 preset); the daemon, the demo and the benchmarks all take it from here.
+    """
+    return float(spec.inter_chip_hop_latency) / float(spec.hop_latency)
+
+
 def frame_of(sim: sim_hw.Simulator) -> TelemetryFrame:
     """A telemetry frame from the simulator's counters (telemetry glitches show up here, as on hardware)."""
     c = sim.counters()
@@ -92,6 +101,11 @@ class SimBackend:
         self.on_inject: list[Callable[[dict[str, Any]], None]] = []
         """Called with each injected fault's record (the daemon puts it on the status page's timeline)."""
         self.sim.on_hard_fault(self._on_hard_fault)
+
+    @property
+    def inter_chip_weight(self) -> float:
+        """Hops a chip crossing costs on the simulated machine (:func:`inter_chip_weight` of its preset)."""
+        return inter_chip_weight(self.sim.spec)
 
     # -- HardwareBackend -------------------------------------------------------------------------------------
 

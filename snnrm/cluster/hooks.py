@@ -134,8 +134,14 @@ class HookRunner:
         name = skip.hook_name if hook is not None else "(unknown)"
         self.actions[(name, action, skip.outcome.value)] += 1
         log_fn = log.warning if skip.outcome is Outcome.UNKNOWN_HOOK else log.info
-        log_fn("hook_skipped", hook=skip.hook_name, alert=skip.alert.name, fingerprint=skip.alert.fingerprint,
-               status=skip.alert.status, outcome=skip.outcome.value)  # fmt: skip
+        log_fn(
+            "hook_skipped",
+            hook=skip.hook_name,
+            alert=skip.alert.name,
+            fingerprint=skip.alert.fingerprint,
+            status=skip.alert.status,
+            outcome=skip.outcome.value,
+        )
         return HookResult(skip.hook_name, skip.alert.name, skip.alert.fingerprint, skip.alert.status, skip.outcome)
 
     async def _carry_out(self, d: Decision, n: Notification) -> HookResult:
@@ -156,9 +162,15 @@ class HookRunner:
         self.actions[(hook.name, hook.action.value, outcome.value)] += 1
         failed = outcome in (Outcome.FAILED, Outcome.RETRY)
         (log.error if failed else log.info)(
-            "hook_action", hook=hook.name, action=hook.action.value, alert=alert.name, status=alert.status,
-            fingerprint=alert.fingerprint, outcome=outcome.value, detail=detail,
-        )  # fmt: skip
+            "hook_action",
+            hook=hook.name,
+            action=hook.action.value,
+            alert=alert.name,
+            status=alert.status,
+            fingerprint=alert.fingerprint,
+            outcome=outcome.value,
+            detail=detail,
+        )
         # An Event per change or permanent failure; not per retry (Alertmanager may retry many times) or no-op.
         if hook.target is not None and self.kube is not None and outcome not in (Outcome.AT_BOUND, Outcome.RETRY):
             await self._event(hook, alert, outcome, detail)

@@ -189,8 +189,9 @@ class GangPlanner:
             note = f"job {job[1]} stage {i}/{n}: node {p.node}, {len(ids)} cores ({_span(ids)}), plan {plan_id}"
             if self.dry_run:
                 log.info("gang_plan_dry_run", job=job[1], stage=i, node=p.node, cores=len(ids))
-                await self.recorder.record(PodRef(r.namespace, r.pod, r.uid), reason="WouldPlace", note=note,
-                                           action="Plan")  # fmt: skip
+                await self.recorder.record(
+                    PodRef(r.namespace, r.pod, r.uid), reason="WouldPlace", note=note, action="Plan"
+                )
                 continue
             index.reserve(
                 Reservation(StageKey(job[0], job[1], i), p.node, p.cores, now + self.reservation_ttl, plan_id, r.uid)

@@ -64,9 +64,10 @@ class StageCollector(Collector):
             labels=[*_LABELS, "pod", "live_remap"],
         )
         cores = GaugeMetricFamily(
-            "snnrm_stage_cores", "Neuron cores the stage uses now (a live remap's target, else the admitted ones).",
+            "snnrm_stage_cores",
+            "Neuron cores the stage uses now (a live remap's target, else the admitted ones).",
             labels=_LABELS,
-        )  # fmt: skip
+        )
         remaps = CounterMetricFamily(
             "snnrm_stage_remaps",
             "Live remaps of the stage on this node since its pod was admitted (reasons: snnrm_reallocations_total).",

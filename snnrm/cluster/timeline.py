@@ -50,8 +50,9 @@ class TimelineReporter:
             pod=stage.pod,
         )
 
-    async def report(self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None, moved_at: float | None
-                     ) -> None:  # fmt: skip
+    async def report(
+        self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None, moved_at: float | None
+    ) -> None:
         """Record a change of the stage's verdict (the reallocator reports only changes), then pass it on."""
         key = (stage.namespace, stage.pod)
         before = self._health.get(key)

@@ -89,8 +89,13 @@ class StageHealth:
         return self.state == "degraded"
 
     def encode(self) -> str:
-        body = {"state": self.state, "reasons": list(self.reasons), "since": round(self.since, 3),
-                "remap": self.remap, "cost": round(self.cost, 3)}  # fmt: skip
+        body = {
+            "state": self.state,
+            "reasons": list(self.reasons),
+            "since": round(self.since, 3),
+            "remap": self.remap,
+            "cost": round(self.cost, 3),
+        }
         return json.dumps(body, separators=(",", ":"))
 
     @classmethod

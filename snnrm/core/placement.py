@@ -93,6 +93,9 @@ class PlacementView:
     the backend knows both)."""
     extra_penalty: FloatArray | None = None
     """Further hop-equivalents per core (the reallocator prices degraded cores with it)."""
+    shared_unit_hops: float = SHARED_UNIT_PENALTY_HOPS
+    """Hop-equivalents per spike for a core whose router serves another stage of the job (0: placement ignores
+    asynchronous units; the experiments' ablation of that claim)."""
 
     def __post_init__(self) -> None:
         n = self.topology.n_cores
@@ -127,8 +130,13 @@ class PlacementView:
         per_router = np.zeros(topology.n_routers)
         if topology.n_links:
             np.maximum.at(per_router, topology.link_src, util)
-        return cls(topology, np.asarray(free, dtype=np.bool_), np.asarray(queue_fill, dtype=np.float64),
-                   per_router[topology.router], inter_chip_weight)  # fmt: skip
+        return cls(
+            topology,
+            np.asarray(free, dtype=np.bool_),
+            np.asarray(queue_fill, dtype=np.float64),
+            per_router[topology.router],
+            inter_chip_weight,
+        )
 
     def without(self, cores: IntArray) -> PlacementView:
         """The same view with ``cores`` no longer free (reserved for someone else)."""
@@ -271,7 +279,7 @@ def plan_cost(view: PlacementView, stages: Sequence[StageDemand], placement: Seq
         headroom += float(load[i]) * float(pen[s].mean())
         if t.geometry.cores_per_router > 1 and len(stages) > 1:
             others = _shared_router_mask(t, placement, i)
-            shared += float(load[i]) * SHARED_UNIT_PENALTY_HOPS * float(others[t.router[s]].mean())
+            shared += float(load[i]) * view.shared_unit_hops * float(others[t.router[s]].mean())
     return CostBreakdown(traffic=traffic, headroom=headroom, shared_units=shared, mean_hops=hops)
 
 
@@ -382,7 +390,7 @@ def _descend(
     t = view.topology
     edge, load = _rates(stages)
     pen = view.core_penalty()
-    share = t.geometry.cores_per_router > 1 and len(stages) > 1
+    share = t.geometry.cores_per_router > 1 and len(stages) > 1 and view.shared_unit_hops > 0
     cur = [p.copy() for p in placement]
     for _ in range(DESCENT_PASSES):
         moved = False
@@ -397,7 +405,7 @@ def _descend(
                 marginal = marginal + edge[i] * _hops_to_set(coords, cur[i + 1])
             if share:
                 shared = _shared_router_mask(t, cur, i)[t.router]
-                marginal = marginal + load[i] * SHARED_UNIT_PENALTY_HOPS * shared
+                marginal = marginal + load[i] * view.shared_unit_hops * shared
             mine = allowed.copy()
             for j, other in enumerate(cur):
                 if j != i:

@@ -27,12 +27,12 @@ import binascii
 import json
 import math
 import zlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from snnrm.core.placement import INTER_CHIP_WEIGHT, PlacementView
+from snnrm.core.placement import PlacementView
 from snnrm.core.topology import BoolArray, ChipGeometry, FloatArray, IntArray, Topology
 
 ANNOTATION = "snnrm.io/summary"
@@ -69,7 +69,8 @@ class NodeSummary:
     """(chips,) measured usable event throughput, KEPS."""
     nominal_keps: float = 1000.0
     queue_capacity: float = 256.0
-    inter_chip_weight: float = INTER_CHIP_WEIGHT
+    inter_chip_weight: float = field(kw_only=True)
+    """Hops a chip crossing costs on this node: the hardware's own, as its daemon plans and remaps with."""
 
     @property
     def n_cores(self) -> int:
@@ -82,8 +83,15 @@ class NodeSummary:
     @property
     def geometry_key(self) -> tuple[int, int, int, int, int, float, float]:
         """Everything that decides the topology: equal keys share one :class:`Topology` object."""
-        return (self.chips, self.cols, self.rows, self.cores_per_router, self.board_cols, self.nominal_keps,
-                self.queue_capacity)  # fmt: skip
+        return (
+            self.chips,
+            self.cols,
+            self.rows,
+            self.cores_per_router,
+            self.board_cols,
+            self.nominal_keps,
+            self.queue_capacity,
+        )
 
     def topology(self) -> Topology:
         """The node's topology, rebuilt from the geometry (cache it by :attr:`geometry_key`)."""
@@ -168,7 +176,7 @@ class NodeSummary:
             chip_headroom_keps=_per_chip(d.get("head"), "head", chips, hi=1e12),
             nominal_keps=_num(d.get("k", 1000.0), "k", lo=1e-9, hi=1e12),
             queue_capacity=_num(d.get("q", 256.0), "q", lo=1e-9, hi=1e12),
-            inter_chip_weight=_num(d.get("w", INTER_CHIP_WEIGHT), "w", lo=1.0, hi=1e6),
+            inter_chip_weight=_num(d.get("w"), "w", lo=1.0, hi=1e6),
         )
 
 
@@ -238,7 +246,7 @@ def summarize(
     queue_fill: FloatArray,
     link_utilization: FloatArray,
     chip_headroom_keps: FloatArray,
-    inter_chip_weight: float = INTER_CHIP_WEIGHT,
+    inter_chip_weight: float,
 ) -> NodeSummary:
     """A summary of one node from its per-core and per-link arrays (NaN fill or load counts as full)."""
     t = topology

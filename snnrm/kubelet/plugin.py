@@ -218,8 +218,12 @@ class DevicePlugin:
         not look like a quiet, healthy daemon). Returns when to say it next."""
         now = time.monotonic()
         if now >= next_log:
-            log.info("waiting for kubelet", resource=self.resource, socket=str(self.kubelet_socket),
-                     waited_s=round(now - since, 1))  # fmt: skip
+            log.info(
+                "waiting for kubelet",
+                resource=self.resource,
+                socket=str(self.kubelet_socket),
+                waited_s=round(now - since, 1),
+            )
             return now + WAITING_LOG_EVERY
         return next_log
 

@@ -35,7 +35,7 @@ from snnrm.core.devices import NEURON_CORE
 from snnrm.core.dra import DraFeatures
 from snnrm.core.jobs import GATE, INPUT_RATE, JOB, SPIKE_RATE, STAGE, STAGES
 from snnrm.core.summary import NodeSummary, summarize
-from snnrm.core.topology import ChipGeometry, Topology
+from snnrm.core.topology import INTER_CHIP_WEIGHT, ChipGeometry, Topology
 from snnrm.core.types import JSON
 from snnrm.kube.api import NODES, PODS, RESOURCE_CLAIMS, RESOURCE_SLICES, KubeError, Resource, error_for
 
@@ -248,8 +248,9 @@ class FakeClusterApi:
             if self._key(res, name, ns) not in self.objects:
                 raise error_for(404, f"pod {ns}/{name} not found", method="POST", path=path)
             if (ns, name) in self.blocked_evictions:
-                raise error_for(429, "Cannot evict pod as it would violate the pod's disruption budget.",
-                                method="POST", path=path)  # fmt: skip
+                raise error_for(
+                    429, "Cannot evict pod as it would violate the pod's disruption budget.", method="POST", path=path
+                )
             self.evictions.append((ns, name, dry_run))
             if not dry_run:
                 self.delete_obj(res, name, ns)
@@ -394,6 +395,7 @@ def node_summary(
         queue_fill=np.full(n, fill),
         link_utilization=np.full(topology.n_links, link),
         chip_headroom_keps=np.full(topology.n_chips, 1000.0),
+        inter_chip_weight=INTER_CHIP_WEIGHT,  # a bare grid: no hardware to say otherwise
     )
 
 

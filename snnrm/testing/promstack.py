@@ -126,12 +126,14 @@ class Prometheus(_Process):
             config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": [self.alertmanager]}]}]}
         cfg = self.workdir / "prometheus.yml"
         cfg.write_text(yaml.safe_dump(config, sort_keys=False))
-        await self._start([
-            f"--config.file={cfg}",
-            f"--storage.tsdb.path={self.workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
-            "--log.level=info",
-        ])  # fmt: skip
+        await self._start(
+            [
+                f"--config.file={cfg}",
+                f"--storage.tsdb.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=info",
+            ]
+        )
         return self
 
     async def query(self, expr: str, *, at: float | None = None) -> list[dict[str, Any]]:
@@ -199,13 +201,15 @@ class Alertmanager(_Process):
         }
         cfg = self.workdir / "alertmanager.yml"
         cfg.write_text(yaml.safe_dump(config, sort_keys=False))
-        await self._start([
-            f"--config.file={cfg}",
-            f"--storage.path={self.workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
-            "--cluster.listen-address=",
-            "--log.level=debug",
-        ])  # fmt: skip
+        await self._start(
+            [
+                f"--config.file={cfg}",
+                f"--storage.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--cluster.listen-address=",
+                "--log.level=debug",
+            ]
+        )
         return self
 
     @property

@@ -183,23 +183,57 @@ def _targets(k: KubeClient) -> None:
     _namespace(k, TARGETS)
     labels = {"app": "stage"}
     for name in ("stage1", "other"):
-        _create(k, f"/apis/apps/v1/namespaces/{TARGETS}/deployments", {
-            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-            "spec": {"replicas": 1, "selector": {"matchLabels": labels}, "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "stage", "image": "registry.invalid/stage:1"}]}}},
-        })  # fmt: skip
-    _create(k, f"/apis/keda.sh/v1alpha1/namespaces/{TARGETS}/scaledobjects", {
-        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "stage2"},
-        "spec": {"scaleTargetRef": {"name": "other"}, "minReplicaCount": 1, "maxReplicaCount": 5, "triggers": [
-            {"type": "prometheus", "metadata": {"serverAddress": "http://prometheus:9090", "query": "vector(1)",
-                                                "threshold": "1"}}]},
-    })  # fmt: skip
-    _create(k, f"/apis/autoscaling/v2/namespaces/{TARGETS}/horizontalpodautoscalers", {
-        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "stage1"},
-        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "stage1"},
-                 "minReplicas": 1, "maxReplicas": 3},
-    })  # fmt: skip
+        _create(
+            k,
+            f"/apis/apps/v1/namespaces/{TARGETS}/deployments",
+            {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": {"name": name},
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": labels},
+                    "template": {
+                        "metadata": {"labels": labels},
+                        "spec": {"containers": [{"name": "stage", "image": "registry.invalid/stage:1"}]},
+                    },
+                },
+            },
+        )
+    _create(
+        k,
+        f"/apis/keda.sh/v1alpha1/namespaces/{TARGETS}/scaledobjects",
+        {
+            "apiVersion": "keda.sh/v1alpha1",
+            "kind": "ScaledObject",
+            "metadata": {"name": "stage2"},
+            "spec": {
+                "scaleTargetRef": {"name": "other"},
+                "minReplicaCount": 1,
+                "maxReplicaCount": 5,
+                "triggers": [
+                    {
+                        "type": "prometheus",
+                        "metadata": {"serverAddress": "http://prometheus:9090", "query": "vector(1)", "threshold": "1"},
+                    }
+                ],
+            },
+        },
+    )
+    _create(
+        k,
+        f"/apis/autoscaling/v2/namespaces/{TARGETS}/horizontalpodautoscalers",
+        {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "stage1"},
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "stage1"},
+                "minReplicas": 1,
+                "maxReplicas": 3,
+            },
+        },
+    )
 
 
 @pytest.fixture(scope="package")
@@ -211,8 +245,9 @@ def installed(
     _targets(k)
     values = _install_values(tmp_path_factory.mktemp("helm"))
     kube = ("--kubeconfig", str(control_plane.kubeconfig))
-    r = helm.run("install", RELEASE, str(CHART), "--namespace", RELEASE, "--create-namespace", "--values", str(values),
-                 *kube)  # fmt: skip
+    r = helm.run(
+        "install", RELEASE, str(CHART), "--namespace", RELEASE, "--create-namespace", "--values", str(values), *kube
+    )
     try:
         manifest = helm.run("get", "manifest", RELEASE, "--namespace", RELEASE, *kube).stdout
         yield {"install": r.stdout, "manifests": docs(manifest), "values": values}
@@ -256,12 +291,25 @@ def test_the_hooks_token_stays_across_upgrades_and_server_side_templates(
     prints a new one each time unless the value is pinned."""
     release = "snnrm-token"
     values = tmp_path / "values.yaml"
-    values.write_text(yaml.safe_dump({
-        "daemon": {"config": {"backend": "sim"}},
-        "dashboards": {"enabled": False},
-        "hooks": {"enabled": True, "rules": [{"name": "notify", "match": ['alertname="X"'], "action": "webhook",
-                                              "url": "http://127.0.0.1:1/"}]},
-    }))  # fmt: skip
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "daemon": {"config": {"backend": "sim"}},
+                "dashboards": {"enabled": False},
+                "hooks": {
+                    "enabled": True,
+                    "rules": [
+                        {
+                            "name": "notify",
+                            "match": ['alertname="X"'],
+                            "action": "webhook",
+                            "url": "http://127.0.0.1:1/",
+                        }
+                    ],
+                },
+            }
+        )
+    )
     kube = ("--kubeconfig", str(control_plane.kubeconfig))
     ns = ("--namespace", release)
     k = control_plane.client()
@@ -278,8 +326,10 @@ def test_the_hooks_token_stays_across_upgrades_and_server_side_templates(
         assert first not in offline
         assert offline[0] != offline[1]
         pinned = ("hooks.token.value=pinned-token-0123456789",)
-        assert {_hooks_token(helm.render(values, set_=pinned, release=release, namespace=release), release)
-                for _ in range(2)} == {"pinned-token-0123456789"}  # fmt: skip
+        assert {
+            _hooks_token(helm.render(values, set_=pinned, release=release, namespace=release), release)
+            for _ in range(2)
+        } == {"pinned-token-0123456789"}
         # A pinned value wins over the installed one on upgrade (rotation is an explicit act).
         helm.run("upgrade", release, str(CHART), *ns, "--values", str(values), "--set", pinned[0], *kube)
         assert base64.b64decode(k.get(secret_path)["data"]["token"]).decode() == "pinned-token-0123456789"
@@ -293,40 +343,75 @@ def _sa_token(cp: ControlPlane, namespace: str, sa: str, *, node: str | None = N
     k = cp.client()
     spec: dict[str, Any] = {"expirationSeconds": 3600}
     if node is not None:
-        pod = k.create(f"/api/v1/namespaces/{namespace}/pods", {
-            "apiVersion": "v1", "kind": "Pod", "metadata": {"generateName": f"{sa}-"},
-            "spec": {"serviceAccountName": sa, "nodeName": node, "automountServiceAccountToken": False,
-                     "containers": [{"name": "daemon", "image": "registry.invalid/snnrm:1"}]},
-        })  # fmt: skip
-        spec["boundObjectRef"] = {"apiVersion": "v1", "kind": "Pod", "name": pod["metadata"]["name"],
-                                  "uid": pod["metadata"]["uid"]}  # fmt: skip
-    return str(k.create(
-        f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}/token",
-        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
-    )["status"]["token"])  # fmt: skip
+        pod = k.create(
+            f"/api/v1/namespaces/{namespace}/pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"generateName": f"{sa}-"},
+                "spec": {
+                    "serviceAccountName": sa,
+                    "nodeName": node,
+                    "automountServiceAccountToken": False,
+                    "containers": [{"name": "daemon", "image": "registry.invalid/snnrm:1"}],
+                },
+            },
+        )
+        spec["boundObjectRef"] = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "name": pod["metadata"]["name"],
+            "uid": pod["metadata"]["uid"],
+        }
+    return str(
+        k.create(
+            f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}/token",
+            {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
+        )["status"]["token"]
+    )
 
 
 def _sa_kubeconfig(cp: ControlPlane, namespace: str, sa: str, path: Path, *, node: str | None = None) -> Path:
     token = _sa_token(cp, namespace, sa, node=node)
     cluster = {"server": cp.server, "certificate-authority": str(cp.certs / "ca.crt")}
-    path.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
-        "clusters": [{"name": "e2e", "cluster": cluster}],
-        "users": [{"name": "sa", "user": {"token": token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "e2e", "user": "sa"}}],
-    }))  # fmt: skip
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "sa",
+                "clusters": [{"name": "e2e", "cluster": cluster}],
+                "users": [{"name": "sa", "user": {"token": token}}],
+                "contexts": [{"name": "sa", "context": {"cluster": "e2e", "user": "sa"}}],
+            }
+        )
+    )
     return path
 
 
 def _notification(alertname: str) -> dict[str, Any]:
     return {
-        "version": "4", "groupKey": f'{{}}:{{alertname="{alertname}"}}', "truncatedAlerts": 0, "status": "firing",
-        "receiver": "snnrm-hooks", "groupLabels": {"alertname": alertname}, "commonLabels": {}, "commonAnnotations": {},
+        "version": "4",
+        "groupKey": f'{{}}:{{alertname="{alertname}"}}',
+        "truncatedAlerts": 0,
+        "status": "firing",
+        "receiver": "snnrm-hooks",
+        "groupLabels": {"alertname": alertname},
+        "commonLabels": {},
+        "commonAnnotations": {},
         "externalURL": "http://alertmanager.invalid",
-        "alerts": [{"status": "firing", "labels": {"alertname": alertname, "severity": "warning"}, "annotations": {},
-                    "startsAt": "2026-11-25T00:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
-                    "generatorURL": "", "fingerprint": uuid.uuid4().hex[:16]}],
-    }  # fmt: skip
+        "alerts": [
+            {
+                "status": "firing",
+                "labels": {"alertname": alertname, "severity": "warning"},
+                "annotations": {},
+                "startsAt": "2026-11-25T00:00:00Z",
+                "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "",
+                "fingerprint": uuid.uuid4().hex[:16],
+            }
+        ],
+    }
 
 
 async def test_hooks_act_under_the_chart_rbac_and_nothing_more(
@@ -344,12 +429,19 @@ async def test_hooks_act_under_the_chart_rbac_and_nothing_more(
     assert token.read_text() == HOOKS_TOKEN
     # Only host paths change for a run outside a pod; the hooks are the installed ones, plus one the chart was never
     # asked for (its target has no RBAC), which must be refused by the apiserver.
-    extra = {"name": "not-granted", "match": ['alertname="SnnrmEventQueueSaturated"'], "action": "scale",
-             "target": {"kind": "Deployment", "namespace": TARGETS, "name": "other"}}  # fmt: skip
+    extra = {
+        "name": "not-granted",
+        "match": ['alertname="SnnrmEventQueueSaturated"'],
+        "action": "scale",
+        "target": {"kind": "Deployment", "namespace": TARGETS, "name": "other"},
+    }
     raw.update(
-        kubelet_dir=tmp_path / "dp", pod_resources_socket=tmp_path / "pr" / "kubelet.sock", http="127.0.0.1:0",
-        state_dir=tmp_path / "state", cdi_dir=tmp_path / "cdi",
-    )  # fmt: skip
+        kubelet_dir=tmp_path / "dp",
+        pod_resources_socket=tmp_path / "pr" / "kubelet.sock",
+        http="127.0.0.1:0",
+        state_dir=tmp_path / "state",
+        cdi_dir=tmp_path / "cdi",
+    )
     # controller.enabled turns the daemon's placement agent on: same token, and a Node for its summary annotation.
     # The token is bound to a daemon pod on that node, as in the cluster: the own-node policy requires it.
     node = _fake_node(k, f"chart-daemon-{uuid.uuid4().hex[:6]}")
@@ -390,8 +482,11 @@ async def test_hooks_act_under_the_chart_rbac_and_nothing_more(
             await asyncio.wait_for(task, 15)
     outcomes = {res["hook"]: (res["outcome"], res["detail"]) for res in body["results"]}
     assert {h: o for h, (o, _) in outcomes.items()} == {
-        "scale-stage1": "applied", "keda-stage2": "applied", "hpa-stage1": "applied", "not-granted": "failed",
-    }, outcomes  # fmt: skip
+        "scale-stage1": "applied",
+        "keda-stage2": "applied",
+        "hpa-stage1": "applied",
+        "not-granted": "failed",
+    }, outcomes
     assert "403" in outcomes["not-granted"][1]
     base = f"/apis/apps/v1/namespaces/{TARGETS}/deployments"
     assert k.get(f"{base}/stage1/scale")["spec"]["replicas"] == 2
@@ -401,8 +496,11 @@ async def test_hooks_act_under_the_chart_rbac_and_nothing_more(
     assert hpa["spec"]["maxReplicas"] == 4
     events = k.get(f"/api/v1/namespaces/{TARGETS}/events")["items"]
     reasons = {(e["involvedObject"]["kind"], e["involvedObject"]["name"], e["reason"]) for e in events}
-    assert {("Deployment", "stage1", "SnnrmHookScaled"), ("ScaledObject", "stage2", "SnnrmHookScaled"),
-            ("HorizontalPodAutoscaler", "stage1", "SnnrmHookScaled")} <= reasons  # fmt: skip
+    assert {
+        ("Deployment", "stage1", "SnnrmHookScaled"),
+        ("ScaledObject", "stage2", "SnnrmHookScaled"),
+        ("HorizontalPodAutoscaler", "stage1", "SnnrmHookScaled"),
+    } <= reasons
     NodeSummary.decode(k.get(f"/api/v1/nodes/{node}")["metadata"]["annotations"][SUMMARY])
     k.delete(f"/api/v1/nodes/{node}")
 
@@ -414,9 +512,16 @@ def _fake_node(k: KubeClient, name: str, summary: str | None = None) -> str:
         meta["annotations"] = {SUMMARY: summary}
     k.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": meta})
     res = {"cpu": "16", "memory": "32Gi", "pods": "110", NEURON_CORE: str(SMALL_TOPOLOGY.n_cores)}
-    k.merge_patch(f"/api/v1/nodes/{name}/status", {"status": {
-        "capacity": res, "allocatable": res,
-        "conditions": [{"type": "Ready", "status": "True", "reason": "E2E", "message": "fake node"}]}})  # fmt: skip
+    k.merge_patch(
+        f"/api/v1/nodes/{name}/status",
+        {
+            "status": {
+                "capacity": res,
+                "allocatable": res,
+                "conditions": [{"type": "Ready", "status": "True", "reason": "E2E", "message": "fake node"}],
+            }
+        },
+    )
     return name
 
 
@@ -457,10 +562,15 @@ def test_the_daemon_may_patch_only_its_own_node_and_the_pods_bound_to_it(
     a, b = _fake_node(k, f"own-a-{tag}"), _fake_node(k, f"own-b-{tag}")
     pods = {}
     for node in (a, b):
-        pods[node] = k.create(f"/api/v1/namespaces/{TARGETS}/pods", {
-            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": f"stage-{node}", "labels": {"snnrm.io/job": "j"}},
-            "spec": {"nodeName": node, "containers": [{"name": "s", "image": "registry.invalid/stage:1"}]},
-        })["metadata"]["name"]  # fmt: skip
+        pods[node] = k.create(
+            f"/api/v1/namespaces/{TARGETS}/pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"stage-{node}", "labels": {"snnrm.io/job": "j"}},
+                "spec": {"nodeName": node, "containers": [{"name": "s", "image": "registry.invalid/stage:1"}]},
+            },
+        )["metadata"]["name"]
     node_path = {n: f"/api/v1/nodes/{n}" for n in (a, b)}
     pod_path = {n: f"/api/v1/namespaces/{TARGETS}/pods/{pods[n]}" for n in (a, b)}
     sa = f"{RELEASE}-daemon"
@@ -503,16 +613,23 @@ def test_the_daemon_may_patch_only_its_own_node_and_the_pods_bound_to_it(
 
 
 def _can(k: KubeClient, sa: str, verb: str, resource: str, group: str = "", namespace: str = TARGETS) -> bool:
-    review = k.create("/apis/authorization.k8s.io/v1/subjectaccessreviews", {
-        "apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
-        "spec": {"user": f"system:serviceaccount:{RELEASE}:{sa}", "resourceAttributes": {
-            "verb": verb, "resource": resource, "group": group, "namespace": namespace}},
-    })  # fmt: skip
+    review = k.create(
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+        {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": f"system:serviceaccount:{RELEASE}:{sa}",
+                "resourceAttributes": {"verb": verb, "resource": resource, "group": group, "namespace": namespace},
+            },
+        },
+    )
     return bool(review["status"].get("allowed"))
 
 
-def test_controller_plans_a_job_under_the_chart_rbac(installed: dict[str, Any], control_plane: ControlPlane,
-                                                     tmp_path: Path) -> None:  # fmt: skip
+def test_controller_plans_a_job_under_the_chart_rbac(
+    installed: dict[str, Any], control_plane: ControlPlane, tmp_path: Path
+) -> None:
     """The real `snnrm controller`, with the installed Deployment's args and env and a token of the chart's
     controller ServiceAccount: it takes the chart's Lease, plans a gated two-stage job onto a node with a summary,
     ungates both pods with the plan (get + merge-PATCH) and records Events; what RBAC does not grant is refused."""
@@ -558,12 +675,15 @@ def test_controller_plans_a_job_under_the_chart_rbac(installed: dict[str, Any], 
 
         def released() -> bool:
             got = [k.get(f"/api/v1/namespaces/{TARGETS}/pods/{p}") for p in pods]
-            return all(not g["spec"].get("schedulingGates") and
-                       (g["metadata"].get("annotations") or {}).get(PLANNED_NODE) for g in got)  # fmt: skip
+            return all(
+                not g["spec"].get("schedulingGates") and (g["metadata"].get("annotations") or {}).get(PLANNED_NODE)
+                for g in got
+            )
 
         wait_until("both stage pods ungated with a plan", released, procs=[proc])
-        planned = {(k.get(f"/api/v1/namespaces/{TARGETS}/pods/{p}")["metadata"]["annotations"][PLANNED_NODE])
-                   for p in pods}  # fmt: skip
+        planned = {
+            (k.get(f"/api/v1/namespaces/{TARGETS}/pods/{p}")["metadata"]["annotations"][PLANNED_NODE]) for p in pods
+        }
         assert planned == {node}
         events = k.get(f"/apis/events.k8s.io/v1/namespaces/{TARGETS}/events")["items"]
         assert {e["regarding"]["name"] for e in events if e["reason"] == "Planned"} >= set(pods)
@@ -625,20 +745,31 @@ async def test_kube_scheduler_loads_the_extender_snippet_and_calls_it(
     extenders = yaml.safe_load(one(manifests, "ConfigMap", "snnrm-scheduler-extender")["data"]["extenders.yaml"])
     scheduler_name = "snnrm-chart-test"
     config = tmp_path / "scheduler.yaml"
-    config.write_text(yaml.safe_dump({
-        "apiVersion": "kubescheduler.config.k8s.io/v1", "kind": "KubeSchedulerConfiguration",
-        "clientConnection": {"kubeconfig": str(control_plane.kubeconfig)}, "leaderElection": {"leaderElect": False},
-        "profiles": [{"schedulerName": scheduler_name}],
-        "extenders": extenders,
-    }))  # fmt: skip
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kubescheduler.config.k8s.io/v1",
+                "kind": "KubeSchedulerConfiguration",
+                "clientConnection": {"kubeconfig": str(control_plane.kubeconfig)},
+                "leaderElection": {"leaderElect": False},
+                "profiles": [{"schedulerName": scheduler_name}],
+                "extenders": extenders,
+            }
+        )
+    )
     log = tmp_path / "kube-scheduler.log"
     port = free_port()
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
-            str(control_plane.scheduler_bin), f"--config={config}", "--bind-address=127.0.0.1",
-            f"--secure-port={port}", f"--cert-dir={tmp_path / 'certs'}", "--v=2",
-            stdout=out, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
+            str(control_plane.scheduler_bin),
+            f"--config={config}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={port}",
+            f"--cert-dir={tmp_path / 'certs'}",
+            "--v=2",
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+        )
     try:
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
@@ -655,21 +786,47 @@ async def test_kube_scheduler_loads_the_extender_snippet_and_calls_it(
                 await asyncio.sleep(0.25)
         k = control_plane.client()
         node = f"chart-node-{uuid.uuid4().hex[:6]}"
-        k.create("/api/v1/nodes", {"apiVersion": "v1", "kind": "Node",
-                                   "metadata": {"name": node, "labels": {"kubernetes.io/hostname": node}}})  # fmt: skip
+        k.create(
+            "/api/v1/nodes",
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {"name": node, "labels": {"kubernetes.io/hostname": node}},
+            },
+        )
         res = {"cpu": "8", "memory": "16Gi", "pods": "110", NEURON_CORE: "8"}
-        k.merge_patch(f"/api/v1/nodes/{node}/status", {"status": {
-            "capacity": res, "allocatable": res,
-            "conditions": [{"type": "Ready", "status": "True", "reason": "E2E", "message": "fake node"}]}})  # fmt: skip
+        k.merge_patch(
+            f"/api/v1/nodes/{node}/status",
+            {
+                "status": {
+                    "capacity": res,
+                    "allocatable": res,
+                    "conditions": [{"type": "Ready", "status": "True", "reason": "E2E", "message": "fake node"}],
+                }
+            },
+        )
         k.merge_patch(f"/api/v1/nodes/{node}", {"spec": {"taints": None}})
         pod = f"stage-{uuid.uuid4().hex[:6]}"
         limits = {NEURON_CORE: "2"}
-        k.create("/api/v1/namespaces/default/pods", {
-            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod},
-            "spec": {"schedulerName": scheduler_name, "nodeSelector": {"kubernetes.io/hostname": node},
-                     "containers": [{"name": "s", "image": "registry.invalid/s:1",
-                                     "resources": {"limits": limits, "requests": limits}}]},
-        })  # fmt: skip
+        k.create(
+            "/api/v1/namespaces/default/pods",
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": pod},
+                "spec": {
+                    "schedulerName": scheduler_name,
+                    "nodeSelector": {"kubernetes.io/hostname": node},
+                    "containers": [
+                        {
+                            "name": "s",
+                            "image": "registry.invalid/s:1",
+                            "resources": {"limits": limits, "requests": limits},
+                        }
+                    ],
+                },
+            },
+        )
         deadline = time.monotonic() + 30
         while not k.get(f"/api/v1/namespaces/default/pods/{pod}")["spec"].get("nodeName"):
             assert time.monotonic() < deadline, f"pod not bound; scheduler log:\n{tail(log)}"

@@ -20,11 +20,19 @@ from snnrm.kubelet.standin import KubeletStandIn
 
 @pytest.fixture
 async def daemon_port(tmp_path: Path) -> AsyncIterator[int]:
-    config = Config.model_validate({
-        "backend": "sim", "kubelet_dir": tmp_path / "dp", "http": "127.0.0.1:0", "sim_chips": 1, "sim_cores": 16,
-        "state_dir": tmp_path / "state", "cdi_dir": tmp_path / "cdi", "sample_period": 0.05,
-        "pod_resources_socket": tmp_path / "pr" / "kubelet.sock",
-    })  # fmt: skip
+    config = Config.model_validate(
+        {
+            "backend": "sim",
+            "kubelet_dir": tmp_path / "dp",
+            "http": "127.0.0.1:0",
+            "sim_chips": 1,
+            "sim_cores": 16,
+            "state_dir": tmp_path / "state",
+            "cdi_dir": tmp_path / "cdi",
+            "sample_period": 0.05,
+            "pod_resources_socket": tmp_path / "pr" / "kubelet.sock",
+        }
+    )
     async with KubeletStandIn(config.kubelet_dir) as kubelet:
         daemon = await Daemon.create(config)
         stop = asyncio.Event()

@@ -30,10 +30,21 @@ def kubeconform_run(kubeconform: Path, schemas: Path, manifests: str, tmp_path: 
     src = tmp_path / "manifests.yaml"
     src.write_text(manifests)
     r = subprocess.run(
-        [str(kubeconform), "-strict", "-summary", "-verbose", "-output", "json",
-         "-schema-location", f"{schemas}/{SCHEMA_TEMPLATE}", str(src)],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            str(kubeconform),
+            "-strict",
+            "-summary",
+            "-verbose",
+            "-output",
+            "json",
+            "-schema-location",
+            f"{schemas}/{SCHEMA_TEMPLATE}",
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     out = json.loads(r.stdout)
     resources: list[dict[str, Any]] = out["resources"]
     return resources

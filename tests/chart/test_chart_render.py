@@ -56,11 +56,28 @@ def test_operator_objects_follow_the_cluster_when_auto(helm: Helm) -> None:
 def test_every_feature_on_renders_every_object(helm: Helm) -> None:
     kinds = {m["kind"] for m in helm.render(ALL_FEATURES)}
     assert kinds == {
-        "DaemonSet", "Deployment", "Service", "ServiceAccount", "ConfigMap", "Secret", "Role", "RoleBinding",
-        "ClusterRole", "ClusterRoleBinding", "PodDisruptionBudget", "ServiceMonitor", "PrometheusRule",
-        "AlertmanagerConfig", "ScaledObject", "Pod", "DeviceClass", "ResourceClaimTemplate", "NetworkPolicy",
-        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
-    }  # fmt: skip
+        "DaemonSet",
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+        "ConfigMap",
+        "Secret",
+        "Role",
+        "RoleBinding",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "PodDisruptionBudget",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "AlertmanagerConfig",
+        "ScaledObject",
+        "Pod",
+        "DeviceClass",
+        "ResourceClaimTemplate",
+        "NetworkPolicy",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }
 
 
 # -- values schema -----------------------------------------------------------------------------------------------
@@ -333,8 +350,12 @@ def test_monitor_scrapes_the_daemon_port_as_job_snnrm_with_release_label(helm: H
 
 
 def test_monitor_none_renders_no_operator_objects(helm: Helm) -> None:
-    kinds = {m["kind"] for m in helm.render(set_=("monitoring.monitor=None", "monitoring.prometheusRule.enabled=false"),
-                                            api_versions=(OPERATOR_API,))}  # fmt: skip
+    kinds = {
+        m["kind"]
+        for m in helm.render(
+            set_=("monitoring.monitor=None", "monitoring.prometheusRule.enabled=false"), api_versions=(OPERATOR_API,)
+        )
+    }
     assert not kinds & {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 
@@ -378,11 +399,16 @@ def test_hooks_rbac_is_exactly_what_the_hook_code_calls(helm: Helm) -> None:
     for b in bindings:
         assert b["subjects"] == [{"kind": "ServiceAccount", "name": "snnrm-daemon", "namespace": "snnrm"}]
     # Cluster-wide permissions for the daemon only through the placement and DRA roles (tested below).
-    daemon_crbs = {b["metadata"]["name"] for b in by_kind(manifests, "ClusterRoleBinding")
-                   for s in b["subjects"] if s["name"] == "snnrm-daemon"}  # fmt: skip
+    daemon_crbs = {
+        b["metadata"]["name"]
+        for b in by_kind(manifests, "ClusterRoleBinding")
+        for s in b["subjects"]
+        if s["name"] == "snnrm-daemon"
+    }
     assert daemon_crbs == {"snnrm-daemon-placement", "snnrm-daemon-dra"}
-    hooks_only = helm.render(ALL_FEATURES, set_=("controller.enabled=false", "daemon.placement.enabled=false",
-                                                 "dra.mode=off"))  # fmt: skip
+    hooks_only = helm.render(
+        ALL_FEATURES, set_=("controller.enabled=false", "daemon.placement.enabled=false", "dra.mode=off")
+    )
     assert all(s["name"] != "snnrm-daemon" for b in by_kind(hooks_only, "ClusterRoleBinding") for s in b["subjects"])
 
 
@@ -398,8 +424,15 @@ NODE_AGENT_MODULES = ("events", "node_agent", "remap", "sim_workload", "stage_me
 simulated workloads, per-stage metrics)."""
 NOT_PLACEMENT = ("__init__", "hooks", "kube", "hints")
 """snnrm/cluster modules that are neither: the autoscaling hooks (their own RBAC test)."""
-CLUSTER_API_VERBS = {"get": "get", "list": "list", "watch": "watch", "create": "create", "merge_patch": "patch",
-                     "replace": "update", "delete": "delete"}  # fmt: skip
+CLUSTER_API_VERBS = {
+    "get": "get",
+    "list": "list",
+    "watch": "watch",
+    "create": "create",
+    "merge_patch": "patch",
+    "replace": "update",
+    "delete": "delete",
+}
 
 
 def _resources_made_in(tree: Any, module: Any) -> set[tuple[str, str]]:
@@ -439,7 +472,7 @@ def _api_calls(module_name: str) -> set[Rule]:
         for fn in ast.walk(tree)
         if isinstance(fn, ast.AsyncFunctionDef | ast.FunctionDef)
         for child in ast.walk(fn)
-    }  # fmt: skip (innermost wins: walk order visits outer functions first)
+    }  # innermost wins: walk order visits outer functions first
 
     def resolve(arg: Any, call: Any) -> set[tuple[str, str]]:
         """The Resources an argument can be: a constant of snnrm/kube/api.py, a parameter of the enclosing
@@ -486,8 +519,9 @@ def _api_calls(module_name: str) -> set[Rule]:
 
 
 def _rules(role: dict[str, Any]) -> set[Rule]:
-    return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
-            for v in rule["verbs"]}  # fmt: skip
+    return {
+        (g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
+    }
 
 
 def test_every_cluster_module_with_api_calls_belongs_to_an_actor() -> None:
@@ -635,8 +669,11 @@ def test_dra_is_off_by_default_and_on_only_where_needed(helm: Helm, tmp_path: Pa
 def test_placement_follows_the_controller_unless_set(helm: Helm, tmp_path: Path) -> None:
     with_controller = helm.render(set_=("controller.enabled=true",))
     cm = one(with_controller, "ConfigMap", "snnrm-daemon")
-    assert yaml.safe_load(cm["data"]["config.yaml"])["placement"] == {"enabled": True, "live_remap": True,
-                                                                      "dry_run": False}  # fmt: skip
+    assert yaml.safe_load(cm["data"]["config.yaml"])["placement"] == {
+        "enabled": True,
+        "live_remap": True,
+        "dry_run": False,
+    }
     off = helm.render(set_=("controller.enabled=true", "daemon.placement.enabled=false"))
     assert "placement" not in yaml.safe_load(one(off, "ConfigMap", "snnrm-daemon")["data"]["config.yaml"])
     assert {m["metadata"]["name"] for m in by_kind(off, "ClusterRole")} == {"snnrm-controller"}
@@ -738,8 +775,12 @@ def test_network_policies_admit_only_the_scraper_controller_alertmanager_and_sch
     to_daemon = {name for name, c in clients.items() if _admits(daemon_np, "http", *c)}
     to_controller = {name for name, c in clients.items() if _admits(controller_np, "http", *c)}
     assert to_daemon == {
-        "prometheus in monitoring", "alertmanager in snn-jobs", "controller pod", "helm test pod", "status proxy"
-    }  # fmt: skip
+        "prometheus in monitoring",
+        "alertmanager in snn-jobs",
+        "controller pod",
+        "helm test pod",
+        "status proxy",
+    }
     assert to_controller == {"scheduler pod", "prometheus in monitoring"}
     # A host-network scheduler has its node's address: admitted by ipBlocks only.
     assert {"ipBlock": {"cidr": "10.0.0.10/32"}} in controller_np["spec"]["ingress"][0]["from"]
@@ -752,13 +793,17 @@ def test_network_policies_are_off_by_default_and_follow_the_features(helm: Helm)
     peers = np["spec"]["ingress"][0]["from"]
     # No controller, no hooks: only the scraper (and the helm test pod).
     assert [p.get("podSelector", {}).get("matchLabels", {}).get("app.kubernetes.io/name") for p in peers] == [
-        "prometheus", "snnrm"
-    ]  # fmt: skip
+        "prometheus",
+        "snnrm",
+    ]
     r = helm.template(
-        set_=("networkPolicy.enabled=true", "networkPolicy.scraper.podSelector=null",
-              "networkPolicy.scraper.namespaceSelector=null"),
+        set_=(
+            "networkPolicy.enabled=true",
+            "networkPolicy.scraper.podSelector=null",
+            "networkPolicy.scraper.namespaceSelector=null",
+        ),
         check=False,
-    )  # fmt: skip
+    )
     assert r.returncode != 0
     assert "networkPolicy.scraper: set a namespaceSelector or a podSelector" in r.stderr
 
@@ -789,10 +834,13 @@ def test_requests_above_limits_fail_the_render(
     name, req = request_.split("=")
     lim = limit.split("=")[1]
     r = helm.template(
-        set_=("controller.enabled=true", f"{where}.resources.requests.{name}={req}",
-              f"{where}.resources.limits.{name}={lim}"),
+        set_=(
+            "controller.enabled=true",
+            f"{where}.resources.requests.{name}={req}",
+            f"{where}.resources.limits.{name}={lim}",
+        ),
         check=False,
-    )  # fmt: skip
+    )
     if refused:
         assert r.returncode != 0
         assert (
@@ -807,9 +855,14 @@ def test_requests_above_limits_fail_the_render(
 
 @pytest.mark.parametrize(
     ("kube", "setting", "rendered"),
-    [("1.37.2", "auto", True), ("1.30.0", "auto", True), ("1.29.9", "auto", False), ("1.37.2", "false", False),
-     ("1.37.2", "true", True)],
-)  # fmt: skip
+    [
+        ("1.37.2", "auto", True),
+        ("1.30.0", "auto", True),
+        ("1.29.9", "auto", False),
+        ("1.37.2", "false", False),
+        ("1.37.2", "true", True),
+    ],
+)
 def test_own_node_policy_follows_the_kubernetes_version(helm: Helm, kube: str, setting: str, rendered: bool) -> None:
     args = ("--set", "controller.enabled=true", "--set", f"daemon.placement.ownNodeOnly={setting}")
     out = helm.run("template", "snnrm", str(CHART), "--namespace", "snnrm", "--kube-version", kube, *args).stdout
@@ -832,8 +885,18 @@ def test_own_node_policy_follows_the_kubernetes_version(helm: Helm, kube: str, s
 
 
 def test_own_node_policy_insisted_on_an_old_cluster_fails_the_render(helm: Helm) -> None:
-    r = helm.run("template", "snnrm", str(CHART), "--kube-version", "1.29.0", "--set", "controller.enabled=true",
-                 "--set", "daemon.placement.ownNodeOnly=true", check=False)  # fmt: skip
+    r = helm.run(
+        "template",
+        "snnrm",
+        str(CHART),
+        "--kube-version",
+        "1.29.0",
+        "--set",
+        "controller.enabled=true",
+        "--set",
+        "daemon.placement.ownNodeOnly=true",
+        check=False,
+    )
     assert r.returncode != 0
     assert "daemon.placement.ownNodeOnly=true needs Kubernetes 1.30+" in r.stderr
 
@@ -853,8 +916,10 @@ _HOOK = (
 
 
 def test_an_existing_hooks_secret_is_used_and_none_is_made(helm: Helm) -> None:
-    manifests = helm.render(set_=(*_HOOK, "hooks.token.existingSecret=my-hooks", "hooks.token.key=bearer"),
-                            api_versions=("monitoring.coreos.com/v1alpha1",))  # fmt: skip
+    manifests = helm.render(
+        set_=(*_HOOK, "hooks.token.existingSecret=my-hooks", "hooks.token.key=bearer"),
+        api_versions=("monitoring.coreos.com/v1alpha1",),
+    )
     assert by_kind(manifests, "Secret") == []
     volumes = one(manifests, "DaemonSet")["spec"]["template"]["spec"]["volumes"]
     [vol] = [v for v in volumes if v["name"] == "hooks-token"]

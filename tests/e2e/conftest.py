@@ -43,9 +43,13 @@ async def devicemanager(harness_bin: Path, short_tmp: Path, tmp_path: Path) -> A
     log = tmp_path / "devicemanager-harness.log"
     with log.open("wb") as err:
         proc = await asyncio.create_subprocess_exec(
-            str(harness_bin), f"--socket-dir={socket_dir}", "-v=2",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
-        )  # fmt: skip
+            str(harness_bin),
+            f"--socket-dir={socket_dir}",
+            "-v=2",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+        )
     h = DeviceManagerHarness(proc, socket_dir, log)
     try:
         await h.start()

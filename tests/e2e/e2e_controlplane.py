@@ -45,8 +45,9 @@ def make_certs(d: Path) -> None:
     if shutil.which("openssl") is None:
         raise ControlPlaneError("the control-plane fixture needs the openssl CLI")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-             "-subj", "/CN=snnrm-e2e-ca", cwd=d)  # fmt: skip
+    _openssl(
+        "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=snnrm-e2e-ca", cwd=d
+    )
     leaves = {
         "apiserver": (
             "/CN=kube-apiserver",
@@ -58,8 +59,24 @@ def make_certs(d: Path) -> None:
     for name, (subject, ext) in leaves.items():
         (d / f"{name}.ext").write_text(ext)
         _openssl("req", "-new", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject, cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-days", "2", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=d)  # fmt: skip
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            "-out",
+            f"{name}.crt",
+            cwd=d,
+        )
     _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key", cwd=d)
     _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
 
@@ -207,36 +224,60 @@ class ControlPlane:
         self.scheduler_port = free_port()
 
         etcd_url = f"http://127.0.0.1:{etcd_client}"
-        self._spawn("etcd", [
-            str(self.etcd_bin), "--data-dir", str(self.workdir / "etcd-data"), "--name", "e2e",
-            "--listen-client-urls", etcd_url, "--advertise-client-urls", etcd_url,
-            "--listen-peer-urls", f"http://127.0.0.1:{etcd_peer}",
-            "--initial-advertise-peer-urls", f"http://127.0.0.1:{etcd_peer}",
-            "--initial-cluster", f"e2e=http://127.0.0.1:{etcd_peer}",
-            "--unsafe-no-fsync", "--log-level", "warn",
-        ])  # fmt: skip
+        self._spawn(
+            "etcd",
+            [
+                str(self.etcd_bin),
+                "--data-dir",
+                str(self.workdir / "etcd-data"),
+                "--name",
+                "e2e",
+                "--listen-client-urls",
+                etcd_url,
+                "--advertise-client-urls",
+                etcd_url,
+                "--listen-peer-urls",
+                f"http://127.0.0.1:{etcd_peer}",
+                "--initial-advertise-peer-urls",
+                f"http://127.0.0.1:{etcd_peer}",
+                "--initial-cluster",
+                f"e2e=http://127.0.0.1:{etcd_peer}",
+                "--unsafe-no-fsync",
+                "--log-level",
+                "warn",
+            ],
+        )
         self._wait("etcd", lambda: _http_ok(etcd_url + "/health"), 30)
 
         self.server = f"https://127.0.0.1:{api_port}"
         c = self.certs
-        self._spawn("kube-apiserver", [
-            str(self.apiserver_bin),
-            f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1", f"--secure-port={api_port}", "--advertise-address=127.0.0.1",
-            # 1.37 refuses a loopback advertise address for the kubernetes Service's endpoints; none needed here.
-            "--endpoint-reconciler-type=none",
-            f"--cert-dir={self.workdir / 'apiserver-certs'}",
-            f"--tls-cert-file={c / 'apiserver.crt'}", f"--tls-private-key-file={c / 'apiserver.key'}",
-            f"--client-ca-file={c / 'ca.crt'}",
-            "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",
-            # No controller-manager runs, so nothing would create the default ServiceAccounts pods refer to.
-            "--disable-admission-plugins=ServiceAccount",
-            "--authorization-mode=Node,RBAC",
-            f"--service-account-issuer={self.server}/",
-            f"--service-account-key-file={c / 'sa.pub'}",
-            f"--service-account-signing-key-file={c / 'sa.key'}",
-            "--profiling=false", "--v=1", *self.apiserver_args,
-        ])  # fmt: skip
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(self.apiserver_bin),
+                f"--etcd-servers={etcd_url}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={api_port}",
+                "--advertise-address=127.0.0.1",
+                # 1.37 refuses a loopback advertise address for the kubernetes Service's endpoints; none needed here.
+                "--endpoint-reconciler-type=none",
+                f"--cert-dir={self.workdir / 'apiserver-certs'}",
+                f"--tls-cert-file={c / 'apiserver.crt'}",
+                f"--tls-private-key-file={c / 'apiserver.key'}",
+                f"--client-ca-file={c / 'ca.crt'}",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--allow-privileged=true",
+                # No controller-manager runs, so nothing would create the default ServiceAccounts pods refer to.
+                "--disable-admission-plugins=ServiceAccount",
+                "--authorization-mode=Node,RBAC",
+                f"--service-account-issuer={self.server}/",
+                f"--service-account-key-file={c / 'sa.pub'}",
+                f"--service-account-signing-key-file={c / 'sa.key'}",
+                "--profiling=false",
+                "--v=1",
+                *self.apiserver_args,
+            ],
+        )
         self.kubeconfig = self.workdir / "admin.kubeconfig"
         write_kubeconfig(self.kubeconfig, self.server, c)
         client = self.client()
@@ -244,19 +285,27 @@ class ControlPlane:
 
         self.scheduler_config = self.workdir / "scheduler.yaml"
         self.scheduler_config.write_text(
-            json.dumps({
-                "apiVersion": "kubescheduler.config.k8s.io/v1",
-                "kind": "KubeSchedulerConfiguration",
-                "clientConnection": {"kubeconfig": str(self.kubeconfig)},
-                "leaderElection": {"leaderElect": False},
-            }, indent=2)
-        )  # fmt: skip
-        self._spawn("kube-scheduler", [
-            str(self.scheduler_bin), f"--config={self.scheduler_config}",
-            "--bind-address=127.0.0.1", f"--secure-port={self.scheduler_port}",
-            f"--cert-dir={self.workdir / 'scheduler-certs'}",
-            "--v=1",
-        ])  # fmt: skip
+            json.dumps(
+                {
+                    "apiVersion": "kubescheduler.config.k8s.io/v1",
+                    "kind": "KubeSchedulerConfiguration",
+                    "clientConnection": {"kubeconfig": str(self.kubeconfig)},
+                    "leaderElection": {"leaderElect": False},
+                },
+                indent=2,
+            )
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                str(self.scheduler_bin),
+                f"--config={self.scheduler_config}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={self.scheduler_port}",
+                f"--cert-dir={self.workdir / 'scheduler-certs'}",
+                "--v=1",
+            ],
+        )
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE  # the scheduler serves a self-signed cert from --cert-dir

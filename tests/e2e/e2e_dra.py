@@ -34,9 +34,13 @@ class DraHarness:
 
     def __init__(self, binary: Path, *, kubeconfig: Path, node: str, registry_dir: Path, state_dir: Path, log: Path):
         self.argv = [
-            str(binary), f"--kubeconfig={kubeconfig}", f"--node-name={node}",
-            f"--registry-dir={registry_dir}", f"--state-dir={state_dir}", "-v=4",
-        ]  # fmt: skip
+            str(binary),
+            f"--kubeconfig={kubeconfig}",
+            f"--node-name={node}",
+            f"--registry-dir={registry_dir}",
+            f"--state-dir={state_dir}",
+            "-v=4",
+        ]
         self.log = log
         self.proc: asyncio.subprocess.Process | None = None
 
@@ -91,10 +95,21 @@ def dra_daemon(workdir: Path, *, kubeconfig: Path, node: str, registry_dir: Path
     """``snnrm run --backend sim --dra only`` publishing for ``node`` (flags given twice: the last one wins)."""
     d = Daemon(workdir / "unused-device-plugins", workdir)
     d.argv += [
-        "--sim-chips", str(CHIPS), "--sim-cores", str(CORES),
-        "--dra", "only", "--dra-kubeconfig", str(kubeconfig), "--dra-node-name", node,
-        "--dra-registry-dir", str(registry_dir), "--dra-plugin-dir", str(plugin_dir),
-    ]  # fmt: skip
+        "--sim-chips",
+        str(CHIPS),
+        "--sim-cores",
+        str(CORES),
+        "--dra",
+        "only",
+        "--dra-kubeconfig",
+        str(kubeconfig),
+        "--dra-node-name",
+        node,
+        "--dra-registry-dir",
+        str(registry_dir),
+        "--dra-plugin-dir",
+        str(plugin_dir),
+    ]
     return d
 
 
@@ -276,9 +291,12 @@ async def running_dra_node(cp: ControlPlane, short_tmp: Path, tmp_path: Path, *,
     registry, plugins = short_tmp / "plugins_registry", short_tmp / "plugins" / DRIVER
     harness = DraHarness(
         tool("SNNRM_DRA_HARNESS", "dra-harness"),
-        kubeconfig=cp.kubeconfig, node=node, registry_dir=registry,
-        state_dir=tmp_path / "kubelet-state", log=tmp_path / "dra-harness.log",
-    )  # fmt: skip
+        kubeconfig=cp.kubeconfig,
+        node=node,
+        registry_dir=registry,
+        state_dir=tmp_path / "kubelet-state",
+        log=tmp_path / "dra-harness.log",
+    )
     daemon = dra_daemon(tmp_path, kubeconfig=cp.kubeconfig, node=node, registry_dir=registry, plugin_dir=plugins)
     try:
         await harness.start()

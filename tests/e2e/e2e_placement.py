@@ -86,15 +86,22 @@ def start_controller(
 ) -> tuple[Proc, str]:
     port = free_port()
     argv = [
-        *snnrm_command(), "controller",
-        "--kubeconfig", str(cp.kubeconfig),
-        "--http", f"127.0.0.1:{port}",
-        "--namespace", "default",
-        "--identity", identity,
-        "--reservation-ttl", "60",
-        "--summary-stale-after", "3600",
+        *snnrm_command(),
+        "controller",
+        "--kubeconfig",
+        str(cp.kubeconfig),
+        "--http",
+        f"127.0.0.1:{port}",
+        "--namespace",
+        "default",
+        "--identity",
+        identity,
+        "--reservation-ttl",
+        "60",
+        "--summary-stale-after",
+        "3600",
         *(extra or []),
-    ]  # fmt: skip
+    ]
     proc = spawn(f"controller-{identity}", argv, workdir)
     base = f"http://127.0.0.1:{port}"
     wait_until("snnrm controller /readyz", lambda: _http_ok(base + "/readyz"), within=60, procs=[proc])
@@ -195,9 +202,14 @@ class Rig:
         res = {"cpu": "16", "memory": "32Gi", "pods": "110", NEURON_CORE: cores}
         self.k.merge_patch(
             f"/api/v1/nodes/{name}/status",
-            {"status": {"capacity": res, "allocatable": res,
-                        "conditions": [{"type": "Ready", "status": "True", "reason": "E2E", "message": "fake"}]}},
-        )  # fmt: skip
+            {
+                "status": {
+                    "capacity": res,
+                    "allocatable": res,
+                    "conditions": [{"type": "Ready", "status": "True", "reason": "E2E", "message": "fake"}],
+                }
+            },
+        )
         self.k.merge_patch(f"/api/v1/nodes/{name}", {"spec": {"taints": None}})
         self.publish(name, topology=topology, free=free, healthy=healthy)
         return name

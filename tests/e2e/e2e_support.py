@@ -127,12 +127,23 @@ class Daemon:
         self.state_dir = workdir / "state"
         self.workdir = workdir
         self.argv = [
-            *snnrm_command(), "run", "--backend", "sim",
-            "--kubelet-dir", str(socket_dir),
-            "--http", f"127.0.0.1:{self.port}",
-            "--sim-chips", str(SIM_CHIPS), "--sim-cores", str(SIM_CORES),
-            "--state-dir", str(self.state_dir), "--cdi-dir", str(workdir / "cdi"),
-        ]  # fmt: skip
+            *snnrm_command(),
+            "run",
+            "--backend",
+            "sim",
+            "--kubelet-dir",
+            str(socket_dir),
+            "--http",
+            f"127.0.0.1:{self.port}",
+            "--sim-chips",
+            str(SIM_CHIPS),
+            "--sim-cores",
+            str(SIM_CORES),
+            "--state-dir",
+            str(self.state_dir),
+            "--cdi-dir",
+            str(workdir / "cdi"),
+        ]
         self.proc: asyncio.subprocess.Process | None = None
         self.starts = 0
 
@@ -144,9 +155,12 @@ class Daemon:
             out.write(f"===== start {self.starts}: {' '.join(self.argv)}\n".encode())
             out.flush()
             self.proc = await asyncio.create_subprocess_exec(
-                *self.argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                *self.argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=asyncio.subprocess.STDOUT,
                 cwd=self.workdir,
-            )  # fmt: skip
+            )
         for _ in range(300):
             if self.proc.returncode is not None:
                 pytest.fail(f"snnrm run exited with {self.proc.returncode}:\n{self.log_tail()}")

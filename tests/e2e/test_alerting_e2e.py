@@ -138,14 +138,30 @@ async def chain(
             rules = rules_with_short_for(REPO / "rules" / "snnrm.rules.yaml", tmp_path / "rules.yaml")
             # repeat_interval 3s: Alertmanager re-notifies the still-firing alert within seconds, so the test can
             # wait for a re-delivery (seen as a "duplicate" outcome) instead of sleeping and hoping it came.
-            am = Alertmanager(am_bin, tmp_path / "am", webhook_url=base + "/hooks/alertmanager", token_file=token,
-                              repeat_interval="3s")  # fmt: skip
+            am = Alertmanager(
+                am_bin,
+                tmp_path / "am",
+                webhook_url=base + "/hooks/alertmanager",
+                token_file=token,
+                repeat_interval="3s",
+            )
             async with am:
-                prom = Prometheus(prom_bin, tmp_path / "prom", targets=[f"127.0.0.1:{daemon.http_port}"],
-                                  rule_files=[rules], alertmanager=am.address)  # fmt: skip
+                prom = Prometheus(
+                    prom_bin,
+                    tmp_path / "prom",
+                    targets=[f"127.0.0.1:{daemon.http_port}"],
+                    rule_files=[rules],
+                    alertmanager=am.address,
+                )
                 async with prom:
-                    yield Chain(control_plane, daemon, base, prom,
-                                f"/apis/apps/v1/namespaces/default/deployments/{name}", forwarded)  # fmt: skip
+                    yield Chain(
+                        control_plane,
+                        daemon,
+                        base,
+                        prom,
+                        f"/apis/apps/v1/namespaces/default/deployments/{name}",
+                        forwarded,
+                    )
         finally:
             stop.set()
             await asyncio.wait_for(task, 15)
@@ -177,8 +193,11 @@ async def test_fault_fires_rule_alertmanager_delivers_hook_scales_and_undoes(cha
     # Baseline: chip 1 scraped and the rule evaluated on it since, nothing firing for chip 1, one replica.
     await eventually(lambda: chain.prom.query('snnrm_chip_cores{chip="1"}'), within=30, what="chip 1 scraped")
     scraped = time.time()
-    await eventually(lambda: _evaluated_after(chain.prom, "SnnrmCoresUnhealthy", scraped), within=30,
-                     what="SnnrmCoresUnhealthy evaluated on the scraped data")  # fmt: skip
+    await eventually(
+        lambda: _evaluated_after(chain.prom, "SnnrmCoresUnhealthy", scraped),
+        within=30,
+        what="SnnrmCoresUnhealthy evaluated on the scraped data",
+    )
     assert not await _firing(chain.prom, "SnnrmCoresUnhealthy", chip="1")
     assert chain.replicas() == 1
     assert chain.forwarded == []
@@ -187,18 +206,29 @@ async def test_fault_fires_rule_alertmanager_delivers_hook_scales_and_undoes(cha
         async with http.post(chain.base + "/sim/faults", json={"kind": "core-failure", "chip": 1, "core": 3}) as r:
             assert r.status == 201
             fault = (await r.json())["id"]
-        await eventually(lambda: _firing(chain.prom, "SnnrmCoresUnhealthy", chip="1"), within=30,
-                         what="SnnrmCoresUnhealthy firing in Prometheus")  # fmt: skip
+        await eventually(
+            lambda: _firing(chain.prom, "SnnrmCoresUnhealthy", chip="1"),
+            within=30,
+            what="SnnrmCoresUnhealthy firing in Prometheus",
+        )
         await eventually(lambda: _async(chain.replicas() == 3), within=30, what="Deployment scaled 1 -> 3")
-        events = chain.cp.client().get("/api/v1/namespaces/default/events")["items"]
-        mine = [e for e in events if e["involvedObject"]["name"] == chain.deploy.rsplit("/", 1)[1]]
-        assert [e["reason"] for e in mine] == ["SnnrmHookScaled"]
+        # The hook records its Event after the scale is written, so the Event may land a moment later.
+        name = chain.deploy.rsplit("/", 1)[1]
+
+        async def reasons() -> list[str]:
+            events = chain.cp.client().get("/api/v1/namespaces/default/events")["items"]
+            return [e["reason"] for e in events if e["involvedObject"]["name"] == name]
+
+        assert await eventually(reasons, within=10, what="the hook's Event on the Deployment") == ["SnnrmHookScaled"]
 
         assert chain.daemon.hooks is not None
         counts = chain.daemon.hooks.runner.actions
         # Alertmanager re-notifies (repeat_interval): the re-delivery reaches both hooks and neither acts again.
-        await eventually(lambda: _async(counts[("scale-on-unhealthy-cores", "scale", "duplicate")] >= 1),
-                         within=30, what="Alertmanager re-delivered the firing alert")  # fmt: skip
+        await eventually(
+            lambda: _async(counts[("scale-on-unhealthy-cores", "scale", "duplicate")] >= 1),
+            within=30,
+            what="Alertmanager re-delivered the firing alert",
+        )
         assert chain.replicas() == 3
         assert [f["alert"]["status"] for f in chain.forwarded] == ["firing"]
 

@@ -186,9 +186,14 @@ async def spawn_harness(binary: Path, socket_dir: Path, pods_file: Path, log: Pa
     restarted kubelet learns its pods from the API server); devices come back from the manager's checkpoint."""
     with log.open("ab") as err:
         proc = await asyncio.create_subprocess_exec(
-            str(binary), f"--socket-dir={socket_dir}", f"--pods-file={pods_file}", "-v=2",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=err,
-        )  # fmt: skip
+            str(binary),
+            f"--socket-dir={socket_dir}",
+            f"--pods-file={pods_file}",
+            "-v=2",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=err,
+        )
     h = DeviceManagerHarness(proc, socket_dir, log)
     await h.start()
     return h

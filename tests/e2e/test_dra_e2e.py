@@ -234,15 +234,30 @@ def chart_objects(namespace: str) -> list[dict[str, Any]]:
     in docs/dra.md until values.schema.json lists them), as JSON objects."""
     out = subprocess.run(
         [
-            str(tool("SNNRM_HELM", "helm")), "template", "e2e", str(REPO / "charts" / "snnrm"),
-            "--namespace", namespace, "--skip-schema-validation",
-            "--set", "dra.mode=only", "--set", "dra.classPrefix=chart", "--set", "dra.examples.enabled=true",
-            "--set", "dra.coreGroupExtendedResourceName=snnrm.io/chart-core-group",
-            "--show-only", "templates/dra-deviceclasses.yaml",
-            "--show-only", "templates/dra-split-learning-example.yaml",
+            str(tool("SNNRM_HELM", "helm")),
+            "template",
+            "e2e",
+            str(REPO / "charts" / "snnrm"),
+            "--namespace",
+            namespace,
+            "--skip-schema-validation",
+            "--set",
+            "dra.mode=only",
+            "--set",
+            "dra.classPrefix=chart",
+            "--set",
+            "dra.examples.enabled=true",
+            "--set",
+            "dra.coreGroupExtendedResourceName=snnrm.io/chart-core-group",
+            "--show-only",
+            "templates/dra-deviceclasses.yaml",
+            "--show-only",
+            "templates/dra-split-learning-example.yaml",
         ],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
@@ -259,9 +274,12 @@ async def test_chart_split_learning_template_allocates_stages_per_container(dra_
     k = dra_node.k
     objs = {o["metadata"]["name"]: o for o in chart_objects("default")}
     assert set(objs) == {
-        "chart-core-group", "chart-chip", "chart-event-throughput",
-        "chart-split-learning-one-chip", "chart-split-learning-adjacent",
-    }  # fmt: skip
+        "chart-core-group",
+        "chart-chip",
+        "chart-event-throughput",
+        "chart-split-learning-one-chip",
+        "chart-split-learning-adjacent",
+    }
     for o in objs.values():
         apply(k, o)  # the apiserver validates every CEL expression, constraint and capacity request
     # What the resourceclaim controller does for a pod's resourceClaimTemplateName: a claim with the template's spec.
@@ -269,11 +287,17 @@ async def test_chart_split_learning_template_allocates_stages_per_container(dra_
     claim, pod = f"split-{uuid.uuid4().hex[:6]}", f"split-{uuid.uuid4().hex[:6]}"
     k.create(f"{RESOURCE}/namespaces/default/resourceclaims", {"metadata": {"name": claim}, "spec": spec})
     containers = [
-        {"name": "encoder", "image": "registry.invalid/none",
-         "resources": {"claims": [{"name": "snn", "request": "encoder"}, {"name": "snn", "request": "spikes"}]}},
-        {"name": "decoder", "image": "registry.invalid/none",
-         "resources": {"claims": [{"name": "snn", "request": "decoder"}]}},
-    ]  # fmt: skip
+        {
+            "name": "encoder",
+            "image": "registry.invalid/none",
+            "resources": {"claims": [{"name": "snn", "request": "encoder"}, {"name": "snn", "request": "spikes"}]},
+        },
+        {
+            "name": "decoder",
+            "image": "registry.invalid/none",
+            "resources": {"claims": [{"name": "snn", "request": "decoder"}]},
+        },
+    ]
     k.create(
         "/api/v1/namespaces/default/pods",
         {
@@ -298,8 +322,9 @@ async def test_chart_split_learning_template_allocates_stages_per_container(dra_
     assert results["decoder"] in reply["cdi"]["decoder"][0]
 
     adjacent = objs["chart-split-learning-adjacent"]["spec"]["spec"]
-    claim2, pod2 = claim_with_pod(k, dra_node.name, adjacent["devices"]["requests"],
-                                  constraints=adjacent["devices"]["constraints"])  # fmt: skip
+    claim2, pod2 = claim_with_pod(
+        k, dra_node.name, adjacent["devices"]["requests"], constraints=adjacent["devices"]["constraints"]
+    )
     bound(k, pod2, dra_node.name)
     pair = {int(r["device"].removeprefix("chip")) for r in allocation(k, claim2)}
     assert len(pair) == 2

@@ -75,11 +75,16 @@ def running_job(rig: Rig, base: str, node: str, n: int = 3, cores: int = 2) -> t
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         rig.k.merge_patch(
             f"/api/v1/namespaces/default/pods/{pod['metadata']['name']}/status",
-            {"status": {"phase": "Running", "conditions": [
-                {"type": "Ready", "status": "True", "lastTransitionTime": now},
-                {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
-            ]}},
-        )  # fmt: skip
+            {
+                "status": {
+                    "phase": "Running",
+                    "conditions": [
+                        {"type": "Ready", "status": "True", "lastTransitionTime": now},
+                        {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+                    ],
+                }
+            },
+        )
         names.append(pod["metadata"]["name"])
     return job, names
 

@@ -180,9 +180,7 @@ def test_prioritize_steers_an_ungated_stage_next_to_its_neighbour(rig: Rig) -> N
             pod["metadata"].pop(key)
         pod["spec"]["nodeSelector"] = {"snnrm.io/e2e": rig.tag}
     rig.create_pod(first)
-    rig.wait("stage 0 seen by the controller", lambda: any(
-        j["job"] == job for j in rig.placement()["jobs"]
-    ))  # fmt: skip
+    rig.wait("stage 0 seen by the controller", lambda: any(j["job"] == job for j in rig.placement()["jobs"]))
     rig.create_pod(second)
     nodes = rig.wait("stage 1 bound", lambda: _bound(rig, [second["metadata"]["name"]]))
     assert nodes[second["metadata"]["name"]] == near

@@ -185,8 +185,9 @@ async def test_alertmanager_without_the_token_is_refused(stack: Stack, tmp_path:
     """A second Alertmanager with a wrong token delivers; the daemon answers 401 and nothing scales."""
     wrong = tmp_path / "wrong-token"
     wrong.write_text("guess")
-    am2 = Alertmanager(stack.am.binary, tmp_path / "am2", webhook_url=stack.base + "/hooks/alertmanager",
-                       token_file=wrong)  # fmt: skip
+    am2 = Alertmanager(
+        stack.am.binary, tmp_path / "am2", webhook_url=stack.base + "/hooks/alertmanager", token_file=wrong
+    )
     async with am2:
         await am2.post_alerts([_alert("0", starts=datetime.now(UTC))])
         assert stack.daemon.hooks is not None

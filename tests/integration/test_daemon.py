@@ -171,10 +171,24 @@ async def test_snnrm_run_serves_and_exits_cleanly_on_sigterm(tmp_path: Path) -> 
     async with KubeletStandIn(kdir) as kubelet:
         env = {**os.environ, "SNNRM_STATE_DIR": str(tmp_path / "s"), "SNNRM_CDI_DIR": str(tmp_path / "c")}
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "snnrm", "run", "--backend", "sim", "--kubelet-dir", str(kdir),
-            "--http", f"127.0.0.1:{port}", "--sim-chips", "2", "--sim-cores", "8",
-            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
+            sys.executable,
+            "-m",
+            "snnrm",
+            "run",
+            "--backend",
+            "sim",
+            "--kubelet-dir",
+            str(kdir),
+            "--http",
+            f"127.0.0.1:{port}",
+            "--sim-chips",
+            "2",
+            "--sim-cores",
+            "8",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
         try:
             await kubelet.wait_capacity(NEURON_CORE, 16, within=30)
         finally:

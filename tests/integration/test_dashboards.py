@@ -159,8 +159,11 @@ def test_recorded_series_the_boards_read_are_recorded_by_the_shipped_rules() -> 
     used = {m for board in BOARDS.values() for e in _exprs(board) for m in re.findall(r"\b\w+:\w+:\w+\b", e)}
     assert used, "the boards read no recording rule"
     assert used <= records, f"not recorded by {RULES.name}: {sorted(used - records)}"
-    heavy = {"node_chip:snnrm_core_events_processed:rate2m", "node_chip:snnrm_core_event_queue_depth:sum",
-             "node_chip_inter_chip:snnrm_link_utilization_ratio:max"}  # fmt: skip
+    heavy = {
+        "node_chip:snnrm_core_events_processed:rate2m",
+        "node_chip:snnrm_core_event_queue_depth:sum",
+        "node_chip_inter_chip:snnrm_link_utilization_ratio:max",
+    }
     assert heavy <= used
 
 
@@ -219,19 +222,58 @@ async def live(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Live]:
     ):
         # A daemon-only install: the node's placement agent reads the stage pods bound to it from the apiserver;
         # no controller runs. cooldown 0: the stage moved below may already have moved once before.
-        placement = {"enabled": True, "node_name": NODE, "kubeconfig": str(apiserver.kubeconfig(tmp / "kubeconfig")),
-                     "cooldown": 0.0, "publish_min_interval": 0.5}  # fmt: skip
+        placement = {
+            "enabled": True,
+            "node_name": NODE,
+            "kubeconfig": str(apiserver.kubeconfig(tmp / "kubeconfig")),
+            "cooldown": 0.0,
+            "publish_min_interval": 0.5,
+        }
         config.write_text(yaml.safe_dump({"hooks": hooks, "placement": placement}))
         apiserver.api.put(NODES, {"metadata": {"name": NODE}})
         for i, n in enumerate((4, 2)):
-            apiserver.api.put(PODS, stage_pod(JOB, i, 2, n, keps=200.0, node=NODE, namespace="snn",
-                                              name=f"{JOB}-stage{i}", annotations={LIVE_REMAP: "true"}))  # fmt: skip
+            apiserver.api.put(
+                PODS,
+                stage_pod(
+                    JOB,
+                    i,
+                    2,
+                    n,
+                    keps=200.0,
+                    node=NODE,
+                    namespace="snn",
+                    name=f"{JOB}-stage{i}",
+                    annotations={LIVE_REMAP: "true"},
+                ),
+            )
         argv = [
-            sys.executable, "-m", "snnrm", "run", "--config", str(config), "--backend", "sim",
-            "--kubelet-dir", str(short / "dp"), "--http", f"127.0.0.1:{port}", "--sim-chips", "2", "--sim-cores", "16",
-            "--state-dir", str(tmp / "state"), "--cdi-dir", str(tmp / "cdi"), "--sample-period", "0.1",
-            "--metrics-granularity", "core", "--pod-resources-socket", str(short / "pr" / "kubelet.sock"),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "snnrm",
+            "run",
+            "--config",
+            str(config),
+            "--backend",
+            "sim",
+            "--kubelet-dir",
+            str(short / "dp"),
+            "--http",
+            f"127.0.0.1:{port}",
+            "--sim-chips",
+            "2",
+            "--sim-cores",
+            "16",
+            "--state-dir",
+            str(tmp / "state"),
+            "--cdi-dir",
+            str(tmp / "cdi"),
+            "--sample-period",
+            "0.1",
+            "--metrics-granularity",
+            "core",
+            "--pod-resources-socket",
+            str(short / "pr" / "kubelet.sock"),
+        ]
         with log.open("wb") as out:
             proc = await asyncio.create_subprocess_exec(*argv, stdout=out, stderr=subprocess.STDOUT, cwd=tmp)
         try:
@@ -244,12 +286,26 @@ async def live(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Live]:
                 async with http.post(base + "/sim/faults", json={"kind": "core-failure", "chip": 1, "core": 3}) as r:
                     assert r.status == 201, await r.text()
                 note = {
-                    "version": "4", "groupKey": "{}:{}", "status": "firing", "receiver": "snnrm", "groupLabels": {},
-                    "commonLabels": {}, "commonAnnotations": {}, "externalURL": "", "truncatedAlerts": 0,
-                    "alerts": [{"status": "firing", "labels": {"alertname": "SnnrmCoresUnhealthy", "snn_job": "dvs"},
-                                "annotations": {}, "startsAt": "2026-01-01T00:00:00Z", "endsAt": "",
-                                "fingerprint": "f1"}],
-                }  # fmt: skip
+                    "version": "4",
+                    "groupKey": "{}:{}",
+                    "status": "firing",
+                    "receiver": "snnrm",
+                    "groupLabels": {},
+                    "commonLabels": {},
+                    "commonAnnotations": {},
+                    "externalURL": "",
+                    "truncatedAlerts": 0,
+                    "alerts": [
+                        {
+                            "status": "firing",
+                            "labels": {"alertname": "SnnrmCoresUnhealthy", "snn_job": "dvs"},
+                            "annotations": {},
+                            "startsAt": "2026-01-01T00:00:00Z",
+                            "endsAt": "",
+                            "fingerprint": "f1",
+                        }
+                    ],
+                }
                 headers = {"Authorization": f"Bearer {TOKEN}"}
                 async with http.post(base + "/hooks/alertmanager", json=note, headers=headers) as r:
                     assert r.status == 200, await r.text()

@@ -144,8 +144,13 @@ async def test_hooks_dra_and_placement_share_one_client_from_one_kubeconfig(shor
         server.api.add_node(NODE)
         deployments = Resource("apps", "v1", "deployments")
         server.api.put(deployments, {"metadata": {"name": "stage1", "namespace": "snn"}, "spec": {"replicas": 1}})
-        rule = {"name": "scale-stage1", "match": ['alertname="SnnrmEventQueueSaturated"'], "action": "scale",
-                "target": {"kind": "Deployment", "namespace": "snn", "name": "stage1"}, "max_replicas": 3}  # fmt: skip
+        rule = {
+            "name": "scale-stage1",
+            "match": ['alertname="SnnrmEventQueueSaturated"'],
+            "action": "scale",
+            "target": {"kind": "Deployment", "namespace": "snn", "name": "stage1"},
+            "max_replicas": 3,
+        }
         cfg = config(short_dir, "only").model_copy(
             update={
                 "dra_kubeconfig": kubeconfig,
@@ -168,11 +173,26 @@ async def test_hooks_dra_and_placement_share_one_client_from_one_kubeconfig(shor
             await until(
                 lambda: ANNOTATION in (server.api.get_obj(NODES, NODE) or {})["metadata"].get("annotations", {})
             )
-            note = {"version": "4", "groupKey": "{}:{}", "status": "firing", "receiver": "snnrm-hooks",
-                    "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://am",
-                    "alerts": [{"status": "firing", "labels": {"alertname": "SnnrmEventQueueSaturated"},
-                                "annotations": {}, "startsAt": "2026-11-25T10:00:00Z",
-                                "endsAt": "0001-01-01T00:00:00Z", "fingerprint": "0123456789abcdef"}]}  # fmt: skip
+            note = {
+                "version": "4",
+                "groupKey": "{}:{}",
+                "status": "firing",
+                "receiver": "snnrm-hooks",
+                "groupLabels": {},
+                "commonLabels": {},
+                "commonAnnotations": {},
+                "externalURL": "http://am",
+                "alerts": [
+                    {
+                        "status": "firing",
+                        "labels": {"alertname": "SnnrmEventQueueSaturated"},
+                        "annotations": {},
+                        "startsAt": "2026-11-25T10:00:00Z",
+                        "endsAt": "0001-01-01T00:00:00Z",
+                        "fingerprint": "0123456789abcdef",
+                    }
+                ],
+            }
             headers = {"Authorization": "Bearer hooks-token-of-this-test"}
             async with (
                 aiohttp.ClientSession() as http,

@@ -108,8 +108,9 @@ def result(device: str, request: str = "stage", **extra: Any) -> dict[str, Any]:
 
 async def call(socket: Path, method: str, request: Any, response_type: Any) -> Any:
     async with grpc.aio.insecure_channel(f"unix://{socket}") as ch:
-        rpc = ch.unary_unary(method, request_serializer=type(request).SerializeToString,
-                             response_deserializer=response_type.FromString)  # fmt: skip
+        rpc = ch.unary_unary(
+            method, request_serializer=type(request).SerializeToString, response_deserializer=response_type.FromString
+        )
         return await rpc(request, timeout=10)
 
 
@@ -141,11 +142,18 @@ async def test_registration_as_the_kubelet_plugin_watcher_sees_it(node: Node) ->
     assert info.endpoint == str(node.plugin.service_socket)
     assert Path(info.endpoint).is_absolute()
     assert list(info.supported_versions) == [
-        "v1.DRAPlugin", "v1beta1.DRAPlugin", "v1.DRAResourceHealth", "v1alpha1.DRAResourceHealth",
-    ]  # fmt: skip
+        "v1.DRAPlugin",
+        "v1beta1.DRAPlugin",
+        "v1.DRAResourceHealth",
+        "v1alpha1.DRAResourceHealth",
+    ]
     assert not node.plugin.registered.is_set()
-    await call(sock, "/pluginregistration.Registration/NotifyRegistrationStatus",
-               reg.RegistrationStatus(plugin_registered=True), reg.RegistrationStatusResponse)  # fmt: skip
+    await call(
+        sock,
+        "/pluginregistration.Registration/NotifyRegistrationStatus",
+        reg.RegistrationStatus(plugin_registered=True),
+        reg.RegistrationStatusResponse,
+    )
     assert node.plugin.registered.is_set()
     failed = reg.RegistrationStatus(plugin_registered=False, error="bad")
     await call(

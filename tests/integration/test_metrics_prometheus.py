@@ -53,11 +53,13 @@ class TwoJobPrometheus(Prometheus):
             jobs.append(job)
         cfg = self.workdir / "prometheus.yml"
         cfg.write_text(yaml.safe_dump({"global": {"scrape_interval": "1s"}, "scrape_configs": jobs}))
-        await self._start([
-            f"--config.file={cfg}",
-            f"--storage.tsdb.path={self.workdir / 'data'}",
-            f"--web.listen-address=127.0.0.1:{self.port}",
-        ])  # fmt: skip
+        await self._start(
+            [
+                f"--config.file={cfg}",
+                f"--storage.tsdb.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ]
+        )
         return self
 
 

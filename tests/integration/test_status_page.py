@@ -356,7 +356,9 @@ async def test_page_draws_the_jobs_stages_timeline_and_heat_history_of_the_demo(
         # The heat map's past: the strip shows the API's frames; "worst, last 5 min" shows the hot spot that the
         # live frame no longer has (the stage moved away from it).
         heat = await _api(demo.base, "/api/v1/heat?metric=queue_fill&frames=12")
-        await cdp.until("Number(document.getElementById('heat-history').dataset.frames) > 0")
+        # The page polls: wait for it to have caught up with the frames the API just returned (on a loaded machine
+        # its last poll may predate the newest bucket).
+        await cdp.until(f"Number(document.getElementById('heat-history').dataset.frames) >= {len(heat['frames'])}")
         frames = int(await cdp.evaluate("document.getElementById('heat-history').dataset.frames"))
         assert frames == len(heat["frames"]) or frames == len(heat["frames"]) + 1  # a new bucket may have opened
         assert int(await cdp.evaluate("document.getElementById('heat-history').dataset.hot")) >= 16

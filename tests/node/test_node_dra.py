@@ -67,8 +67,11 @@ def test_a_pod_with_a_claim_template_gets_prepared_core_groups(dra: Node, ns: st
     }
     node.apply(pod)
     wait_for("the DRA pod Running", lambda: node.get("pod", "-n", ns, "dra-stage")["status"].get("phase") == "Running")
-    out = wait_for("the pod's DRA environment", lambda: (lambda o: o if "DONE" in o else None)(
-        node.kubectl("logs", "-n", ns, "dra-stage")), 30)  # fmt: skip
+    out = wait_for(
+        "the pod's DRA environment",
+        lambda: (lambda o: o if "DONE" in o else None)(node.kubectl("logs", "-n", ns, "dra-stage")),
+        30,
+    )
     env = [line for line in out.splitlines() if line.startswith("SNNRM_DRA_CHIP")]
     claim_env = {line.partition("=")[2] for line in out.splitlines() if line.startswith("SNNRM_DRA_CLAIM_")}
     assert len(env) == 2, out

@@ -19,9 +19,19 @@ from snnrm.kube.api import (
 
 @pytest.mark.parametrize(
     ("status", "retryable"),
-    [(0, True), (400, False), (403, False), (404, False), (409, True), (410, False), (422, False), (429, True),
-     (500, True), (503, True)],
-)  # fmt: skip
+    [
+        (0, True),
+        (400, False),
+        (403, False),
+        (404, False),
+        (409, True),
+        (410, False),
+        (422, False),
+        (429, True),
+        (500, True),
+        (503, True),
+    ],
+)
 def test_every_api_error_shares_the_retry_rule(status: int, retryable: bool) -> None:
     e = error_for(status, "boom", method="GET", path="/api/v1/nodes")
     assert isinstance(e, KubeError)

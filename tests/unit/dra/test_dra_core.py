@@ -353,8 +353,14 @@ def test_features_off_drop_chips_and_throughput_devices() -> None:
 
 def test_quantity_is_canonical() -> None:
     assert [quantity(n) for n in (0, 7, 1000, 1500, 256000, 2_000_000, 10**18)] == [
-        "0", "7", "1k", "1500", "256k", "2M", "1E",
-    ]  # fmt: skip
+        "0",
+        "7",
+        "1k",
+        "1500",
+        "256k",
+        "2M",
+        "1E",
+    ]
 
 
 @settings(max_examples=40, deadline=None)
@@ -607,9 +613,12 @@ def test_incremental_builds_equal_fresh_builds(steps: list[list[tuple[int, int]]
             reasons[c] = (0, HealthReason.FAILED, HealthReason.STALE)[what]
         keps = t.core_nominal_keps * (1.0 if k % 2 else 0.3)
         s.update(
-            core_state=state, core_reasons=reasons, effective_keps=keps,
-            healthy_blocks_per_chip=np.full(5, 2), now=100.0 * k,
-        )  # fmt: skip
+            core_state=state,
+            core_reasons=reasons,
+            effective_keps=keps,
+            healthy_blocks_per_chip=np.full(5, 2),
+            now=100.0 * k,
+        )
         snap = s.snapshot()
         assert builder.build(snap) == build_slices(lay, snap, info=INFO, features=features)
 

@@ -109,16 +109,36 @@ def test_snnrm_run_refuses_hooks_without_a_token(tmp_path: Path, monkeypatch: py
     )
     result = CliRunner().invoke(
         main,
-        ["run", "--config", str(f), "--kubelet-dir", str(tmp_path / "dp"), "--state-dir", str(tmp_path / "s"),
-         "--sim-chips", "1", "--sim-cores", "4"],
-    )  # fmt: skip
+        [
+            "run",
+            "--config",
+            str(f),
+            "--kubelet-dir",
+            str(tmp_path / "dp"),
+            "--state-dir",
+            str(tmp_path / "s"),
+            "--sim-chips",
+            "1",
+            "--sim-cores",
+            "4",
+        ],
+    )
     assert result.exit_code == 2, result.output
     assert "no bearer token is available" in result.output
 
 
 def test_send_resolved_is_refused_on_a_scaling_hook() -> None:
     with pytest.raises(ValidationError, match="send_resolved are for action webhook"):
-        HooksConfig.model_validate({"rules": [{
-            "name": "s", "match": ['alertname="X"'], "action": "scale", "send_resolved": True,
-            "target": {"kind": "Deployment", "namespace": "a", "name": "b"},
-        }]})  # fmt: skip
+        HooksConfig.model_validate(
+            {
+                "rules": [
+                    {
+                        "name": "s",
+                        "match": ['alertname="X"'],
+                        "action": "scale",
+                        "send_resolved": True,
+                        "target": {"kind": "Deployment", "namespace": "a", "name": "b"},
+                    }
+                ]
+            }
+        )

@@ -56,8 +56,14 @@ class Served:
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
     kube = FakeClusterApi()
     kube.put(DEPLOYMENTS, {"metadata": {"name": "stage1", "namespace": "snn"}, "spec": {"replicas": 1}})
-    hook = HookSpec("scale-stage1", (Matcher.parse('alertname="SnnrmEventQueueSaturated"'),), Action.SCALE,
-                    Target("Deployment", "snn", "stage1", "replicas"), max_replicas=5, cooldown=0.0)  # fmt: skip
+    hook = HookSpec(
+        "scale-stage1",
+        (Matcher.parse('alertname="SnnrmEventQueueSaturated"'),),
+        Action.SCALE,
+        Target("Deployment", "snn", "stage1", "replicas"),
+        max_replicas=5,
+        cooldown=0.0,
+    )
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     runner = HookRunner(HookPlanner((hook,)), kube=kube, node="n1")
@@ -75,9 +81,16 @@ async def served(tmp_path: Path) -> AsyncIterator[Served]:
 async def test_an_authenticated_notification_acts_and_reports_each_outcome(served: Served) -> None:
     status, body = await served.post(payload(alert()))
     assert status == 200
-    assert body["results"] == [{"hook": "scale-stage1", "alertname": "SnnrmEventQueueSaturated",
-                                "fingerprint": "a1b2c3d4e5f60708", "status": "firing", "outcome": "applied",
-                                "detail": "Deployment/snn/stage1.spec.replicas 1 -> 2"}]  # fmt: skip
+    assert body["results"] == [
+        {
+            "hook": "scale-stage1",
+            "alertname": "SnnrmEventQueueSaturated",
+            "fingerprint": "a1b2c3d4e5f60708",
+            "status": "firing",
+            "outcome": "applied",
+            "detail": "Deployment/snn/stage1.spec.replicas 1 -> 2",
+        }
+    ]
     status, body = await served.post(payload(alert()))
     assert (status, body["results"][0]["outcome"]) == (200, "duplicate")
     assert served.replicas() == 2
@@ -173,15 +186,31 @@ async def test_scaling_hooks_outside_a_cluster_without_kubeconfig_refuse_to_star
     endpoint itself refuses scaling hooks without a client."""
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     cfg = HooksConfig.model_validate(
-        {"rules": [{"name": "n", "match": ['alertname="X"'], "action": "scale",
-                    "target": {"kind": "Deployment", "namespace": "a", "name": "b"}}]}
-    )  # fmt: skip
+        {
+            "rules": [
+                {
+                    "name": "n",
+                    "match": ['alertname="X"'],
+                    "action": "scale",
+                    "target": {"kind": "Deployment", "namespace": "a", "name": "b"},
+                }
+            ]
+        }
+    )
     with pytest.raises(HookSetupError, match="no client was given"):
         await build_endpoint(cfg, node="n1", token="t")
     config = Config.model_validate(
-        {"backend": "sim", "kubelet_dir": tmp_path / "dp", "http": "127.0.0.1:0", "sim_chips": 1, "sim_cores": 4,
-         "state_dir": tmp_path / "state", "cdi_dir": tmp_path / "cdi", "hooks": cfg.model_dump(mode="json")}
-    )  # fmt: skip
+        {
+            "backend": "sim",
+            "kubelet_dir": tmp_path / "dp",
+            "http": "127.0.0.1:0",
+            "sim_chips": 1,
+            "sim_cores": 4,
+            "state_dir": tmp_path / "state",
+            "cdi_dir": tmp_path / "cdi",
+            "hooks": cfg.model_dump(mode="json"),
+        }
+    )
     monkeypatch.setenv("SNNRM_HOOKS_TOKEN", "t")
     with pytest.raises(HookSetupError, match=r"scaling hooks need the Kubernetes API: .*service account"):
         await Daemon.create(config)
@@ -201,10 +230,20 @@ async def test_a_webhook_hook_forwards_resolved_alerts_only_when_asked(
     """The configured path: hooks config -> endpoint over HTTP -> an Alertmanager v4 payload with status resolved
     -> the hook's target receives it once (re-sends are duplicates); without send_resolved it never does."""
     url, got = target
-    cfg = HooksConfig.model_validate({"rules": [{
-        "name": "notify", "match": ['alertname="SnnrmEventQueueSaturated"'], "action": "webhook", "url": url,
-        "cooldown": 600, "send_resolved": send_resolved,
-    }]})  # fmt: skip
+    cfg = HooksConfig.model_validate(
+        {
+            "rules": [
+                {
+                    "name": "notify",
+                    "match": ['alertname="SnnrmEventQueueSaturated"'],
+                    "action": "webhook",
+                    "url": url,
+                    "cooldown": 600,
+                    "send_resolved": send_resolved,
+                }
+            ]
+        }
+    )
     endpoint = await build_endpoint(cfg, node="n1", token=TOKEN)
     app = web.Application()
     setup_hooks(app, endpoint)

@@ -26,13 +26,26 @@ TARGET = Target("Deployment", "snn", "stage1", "replicas")
 
 
 def scale_hook(name: str = "scale-stage1", *, cooldown: float = 60.0, undo: bool = True) -> HookSpec:
-    return HookSpec(name, (QUEUE,), Action.SCALE, TARGET, step=2, min_replicas=1, max_replicas=6,
-                    cooldown=cooldown, undo_on_resolve=undo)  # fmt: skip
+    return HookSpec(
+        name,
+        (QUEUE,),
+        Action.SCALE,
+        TARGET,
+        step=2,
+        min_replicas=1,
+        max_replicas=6,
+        cooldown=cooldown,
+        undo_on_resolve=undo,
+    )
 
 
 def outcomes(items: list[Decision | Skip]) -> list[str]:
-    return [f"{i.hook.name}:{'undo' if i.undo else 'apply'}" if isinstance(i, Decision) else
-            f"{i.hook_name}:{i.outcome.value}" for i in items]  # fmt: skip
+    return [
+        f"{i.hook.name}:{'undo' if i.undo else 'apply'}"
+        if isinstance(i, Decision)
+        else f"{i.hook_name}:{i.outcome.value}"
+        for i in items
+    ]
 
 
 def carry_out(planner: HookPlanner, items: list[Decision | Skip], now: float, applied: int = 2) -> None:
@@ -113,8 +126,9 @@ def test_dedup_is_per_group_key() -> None:
 
 
 def test_only_matching_hooks_run_and_the_hook_label_narrows_to_a_configured_one() -> None:
-    other = HookSpec("webhook-oncall", (Matcher.parse('severity=~"warning|critical"'),), Action.WEBHOOK,
-                     url="http://127.0.0.1:1/")  # fmt: skip
+    other = HookSpec(
+        "webhook-oncall", (Matcher.parse('severity=~"warning|critical"'),), Action.WEBHOOK, url="http://127.0.0.1:1/"
+    )
     p = HookPlanner((scale_hook(), other))
     both = p.plan(parse_notification(payload(alert())), now=0.0)
     assert outcomes(both) == ["scale-stage1:apply", "webhook-oncall:apply"]

@@ -43,8 +43,7 @@ def kube() -> FakeClusterApi:
 
 
 def runner(kube: FakeClusterApi | None, *hooks: HookSpec, clock: Clock | None = None) -> HookRunner:
-    return HookRunner(HookPlanner(hooks), kube=kube, node="n1",
-                      clock=clock or Clock())  # fmt: skip
+    return HookRunner(HookPlanner(hooks), kube=kube, node="n1", clock=clock or Clock())
 
 
 def scale(**kw: Any) -> HookSpec:
@@ -67,8 +66,12 @@ async def test_scale_up_through_the_scale_subresource_with_a_precondition(kube: 
     assert ("POST", "/api/v1/namespaces/snn/events") in kube.calls
     [event] = kube.all(CORE_EVENTS)
     assert event["reason"] == "SnnrmHookScaled"
-    assert event["involvedObject"] == {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": "snn",
-                                       "name": "stage1"}  # fmt: skip
+    assert event["involvedObject"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "namespace": "snn",
+        "name": "stage1",
+    }
     assert r.actions[("scale-stage1", "scale", "applied")] == 1
 
 
@@ -240,8 +243,11 @@ async def test_a_slow_webhook_delays_only_its_own_hook() -> None:
     await site.start()
     base = f"http://127.0.0.1:{server.addresses[0][1]}"
     other = (Matcher.parse('alertname="SnnrmSpikeEfficiencyLow"'),)
-    r = runner(None, HookSpec("slow", QUEUE, Action.WEBHOOK, url=f"{base}/slow"),
-               HookSpec("fast", other, Action.WEBHOOK, url=f"{base}/fast"))  # fmt: skip
+    r = runner(
+        None,
+        HookSpec("slow", QUEUE, Action.WEBHOOK, url=f"{base}/slow"),
+        HookSpec("fast", other, Action.WEBHOOK, url=f"{base}/fast"),
+    )
     try:
         first = asyncio.create_task(r.handle(note(alert())))
         await asyncio.wait_for(entered.wait(), timeout=10)

@@ -63,9 +63,12 @@ def test_health_transitions_are_recorded_with_their_reasons() -> None:
     reasons = np.array([0, int(HealthReason.FAILED), int(HealthReason.QUEUE_SATURATED), 0])
     withheld = np.array([False, False, False, True])
     ht = HealthTransitions(
-        registry=CollectorRegistry(), node="n", core_reasons=lambda: reasons, core_withheld=lambda: withheld,
+        registry=CollectorRegistry(),
+        node="n",
+        core_reasons=lambda: reasons,
+        core_withheld=lambda: withheld,
         timeline=tl,
-    )  # fmt: skip
+    )
     ht.observe(_devices(NEURON_CORE, [True] * 4))  # the baseline records nothing
     ht.observe(_devices(EVENT_THROUGHPUT, [True] * 2))
     assert len(tl) == 0
@@ -90,8 +93,13 @@ def test_health_transitions_are_recorded_with_their_reasons() -> None:
 def test_a_lent_core_with_a_fault_of_its_own_is_a_fault() -> None:
     tl = Timeline()
     reasons = np.array([int(HealthReason.FAILED), 0])
-    ht = HealthTransitions(registry=CollectorRegistry(), node="n", core_reasons=lambda: reasons,
-                           core_withheld=lambda: np.array([True, True]), timeline=tl)  # fmt: skip
+    ht = HealthTransitions(
+        registry=CollectorRegistry(),
+        node="n",
+        core_reasons=lambda: reasons,
+        core_withheld=lambda: np.array([True, True]),
+        timeline=tl,
+    )
     ht.observe(_devices(NEURON_CORE, [True, True]))
     ht.observe(_devices(NEURON_CORE, [False, False]))
     assert [(e.action, e.devices) for e in tl.entries()] == [

@@ -196,8 +196,9 @@ async def test_only_one_replica_holds_the_lease_and_a_dead_leader_is_replaced() 
 async def test_leader_work_stops_when_renewal_fails() -> None:
     api = FakeClusterApi()
     t = [0.0]
-    e = LeaderElector(api, namespace="ns", identity="a", clock=lambda: t[0], lease_duration=3, renew_deadline=2,
-                      retry_period=0.01)  # fmt: skip
+    e = LeaderElector(
+        api, namespace="ns", identity="a", clock=lambda: t[0], lease_duration=3, renew_deadline=2, retry_period=0.01
+    )
     stopped = asyncio.Event()
 
     async def work() -> None:

@@ -40,8 +40,9 @@ class Recorded:
     reports: list[tuple[str, StageHealth, list[str] | None]] = field(default_factory=list)
     events: list[tuple[str, str, str]] = field(default_factory=list)
 
-    async def report(self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None, moved_at: float | None
-                     ) -> None:  # fmt: skip
+    async def report(
+        self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None, moved_at: float | None
+    ) -> None:
         self.reports.append((stage.pod, health, cores))
 
     async def event(self, stage: LocalStage, *, reason: str, note: str, warning: bool = False) -> None:
@@ -64,8 +65,9 @@ class Stages:
         ]
 
 
-async def _rig(tmp_path: Path, *, live_remap: bool = True) -> tuple[SimBackend, NodeService, Stages, NodeReallocator,
-                                                                      Recorded, list[float]]:  # fmt: skip
+async def _rig(
+    tmp_path: Path, *, live_remap: bool = True
+) -> tuple[SimBackend, NodeService, Stages, NodeReallocator, Recorded, list[float]]:
     backend = SimBackend(chips=2, cores_per_chip=16, seed=1)
     node = await NodeService.start(backend, block_keps=1000.0, sample_period=0.1)
     topo = node.topology
@@ -94,15 +96,16 @@ async def _rig(tmp_path: Path, *, live_remap: bool = True) -> tuple[SimBackend, 
         RemapLedger(tmp_path, topo),
         lambda: allocated,
         settings=ReallocationSettings(dwell=1.0, cooldown=30.0, min_age=0.0),
-        inter_chip_weight=backend.sim.spec.inter_chip_hop_latency / backend.sim.spec.hop_latency,
+        inter_chip_weight=backend.inter_chip_weight,
         clock=lambda: clock[0],
         on_remap=follow,
     )
     return backend, node, source, realloc, reporter, clock
 
 
-async def _run(backend: SimBackend, node: NodeService, realloc: NodeReallocator, clock: list[float], seconds: float
-               ) -> None:  # fmt: skip
+async def _run(
+    backend: SimBackend, node: NodeService, realloc: NodeReallocator, clock: list[float], seconds: float
+) -> None:
     for _ in range(round(seconds / 0.1)):
         backend.sim.advance(10)
         node.monitor.observe(await backend.read_frame())
@@ -270,8 +273,9 @@ async def test_stale_telemetry_is_not_a_failed_core(tmp_path: Path) -> None:
     assert not [e for e in reporter.events if e[1] == "Remapped"]
 
 
-async def test_the_move_budget_is_checked_before_any_evaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                                                ) -> None:  # fmt: skip
+async def test_the_move_budget_is_checked_before_any_evaluation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Issue 14: while a job may not move (cooldown after its last move), a degraded stage costs no replan."""
     import snnrm.cluster.remap as remap_module
 

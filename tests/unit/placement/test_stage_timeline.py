@@ -20,8 +20,9 @@ from snnrm.obs.timeline import Timeline
 class Inner:
     calls: list[tuple[str, str]] = field(default_factory=list)
 
-    async def report(self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None, moved_at: float | None
-                     ) -> None:  # fmt: skip
+    async def report(
+        self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None, moved_at: float | None
+    ) -> None:
         self.calls.append(("report", health.state))
 
     async def event(self, stage: LocalStage, *, reason: str, note: str, warning: bool = False) -> None:
@@ -64,5 +65,11 @@ async def test_verdicts_are_recorded_and_passed_on() -> None:
     assert degraded.action == "degraded"
     assert degraded.message == "stage 1 of j degraded (failed-core); not moved: no better home on this node"
     assert (recovered.action, recovered.reasons) == ("recovered", ("failed-core",))
-    assert inner.calls == [("report", "ok"), ("event", "Remapped"), *[("event", "RemapDeferred")] * 3,
-                           ("report", "degraded"), ("report", "ok"), ("event", "SomethingElse")]  # fmt: skip
+    assert inner.calls == [
+        ("report", "ok"),
+        ("event", "Remapped"),
+        *[("event", "RemapDeferred")] * 3,
+        ("report", "degraded"),
+        ("report", "ok"),
+        ("event", "SomethingElse"),
+    ]

@@ -12,7 +12,7 @@ from snnrm.cluster.hints import PlanHints
 from snnrm.cluster.node_agent import NodeAgent
 from snnrm.cluster.remap import RemapLedger
 from snnrm.core.summary import ANNOTATION, NodeSummary, PublishPolicy
-from snnrm.core.topology import BoolArray, ChipGeometry, FloatArray, Topology
+from snnrm.core.topology import INTER_CHIP_WEIGHT, BoolArray, ChipGeometry, FloatArray, Topology
 from snnrm.kube.api import NODES
 from snnrm.testing.fake_cluster import FakeClusterApi
 
@@ -71,8 +71,18 @@ def rig(tmp: Path, policy: PublishPolicy) -> tuple[FakeClusterApi, NoisyNode, Cl
     api = FakeClusterApi()
     api.put(NODES, {"metadata": {"name": "n1"}})
     node, clock = NoisyNode(), Clock()
-    agent = NodeAgent(api, "n1", node, RemapLedger(tmp, TOPO), PlanHints(), None, EventRecorder(api, instance="n1"),
-                      policy=policy, clock=clock)  # fmt: skip
+    agent = NodeAgent(
+        api,
+        "n1",
+        node,
+        RemapLedger(tmp, TOPO),
+        PlanHints(),
+        None,
+        EventRecorder(api, instance="n1"),
+        policy=policy,
+        inter_chip_weight=INTER_CHIP_WEIGHT,
+        clock=clock,
+    )
     return api, node, clock, agent
 
 
