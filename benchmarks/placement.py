@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 import sim_hw
+from snnrm.backends.sim import topology_of
 from snnrm.core.placement import JobPlan, PlacementView, StageDemand, first_fit_plan, plan_job
-from snnrm.core.topology import ChipGeometry, Topology
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,17 +26,6 @@ class Outcome:
     """Traffic-weighted mean hops over all stage transitions (simulated)."""
     e2e_latency_s: float
     dropped_per_s: float
-
-
-def topology_of(sim: sim_hw.Simulator) -> Topology:
-    s = sim.spec
-    return Topology(
-        geometry=ChipGeometry(cols=s.cols, rows=s.rows, cores_per_router=s.cores_per_router),
-        chip_pos=np.asarray(sim.chip_pos, dtype=np.int64),
-        chip_numa=np.zeros(sim.n_chips, dtype=np.int64),
-        core_nominal_keps=np.asarray(sim.core_service_rate, dtype=np.float64) / 1e3,
-        core_queue_capacity=np.asarray(sim.core_queue_capacity, dtype=np.float64),
-    )
 
 
 def demands(job: sim_hw.networks.Job) -> list[StageDemand]:
