@@ -120,6 +120,11 @@ BASELINES = ("reactive", "first-fit", "random", "static")
 REACTIVE = "reactive"
 
 
+def _exit_at_entry(d: HealthSettings | ReallocationSettings) -> dict[str, float]:
+    """The three thresholds' exit levels set to their entry levels (no hysteresis in level)."""
+    return {"queue_exit": d.queue_enter, "efficiency_exit": d.efficiency_enter, "link_exit": d.link_enter}
+
+
 def health_settings(policy: PolicySpec) -> HealthSettings:
     """The daemon's defaults, or (ablation) the same thresholds with no dwell and exit = entry."""
     d = HealthSettings()
@@ -127,9 +132,7 @@ def health_settings(policy: PolicySpec) -> HealthSettings:
         return d
     return replace(
         d,
-        queue_exit=d.queue_enter,
-        efficiency_exit=d.efficiency_enter,
-        link_exit=d.link_enter,
+        **_exit_at_entry(d),
         enter_dwell=0.0,
         recover_dwell=0.0,
     )
@@ -142,9 +145,7 @@ def realloc_settings(policy: PolicySpec) -> ReallocationSettings:
         return d
     return replace(
         d,
-        queue_exit=d.queue_enter,
-        efficiency_exit=d.efficiency_enter,
-        link_exit=d.link_enter,
+        **_exit_at_entry(d),
         dwell=0.0,
         clear=0.0,
         cooldown=0.0,
