@@ -22,7 +22,7 @@ from sim_hw.faults import (
 )
 from sim_hw.mesh import Mesh
 from sim_hw.networks import Job, Stage
-from sim_hw.simulator import Counters, HardFaultCallback, Simulator, StageMetrics
+from sim_hw.simulator import Counters, HardFaultCallback, Simulator, StageMetrics, step_time
 from sim_hw.spec import MachineSpec, factorise, load_preset, preset_names
 
 __all__ = [
@@ -50,4 +50,5 @@ __all__ = [
     "load_preset",
     "networks",
     "preset_names",
+    "step_time",
 ]

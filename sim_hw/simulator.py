@@ -165,6 +165,26 @@ class StageMetrics:
     """Synaptic-operation power of the stage over the last step (events processed x synops x J per synop)."""
     noc_power_w: float = 0.0
     """Power of the stage's outgoing spikes on the mesh over the last step (spikes x per-hop energy of the route)."""
+    utilisation_max: float = 0.0
+    """Busiest live core's arrivals over its service over the last step (unclipped: > 1 means it falls behind;
+    inf if every core failed)."""
+    backlog_max_s: float = 0.0
+    """Busiest live core's queued events over its service rate: seconds of work carried into the next timestep."""
+
+
+def step_time(stages: Sequence[StageMetrics], timestep: float, barrier: float) -> float:
+    """Seconds one SNN timestep of a job takes on barrier-synchronised cores (docs/hardware-model.md).
+
+    Every core integrates the spikes of step t before any core starts t+1: the step lasts as long as its busiest
+    core needs for the backlog it carries plus one timestep's arrivals, plus the spikes' route to the next stage
+    and the barrier. Each stage's busiest core is taken separately for backlog and arrivals, so this is an upper
+    bound; routes are the traffic-weighted mean, not the longest. A step longer than ``timestep`` (the sensor's
+    real time) means the job falls behind.
+    """
+    if not stages:
+        return 0.0
+    work = max(m.backlog_max_s + m.utilisation_max * timestep for m in stages)
+    return work + max(m.hop_latency_s for m in stages) + barrier
 
 
 ENDED_FAULTS_KEPT = 256
@@ -1006,8 +1026,10 @@ class Simulator:
                 rho = np.minimum(self._arr[cores][live].astype(np.float64) / (mu * dt), _RHO_MAX)
                 delay = q[live] / mu + rho / (2.0 * mu * (1.0 - rho))
                 qd, qmax = float(delay.mean()), float(delay.max())
+                util_max = float((self._arr[cores][live] / (mu * dt)).max())
+                backlog_max = float((q[live] / mu).max())
             else:
-                qd = qmax = math.inf
+                qd = qmax = util_max = backlog_max = math.inf
             t_in = self._trans_index.get((job_name, i - 1))
             hops = inter = hop_lat = 0.0
             if t_in is not None:
@@ -1047,6 +1069,8 @@ class Simulator:
                     events_dropped_total=float(self._c_drop[cores].sum()),
                     synaptic_power_w=float(self._proc[cores].sum()) / dt * self._synop_energy,
                     noc_power_w=sent_ps * float(self._trans_energy[t_out]) if t_out is not None else 0.0,
+                    utilisation_max=util_max,
+                    backlog_max_s=backlog_max,
                 )
             )
         return tuple(out)

@@ -64,6 +64,9 @@ class MachineSpec:
     """Joules per spike message per on-chip router hop (0: not published)."""
     energy_per_inter_chip_hop: float = 0.0
     """Joules per spike message per chip-to-chip hop (0: not published)."""
+    barrier_latency: float = 0.0
+    """Seconds of the barrier that closes each timestep on chips whose cores synchronise timesteps (Loihi);
+    0 where cores run unsynchronised (SpiNNaker's per-core timer ticks, Akida's event flow)."""
 
     def __post_init__(self) -> None:
         for name in ("chips", "cols", "rows", "cores_per_router", "neurons_per_core"):
@@ -77,7 +80,7 @@ class MachineSpec:
             raise ValueError("MachineSpec.synapses_per_core must be >= 0")
         if self.overflow not in OVERFLOW_MODES:
             raise ValueError(f"MachineSpec.overflow must be one of {', '.join(OVERFLOW_MODES)}, got {self.overflow!r}")
-        for name in ("synops_per_event", "energy_per_synop", "energy_per_hop", "energy_per_inter_chip_hop"):
+        for name in (*sorted(_ENERGY_FIELDS), "barrier_latency"):
             v = getattr(self, name)
             if not (isinstance(v, int | float) and math.isfinite(v) and v >= 0):
                 raise ValueError(f"MachineSpec.{name} must be a finite number >= 0, got {v!r}")
@@ -183,7 +186,7 @@ def load_preset(name: str, chips: int | None = None, cores_per_chip: int | None 
     if unknown:
         raise ValueError(f"preset {name!r} has unknown keys: {', '.join(unknown)}")
     data.setdefault("name", Path(name).stem)
-    for key in (_FLOAT_FIELDS | _ENERGY_FIELDS) & set(data):
+    for key in (_FLOAT_FIELDS | _ENERGY_FIELDS | {"barrier_latency"}) & set(data):
         try:
             data[key] = float(data[key])
         except (TypeError, ValueError):

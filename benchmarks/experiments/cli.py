@@ -29,7 +29,8 @@ NOTES = (
     "",
     "**Limits of these results.** Everything runs on `sim_hw`: latency is the simulator's analytical estimate "
     "(hop latency + queueing delay per stage), not a cycle-accurate model, and latencies are per spike in "
-    "microseconds, not per timestep; queue capacity, hop latency, service rate, weight-load bandwidth, telemetry "
+    "microseconds (the time per 1 ms SNN timestep is reported beside them, sim_hw.step_time); queue capacity, "
+    "hop latency, service rate, weight-load bandwidth, telemetry "
     "noise and delay are assumed (their sweep: `python -m benchmarks.experiments sensitivity`); jobs run at "
     "their networks' measured rates, on random weights scaled to published sparsity. first-fit, random and static "
     "never move a running stage, which is what default Kubernetes "

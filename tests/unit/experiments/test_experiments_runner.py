@@ -73,6 +73,16 @@ def test_no_fault_no_move_and_snnrm_places_with_fewer_hops_than_first_fit() -> N
     assert ours.metrics["moves"] == 0
     assert ours.metrics["slo_violation_pct"] == 0.0
     assert ours.metrics["hops_per_spike"] <= ff.metrics["hops_per_spike"]
+    # Every job keeps real time: its timesteps finish within the 1 ms step, with room to spare.
+    assert ours.metrics["late_step_pct"] == 0.0
+    assert 0.0 < ours.metrics["victim_step_p99_ms"] < 1.0
+
+
+def test_a_hot_spot_makes_the_victims_timesteps_overrun() -> None:
+    """A saturated core carries a backlog of more than one timestep of work (sim_hw.step_time)."""
+    r = run_one(CFG, "hot-spot", "first-fit", 0)
+    assert r.metrics["late_step_pct"] > 0.0
+    assert r.metrics["victim_step_p99_ms"] > 1.0
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
@@ -83,6 +93,7 @@ def test_every_scenario_runs_with_sane_accounting(scenario: str, policy: str) ->
     assert m["jobs"] >= 1
     assert 0.0 <= m["dropped_pct"] <= 100.0
     assert 0.0 <= m["slo_violation_pct"] <= 100.0
+    assert 0.0 <= m["late_step_pct"] <= 100.0
     assert 0.0 < m["alloc_pct"] <= 100.0
     assert m["hops_per_spike"] > 0
     assert len(r.times) == len(r.victim_latency)
