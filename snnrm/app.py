@@ -198,7 +198,7 @@ class Daemon:
             if config.hooks.enabled:  # alert-driven autoscaling hooks: snnrm/http/hooks.py, docs/autoscaling-hooks.md
                 if hooks_kube is None and config.hooks.needs_kube:
                     try:
-                        hooks_kube = await kube.get(config.hooks.kubeconfig)
+                        hooks_kube = await kube.get(config.kubeconfig)
                     except KubeConfigError as e:
                         raise HookSetupError(f"scaling hooks need the Kubernetes API: {e}") from None
                 hooks = await build_endpoint(
@@ -383,10 +383,10 @@ def _device_plugin_serves(config: Config, resource: str) -> bool:
 
 
 async def _dra_plugin(config: Config, node: NodeService, api: ClusterApi | None, kube: KubeClients) -> DraPlugin:
-    """The DRA kubelet plugin, with the apiserver client from ``--dra-kubeconfig`` or the pod's service account."""
+    """The DRA kubelet plugin, with the apiserver client from ``--kubeconfig`` or the pod's service account."""
     if api is None:
         try:
-            api = (await kube.get(config.dra_kubeconfig)).with_timeout(DRA_TIMEOUT)
+            api = (await kube.get(config.kubeconfig)).with_timeout(DRA_TIMEOUT)
         except KubeConfigError as e:
             raise ConfigError(f"--dra {config.dra} needs the apiserver: {e}") from None
     return node_plugin(
@@ -422,7 +422,7 @@ async def _placement_agent(
     """Summary publisher, plan hints and live remaps, with an apiserver client from the config or in cluster."""
     pc = config.placement
     try:
-        api = await kube.get(pc.kubeconfig)
+        api = await kube.get(config.kubeconfig)
     except KubeConfigError as e:
         raise ConfigError(f"placement.enabled needs the apiserver: {e}") from None
     name = pc.node_name or os.environ.get("NODE_NAME") or socket.gethostname()

@@ -153,11 +153,9 @@ async def test_hooks_dra_and_placement_share_one_client_from_one_kubeconfig(shor
         }
         cfg = config(short_dir, "only").model_copy(
             update={
-                "dra_kubeconfig": kubeconfig,
-                "hooks": HooksConfig.model_validate(
-                    {"token_file": str(token), "kubeconfig": kubeconfig, "rules": [rule]}
-                ),
-                "placement": PlacementConfig(enabled=True, node_name=NODE, kubeconfig=kubeconfig),
+                "kubeconfig": kubeconfig,
+                "hooks": HooksConfig.model_validate({"token_file": str(token), "rules": [rule]}),
+                "placement": PlacementConfig(enabled=True, node_name=NODE),
             }
         )
         d = await Daemon.create(cfg)
