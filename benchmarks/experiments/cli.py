@@ -27,9 +27,9 @@ NOTES = (
     "is charged: the stage stops while its weights load (cores x 937,500 synapses x 1 B / 1 GB/s, assumed), and a "
     "rescheduled pod also restarts (6 s). A move of a stage that was not degraded in truth is a false move.",
     "",
-    "**Limits of these results.** Everything runs on `sim_hw`: latency is the simulator's analytical estimate "
-    "(hop latency + queueing delay per stage), not a cycle-accurate model, and latencies are per spike in "
-    "microseconds (the time per 1 ms SNN timestep is reported beside them, sim_hw.step_time); queue capacity, "
+    "**Limits of these results.** Everything runs on `sim_hw`, a fluid model: the SLO holds each 1 ms SNN "
+    "timestep of a job to real time, and a step's duration (sim_hw.step_time) is an analytical upper bound, not "
+    "a cycle-accurate one; per-spike latencies are reported beside it in microseconds; queue capacity, "
     "hop latency, service rate, weight-load bandwidth, telemetry "
     "noise and delay are assumed (their sweep: `python -m benchmarks.experiments sensitivity`); jobs run at "
     "their networks' measured rates, on random weights scaled to published sparsity. first-fit, random and static "

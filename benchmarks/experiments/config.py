@@ -92,8 +92,6 @@ class ExperimentConfig:
     metric_stride: int = 10
     """Steps between stage_metrics samples (latency, SLO, hops): every 100 ms at dt = 10 ms, the telemetry period
     (sampling each of ~40 jobs every step costs more than the simulation itself)."""
-    slo_factor: float = 2.0
-    """A job's latency SLO is this multiple of its ideal latency (see workloads.slo_latency)."""
     slo_loss: float = 0.01
     """A sample also violates the SLO when more than this share of the job's events is lost."""
     recovered_for: float = 1.0

@@ -92,7 +92,8 @@ def make_plots(suite: SuiteResult, out: Path) -> list[str]:
 
 
 def latency_cdfs(suite: SuiteResult, path: Path) -> bool:
-    """One panel per scenario: CDF of the victim's post-fault latency / SLO, one line per policy, pooled seeds."""
+    """One panel per scenario: CDF of the victim's post-fault time per timestep / the 1 ms budget, one line per
+    policy, pooled seeds."""
     plt = _plt()
     scs = suite.scenarios
     cols = min(4, len(scs))
@@ -123,12 +124,12 @@ def latency_cdfs(suite: SuiteResult, path: Path) -> bool:
         if k % cols == 0:
             ax.set_ylabel("CDF", fontsize=8)
         if k // cols == rows - 1:
-            ax.set_xlabel("latency / SLO (victim, after T/3)", fontsize=8)
+            ax.set_xlabel("timestep / 1 ms budget (victim, after T/3)", fontsize=8)
     for k in range(len(scs), rows * cols):
         axes[k // cols][k % cols].axis("off")
     handles, labels = _legend(axes[0][0], suite.policies)
     fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.suptitle("End-to-end spike latency of the victim job, relative to its SLO (dotted)", fontsize=10)
+    fig.suptitle("Time per SNN timestep of the victim job, relative to the 1 ms budget (dotted)", fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 0.96))
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -136,7 +137,8 @@ def latency_cdfs(suite: SuiteResult, path: Path) -> bool:
 
 
 def timeline(suite: SuiteResult, path: Path) -> bool:
-    """Seed 0, per fault scenario: the victim's latency / SLO and lost-event share over time, with moves."""
+    """Seed 0, per fault scenario: the victim's time per timestep / 1 ms budget and lost-event share over time,
+    with moves."""
     plt = _plt()
     preferred: tuple[str, ...] = ("core-failure", "hot-spot", "link-congestion", "telemetry-glitch")
     wanted = [s for s in preferred if s in suite.scenarios]
@@ -171,7 +173,7 @@ def timeline(suite: SuiteResult, path: Path) -> bool:
             ax.tick_params(which="both", labelsize=7)
         ax_l.axhline(1.0, color="k", ls=":", lw=0.8)
         ax_l.set_yscale("log")
-        ax_l.set_ylabel("latency / SLO", fontsize=8)
+        ax_l.set_ylabel("timestep / budget", fontsize=8)
         ax_d.set_ylabel("events lost, %", fontsize=8)
         ax_l.set_title(f"{sc}, seed {seed}: {victim}", fontsize=9)
         ax_d.set_title(f"{sc}, seed {seed}: lost events (fault at {fault_t:.0f} s, black)", fontsize=9)

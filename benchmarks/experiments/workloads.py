@@ -35,15 +35,13 @@ NETWORKS: dict[str, tuple[NetworkMaker, int, int, float]] = {
 
 @dataclass(frozen=True, slots=True)
 class JobSpec:
-    """One job of a workload: what it is, when it comes and goes, and what it was promised."""
+    """One job of a workload: what it is, when it comes and goes, and what it asks of the node."""
 
     job: Job
     network: str
     arrival: float
     departure: float | None
     """None: runs to the end of the experiment."""
-    slo_latency: float
-    """End-to-end spike latency (seconds) above which a sample violates the job's SLO."""
     demands: tuple[StageDemand, ...]
 
     @property
@@ -60,25 +58,6 @@ def stage_utilisation(job: Job, service_rate: float) -> np.ndarray:
     return np.array(
         [(job.stage_input_rate(i) + s.internal_rate) / s.cores / service_rate for i, s in enumerate(job.stages)]
     )
-
-
-def md1_wait(rho: float, service_rate: float) -> float:
-    """Mean wait in an M/D/1 queue at utilisation ``rho`` (the simulator's queueing-delay model)."""
-    rho = min(max(rho, 0.0), 0.99)
-    return rho / (2.0 * service_rate * (1.0 - rho))
-
-
-def slo_latency(job: Job, spec: MachineSpec, factor: float) -> float:
-    """``factor`` x the job's ideal latency: the M/D/1 wait of every stage at its nominal utilisation plus one
-    chip-to-chip hop per stage boundary (each boundary crossing a chip, as a board-wide pipeline must).
-
-    It depends only on the job and the machine, never on a policy's placement, so every policy is held to the
-    same promise.
-    """
-    rho = stage_utilisation(job, spec.core_service_rate)
-    ideal = sum(md1_wait(float(r), spec.core_service_rate) for r in rho)
-    ideal += (len(job.stages) - 1) * spec.inter_chip_hop_latency
-    return factor * ideal
 
 
 def demands_of(job: Job) -> tuple[StageDemand, ...]:
@@ -132,7 +111,7 @@ def make_workload(seed: int, cfg: ExperimentConfig, spec: MachineSpec) -> tuple[
             departure = round(float(rng.uniform(lo, hi)) / cfg.dt) * cfg.dt if hi > lo else None
             if departure is None:
                 continue  # no time to come and go before the fault: leave it out
-        out.append(JobSpec(job, network, t, departure, slo_latency(job, spec, cfg.slo_factor), demands_of(job)))
+        out.append(JobSpec(job, network, t, departure, demands_of(job)))
     return _feasible(out, spec.n_cores)
 
 
@@ -158,7 +137,7 @@ def describe(jobs: tuple[JobSpec, ...]) -> str:
         dep = "end" if j.departure is None else f"{j.departure:.1f}s"
         lines.append(
             f"{j.name}: {len(j.job.stages)} stages {[s.cores for s in j.job.stages]} cores, "
-            f"arrives {j.arrival:.1f}s, leaves {dep}, SLO {j.slo_latency * 1e6:.2f} us"
+            f"arrives {j.arrival:.1f}s, leaves {dep}"
         )
     return "\n".join(lines)
 
@@ -170,7 +149,5 @@ __all__ = [
     "demands_of",
     "describe",
     "make_workload",
-    "md1_wait",
-    "slo_latency",
     "stage_utilisation",
 ]
