@@ -62,7 +62,12 @@ class _CrdLoader(yaml.SafeLoader):
     """PyYAML reads a bare ``=`` (an enum value in the AlertmanagerConfig CRD) as the YAML 1.1 "value" tag."""
 
 
-_CrdLoader.add_constructor("tag:yaml.org,2002:value", lambda loader, node: loader.construct_scalar(node))
+def _value_as_string(loader: yaml.SafeLoader, node: yaml.Node) -> str:
+    assert isinstance(node, yaml.ScalarNode), node  # the "value" tag only ever marks the scalar ``=``
+    return loader.construct_scalar(node)
+
+
+_CrdLoader.add_constructor("tag:yaml.org,2002:value", _value_as_string)
 
 
 @pytest.fixture(scope="package")

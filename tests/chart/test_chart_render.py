@@ -482,7 +482,7 @@ def _api_calls(module_name: str) -> set[Rule]:
             return {(res.group, res.plural)}
         fn = enclosing.get(call)
         params = [a.arg for a in fn.args.args] if fn is not None else []
-        if isinstance(arg, ast.Name) and arg.id in params:
+        if fn is not None and isinstance(arg, ast.Name) and arg.id in params:
             i = params.index(arg.id) - (1 if params[:1] == ["self"] else 0)
             out: set[tuple[str, str]] = set()
             for node in ast.walk(tree):
@@ -593,7 +593,10 @@ def test_controller_deployment_runs_the_real_cli(helm: Helm, monkeypatch: pytest
     c = _container(dep)
     assert c["args"] == ["controller"]
     cmd = main.commands["controller"]
-    known = {p.envvar for p in cmd.params if isinstance(p, click.Option) and p.envvar}
+    known: set[str] = set()  # click allows one variable or several per option
+    for p in cmd.params:
+        if isinstance(p, click.Option) and p.envvar:
+            known.update([p.envvar] if isinstance(p.envvar, str) else p.envvar)
     env = {e["name"]: e for e in c["env"]}
     assert {n for n in env if n.startswith("SNNRM_")} <= known
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}

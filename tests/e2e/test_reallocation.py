@@ -47,7 +47,9 @@ def leader(controllers: list[tuple[Proc, str]]) -> tuple[Proc, str]:
         leading = [c for c in controllers if get_json(c[1] + "/api/v1/leader")["leading"]]
         return leading[0] if len(leading) == 1 else None
 
-    found = wait_until("exactly one leader", find, within=60, procs=[p for p, _ in controllers])
+    found: tuple[Proc, str] | None = wait_until(
+        "exactly one leader", find, within=60, procs=[p for p, _ in controllers]
+    )
     assert found is not None
     return found
 
@@ -150,14 +152,15 @@ def test_a_disruption_budget_blocks_the_eviction(rig: Rig, controllers: list[tup
     _, base = leader(controllers)
     sick = rig.node("pdb", healthy=28)
     job, pods = running_job(rig, "guarded", sick, n=2)
+    pdb_name = rig.name("pdb")
     pdb = {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": {"name": rig.name("pdb"), "namespace": "default"},
+        "metadata": {"name": pdb_name, "namespace": "default"},
         "spec": {"minAvailable": 2, "selector": {"matchLabels": {"snnrm.io/job": job}}},
     }
     rig.k.create("/apis/policy/v1/namespaces/default/poddisruptionbudgets", pdb)
-    rig.other.append(f"/apis/policy/v1/namespaces/default/poddisruptionbudgets/{pdb['metadata']['name']}")
+    rig.other.append(f"/apis/policy/v1/namespaces/default/poddisruptionbudgets/{pdb_name}")
     before = metric(base, "failed-core", "blocked")
     report_degraded(rig, pods[1])
     rig.wait(

@@ -105,7 +105,8 @@ def test_two_jobs_competing_for_the_same_chips_never_deadlock_half_placed(rig: R
     only = rig.node("only")
     # Created interleaved, stage by stage, as two controllers racing would.
     a, b = rig.name("job-a"), rig.name("job-b")
-    pods_a, pods_b = [], []
+    pods_a: list[str] = []
+    pods_b: list[str] = []
     for i in range(2):
         for job, names in ((a, pods_a), (b, pods_b)):
             pod = stage_pod(job, i, 2, 12, keps=300, gated=True, scheduler=SCHEDULER)

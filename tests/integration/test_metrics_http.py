@@ -7,7 +7,7 @@ import asyncio
 import gzip
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +15,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from snnrm.backends.sim import SimBackend
@@ -28,6 +29,9 @@ from snnrm.obs.exposition import MetricsRegistry
 from snnrm.obs.metrics import NodeCollector
 from snnrm.obs.rpc import RpcInstrumentation
 from snnrm.testing.fake_podresources import FakePodResourcesLister
+
+# prometheus_client annotates its text-format parser but not this OpenMetrics one: the same function, typed alike.
+parse_openmetrics: Callable[[str], Iterable[Metric]] = openmetrics_parser.text_string_to_metric_families
 
 PROMETHEUS_3_ACCEPT = (
     "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"

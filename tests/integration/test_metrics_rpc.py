@@ -7,16 +7,18 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from google.protobuf.message import Message
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import parser as openmetrics_parser
 
 from snnrm.core.devices import NEURON_CORE, ThroughputBlocks, neuron_core_devices
 from snnrm.core.topology import ChipGeometry, Topology
@@ -30,6 +32,9 @@ from snnrm.kubelet.wire import DEVICE_PLUGIN_SERVICE, ListAndWatchEncoder
 from snnrm.obs.exposition import Format, MetricsRegistry
 from snnrm.obs.rpc import RpcInstrumentation
 from snnrm.obs.tracing import tracing_with_exporter
+
+# prometheus_client annotates its text-format parser but not this OpenMetrics one: the same function, typed alike.
+parse_openmetrics: Callable[[str], Iterable[Metric]] = openmetrics_parser.text_string_to_metric_families
 
 TOPOLOGY = Topology.grid(chips=2, geometry=ChipGeometry(cols=4, rows=2))
 N = TOPOLOGY.n_cores
@@ -50,7 +55,7 @@ class Served:
     servicer: DevicePluginServicer
     channel: grpc.aio.Channel
 
-    def call(self, method: str, response: type) -> grpc.aio.UnaryUnaryMultiCallable:
+    def call(self, method: str, response: type[Message]) -> grpc.aio.UnaryUnaryMultiCallable:
         return self.channel.unary_unary(
             f"/{DEVICE_PLUGIN_SERVICE}/{method}",
             request_serializer=lambda m: m.SerializeToString(),

@@ -76,7 +76,8 @@ async def test_answers_are_cached_and_concurrent_callers_share_one_call(sock: Pa
 
 async def test_absent_socket_means_no_labels_and_no_dialling(sock: Path) -> None:
     async with PodResourcesClient(sock) as client:
-        assert not client.available
+        available = client.available  # a local: mypy would carry `not client.available` past the fake's start
+        assert not available
         assert await client.refresh() is EMPTY
         assert client.owners() == {}
         assert client._channel is None  # nothing was dialled

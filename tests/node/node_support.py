@@ -97,12 +97,13 @@ def wait_for(what: str, probe: Callable[[], T | None], within: float = 60.0, eve
     last: Any = None
     while time.monotonic() < deadline:
         try:
-            last = probe()
+            value = probe()
         except (AssertionError, OSError, ValueError, KeyError) as e:
             last = e
         else:
-            if last:
-                return last
+            if value:
+                return value
+            last = value
         time.sleep(every)
     raise AssertionError(f"timed out after {within:g}s waiting for {what}; last: {last!r}")
 

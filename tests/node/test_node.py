@@ -78,11 +78,12 @@ def test_kubelet_restart_keeps_running_pods_cores_and_never_double_books(node: N
 def test_daemon_pod_recreated_keeps_allocations(node: Node, ns: str) -> None:
     total = str(_expected_cores())
     first = run_core_pod(node, ns, "held", 8)
-    old = node.daemon_pod()["metadata"]["name"]
+    old: str = node.daemon_pod()["metadata"]["name"]
     node.kubectl("delete", "pod", "-n", NAMESPACE, old, "--wait=true")
 
     def replaced() -> bool:
-        return node.daemon_pod()["metadata"]["name"] != old
+        name: str = node.daemon_pod()["metadata"]["name"]
+        return name != old
 
     wait_for("a new daemon pod Ready", replaced, 120)
     wait_for("neuron cores after the daemon restart", lambda: node.allocatable().get(NEURON_CORE) == total, 60)
@@ -152,7 +153,11 @@ def _start_job(node: Node, ns: str, job: str) -> tuple[dict[int, dict[str, Any]]
         name = pod["metadata"]["name"]
         assert not pod["spec"].get("schedulingGates"), name
         planned = pod["metadata"]["annotations"]["snnrm.io/planned-cores"].split(",")
-        out = wait_for(f"{name} prints", lambda n=name: "READONLY" in node.kubectl("logs", "-n", ns, n) or None)
+
+        def prints(n: str = name) -> bool | None:
+            return "READONLY" in node.kubectl("logs", "-n", ns, n) or None
+
+        out = wait_for(f"{name} prints", prints)
         assert out
         printed[i] = parse_printout(node.kubectl("logs", "-n", ns, name))
         assert sorted(printed[i]["cores"]) == sorted(planned), (name, printed[i]["cores"], planned)

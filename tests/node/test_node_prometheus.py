@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 from node_support import NEURON_CORE, Node, wait_for
 
@@ -30,12 +31,14 @@ def test_prometheus_scrapes_the_daemon_pod_and_its_numbers_agree_with_the_node(n
 
             await eventually(up, within=30, what="the daemon pod's target up")
 
-            async def counts() -> list[dict[str, object]] | None:
+            async def counts() -> list[dict[str, Any]] | None:  # Prometheus's JSON result vector
                 return await prom.query('snnrm_neuron_cores{state="allocatable"}') or None
 
-            result = await eventually(counts, within=30, what="snnrm_neuron_cores from the node")
+            result: list[dict[str, Any]] | None = await eventually(
+                counts, within=30, what="snnrm_neuron_cores from the node"
+            )
             assert result is not None
-            assert float(result[0]["value"][1]) == allocatable  # type: ignore[index]
+            assert float(result[0]["value"][1]) == allocatable
             # Per-core telemetry of the node's chips arrives at the chart's default granularity.
             fill = await prom.query("count(snnrm_core_event_queue_fill_ratio)")
             assert fill

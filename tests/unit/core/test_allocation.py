@@ -25,8 +25,12 @@ BLOCKS = ThroughputBlocks.plan(TOPO, block_keps=500.0)
 NB = len(BLOCKS.ids)
 
 
+# available, must-include, size, fill, healthy
+CoreRequest = tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]
+
+
 @st.composite
-def core_requests(draw: st.DrawFn, n: int = N) -> tuple[np.ndarray, np.ndarray, int, np.ndarray, np.ndarray]:
+def core_requests(draw: st.DrawFn, n: int = N) -> CoreRequest:
     available = np.array(draw(st.lists(st.integers(0, n - 1), max_size=2 * n)), dtype=np.int64)
     must = np.array(draw(st.lists(st.sampled_from(available.tolist()), max_size=4)) if len(available) else [])
     size = draw(st.integers(0, n))
@@ -37,7 +41,7 @@ def core_requests(draw: st.DrawFn, n: int = N) -> tuple[np.ndarray, np.ndarray, 
 
 @settings(max_examples=200, deadline=None)
 @given(core_requests())
-def test_preferred_cores_respects_candidates_and_must_include(req: tuple) -> None:
+def test_preferred_cores_respects_candidates_and_must_include(req: CoreRequest) -> None:
     """Must-include kept; everything else available, healthy, distinct; never more than needed."""
     available, must, size, fill, healthy = req
     out = preferred_cores(TOPO, available, must, size, fill, healthy)
@@ -78,7 +82,7 @@ def test_preferred_cores_is_compact_and_avoids_deep_queues() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(core_requests(NB), st.lists(st.floats(0, 1e4), min_size=TOPO.n_chips, max_size=TOPO.n_chips))
-def test_preferred_blocks_properties(req: tuple, headroom: list[float]) -> None:
+def test_preferred_blocks_properties(req: CoreRequest, headroom: list[float]) -> None:
     """Blocks: same guarantees, one chip when one chip can hold the request, deterministic."""
     available, must, size, _, healthy = req
     out = preferred_blocks(BLOCKS, available, must, size, healthy, np.array(headroom))

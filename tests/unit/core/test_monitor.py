@@ -1,5 +1,7 @@
 """NodeMonitor: frames and pushed faults become device lists."""
 
+from collections.abc import Sequence
+
 import numpy as np
 import pytest
 
@@ -16,7 +18,7 @@ def monitor() -> NodeMonitor:
 
 
 def frame(
-    m: NodeMonitor, t: float, *, depth: float = 0.0, failed: list[int] = (), link: float = 0.0, count: float = 0.0
+    m: NodeMonitor, t: float, *, depth: float = 0.0, failed: Sequence[int] = (), link: float = 0.0, count: float = 0.0
 ) -> TelemetryFrame:
     n, links = m.topology.n_cores, m.topology.n_links
     c = np.full(n, count)

@@ -44,6 +44,7 @@ from snnrm.core.dra import (
 )
 from snnrm.core.health import Health, HealthReason
 from snnrm.core.topology import ChipGeometry, Topology
+from snnrm.core.types import JSON
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 INFO = HardwareInfo(model="loihi2", generation=2, driver_version="0.1.0")
@@ -413,7 +414,7 @@ def apply(plan: Any, store: dict[str, dict[str, Any]]) -> None:
 
 
 def test_plan_creates_a_fresh_pool_at_generation_one_then_stays_quiet() -> None:
-    desired = [{"sharedCounters": [{"name": "chip0", "counters": {}}]}, {"devices": [{"name": "a"}]}]
+    desired: list[JSON] = [{"sharedCounters": [{"name": "chip0", "counters": {}}]}, {"devices": [{"name": "a"}]}]
     plan = plan_pool([], desired, driver=DRIVER, node="n1", pool="n1")
     assert plan.generation == 1
     assert len(plan.creates) == 2
@@ -428,7 +429,7 @@ def test_plan_creates_a_fresh_pool_at_generation_one_then_stays_quiet() -> None:
 
 
 def test_plan_in_place_changes_keep_the_generation_moves_bump_it() -> None:
-    desired = [{"devices": [{"name": f"d{k}"}]} for k in range(3)]
+    desired: list[JSON] = [{"devices": [{"name": f"d{k}"}]} for k in range(3)]
     store: dict[str, dict[str, Any]] = {}
     apply(plan_pool([], desired, driver=DRIVER, node="n", pool="n"), store)
     one = [desired[0], {"devices": [{"name": "d1", "attributes": {"x": {"int": 1}}}]}, desired[2]]
@@ -437,13 +438,17 @@ def test_plan_in_place_changes_keep_the_generation_moves_bump_it() -> None:
     assert p1.updates[0]["metadata"]["resourceVersion"]
     apply(p1, store)
     # Two slices change in place (a taint here, a withheld device there): no device moves, no bump.
-    two = [{"devices": [{"name": "d0", "taints": [{"key": "k", "effect": NO_SCHEDULE}]}]}, one[1], {"devices": []}]
+    two: list[JSON] = [
+        {"devices": [{"name": "d0", "taints": [{"key": "k", "effect": NO_SCHEDULE}]}]},
+        one[1],
+        {"devices": []},
+    ]
     p2 = plan_pool(list(store.values()), two, driver=DRIVER, node="n", pool="n", last_generation=1)
     assert (p2.generation, len(p2.updates)) == (1, 2)
     apply(p2, store)
     # d1 moves from slice 1 to slice 0: a consumer mixing old and new slices would see it twice, so bump and
     # rewrite every slice with the new generation.
-    moved = [{"devices": [{"name": "d0"}, {"name": "d1"}]}, {"devices": []}, {"devices": []}]
+    moved: list[JSON] = [{"devices": [{"name": "d0"}, {"name": "d1"}]}, {"devices": []}, {"devices": []}]
     p3 = plan_pool(list(store.values()), moved, driver=DRIVER, node="n", pool="n", last_generation=1)
     assert p3.generation == 2
     assert len(p3.updates) == 3
@@ -451,7 +456,7 @@ def test_plan_in_place_changes_keep_the_generation_moves_bump_it() -> None:
 
 
 def test_plan_shrinking_pool_deletes_and_bumps() -> None:
-    desired = [{"devices": [{"name": f"d{k}"}]} for k in range(3)]
+    desired: list[JSON] = [{"devices": [{"name": f"d{k}"}]} for k in range(3)]
     store: dict[str, dict[str, Any]] = {}
     apply(plan_pool([], desired, driver=DRIVER, node="n", pool="n"), store)
     p = plan_pool(list(store.values()), desired[:1], driver=DRIVER, node="n", pool="n", last_generation=1)

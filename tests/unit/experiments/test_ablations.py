@@ -8,7 +8,7 @@ import pytest
 from benchmarks.experiments import ablations
 from benchmarks.experiments.config import DEFAULT
 from benchmarks.experiments.policies import DEFAULT_POLICIES, POLICIES, place, whole_chips
-from benchmarks.experiments.suite import policy_names
+from benchmarks.experiments.suite import policy_names, run_suite
 from snnrm.core.placement import PlacementView, StageDemand, plan_cost
 from snnrm.core.topology import ChipGeometry, Topology
 
@@ -52,7 +52,7 @@ def test_ablation_policies_are_not_in_the_default_set() -> None:
 def test_a_tiny_ablation_run_reports_every_metric(index: int) -> None:
     ab = ablations.ABLATIONS[index]
     base = DEFAULT.with_(seeds=(0,), duration=4.0, max_jobs=12)
-    suite = ablations.run_suite(ablations.config_for(ab, base), workers=1, measure_memory=False)
+    suite = run_suite(ablations.config_for(ab, base), workers=1, measure_memory=False)
     md = ablations.markdown([ablations.Result(ab, suite)])
     rows = [line for line in md if line.startswith(("| none", f"| {ab.scenarios[-1]}"))]
     assert len(rows) == len(ab.scenarios) * len(ab.metrics)

@@ -56,7 +56,7 @@ def _csnn(path: Path, *, extra: dict[str, object] | None = None) -> Path:
     if extra:
         nodes.update(extra)
         edges.append(("lif3", next(iter(extra))))
-    nir.write(str(path), nir.NIRGraph(nodes=nodes, edges=edges))  # type: ignore[arg-type]
+    nir.write(str(path), nir.NIRGraph(nodes=nodes, edges=edges))
     return path
 
 

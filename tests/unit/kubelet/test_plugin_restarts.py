@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import structlog
+from structlog.typing import EventDict
 
 from snnrm.core.devices import NEURON_CORE, ThroughputBlocks, neuron_core_devices
 from snnrm.core.topology import ChipGeometry, Topology
@@ -122,7 +123,7 @@ async def until(predicate: Callable[[], bool]) -> None:
             await asyncio.sleep(0.01)
 
 
-def events(logs: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+def events(logs: list[EventDict], name: str) -> list[EventDict]:
     return [e for e in logs if e["event"] == name]
 
 

@@ -7,11 +7,13 @@ import asyncio
 import gzip
 import math
 import zlib
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from snnrm.obs import exposition
@@ -35,6 +37,9 @@ PROMETHEUS_2_ACCEPT = (
     "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
     "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
 )
+
+# prometheus_client annotates its text-format parser but not this OpenMetrics one: the same function, typed alike.
+parse_openmetrics: Callable[[str], Iterable[Metric]] = openmetrics_parser.text_string_to_metric_families
 
 
 @pytest.mark.parametrize(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics import parser as openmetrics_parser
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE, ThroughputBlocks
@@ -19,6 +20,9 @@ from snnrm.core.telemetry import FaultKind, HardFault, TelemetryFrame
 from snnrm.core.topology import ChipGeometry, Topology
 from snnrm.obs.exposition import Format, MetricsRegistry
 from snnrm.obs.metrics import GRANULARITIES, ContainerRef, Granularity, NodeCollector
+
+# prometheus_client annotates its text-format parser but not this OpenMetrics one: the same function, typed alike.
+parse_openmetrics: Callable[[str], Iterable[Metric]] = openmetrics_parser.text_string_to_metric_families
 
 GEOMETRY = ChipGeometry(cols=2, rows=2, cores_per_router=2)  # 8 cores per chip, 2 per router
 CHIPS = 2
@@ -178,6 +182,7 @@ def test_fresh_values_on_every_scrape(monitor: NodeMonitor) -> None:
     registry.register(collector)
     labels = {"node": "n1", "chip": "0", "core": "chip0-core1"}
     before = registry.get_sample_value("snnrm_core_events_processed_total", labels)
+    assert before is not None  # the core's counter is exported before the new frame, not only after it
     monitor.observe(_frame(monitor, 0.5, 5))
     assert registry.get_sample_value("snnrm_core_events_processed_total", labels) == before + 2 * 100 * 2
 

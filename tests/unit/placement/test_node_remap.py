@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -19,7 +20,8 @@ from snnrm.core.devices import NEURON_CORE
 from snnrm.core.health import HealthReason
 from snnrm.core.jobs import StageHealth
 from snnrm.core.placement import PlacementView, StageDemand, plan_job
-from snnrm.core.reallocation import ReallocationSettings
+from snnrm.core.reallocation import MoveOption, ReallocationSettings, evaluate_remap
+from snnrm.kubelet.allocation_file import CoreAllocationFile
 from snnrm.kubelet.allocator import AllocationFiles
 from snnrm.node import NodeService
 
@@ -77,7 +79,8 @@ async def _rig(
     admitted = [tuple(topo.ids[i] for i in p.tolist()) for p in placement]
     files = AllocationFiles(tmp_path)
     for ids in admitted:  # what Allocate wrote at admission
-        files.ensure(sorted(ids), lambda: {"resource": NEURON_CORE, "cores": []})
+        # a stub body (only the file's name and resource matter here), not a full CoreAllocationFile
+        files.ensure(sorted(ids), lambda: cast(CoreAllocationFile, {"resource": NEURON_CORE, "cores": []}))
     backend.sim.add_job(JOB, placement)
     source = Stages(node, placement, admitted, live_remap)
     clock = [0.0]
@@ -284,9 +287,13 @@ async def test_the_move_budget_is_checked_before_any_evaluation(
     backend.sim.inject(sim_hw.faults.HotSpot(cores=tuple(source.placement[1].tolist()), service_divisor=8.0))
     await _run(backend, node, realloc, clock, 4.0)
     assert realloc.remaps == 1
-    calls = []
-    real = remap_module.evaluate_remap
-    monkeypatch.setattr(remap_module, "evaluate_remap", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls: list[int] = []
+
+    def counting(*a: Any, **k: Any) -> MoveOption | None:
+        calls.append(1)
+        return evaluate_remap(*a, **k)
+
+    monkeypatch.setattr(remap_module, "evaluate_remap", counting)  # the name remap.py calls
     backend.sim.inject(sim_hw.faults.HotSpot(cores=tuple(source.placement[0].tolist()), service_divisor=8.0))
     await _run(backend, node, realloc, clock, 4.0)  # inside the 30 s cooldown of the job
     assert realloc.remaps == 1

@@ -25,10 +25,12 @@ TOPOS = {
     "loihi-like": Topology.grid(chips=4, geometry=ChipGeometry(cols=6, rows=4)),
     "quad-pe": Topology.grid(chips=3, geometry=ChipGeometry(cols=4, rows=2, cores_per_router=4)),
 }
+# the view, the stages, and the cores some stages must keep
+Scenario = tuple[PlacementView, list[StageDemand], dict[int, np.ndarray]]
 
 
 @st.composite
-def scenarios(draw: st.DrawFn) -> tuple[PlacementView, list[StageDemand], dict[int, np.ndarray]]:
+def scenarios(draw: st.DrawFn) -> Scenario:
     topo = TOPOS[draw(st.sampled_from(sorted(TOPOS)))]
     n = topo.n_cores
     free = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)), dtype=bool)
@@ -50,7 +52,7 @@ def scenarios(draw: st.DrawFn) -> tuple[PlacementView, list[StageDemand], dict[i
 
 
 def _check_valid(
-    view: PlacementView, stages: list[StageDemand], fixed: dict[int, np.ndarray], plan_stages: tuple
+    view: PlacementView, stages: list[StageDemand], fixed: dict[int, np.ndarray], plan_stages: tuple[np.ndarray, ...]
 ) -> None:
     seen: set[int] = set()
     for i, (s, cores) in enumerate(zip(stages, plan_stages, strict=True)):
@@ -67,7 +69,7 @@ def _check_valid(
 
 @settings(max_examples=150, deadline=None)
 @given(scenarios())
-def test_plan_is_valid_keeps_must_include_and_beats_first_fit(s: tuple) -> None:
+def test_plan_is_valid_keeps_must_include_and_beats_first_fit(s: Scenario) -> None:
     """Never a busy/unhealthy/duplicate core, must-include kept, cost <= first-fit, same answer twice."""
     view, stages, fixed = s
     plan = plan_job(view, stages, fixed=fixed)

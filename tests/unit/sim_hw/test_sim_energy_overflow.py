@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,13 +16,15 @@ from sim_hw.simulator import INPUT_HOLD_S
 ENERGY = {"synops_per_event": 1000.0, "energy_per_synop": 24e-12, "energy_per_hop": 3.6e-12}
 
 
-def _spec(overflow: str = "drop", **extra: float) -> MachineSpec:
-    return dataclasses.replace(small_spec(), overflow=overflow, **extra)
+def _spec(overflow: str = "drop", energy: Mapping[str, float] | None = None) -> MachineSpec:
+    """small_spec() with ``overflow`` and the named energy fields (names chosen at run time, hence the Any dict)."""
+    changes: dict[str, Any] = {"overflow": overflow, **(energy or {})}
+    return dataclasses.replace(small_spec(), **changes)
 
 
 def test_energy_counts_synaptic_ops_and_hops() -> None:
     """Synaptic energy = events processed x synops x J per synop; NoC energy = spikes sent x hops x J per hop."""
-    sim = Simulator(_spec(**ENERGY), seed=0)
+    sim = Simulator(_spec(energy=ENERGY), seed=0)
     hops = len(sim.route(0, 3))
     assert hops == 3
     sim.add_job(two_stage_job(), [cores(0), cores(3)])
@@ -39,7 +43,7 @@ def test_energy_counts_synaptic_ops_and_hops() -> None:
 
 def test_chip_to_chip_hops_are_priced_apart() -> None:
     """A route crossing a chip boundary pays the inter-chip energy for that hop."""
-    spec = _spec(**ENERGY, energy_per_inter_chip_hop=36e-12)
+    spec = _spec(energy={**ENERGY, "energy_per_inter_chip_hop": 36e-12})
     sim = Simulator(spec, seed=0)
     dst = spec.cores_per_chip  # first core of chip 1
     sim.add_job(two_stage_job(), [cores(0), cores(dst)])
@@ -81,7 +85,7 @@ def test_unknown_overflow_is_rejected(bad: str) -> None:
 @pytest.mark.parametrize("field", ["energy_per_synop", "energy_per_hop", "synops_per_event"])
 def test_negative_energy_is_rejected(field: str) -> None:
     with pytest.raises(ValueError, match=field):
-        _spec(**{field: -1.0})
+        _spec(energy={field: -1.0})
 
 
 def _slow_second_stage(overflow: str) -> Simulator:
