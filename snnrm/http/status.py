@@ -26,9 +26,9 @@ import functools
 import importlib.resources
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final, Literal, NotRequired, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +38,7 @@ from snnrm.backends.base import FaultInjection
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
 from snnrm.core.health import Health, HealthReason
 from snnrm.core.topology import Topology
+from snnrm.core.types import JSON
 from snnrm.http.history import HEAT_METRICS, HEAT_WORST, SERIES, HeatMetric, StatusHistory, core_load
 from snnrm.node import NodeService
 from snnrm.obs.timeline import Timeline
@@ -70,11 +71,178 @@ class StatusSources:
 
 STATUS = web.AppKey("status", StatusSources)
 
+# -- the JSON the API answers with (key order here is the order on the wire) --------------------------------------
 
-def _floats(a: npt.ArrayLike, decimals: int) -> list[float | None]:
+Floats = list[float | None]
+"""A number per element; ``null`` where it is not finite."""
+
+
+class GeometryJSON(TypedDict):
+    cols: int
+    rows: int
+    cores_per_router: int
+    cores_per_chip: int
+
+
+class GridJSON(TypedDict):
+    cols: int
+    rows: int
+
+
+class ChipJSON(TypedDict):
+    index: int
+    id: str
+    pos: list[int]
+    numa: int
+    first_core: int
+    cores: int
+    nominal_keps: float | None
+
+
+class TopologyCoresJSON(TypedDict):
+    """Parallel arrays, one element per core."""
+
+    count: int
+    ids: list[str]
+    chip: list[int]
+    x: list[int]
+    y: list[int]
+    slot: list[int]
+    router: list[int]
+    nominal_keps: Floats
+    queue_capacity: Floats
+
+
+class ChipPairJSON(TypedDict):
+    chips: list[int]
+    links: int
+
+
+class TopologyLinksJSON(TypedDict):
+    count: int
+    on_chip: int
+    inter_chip: int
+    chip_pairs: list[ChipPairJSON]
+
+
+class CoreDevicesJSON(TypedDict):
+    count: int
+    ids: list[str]
+
+
+class BlockDevicesJSON(TypedDict):
+    count: int
+    block_keps: float
+    ids: list[str]
+    chip: list[int]
+
+
+class TopologyBody(TypedDict):
+    """``GET /api/v1/topology``."""
+
+    backend: str
+    geometry: GeometryJSON
+    board: GridJSON
+    mesh: GridJSON
+    chips: list[ChipJSON]
+    cores: TopologyCoresJSON
+    links: TopologyLinksJSON
+    devices: dict[str, CoreDevicesJSON | BlockDevicesJSON]
+    """By resource name: the neuron cores, and the event-throughput blocks."""
+
+
+class ResourceStateJSON(TypedDict):
+    total: int
+    healthy_count: int
+    ids: NotRequired[list[str]]
+    healthy: list[bool]
+    block_keps: NotRequired[float]
+    chip: NotRequired[list[int]]
+
+
+class LegendJSON(TypedDict):
+    state: list[str]
+    reasons: dict[str, int]
+
+
+class CoreStateJSON(TypedDict):
+    """Parallel arrays indexed like ``topology.cores``."""
+
+    state: list[int]
+    reasons: list[int]
+    queue_fill: Floats
+    efficiency: Floats
+    effective_keps: Floats
+    load: Floats
+
+
+class UnhealthyCoreJSON(TypedDict):
+    index: int
+    id: str
+    state: str
+    reasons: list[str]
+
+
+class LinkStateJSON(TypedDict):
+    failed: int
+    utilization_mean: float | None
+    utilization_max: float | None
+
+
+class DevicesBody(TypedDict):
+    """``GET /api/v1/devices``."""
+
+    backend: str
+    time: float
+    telemetry_time: float | None
+    telemetry_age_s: float | None
+    frames: int
+    rejected_frames: int
+    resources: dict[str, ResourceStateJSON]
+    core_counts: dict[str, int]
+    legend: LegendJSON
+    cores: CoreStateJSON
+    unhealthy_cores: list[UnhealthyCoreJSON]
+    unhealthy_cores_total: int
+    links: LinkStateJSON
+    faults: list[JSON] | None
+    """The simulator's faults as injected (a client's JSON) plus their status; None without a simulator."""
+
+
+class HistoryTotalsJSON(TypedDict):
+    cores: int
+    blocks: int
+    block_keps: float
+
+
+class HistoryBody(TypedDict):
+    """``GET /api/v1/history``."""
+
+    period: float
+    window: int
+    t: Floats
+    series: dict[str, Floats]
+    totals: HistoryTotalsJSON
+
+
+class HeatBody(TypedDict):
+    """``GET /api/v1/heat``."""
+
+    metric: HeatMetric
+    worst: Literal["max", "min"]
+    bucket_s: float
+    buckets: int
+    window_s: float
+    covered_s: float
+    t: Floats
+    frames: list[Floats]
+    peak: Floats
+
+
+def _floats(a: npt.ArrayLike, decimals: int) -> Floats:
     """A JSON-safe list: rounded, with NaN/inf as ``null``."""
     arr = np.round(np.asarray(a, dtype=np.float64), decimals)
-    out: list[float | None] = arr.tolist()
+    out: Floats = arr.tolist()
     bad = ~np.isfinite(arr)
     if bad.any():
         for i in np.flatnonzero(bad).tolist():
@@ -86,7 +254,7 @@ def _float(x: float, decimals: int = 6) -> float | None:
     return round(float(x), decimals) if np.isfinite(x) else None
 
 
-def topology_body(node: NodeService) -> dict[str, Any]:
+def topology_body(node: NodeService) -> TopologyBody:
     """The static layout of the node."""
     t = node.topology
     g = t.geometry
@@ -102,6 +270,13 @@ def topology_body(node: NodeService) -> dict[str, Any]:
     )
     per_chip_keps = np.bincount(t.chip_of, weights=t.core_nominal_keps, minlength=t.n_chips)
     blocks = node.blocks
+    core_devices: CoreDevicesJSON = {"count": t.n_cores, "ids": list(t.ids)}
+    block_devices: BlockDevicesJSON = {
+        "count": len(blocks.ids),
+        "block_keps": blocks.block_keps,
+        "ids": list(blocks.ids),
+        "chip": blocks.chip_of_block.tolist(),
+    }
     return {
         "backend": node.backend.name,
         "geometry": {
@@ -144,22 +319,14 @@ def topology_body(node: NodeService) -> dict[str, Any]:
                 for (a, b), n in zip(pairs.tolist(), counts.tolist(), strict=True)
             ],
         },
-        "devices": {
-            NEURON_CORE: {"count": t.n_cores, "ids": list(t.ids)},
-            EVENT_THROUGHPUT: {
-                "count": len(blocks.ids),
-                "block_keps": blocks.block_keps,
-                "ids": list(blocks.ids),
-                "chip": blocks.chip_of_block.tolist(),
-            },
-        },
+        "devices": {NEURON_CORE: core_devices, EVENT_THROUGHPUT: block_devices},
     }
 
 
-def _faults(sim: FaultInjection | None) -> list[dict[str, Any]] | None:
+def _faults(sim: FaultInjection | None) -> list[JSON] | None:
     if sim is None:
         return None
-    out: list[dict[str, Any]] = []
+    out: list[JSON] = []
     for fid, f in sorted(sim.faults.items()):
         status: str
         try:
@@ -170,7 +337,7 @@ def _faults(sim: FaultInjection | None) -> list[dict[str, Any]] | None:
     return out
 
 
-def devices_body(node: NodeService, sim: FaultInjection | None, *, ids: bool = True) -> dict[str, Any]:
+def devices_body(node: NodeService, sim: FaultInjection | None, *, ids: bool = True) -> DevicesBody:
     """Live per-device and per-core state; ``ids=False`` leaves out the device ID lists (static, in topology)."""
     m = node.monitor
     t = node.topology
@@ -181,12 +348,18 @@ def devices_body(node: NodeService, sim: FaultInjection | None, *, ids: bool = T
     unhealthy = unhealthy[np.argsort((reasons[unhealthy] & HealthReason.FAILED) == 0, kind="stable")]
     load = core_load(node)
     age = time.monotonic() - node.last_sample_wall
-    resources: dict[str, Any] = {}
+    resources: dict[str, ResourceStateJSON] = {}
     for res, d in node.devices().items():
-        entry: dict[str, Any] = {"total": len(d.ids), "healthy_count": d.healthy_count}
+        entry: ResourceStateJSON
         if ids:
-            entry["ids"] = list(d.ids)
-        entry["healthy"] = d.healthy.tolist()
+            entry = {
+                "total": len(d.ids),
+                "healthy_count": d.healthy_count,
+                "ids": list(d.ids),
+                "healthy": d.healthy.tolist(),
+            }
+        else:
+            entry = {"total": len(d.ids), "healthy_count": d.healthy_count, "healthy": d.healthy.tolist()}
         if res == EVENT_THROUGHPUT:
             entry["block_keps"] = node.blocks.block_keps
             entry["chip"] = node.blocks.chip_of_block.tolist()
@@ -231,7 +404,7 @@ def devices_body(node: NodeService, sim: FaultInjection | None, *, ids: bool = T
     }
 
 
-def history_body(history: StatusHistory, node: NodeService) -> dict[str, Any]:
+def history_body(history: StatusHistory, node: NodeService) -> HistoryBody:
     """The rolling window, oldest first, one array per series."""
     w = history.snapshot()
     return {
@@ -247,7 +420,7 @@ def history_body(history: StatusHistory, node: NodeService) -> dict[str, Any]:
     }
 
 
-def heat_body(history: StatusHistory, metric: HeatMetric, frames: int | None = None) -> dict[str, Any]:
+def heat_body(history: StatusHistory, metric: HeatMetric, frames: int | None = None) -> HeatBody:
     """The heat map's past for one metric: the newest ``frames`` buckets (all kept when None) and the per-core
     worst value over every kept bucket (``peak``), arrays indexed like ``topology.cores``."""
     heat = history.heat
@@ -266,10 +439,10 @@ def heat_body(history: StatusHistory, metric: HeatMetric, frames: int | None = N
     }
 
 
-def fault_recorder(timeline: Timeline, topology: Topology) -> Callable[[dict[str, Any]], None]:
+def fault_recorder(timeline: Timeline, topology: Topology) -> Callable[[JSON], None]:
     """A :attr:`snnrm.backends.sim.SimBackend.on_inject` listener that puts each injected fault on ``timeline``."""
 
-    def record(fault: dict[str, Any]) -> None:
+    def record(fault: JSON) -> None:
         kind = str(fault.get("kind", "fault")).replace("_", "-")
         cores = [int(c) for c in fault.get("cores") or () if 0 <= int(c) < topology.n_cores]
         ids = [topology.ids[c] for c in cores]
@@ -285,7 +458,7 @@ def fault_recorder(timeline: Timeline, topology: Topology) -> Callable[[dict[str
     return record
 
 
-async def _json(body: dict[str, Any], *, cache: str = "no-store") -> web.Response:
+async def _json(body: Mapping[str, object], *, cache: str = "no-store") -> web.Response:
     """Serialise off the event loop: at 16k cores a body is about a megabyte and ~15 ms of encoding, which
     would otherwise sit in front of a hard fault on its way to ListAndWatch. The body itself is built on the
     loop, so it is one consistent snapshot."""

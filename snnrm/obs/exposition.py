@@ -257,7 +257,7 @@ CHUNK_SAMPLES = 8192
 """Samples rendered per worker-thread hop when streaming: ~1 MB of text, a few milliseconds of work."""
 
 
-def _om_latest(collectors: Any) -> bytes:
+def _om_latest(collectors: Collector) -> bytes:
     """prometheus_client's OpenMetrics encoder (untyped there); takes anything with ``collect()``."""
     body: bytes = om_exposition.generate_latest(collectors)  # type: ignore[no-untyped-call]
     return body

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
+from typing import Any, Protocol
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from snnrm.obs.tracing import NoopTracer, Span, Tracer
+from snnrm.obs.tracing import AttributeValue, NoopTracer, Span, Tracer
 
 RPC_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0015, 0.0025, 0.004, 0.006, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 """Seconds. Dense around the targets (Allocate p99 < 1.5 ms, GetPreferredAllocation p99 < 4 ms)."""
@@ -31,8 +31,86 @@ ALLOCATION_RESULTS = ("ok", "invalid_argument", "failed_precondition", "unavaila
 """Allocate outcomes pre-created at zero so that ``rate()`` sees them from the first scrape."""
 TRACED = frozenset({"Allocate", "GetPreferredAllocation"})
 
+# grpc ships no types: what this module reads of its objects, and of the device plugin messages (v1beta1; this
+# layer does not import the generated stubs of snnrm.kubelet), is spelled out structurally here. A wrapped
+# method's request and response stay ``Any``: each method has its own message types.
 
-def _code_of(context: Any, error: BaseException | None) -> grpc.StatusCode:
+
+class _Context(Protocol):
+    """The part of ``grpc.aio.ServicerContext`` read here (an older grpc has no ``code()``; see :func:`_code_of`)."""
+
+    def code(self) -> object: ...
+
+    def details(self) -> object: ...
+
+
+class _HandlerCallDetails(Protocol):
+    @property
+    def method(self) -> str: ...
+
+
+class _RpcMethodHandler(Protocol):
+    """``grpc.RpcMethodHandler``: which behaviour is set depends on the streaming flags."""
+
+    @property
+    def request_streaming(self) -> bool: ...
+    @property
+    def response_streaming(self) -> bool: ...
+    @property
+    def request_deserializer(self) -> Callable[[bytes], object] | None: ...
+    @property
+    def response_serializer(self) -> Callable[[Any], bytes] | None: ...
+    @property
+    def unary_unary(self) -> _UnaryBehavior: ...
+    @property
+    def unary_stream(self) -> _StreamBehavior: ...
+
+
+class _GenericRpcHandler(Protocol):
+    """``grpc.GenericRpcHandler`` (a servicer's ``handler()``); ``service_name`` is optional, looked up by name."""
+
+    def service(self, handler_call_details: _HandlerCallDetails) -> _RpcMethodHandler | None: ...
+
+
+class _ContainerAllocateRequest(Protocol):
+    @property
+    def devices_ids(self) -> Sequence[str]: ...
+
+
+class _AllocateRequest(Protocol):
+    @property
+    def container_requests(self) -> Sequence[_ContainerAllocateRequest]: ...
+
+
+class _ContainerPreferredAllocationRequest(Protocol):
+    @property
+    def available_deviceIDs(self) -> Sequence[str]: ...
+    @property
+    def must_include_deviceIDs(self) -> Sequence[str]: ...
+    @property
+    def allocation_size(self) -> int: ...
+
+
+class _PreferredAllocationRequest(Protocol):
+    @property
+    def container_requests(self) -> Sequence[_ContainerPreferredAllocationRequest]: ...
+
+
+class _ContainerPreferredAllocationResponse(Protocol):
+    @property
+    def deviceIDs(self) -> Sequence[str]: ...
+
+
+class _PreferredAllocationResponse(Protocol):
+    @property
+    def container_responses(self) -> Sequence[_ContainerPreferredAllocationResponse]: ...
+
+
+_UnaryBehavior = Callable[[Any, _Context], Awaitable[Any]]
+_StreamBehavior = Callable[[Any, _Context], AsyncGenerator[Any, None]]
+
+
+def _code_of(context: _Context, error: BaseException | None) -> grpc.StatusCode:
     if error is None:
         return grpc.StatusCode.OK
     if isinstance(error, asyncio.CancelledError):
@@ -88,7 +166,7 @@ class RpcInstrumentation:
             registry=registry,
         )
 
-    def wrap(self, handler: Any, *, resource: str) -> grpc.GenericRpcHandler:
+    def wrap(self, handler: _GenericRpcHandler, *, resource: str) -> grpc.GenericRpcHandler:
         """``handler`` (a ``grpc.GenericRpcHandler``) with every method instrumented for ``resource``."""
         for result in ALLOCATION_RESULTS:
             self.allocations.labels(self.node, resource, result)
@@ -99,17 +177,17 @@ class RpcInstrumentation:
 
     # -- per-method wrappers ---------------------------------------------------------------------------------
 
-    def unary(self, behavior: Callable[..., Any], *, resource: str, rpc: str) -> Callable[..., Any]:
+    def unary(self, behavior: _UnaryBehavior, *, resource: str, rpc: str) -> _UnaryBehavior:
         observe = self.duration.labels(self.node, resource, rpc).observe
         calls = self.calls
         node = self.node
-        by_code: dict[grpc.StatusCode, Any] = {}  # the counter child per status code, resolved once
+        by_code: dict[grpc.StatusCode, Counter] = {}  # the counter child per status code, resolved once
         tracer = self.tracer
         after = self._after_allocate(resource) if rpc == "Allocate" else None
         traced = rpc in TRACED
         span_name = f"v1beta1.DevicePlugin/{rpc}"
 
-        async def timed(request: Any, context: Any) -> Any:
+        async def timed(request: Any, context: _Context) -> Any:
             start = time.perf_counter()
             error: BaseException | None = None
             try:
@@ -129,9 +207,11 @@ class RpcInstrumentation:
 
         if not traced or not tracer.enabled:
             return timed  # tracing off: not even a check per call
+        request_attributes = _allocate_attributes if rpc == "Allocate" else _preferred_allocation_attributes
+        response_attributes = _preferred_response_attributes if rpc == "GetPreferredAllocation" else None
 
-        async def traced_call(request: Any, context: Any) -> Any:
-            with tracer.span(span_name, _request_attributes(rpc, resource, request), kind="server") as span:
+        async def traced_call(request: Any, context: _Context) -> Any:
+            with tracer.span(span_name, request_attributes(resource, request), kind="server") as span:
                 try:
                     response = await timed(request, context)
                 except BaseException as e:
@@ -140,18 +220,19 @@ class RpcInstrumentation:
                     span.set_error(f"{code.name}: {_details(context)}")
                     raise
                 span.set_attribute("rpc.grpc.status_code", 0)
-                _response_attributes(rpc, response, span)
+                if response_attributes is not None:
+                    response_attributes(response, span)
                 return response
 
         return traced_call
 
-    def _after_allocate(self, resource: str) -> Callable[[Any, grpc.StatusCode], None]:
+    def _after_allocate(self, resource: str) -> Callable[[_AllocateRequest, grpc.StatusCode], None]:
         by_result = {r: self.allocations.labels(self.node, resource, r) for r in ALLOCATION_RESULTS}
         devices = self.allocated_devices.labels(self.node, resource)
         allocations = self.allocations
         node = self.node
 
-        def count(request: Any, code: grpc.StatusCode) -> None:
+        def count(request: _AllocateRequest, code: grpc.StatusCode) -> None:
             containers = len(request.container_requests)
             result = "ok" if code is grpc.StatusCode.OK else code.name.lower()
             child = by_result.get(result) or allocations.labels(node, resource, result)
@@ -161,11 +242,11 @@ class RpcInstrumentation:
 
         return count
 
-    def stream(self, behavior: Callable[..., Any], *, resource: str, rpc: str) -> Callable[..., Any]:
+    def stream(self, behavior: _StreamBehavior, *, resource: str, rpc: str) -> _StreamBehavior:
         messages = self.law_messages.labels(self.node, resource)
         streams = self.law_streams.labels(self.node, resource)
 
-        async def counted(request: Any, context: Any) -> AsyncIterator[Any]:
+        async def counted(request: Any, context: _Context) -> AsyncGenerator[Any, None]:
             streams.inc()
             inner = behavior(request, context)
             try:
@@ -181,58 +262,64 @@ class RpcInstrumentation:
         return counted
 
 
-def _details(context: Any) -> str:
+def _details(context: _Context) -> str:
     try:
         return str(context.details() or "")
     except Exception:  # noqa: BLE001 - details are decoration on an error span
         return ""
 
 
-def _ids(ids: Any) -> list[str]:
+def _ids(ids: Iterable[str]) -> list[str]:
     return [str(i) for i in list(ids)[:MAX_SPAN_IDS]]
 
 
-def _request_attributes(rpc: str, resource: str, request: Any) -> dict[str, Any]:
-    attrs: dict[str, Any] = {
+def _rpc_attributes(rpc: str, resource: str, containers: int) -> dict[str, AttributeValue]:
+    return {
         "rpc.system": "grpc",
         "rpc.service": "v1beta1.DevicePlugin",
         "rpc.method": rpc,
         "snnrm.resource": resource,
-        "snnrm.containers": len(request.container_requests),
+        "snnrm.containers": containers,
     }
-    if rpc == "Allocate":
-        ids = [i for c in request.container_requests for i in c.devices_ids]
-        attrs["snnrm.devices"] = len(ids)
-        attrs["snnrm.device_ids"] = _ids(ids)
-    else:
-        reqs = request.container_requests
-        attrs["snnrm.allocation_size"] = sum(c.allocation_size for c in reqs)
-        attrs["snnrm.available"] = sum(len(c.available_deviceIDs) for c in reqs)
-        attrs["snnrm.must_include"] = sum(len(c.must_include_deviceIDs) for c in reqs)
+
+
+def _allocate_attributes(resource: str, request: _AllocateRequest) -> dict[str, AttributeValue]:
+    attrs = _rpc_attributes("Allocate", resource, len(request.container_requests))
+    ids = [i for c in request.container_requests for i in c.devices_ids]
+    attrs["snnrm.devices"] = len(ids)
+    attrs["snnrm.device_ids"] = _ids(ids)
     return attrs
 
 
-def _response_attributes(rpc: str, response: Any, span: Span) -> None:
-    if rpc == "GetPreferredAllocation":
-        ids = [i for c in response.container_responses for i in c.deviceIDs]
-        span.set_attribute("snnrm.preferred", len(ids))
-        span.set_attribute("snnrm.preferred_ids", _ids(ids))
+def _preferred_allocation_attributes(resource: str, request: _PreferredAllocationRequest) -> dict[str, AttributeValue]:
+    reqs = request.container_requests
+    attrs = _rpc_attributes("GetPreferredAllocation", resource, len(reqs))
+    attrs["snnrm.allocation_size"] = sum(c.allocation_size for c in reqs)
+    attrs["snnrm.available"] = sum(len(c.available_deviceIDs) for c in reqs)
+    attrs["snnrm.must_include"] = sum(len(c.must_include_deviceIDs) for c in reqs)
+    return attrs
+
+
+def _preferred_response_attributes(response: _PreferredAllocationResponse, span: Span) -> None:
+    ids = [i for c in response.container_responses for i in c.deviceIDs]
+    span.set_attribute("snnrm.preferred", len(ids))
+    span.set_attribute("snnrm.preferred_ids", _ids(ids))
 
 
 class _InstrumentedHandler(grpc.ServiceRpcHandler):  # type: ignore[misc]  # grpc ships no types
     """Delegates to the wrapped handler; instrumented method handlers are built once per method."""
 
-    def __init__(self, inner: Any, instrumentation: RpcInstrumentation, resource: str) -> None:
+    def __init__(self, inner: _GenericRpcHandler, instrumentation: RpcInstrumentation, resource: str) -> None:
         self._inner = inner
         self._obs = instrumentation
         self._resource = resource
-        self._cache: dict[str, Any] = {}
+        self._cache: dict[str, _RpcMethodHandler] = {}
 
     def service_name(self) -> str:
         name = getattr(self._inner, "service_name", None)
         return str(name()) if name is not None else ""
 
-    def service(self, handler_call_details: Any) -> Any:
+    def service(self, handler_call_details: _HandlerCallDetails) -> _RpcMethodHandler | None:
         method = handler_call_details.method
         cached = self._cache.get(method)
         if cached is not None:
@@ -241,6 +328,7 @@ class _InstrumentedHandler(grpc.ServiceRpcHandler):  # type: ignore[misc]  # grp
         if h is None:
             return None
         rpc = method.rsplit("/", 1)[-1]
+        wrapped: _RpcMethodHandler
         if not h.request_streaming and not h.response_streaming:
             wrapped = grpc.unary_unary_rpc_method_handler(
                 self._obs.unary(h.unary_unary, resource=self._resource, rpc=rpc),

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Final, Literal
+from typing import Final, Literal, NotRequired, TypedDict
 
 Kind = Literal["health", "stage", "reallocation", "fault"]
 """``health``: devices the kubelet sees turned unhealthy or healthy; ``stage``: a stage's cores degraded or
@@ -27,6 +27,34 @@ MAX_IDS: Final = 16
 """Device IDs spelled out per entry; ``count`` still says how many there were."""
 _MERGE_LOOKBACK: Final = 32
 """How far back a repeated entry is looked for (health changes may interleave with a repeating decision)."""
+
+
+class TimelineEntryJSON(TypedDict):
+    """One entry as ``GET /api/v1/events`` carries it (keys in this order; absent optional fields left out)."""
+
+    seq: int
+    time: float
+    kind: Kind
+    action: str
+    message: str
+    reasons: list[str]
+    count: int
+    repeats: int
+    last: float
+    resource: NotRequired[str]
+    job: NotRequired[str]
+    stage: NotRequired[int]
+    pod: NotRequired[str]
+    devices: NotRequired[list[str]]
+    from_devices: NotRequired[list[str]]
+
+
+class EventsBody(TypedDict):
+    """``GET /api/v1/events``."""
+
+    capacity: int
+    dropped: int
+    events: list[TimelineEntryJSON]
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,9 +87,9 @@ class TimelineEntry:
     last: float = 0.0
     """Unix seconds when it was last seen (equal to ``time`` unless it repeated)."""
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self) -> TimelineEntryJSON:
         """The entry as ``/api/v1/events`` carries it (absent optional fields are left out)."""
-        out: dict[str, Any] = {
+        out: TimelineEntryJSON = {
             "seq": self.seq,
             "time": round(self.time, 3),
             "kind": self.kind,
@@ -72,9 +100,14 @@ class TimelineEntry:
             "repeats": self.repeats,
             "last": round(self.last, 3),
         }
-        for key, value in (("resource", self.resource), ("job", self.job), ("stage", self.stage), ("pod", self.pod)):
-            if value is not None:
-                out[key] = value
+        if self.resource is not None:
+            out["resource"] = self.resource
+        if self.job is not None:
+            out["job"] = self.job
+        if self.stage is not None:
+            out["stage"] = self.stage
+        if self.pod is not None:
+            out["pod"] = self.pod
         if self.devices:
             out["devices"] = list(self.devices)
         if self.from_devices:
@@ -158,7 +191,7 @@ class Timeline:
         """The kept entries, oldest first."""
         return list(self._entries)
 
-    def body(self) -> dict[str, Any]:
+    def body(self) -> EventsBody:
         """``GET /api/v1/events``: the kept entries oldest first, with how many were pushed out."""
         return {
             "capacity": self.capacity,

@@ -20,9 +20,14 @@ import contextlib
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from snnrm import __version__
+
+if TYPE_CHECKING:  # the SDK is imported at run time only when tracing is on
+    from opentelemetry import trace as otel_trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 AttributeValue = str | bool | int | float | Sequence[str] | Sequence[bool] | Sequence[int] | Sequence[float]
 Attributes = Mapping[str, AttributeValue]
@@ -83,7 +88,9 @@ class NoopTracer:
 class _OtelSpan:
     __slots__ = ("_span", "_status", "failed")
 
-    def __init__(self, span: Any, status: Any) -> None:
+    def __init__(
+        self, span: otel_trace.Span, status: tuple[type[otel_trace.Status], type[otel_trace.StatusCode]]
+    ) -> None:
         self._span = span
         self._status = status
         self.failed = False
@@ -102,7 +109,7 @@ class OtelTracer:
 
     enabled = True
 
-    def __init__(self, tracer: Any) -> None:
+    def __init__(self, tracer: otel_trace.Tracer) -> None:
         from opentelemetry.trace import SpanKind, Status, StatusCode  # only when tracing is on
 
         self._tracer = tracer
@@ -132,7 +139,7 @@ class Tracing:
     """The tracer the daemon hands out, and the provider behind it (None when off)."""
 
     tracer: Tracer
-    provider: Any = None
+    provider: TracerProvider | None = None
     exporters: tuple[str, ...] = ()
 
     @property
@@ -159,7 +166,7 @@ def requested_exporters(env: Mapping[str, str]) -> tuple[str, ...]:
     return ()
 
 
-def _make_exporter(name: str, env: Mapping[str, str]) -> Any:
+def _make_exporter(name: str, env: Mapping[str, str]) -> SpanExporter:
     # Imported here: the exporter packages (and grpc channels they open) exist only when asked for.
     if name == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
@@ -183,11 +190,12 @@ def _make_exporter(name: str, env: Mapping[str, str]) -> Any:
             raise TracingConfigError(
                 "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf needs the opentelemetry-exporter-otlp-proto-http package"
             ) from e
-        return HttpExporter()
+        http_exporter: SpanExporter = HttpExporter()  # that package may be absent: mypy may not know its type
+        return http_exporter
     raise TracingConfigError(f"OTLP protocol {protocol!r} is not supported (use grpc or http/protobuf)")
 
 
-def _provider(node: str | None) -> Any:
+def _provider(node: str | None) -> TracerProvider:
     from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
     from opentelemetry.sdk.trace import TracerProvider
 
@@ -219,7 +227,7 @@ def setup_tracing(env: Mapping[str, str] | None = None, *, node: str | None = No
     return Tracing(OtelTracer(provider.get_tracer(INSTRUMENTATION_NAME, __version__)), provider, names)
 
 
-def tracing_with_exporter(exporter: Any, *, node: str | None = None) -> Tracing:
+def tracing_with_exporter(exporter: SpanExporter, *, node: str | None = None) -> Tracing:
     """Tracing that hands every finished span to ``exporter`` at once (tests: the SDK's in-memory exporter)."""
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 

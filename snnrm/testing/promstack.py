@@ -11,14 +11,95 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Generic, Literal, NotRequired, Self, TypedDict, TypeVar
 
 import aiohttp
 import yaml
+
+T = TypeVar("T")
+
+# -- the answers of the Prometheus and Alertmanager HTTP APIs, as far as tests read them ---------------------------
+
+
+class PromResponse(TypedDict, Generic[T]):
+    """The envelope of every Prometheus ``/api/v1`` answer (an error status comes back as an HTTP error)."""
+
+    status: Literal["success", "error"]
+    data: T
+
+
+class PromSeries(TypedDict):
+    """One series of a query result: its labels and its sample (instant query) or samples (range query)."""
+
+    metric: dict[str, str]
+    value: NotRequired[tuple[float, str]]
+    """``[unix seconds, "value"]`` (a JSON array; the value is a string so that NaN and Inf survive)."""
+    values: NotRequired[list[tuple[float, str]]]
+
+
+class QueryData(TypedDict):
+    resultType: Literal["vector", "matrix", "scalar", "string"]
+    result: list[PromSeries]
+    """A vector or matrix; a scalar or string answer is a bare ``[unix seconds, "value"]`` pair instead."""
+
+
+class PromAlert(TypedDict):
+    """An alert of ``GET /api/v1/alerts`` (pending or firing)."""
+
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    state: Literal["pending", "firing"]
+    activeAt: NotRequired[str]
+    value: str
+
+
+class AlertsData(TypedDict):
+    alerts: list[PromAlert]
+
+
+class PromTarget(TypedDict):
+    """An active scrape target of ``GET /api/v1/targets``."""
+
+    discoveredLabels: dict[str, str]
+    labels: dict[str, str]
+    scrapePool: str
+    scrapeUrl: str
+    lastError: str
+    lastScrape: str
+    lastScrapeDuration: float
+    health: Literal["up", "down", "unknown"]
+
+
+class TargetsData(TypedDict):
+    activeTargets: list[PromTarget]
+
+
+class AlertmanagerReceiver(TypedDict):
+    name: str
+
+
+class AlertmanagerStatus(TypedDict):
+    state: Literal["unprocessed", "active", "suppressed"]
+    silencedBy: list[str]
+    inhibitedBy: list[str]
+
+
+class AlertmanagerAlert(TypedDict):
+    """An alert of Alertmanager's ``GET /api/v2/alerts``."""
+
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    startsAt: str
+    endsAt: str
+    updatedAt: str
+    fingerprint: str
+    receivers: list[AlertmanagerReceiver]
+    status: AlertmanagerStatus
+    generatorURL: NotRequired[str]
 
 
 def free_port() -> int:
@@ -94,8 +175,13 @@ class _Process:
     ) -> None:
         await self.stop()
 
-    async def _json(self, method: str, path: str, **kw: Any) -> Any:
-        async with aiohttp.ClientSession() as http, http.request(method, self.base + path, **kw) as r:
+    async def _json(
+        self, method: str, path: str, *, params: Mapping[str, str] | None = None, payload: object = None
+    ) -> Any:  # the decoded answer, whose shape the caller declares
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(method, self.base + path, params=params, json=payload) as r,
+        ):
             text = await r.text()
             if r.status >= 300:
                 raise RuntimeError(f"{method} {path} -> {r.status}: {text[:500]}")
@@ -115,7 +201,7 @@ class Prometheus(_Process):
 
     async def __aenter__(self) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        config: dict[str, Any] = {
+        config: dict[str, object] = {
             "global": {"scrape_interval": self.scrape_interval, "evaluation_interval": "1s"},
             "scrape_configs": [
                 {"job_name": "snnrm", "scrape_timeout": "1s", "static_configs": [{"targets": list(self.targets)}]}
@@ -137,7 +223,10 @@ class Prometheus(_Process):
         return self
 
     async def query(self, expr: str, *, at: float | None = None) -> list[dict[str, Any]]:
-        """Instant query; the result vector (or matrix/scalar wrapped in a list)."""
+        """Instant query; the result vector (or matrix/scalar wrapped in a list).
+
+        Each element is a :class:`PromSeries`; the annotation stays ``dict[str, Any]`` while a test annotates
+        its result so (tests/node/test_node_prometheus.py), to move together with it."""
         params = {"query": expr}
         if at is not None:
             params["time"] = f"{at:.3f}"
@@ -145,32 +234,27 @@ class Prometheus(_Process):
         result = body["data"]["result"]
         return result if isinstance(result, list) else [result]
 
-    async def query_range(self, expr: str, *, start: float, end: float, step: float) -> list[dict[str, Any]]:
+    async def query_range(self, expr: str, *, start: float, end: float, step: float) -> list[PromSeries]:
         params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step}"}
-        body = await self._json("GET", "/api/v1/query_range", params=params)
-        result: list[dict[str, Any]] = body["data"]["result"]
-        return result
+        body: PromResponse[QueryData] = await self._json("GET", "/api/v1/query_range", params=params)
+        return body["data"]["result"]
 
     async def series(self, match: str) -> list[dict[str, str]]:
-        body = await self._json("GET", "/api/v1/series", params={"match[]": match})
-        result: list[dict[str, str]] = body["data"]
-        return result
+        body: PromResponse[list[dict[str, str]]] = await self._json("GET", "/api/v1/series", params={"match[]": match})
+        return body["data"]
 
     async def label_values(self, label: str, match: str | None = None) -> list[str]:
         params = {"match[]": match} if match else None
-        body = await self._json("GET", f"/api/v1/label/{label}/values", params=params)
-        result: list[str] = body["data"]
-        return result
+        body: PromResponse[list[str]] = await self._json("GET", f"/api/v1/label/{label}/values", params=params)
+        return body["data"]
 
-    async def alerts(self) -> list[dict[str, Any]]:
-        body = await self._json("GET", "/api/v1/alerts")
-        result: list[dict[str, Any]] = body["data"]["alerts"]
-        return result
+    async def alerts(self) -> list[PromAlert]:
+        body: PromResponse[AlertsData] = await self._json("GET", "/api/v1/alerts")
+        return body["data"]["alerts"]
 
-    async def targets_up(self) -> list[dict[str, Any]]:
-        body = await self._json("GET", "/api/v1/targets")
-        result: list[dict[str, Any]] = body["data"]["activeTargets"]
-        return result
+    async def targets_up(self) -> list[PromTarget]:
+        body: PromResponse[TargetsData] = await self._json("GET", "/api/v1/targets")
+        return body["data"]["activeTargets"]
 
 
 @dataclass(eq=False)
@@ -186,7 +270,7 @@ class Alertmanager(_Process):
 
     async def __aenter__(self) -> Self:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        webhook: dict[str, Any] = {"url": self.webhook_url, "send_resolved": True, "max_alerts": 100}
+        webhook: dict[str, object] = {"url": self.webhook_url, "send_resolved": True, "max_alerts": 100}
         if self.token_file is not None:
             webhook["http_config"] = {"authorization": {"type": "Bearer", "credentials_file": str(self.token_file)}}
         config = {
@@ -216,21 +300,20 @@ class Alertmanager(_Process):
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    async def post_alerts(self, alerts: list[dict[str, Any]]) -> None:
-        """``POST /api/v2/alerts`` (what Prometheus does)."""
-        await self._json("POST", "/api/v2/alerts", json=alerts)
+    async def post_alerts(self, alerts: Sequence[Mapping[str, object]]) -> None:
+        """``POST /api/v2/alerts`` (what Prometheus does); each alert as Alertmanager's API spells it."""
+        await self._json("POST", "/api/v2/alerts", payload=alerts)
 
-    async def alerts(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = await self._json("GET", "/api/v2/alerts")
+    async def alerts(self) -> list[AlertmanagerAlert]:
+        result: list[AlertmanagerAlert] = await self._json("GET", "/api/v2/alerts")
         return result
 
 
 async def eventually(
-    check: Callable[[], Awaitable[Any]], *, within: float, every: float = 0.25, what: str = "condition"
-) -> Any:
+    check: Callable[[], Awaitable[T]], *, within: float, every: float = 0.25, what: str = "condition"
+) -> T:
     """Await ``check()`` until it returns something truthy; raise AssertionError with ``what`` after ``within`` s."""
     deadline = time.monotonic() + within
-    last: Any = None
     while True:
         last = await check()
         if last:
