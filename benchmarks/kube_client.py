@@ -36,10 +36,10 @@ from snnrm.kube.client import KubeAsyncApi
 from snnrm.kube.dra import DRA_TIMEOUT, DraApi
 from snnrm.testing.fake_cluster import node_summary, stage_pod
 from snnrm.testing.fake_telemetry import StaticTelemetry
-from snnrm.testing.tools import REPO, find_tool
+from snnrm.testing.tools import REPO, built_tool
 
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
-from e2e_controlplane import ControlPlane  # type: ignore[import-not-found]
+from e2e_controlplane import ControlPlane
 
 
 def load() -> str:
@@ -152,7 +152,7 @@ async def dra_publish(api: KubeAsyncApi, chips: int, repeats: int) -> None:
 async def run(workdir: Path) -> None:
     nodes, pods, repeats, chips = (int(x) for x in os.environ.get("SNNRM_KUBE_BENCH", "500:200:5:8").split(":"))
     cp = ControlPlane(
-        workdir, find_tool("SNNRM_ETCD"), find_tool("SNNRM_KUBE_APISERVER"), find_tool("SNNRM_KUBE_SCHEDULER")
+        workdir, built_tool("SNNRM_ETCD"), built_tool("SNNRM_KUBE_APISERVER"), built_tool("SNNRM_KUBE_SCHEDULER")
     )
     try:
         cp.start()

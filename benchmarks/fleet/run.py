@@ -48,12 +48,12 @@ from snnrm.core.summary import PublishPolicy
 from snnrm.kube.api import NODES, PODS, KubeError
 from snnrm.kube.client import KubeAsyncApi
 from snnrm.testing.fake_cluster import stage_pod
-from snnrm.testing.tools import REPO, find_tool
+from snnrm.testing.tools import REPO, built_tool
 
 # The e2e rig's control plane, controller and scheduler start-up, reused as is (tests/e2e is not a package).
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
-from e2e_controlplane import ControlPlane, _openssl, write_kubeconfig  # type: ignore[import-not-found]
-from e2e_placement import (  # type: ignore[import-not-found]
+from e2e_controlplane import ControlPlane, _openssl, write_kubeconfig
+from e2e_placement import (
     NEURON_CORE,
     SCHEDULER,
     Proc,
@@ -328,20 +328,19 @@ async def submit_jobs(api: KubeAsyncApi, binds: Binds, n: int, rng: random.Rando
     await asyncio.gather(*tasks)
 
 
-def tool(var: str) -> Path:
-    found = find_tool(var)
-    if found is None:
-        raise SystemExit(f"{var} is not built: run `make tools` (scripts/build-tools.sh)")
-    return found
+def argv(proc: subprocess.Popen[bytes]) -> list[str]:
+    """The command line ``proc`` was started with (the e2e rigs always pass a list)."""
+    assert isinstance(proc.args, list), proc.args
+    return [os.fsdecode(a) for a in proc.args]
 
 
 async def run_size(size: Size, workdir: Path) -> None:
     n = size.nodes
     cp = ControlPlane(
         workdir,
-        tool("SNNRM_ETCD"),
-        tool("SNNRM_KUBE_APISERVER"),
-        tool("SNNRM_KUBE_SCHEDULER"),
+        built_tool("SNNRM_ETCD"),
+        built_tool("SNNRM_KUBE_APISERVER"),
+        built_tool("SNNRM_KUBE_SCHEDULER"),
         apiserver_args=[
             f"--audit-policy-file={workdir / 'audit.yaml'}",
             f"--audit-log-path={workdir / 'audit.log'}",
@@ -361,13 +360,13 @@ async def run_size(size: Size, workdir: Path) -> None:
             if name == "kube-scheduler":
                 proc.terminate()
                 proc.wait(15)
-        etcd_metrics = next(a for _, p in cp.procs for a in p.args if a.startswith("http://127.0.0.1")) + "/metrics"
+        etcd_metrics = next(a for _, p in cp.procs for a in argv(p) if a.startswith("http://127.0.0.1")) + "/metrics"
         etcd_db = "etcd_mvcc_db_total_size_in_bytes"
         db0 = prom(etcd_metrics)[etcd_db]
         kwok = spawn(
             "kwok",
             [
-                str(tool("SNNRM_KWOK")),
+                str(built_tool("SNNRM_KWOK")),
                 "--kubeconfig",
                 str(cp.kubeconfig),
                 "--manage-all-nodes=false",
@@ -396,7 +395,7 @@ async def run_size(size: Size, workdir: Path) -> None:
             kc = str(cp.kubeconfig)
             auth = [f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}"]
             procs.append(start_scheduler(cp, workdir, base, extra=auth))
-            sched_port = next(a.split("=")[1] for a in procs[-1].proc.args if str(a).startswith("--secure-port="))
+            sched_port = next(a.split("=")[1] for a in argv(procs[-1].proc) if a.startswith("--secure-port="))
             admin_ctx = ssl.create_default_context()
             admin_ctx.check_hostname = False
             admin_ctx.verify_mode = ssl.CERT_NONE

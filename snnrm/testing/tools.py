@@ -46,6 +46,14 @@ def find_tool(var: str) -> Path | None:
     return None
 
 
+def built_tool(var: str) -> Path:
+    """The executable named by ``var`` for a benchmark (outside pytest): exit saying how to build it if missing."""
+    found = find_tool(var)
+    if found is None:
+        raise SystemExit(f"${var} is not built: run `make tools` (scripts/build-tools.sh)")
+    return found
+
+
 def require_tool(var: str, what: str, script: str = "build-tools.sh") -> Path:
     """The path named by ``var`` for a test; when it is missing, skip saying how to build it, or fail when
     ``SNNRM_E2E_REQUIRE=1`` (what `make test` sets, so a missing tool never passes as a skip there).
