@@ -56,7 +56,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "hops_per_spike": ("hops per spike", ".2f"),
     "slo_violation_pct": ("SLO-violation time, %", ".3f"),
     "dropped_pct": ("dropped events, %", ".3f"),
-    "victim_p99_us": ("victim p99, us", ".1f"),
+    "victim_step_p99_ms": ("victim p99 per timestep, ms", ".3f"),
     "energy_uj_per_step": ("energy per job step, uJ", ".2f"),
 }
 
@@ -86,7 +86,7 @@ ABLATIONS: tuple[Ablation, ...] = (
         "spinnaker2",
         8,
         ("none", "link-congestion"),
-        ("hops_per_spike", "slo_violation_pct", "dropped_pct", "victim_p99_us"),
+        ("hops_per_spike", "slo_violation_pct", "dropped_pct", "victim_step_p99_ms"),
         "4 PEs share each quad-PE router; without the price two stages of a job may share one",
         UNITS_NOTE,
     ),
@@ -96,7 +96,7 @@ ABLATIONS: tuple[Ablation, ...] = (
         "akida",
         8,
         ("none", "link-congestion"),
-        ("hops_per_spike", "slo_violation_pct", "dropped_pct", "victim_p99_us"),
+        ("hops_per_spike", "slo_violation_pct", "dropped_pct", "victim_step_p99_ms"),
         "4 NPs share each node's mesh router; without the price two stages of a job may share one",
         UNITS_NOTE,
     ),
