@@ -4,8 +4,8 @@ Each parameter the hardware model *assumes* and that can decide an outcome is va
 one at a time, with everything else held at the default: the event-queue capacity, the chip-to-chip hop latency,
 the per-core service rate, the telemetry period, and the overflow behaviour (drop vs backpressure). For every
 variant the same scenarios, policies and seeds run through :func:`benchmarks.experiments.suite.run_suite`, and the
-outcomes that carry the claims (victim p99 time per timestep, SLO-violation time, dropped events, energy per timestep) are
-printed as a table, written as CSV and plotted (one panel per parameter and outcome).
+outcomes that carry the claims (victim p99 time per timestep, SLO-violation time, dropped events, energy per
+timestep) are printed as a table, written as CSV and plotted (one panel per parameter and outcome).
 
     python -m benchmarks.experiments sensitivity [--seeds 2] [--duration 30] [--scenarios hot-spot] ...
 
