@@ -222,17 +222,16 @@ class Prometheus(_Process):
         )
         return self
 
-    async def query(self, expr: str, *, at: float | None = None) -> list[dict[str, Any]]:
-        """Instant query; the result vector (or matrix/scalar wrapped in a list).
-
-        Each element is a :class:`PromSeries`; the annotation stays ``dict[str, Any]`` while a test annotates
-        its result so (tests/node/test_node_prometheus.py), to move together with it."""
+    async def query(self, expr: str, *, at: float | None = None) -> list[PromSeries]:
+        """Instant query of a vector or matrix: its series (a scalar or string answer is an error here)."""
         params = {"query": expr}
         if at is not None:
             params["time"] = f"{at:.3f}"
-        body = await self._json("GET", "/api/v1/query", params=params)
-        result = body["data"]["result"]
-        return result if isinstance(result, list) else [result]
+        body: PromResponse[QueryData] = await self._json("GET", "/api/v1/query", params=params)
+        data = body["data"]
+        if data["resultType"] not in ("vector", "matrix"):
+            raise ValueError(f"{expr!r} is a {data['resultType']}, not a vector: query() returns series")
+        return data["result"]
 
     async def query_range(self, expr: str, *, start: float, end: float, step: float) -> list[PromSeries]:
         params = {"query": expr, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step}"}

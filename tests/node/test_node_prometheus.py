@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 from node_support import NEURON_CORE, Node, wait_for
 
-from snnrm.testing.promstack import Prometheus, eventually
+from snnrm.testing.promstack import Prometheus, PromSeries, eventually
 from snnrm.testing.tools import require_tool
 
 RULES = Path(__file__).resolve().parents[2] / "rules" / "snnrm.rules.yaml"
@@ -31,10 +30,10 @@ def test_prometheus_scrapes_the_daemon_pod_and_its_numbers_agree_with_the_node(n
 
             await eventually(up, within=30, what="the daemon pod's target up")
 
-            async def counts() -> list[dict[str, Any]] | None:  # Prometheus's JSON result vector
+            async def counts() -> list[PromSeries] | None:
                 return await prom.query('snnrm_neuron_cores{state="allocatable"}') or None
 
-            result: list[dict[str, Any]] | None = await eventually(
+            result: list[PromSeries] | None = await eventually(
                 counts, within=30, what="snnrm_neuron_cores from the node"
             )
             assert result is not None
