@@ -52,7 +52,7 @@ from snnrm.testing.tools import REPO, built_tool
 
 # The e2e rig's control plane, controller and scheduler start-up, reused as is (tests/e2e is not a package).
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
-from e2e_controlplane import ControlPlane, _openssl, write_kubeconfig
+from e2e_controlplane import ControlPlane, issue_cert, write_kubeconfig
 from e2e_placement import (
     NEURON_CORE,
     SCHEDULER,
@@ -93,38 +93,7 @@ def pct(xs: list[float], q: float) -> float:
 
 def client_cert(pki: Path, name: str) -> None:
     """A client certificate for ``name`` in system:masters, signed by the control plane's CA."""
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    (pki / f"{name}.ext").write_text("extendedKeyUsage=clientAuth\n")
-    _openssl(
-        "req",
-        "-new",
-        *ec,
-        "-keyout",
-        f"{name}.key",
-        "-out",
-        f"{name}.csr",
-        "-subj",
-        f"/O=system:masters/CN={name}",
-        cwd=pki,
-    )
-    _openssl(
-        "x509",
-        "-req",
-        "-in",
-        f"{name}.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        f"{name}.ext",
-        "-out",
-        f"{name}.crt",
-        cwd=pki,
-    )
+    issue_cert(pki, name, f"/O=system:masters/CN={name}", "extendedKeyUsage=clientAuth\n")
 
 
 def user_kubeconfig(cp: ControlPlane, name: str) -> Path:

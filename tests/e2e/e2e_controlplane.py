@@ -40,13 +40,39 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
+EC_KEY = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+
+
+def issue_cert(d: Path, name: str, subject: str, ext: str) -> None:
+    """``name``.{crt,key} in ``d``, for ``subject`` with the extensions ``ext``, signed by ``d``/ca.{crt,key}."""
+    (d / f"{name}.ext").write_text(ext)
+    _openssl("req", "-new", *EC_KEY, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject, cwd=d)
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        f"{name}.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        f"{name}.ext",
+        "-out",
+        f"{name}.crt",
+        cwd=d,
+    )
+
+
 def make_certs(d: Path) -> None:
     """ca.{crt,key}; apiserver.{crt,key} (SAN 127.0.0.1/localhost); admin.{crt,key} (O=system:masters); sa.{key,pub}."""
     if shutil.which("openssl") is None:
         raise ControlPlaneError("the control-plane fixture needs the openssl CLI")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     _openssl(
-        "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=snnrm-e2e-ca", cwd=d
+        "req", "-x509", *EC_KEY, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=snnrm-e2e-ca", cwd=d
     )
     leaves = {
         "apiserver": (
@@ -57,26 +83,7 @@ def make_certs(d: Path) -> None:
         "admin": ("/O=system:masters/CN=snnrm-e2e-admin", "extendedKeyUsage=clientAuth\n"),
     }
     for name, (subject, ext) in leaves.items():
-        (d / f"{name}.ext").write_text(ext)
-        _openssl("req", "-new", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject, cwd=d)
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            f"{name}.ext",
-            "-out",
-            f"{name}.crt",
-            cwd=d,
-        )
+        issue_cert(d, name, subject, ext)
     _openssl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key", cwd=d)
     _openssl("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
 
