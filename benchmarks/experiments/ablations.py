@@ -79,7 +79,7 @@ ABLATIONS: tuple[Ablation, ...] = (
         "cores reported as whole chips: a stage of 1-5 cores takes a 128-core chip",
         "Jobs refused at admission are not in the other rows: those describe the few jobs each policy admitted "
         "(under whole chips every stage boundary crosses chips, hence the hops; the steps still finish within "
-        "1 ms with no fault, and a failed core costs more SLO time because a move must find a whole free chip).",
+        "1 ms with no fault, and a failed core costs them more SLO time than it costs snnrm's jobs).",
     ),
     Ablation(
         "asynchronous-unit awareness (SpiNNaker 2)",
