@@ -40,7 +40,8 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "hot-spot",
             ("hot-spot",),
-            "every core under the victim stage runs slower (throttled region): 4x, or enough to serve half its load",
+            "a throttled region: the victim stage's cores and every core one router hop around them on the same chip "
+            "(other jobs' too) run slower: 4x, or enough that the victim stage can serve half its load",
         ),
         Scenario(
             "hot-core", ("hot-core",), "one core of the victim stage runs 4x slower, or enough to be overloaded 2x"
@@ -122,6 +123,21 @@ def _pick(cores: IntArray, k: int, rng: np.random.Generator) -> IntArray:
     return out
 
 
+def hot_region(sim: Simulator, cores: IntArray) -> IntArray:
+    """``cores`` and every core within one router hop of them on the same chip (ascending): the region a hot
+    spot throttles. A hot spot is a place on the chip (heat, a traffic burst), not one stage; at published density
+    most stages hold one core, and a region of that core alone made the hot spot the same fault as a hot core."""
+    mesh = sim.mesh
+    router = mesh.core_router
+    cpc = sim.spec.cores_per_chip
+    everyone = np.arange(len(router), dtype=np.int64)
+    dx = np.abs(mesh.router_x[router][:, None] - mesh.router_x[router[cores]][None, :])
+    dy = np.abs(mesh.router_y[router][:, None] - mesh.router_y[router[cores]][None, :])
+    same_chip = (everyone // cpc)[:, None] == (np.asarray(cores) // cpc)[None, :]
+    out: IntArray = np.flatnonzero(((dx + dy <= 1) & same_chip).any(axis=1)).astype(np.int64)
+    return out
+
+
 def busiest_link(sim: Simulator, placement: list[IntArray], stage: int) -> int | None:
     """The most loaded link leaving the stage's routers (or entering them, for the last stage of a job)."""
     routers = np.unique(sim.mesh.core_router[placement[stage]])
@@ -154,7 +170,8 @@ def build_fault(
         hit = _pick(cores, cfg.fail_cores, rng)
         return PlannedFault(kind, job, stage, CoreFailure(tuple(hit.tolist())), None, hit, none)
     if kind == "hot-spot":
-        return PlannedFault(kind, job, stage, HotSpot(tuple(cores.tolist()), service_divisor=hot), None, cores, none)
+        region = hot_region(sim, cores)
+        return PlannedFault(kind, job, stage, HotSpot(tuple(region.tolist()), service_divisor=hot), None, region, none)
     if kind == "hot-core":
         hit = _pick(cores, 1, rng)
         return PlannedFault(kind, job, stage, HotSpot(tuple(hit.tolist()), service_divisor=hot), None, hit, none)

@@ -49,10 +49,12 @@ from snnrm.core.jobs import StageHealth
 from snnrm.core.placement import PlacementView, StageDemand, plan_cost
 from snnrm.core.reallocation import (
     MoveBudget,
+    MoveReason,
     ReallocationSettings,
     StageWatch,
     degraded_view,
     evaluate_remap,
+    hot_neighbourhood,
     local_job,
     own_reasons,
     queue_pressure,
@@ -402,13 +404,18 @@ class NodeReallocator:
         ) as span:
             m = self.node.monitor
             congested = (np.nan_to_num(m.link_utilization, nan=1.0) > self.settings.link_enter) | m.link_failed
+            degraded = unhealthy
+            if MoveReason.QUEUE_SATURATED in active:  # leave the hot region, not only the hot cores
+                fill = np.nan_to_num(view.queue_fill[s.cores], nan=1.0)
+                hot = s.cores[fill > self.settings.queue_enter]
+                degraded = unhealthy | hot_neighbourhood(self.node.topology, hot if len(hot) else s.cores)
             option = evaluate_remap(
                 view,
                 lj.demands,
                 lj.placement,
                 pos,
                 failed=failed,
-                degraded=unhealthy,
+                degraded=degraded,
                 settings=self.settings,
                 congested=congested,
             )

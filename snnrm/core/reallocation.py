@@ -324,6 +324,21 @@ def pipeline_cost(view: PlacementView, demands: Sequence[StageDemand], placement
     return total
 
 
+def hot_neighbourhood(topology: Topology, hot: IntArray) -> BoolArray:
+    """Cores within one router hop of ``hot`` on the same chip, ``hot`` included: where the cause of a saturated
+    queue (heat, a traffic burst) likely extends. An idle core next to a throttled one shows no symptom until work
+    lands on it: the experiments' regional hot spot saw a stage moved one core over stay saturated for its job's
+    whole cooldown."""
+    hot = np.asarray(hot, dtype=np.int64)
+    if len(hot) == 0:
+        return np.zeros(topology.n_cores, dtype=np.bool_)
+    same_chip = topology.chip_of[:, None] == topology.chip_of[hot][None, :]
+    dx = np.abs(topology.gx[:, None] - topology.gx[hot][None, :])
+    hops = dx + np.abs(topology.gy[:, None] - topology.gy[hot][None, :])
+    near: BoolArray = ((hops <= 1) & same_chip).any(axis=1)
+    return near
+
+
 def degraded_view(view: PlacementView, bad: BoolArray) -> PlacementView:
     """The node with ``bad`` cores priced as degraded (a full queue, a saturated link and
     :func:`degraded_penalty_hops`) and not free."""

@@ -20,7 +20,7 @@ from snnrm.core.devices import NEURON_CORE
 from snnrm.core.health import HealthReason
 from snnrm.core.jobs import StageHealth
 from snnrm.core.placement import PlacementView, StageDemand, plan_job
-from snnrm.core.reallocation import MoveOption, ReallocationSettings, evaluate_remap
+from snnrm.core.reallocation import MoveOption, ReallocationSettings, evaluate_remap, hot_neighbourhood
 from snnrm.kubelet.allocation_file import CoreAllocationFile
 from snnrm.kubelet.allocator import AllocationFiles
 from snnrm.node import NodeService
@@ -152,6 +152,29 @@ async def test_a_stage_under_a_hot_spot_is_live_remapped(tmp_path: Path) -> None
     print(f"e2e latency: before {before * 1e6:.2f} us, during {during * 1e6:.2f} us, after {after * 1e6:.2f} us")
     assert during > before
     assert after < during
+
+
+async def test_a_stage_leaves_a_hot_region_not_only_its_hot_cores(tmp_path: Path) -> None:
+    """A hot spot throttles a region: stage 1's cores and every core one hop around them (stage 2's too, and idle
+    ones). Idle throttled cores show no symptom, so the stage that moves goes beyond one router hop around its
+    saturated cores and keeps up there; without that it took the nearest free cores, inside the region."""
+    backend, node, source, realloc, _reporter, clock = await _rig(tmp_path)
+    topo = node.topology
+    await _run(backend, node, realloc, clock, 1.0)
+    before = [p.copy() for p in source.placement]
+    region = np.flatnonzero(hot_neighbourhood(topo, before[1]))
+    free = np.setdiff1d(region, np.concatenate(before))
+    assert len(free) > 0  # idle cores inside the region, the nearest ones: the trap is set
+    backend.sim.inject(sim_hw.faults.HotSpot(cores=tuple(region.tolist()), service_divisor=8.0))
+    await _run(backend, node, realloc, clock, 4.0)
+    assert realloc.remaps == 1  # one move per job per cooldown
+    moved = [i for i in range(3) if not np.array_equal(source.placement[i], before[i])]
+    assert len(moved) == 1
+    new = source.placement[moved[0]]
+    assert not np.isin(new, region).any(), (moved, sorted(new.tolist()), sorted(region.tolist()))
+    await _run(backend, node, realloc, clock, 2.0)
+    fill = backend.sim.counters().queue_depth[new] / backend.sim.spec.core_queue_capacity
+    assert fill.max() < 0.5
 
 
 async def test_a_stage_that_did_not_opt_in_is_reported_not_moved(tmp_path: Path) -> None:
