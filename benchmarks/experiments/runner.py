@@ -37,6 +37,7 @@ import itertools
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -368,46 +369,53 @@ class Run:
         q = self.sim.truth()["queue_depth"][c]
         return bool(np.nanmax(q) > 0.5 * self.spec.core_queue_capacity) if len(c) else False
 
-    def _move(self, mv: Move) -> None:
-        """Execute a move: the stage stops, its weights load onto the target cores (and a rescheduled pod
-        restarts); the stages before it keep running and their output into it is lost until it is back."""
-        t = self.tracks[mv.job]
+    def _move(self, mvs: Sequence[Move]) -> None:
+        """Execute one job's moves of a pass: the moved stages stop, their weights load onto the target cores one
+        stage after another over the host link (and a rescheduled pod restarts); the stages before the first
+        moved one keep running and their output into it is lost until the job is back."""
+        t = self.tracks[mvs[0].job]
         assert t.running is not None
-        i = mv.stage
-        s = t.running.stages[i]
-        degraded = self._truly_degraded(s.cores)
-        down = self.stall_of(len(mv.target)) + (self.cfg.pod_restart if mv.action == "reschedule" else 0.0)
+        assert all(mv.job == mvs[0].job for mv in mvs)
+        i = min(mv.stage for mv in mvs)
+        degraded = {mv.stage: self._truly_degraded(t.running.stages[mv.stage].cores) for mv in mvs}
+        down = sum(self.stall_of(len(mv.target)) for mv in mvs)
+        if any(mv.action == "reschedule" for mv in mvs):
+            down += self.cfg.pod_restart
         job = t.spec.job
         self._account()
         self.sim.remove_job(job.name)
         if i > 0:
             self.sim.add_job(Job(job.name, job.stages[:i], job.input_rate), [m.cores for m in t.running.stages[:i]])
         self._account()  # the queues the move flushed, charged to the job that left them
-        s.cores = np.asarray(mv.target, dtype=np.int64)
-        if mv.action == "reschedule":  # a new pod: the kubelet books the new cores and frees the old
-            s.admitted = s.cores.copy()
-        s.last_move = self.now
+        for mv in mvs:
+            s = t.running.stages[mv.stage]
+            s.cores = np.asarray(mv.target, dtype=np.int64)
+            if mv.action == "reschedule":  # a new pod: the kubelet books the new cores and frees the old
+                s.admitted = s.cores.copy()
+            s.last_move = self.now
         t.running.in_flight = True
         t.evicted_at = self.now
         t.evicted_stage = i
-        t.restart_uid = mv.action == "reschedule"
+        t.restart_uid = any(mv.action == "reschedule" for mv in mvs)
         t.restart_step = self._step() + max(1, math.ceil(down / self.dt - 1e-9))
         self._set_owner(t)
-        self.owner[s.cores] = -1  # reserved, but nothing runs there yet
-        victim = any(v[0] == mv.job for v in self.victims)
-        self.moves.append(
-            MoveRecord(
-                self.now,
-                mv.job,
-                i,
-                mv.action,
-                mv.reasons,
-                len(mv.target),
-                victim,
-                degraded,
-                (t.restart_step - self._step()) * self.dt,
+        for mv in mvs:
+            self.owner[t.running.stages[mv.stage].cores] = -1  # reserved, but nothing runs there yet
+        victim = any(v[0] == t.spec.name for v in self.victims)
+        for mv in mvs:
+            self.moves.append(
+                MoveRecord(
+                    self.now,
+                    mv.job,
+                    mv.stage,
+                    mv.action,
+                    mv.reasons,
+                    len(mv.target),
+                    victim,
+                    degraded[mv.stage],
+                    (t.restart_step - self._step()) * self.dt,
+                )
             )
-        )
 
     def _restart(self, t: _Track) -> None:
         assert t.running is not None
@@ -521,8 +529,11 @@ class Run:
             else:
                 moves, failed = reactive_moves(self.monitor.core_healthy, running, booked, self.now)
                 self.declined.extend(failed)
+        by_job: dict[str, list[Move]] = {}
         for mv in moves:
-            self._move(mv)
+            by_job.setdefault(mv.job, []).append(mv)
+        for group in by_job.values():
+            self._move(group)
 
     # -- the loop --------------------------------------------------------------------------------------------
     def run(self) -> RunResult:

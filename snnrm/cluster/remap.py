@@ -48,6 +48,7 @@ from snnrm.core.health import HealthReason
 from snnrm.core.jobs import StageHealth
 from snnrm.core.placement import PlacementView, StageDemand, plan_cost
 from snnrm.core.reallocation import (
+    URGENT,
     MoveBudget,
     MoveReason,
     ReallocationSettings,
@@ -343,7 +344,13 @@ class NodeReallocator:
             degraded: list[tuple[LocalStage, frozenset[Any], StageWatch]] = []
             ordered = sorted(members, key=lambda x: x.index)
             sigs = [
-                signals_of(s.cores, failed=failed, queue_fill=view.queue_fill, efficiency=eff, link_util=view.link_util)
+                signals_of(
+                    s.cores,
+                    failed=failed,
+                    queue_fill=view.queue_fill,
+                    efficiency=eff,
+                    link_util=view.link_util,
+                )
                 for s in ordered
             ]
             for k, (s, sig) in enumerate(zip(ordered, sigs, strict=True)):
@@ -366,7 +373,7 @@ class NodeReallocator:
                     # The cores just taken are withheld now: the rest of this pass prices other jobs against
                     # the new state, so two stages never receive the same cores.
                     view, failed, unhealthy = self._view()
-                    break  # one stage of a pipeline per pass; the next pass sees the new placement
+                    break  # one decision per job per pass (it may move several stages); the next sees the result
 
     async def _act(
         self,
@@ -394,7 +401,17 @@ class NodeReallocator:
             return False
         # The move budget first: a job that may not move now costs no evaluation (a replan is the expensive part).
         last = max((m.last_move for m in members if m.last_move is not None), default=None)
-        blocked = self.budget.blocked(job, now, last_move=last)
+        if active & URGENT:  # the stage's own cooldown: it loses work now, and it is not the one that moved
+            blocked = self.budget.blocked(
+                job,
+                now,
+                last_move=last,
+                urgent_stage=s.index,
+                stage_last_move=s.last_move,
+                settle=MoveReason.FAILED_CORE not in active,
+            )
+        else:
+            blocked = self.budget.blocked(job, now, last_move=last)
         if blocked is not None:
             self._count(s, reason, "blocked")
             await self.reporter.event(s, reason="RemapDeferred", note=f"{reason}: {blocked}")
@@ -405,10 +422,12 @@ class NodeReallocator:
             m = self.node.monitor
             congested = (np.nan_to_num(m.link_utilization, nan=1.0) > self.settings.link_enter) | m.link_failed
             degraded = unhealthy
-            if MoveReason.QUEUE_SATURATED in active:  # leave the hot region, not only the hot cores
-                fill = np.nan_to_num(view.queue_fill[s.cores], nan=1.0)
-                hot = s.cores[fill > self.settings.queue_enter]
-                degraded = unhealthy | hot_neighbourhood(self.node.topology, hot if len(hot) else s.cores)
+            if MoveReason.QUEUE_SATURATED in active:
+                # Leave the hot region, not only the hot cores: a hot spot shows in the queues of whatever runs in
+                # it, other jobs' included (a stage moved next to another job's saturated core, still inside the
+                # region, and stayed saturated for its cooldown: the hot-spot scenario, seed 7).
+                hot = np.flatnonzero(np.nan_to_num(view.queue_fill, nan=0.0) > self.settings.queue_enter)
+                degraded = unhealthy | hot_neighbourhood(self.node.topology, np.union1d(hot, s.cores))
             option = evaluate_remap(
                 view,
                 lj.demands,
@@ -420,6 +439,39 @@ class NodeReallocator:
                 congested=congested,
             )
             if option is None or not option.worth_it(self.settings.margin):
+                # The stage alone buys too little when its neighbours in the pipeline sit on bad cores too (the
+                # pipeline runs at its worst stage's pace): then the job's other opted-in stages whose own cores
+                # show trouble (failed, Unhealthy or a saturated queue) go with it, downstream first, as many as the
+                # window still allows. The smallest move that is worth it wins: a stage only stalled behind this
+                # one recovers when it leaves, and is not moved for nothing.
+                sick = failed | unhealthy
+                others = sorted(
+                    (
+                        x
+                        for x in members
+                        if x is not s
+                        and x.live_remap
+                        and sick[x.cores].any()
+                        and self.budget.blocked(
+                            job, now, last_move=last, urgent_stage=x.index, stage_last_move=x.last_move
+                        )
+                        is None
+                    ),
+                    key=lambda x: -x.index,
+                )[: max(self.budget.allowance(now) - 1, 0)]
+                if others:
+                    option = evaluate_remap(
+                        view,
+                        lj.demands,
+                        lj.placement,
+                        pos,
+                        failed=failed,
+                        degraded=degraded,
+                        settings=self.settings,
+                        congested=congested,
+                        with_stages=[lj.position(x.index) for x in others],
+                    )
+            if option is None or not option.worth_it(self.settings.margin):
                 span.set_attribute("snnrm.action", "unavailable")
                 self._count(s, reason, "no-target" if option is None else "not-worth-it")
                 await self._report(
@@ -429,51 +481,65 @@ class NodeReallocator:
                     moved_at=None,
                 )
                 return False
-            target = option.target
-            ids = [self.node.topology.ids[i] for i in np.sort(target).tolist()]
-            note = (
-                f"{', '.join(reasons)}: live remap of stage {s.index} from {len(s.cores)} cores to {len(ids)} cores "
-                f"({ids[0]} ..); cost {option.cost_before:.0f} -> {option.cost_after:.0f} "
-                f"(+{option.migration_cost:.0f} migration)"
-            )
-            if self.dry_run:
-                span.set_attribute("snnrm.action", "dry-run")
-                if self.metrics is not None:
-                    self.metrics.count(reason, "dry-run", namespace=s.namespace, job=s.job, stage=s.index)
-                await self.reporter.event(s, reason="WouldRemap", note=note)
+            by_index = {x.index: x for x in members}
+            moving = [(by_index[lj.stages[k]], t) for k, t in zip(option.stages, option.targets, strict=True)]
+            span.set_attribute("snnrm.stages", len(moving))
+            moved: list[int] = []
+            for x, target in moving:
+                ids = [self.node.topology.ids[i] for i in np.sort(target).tolist()]
+                why = reasons if x is s else [*reasons, f"with stage {s.index}"]
+                note = (
+                    f"{', '.join(why)}: live remap of stage {x.index} from {len(x.cores)} cores to {len(ids)} cores "
+                    f"({ids[0]} ..); cost {option.cost_before:.0f} -> {option.cost_after:.0f} "
+                    f"(+{option.migration_cost:.0f} migration)"
+                )
+                if self.dry_run:
+                    span.set_attribute("snnrm.action", "dry-run")
+                    if self.metrics is not None:
+                        self.metrics.count(reason, "dry-run", namespace=x.namespace, job=x.job, stage=x.index)
+                    await self.reporter.event(x, reason="WouldRemap", note=note)
+                    continue
+                try:
+                    self._commit(x, target, now)
+                except OSError as e:
+                    # The runtime never saw new cores: the stage stays where it was, and says why. Stages already
+                    # moved in this decision stay moved (each remap stands on its own).
+                    span.set_error(f"remap failed: {e}")
+                    self._count(x, reason, "failed")
+                    log.warning("stage_remap_failed", job=x.job, stage=x.index, pod=x.pod, error=repr(e))
+                    await self.reporter.event(x, reason="RemapFailed", note=f"{reason}: {e}", warning=True)
+                    if x is s:
+                        return False
+                    continue
+                moved.append(x.index)
+                self.remaps += 1
+                self._count(x, reason, "remap")
+                log.warning(
+                    "stage_remapped",
+                    job=x.job,
+                    stage=x.index,
+                    pod=x.pod,
+                    reasons=why,
+                    cores=len(ids),
+                    cost_before=round(option.cost_before),
+                    cost_after=round(option.cost_after),
+                )
+                await self._report(
+                    x, StageHealth("ok", tuple(reasons), now, "done", option.cost_after), cores=ids, moved_at=now
+                )
+                await self.reporter.event(x, reason="Remapped", note=note)
+                if self.on_remap is not None:
+                    self.on_remap(x, target)
+            if not moved:
                 return False
-            try:
-                self._commit(s, target, now)
-            except OSError as e:
-                # The runtime never saw new cores: the stage stays where it was, and says why.
-                span.set_error(f"remap failed: {e}")
-                self._count(s, reason, "failed")
-                log.warning("stage_remap_failed", job=s.job, stage=s.index, pod=s.pod, error=repr(e))
-                await self.reporter.event(s, reason="RemapFailed", note=f"{reason}: {e}", warning=True)
-                return False
-            self.budget.record(job, now)
-            self.remaps += 1
-            watch.active.clear()
-            watch.bad_since.clear()
-            watch.since = None
+            self.budget.record(job, now, stages=moved)
+            # Every stage of the job starts watching over: a queue that filled behind the stage that left drains
+            # now and must not move its stage (it must show its own trouble for a whole dwell).
+            for x in members:
+                w = self.watches.get((x.namespace, x.pod, x.uid))
+                if w is not None:
+                    w.reset()
             span.set_attribute("snnrm.action", "remap")
-            self._count(s, reason, "remap")
-            log.warning(
-                "stage_remapped",
-                job=s.job,
-                stage=s.index,
-                pod=s.pod,
-                reasons=reasons,
-                cores=len(ids),
-                cost_before=round(option.cost_before),
-                cost_after=round(option.cost_after),
-            )
-            await self._report(
-                s, StageHealth("ok", tuple(reasons), now, "done", option.cost_after), cores=ids, moved_at=now
-            )
-            await self.reporter.event(s, reason="Remapped", note=note)
-            if self.on_remap is not None:
-                self.on_remap(s, target)
             return True
 
     def _commit(self, s: LocalStage, target: IntArray, now: float) -> None:

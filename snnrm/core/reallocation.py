@@ -13,9 +13,11 @@ queue and a saturated link), and recommends a move only when
 
     cost_after + migration_cost < (1 - margin) * cost_before,     migration_cost = hops * stage traffic
 
-or when cores of the stage have failed (a stage on dead cores cannot run; any healthy home beats it).
-:class:`MoveBudget` adds the rest of the safety: a cooldown per job after any move, a cap on moves per window,
-a minimum stage age, and at most one stage of a pipeline in flight.
+or when cores of the stage have failed (a stage on dead cores cannot run; any healthy home beats it). The
+job's other stages that sit on bad cores too may be re-planned in the same decision and priced with it (a live
+remap moves them at once; an eviction moves one stage at a time).
+:class:`MoveBudget` adds the rest of the safety: a cooldown per job after any move, a cap on stage moves per
+window, a minimum stage age (evictions), and at most one stage of a pipeline in flight (evictions).
 """
 
 from __future__ import annotations
@@ -134,6 +136,14 @@ class StageWatch:
     """When the earliest active condition became active."""
     full_since: float | None = None
     """Since when every reading showed a full queue (None: the last one did not)."""
+
+    def reset(self) -> None:
+        """Start over: the stage or its pipeline just moved, so what was seen before describes another placement."""
+        self.bad_since.clear()
+        self.good_since.clear()
+        self.active.clear()
+        self.since = None
+        self.full_since = None
 
     def observe(self, s: StageSignals, now: float, settings: ReallocationSettings) -> frozenset[MoveReason]:
         """Fold one observation in; returns the active conditions."""
@@ -260,15 +270,27 @@ def signals_of(
 
 @dataclass(frozen=True, slots=True, eq=False)
 class MoveOption:
-    """A candidate move of one stage, priced."""
+    """A candidate move of one stage, or of several stages of one job together, priced as one."""
 
-    stage: int
-    target: IntArray
+    stages: tuple[int, ...]
+    """The stages that move: the one evaluated first, then those that go with it."""
+    targets: tuple[IntArray, ...]
+    """New cores of each of :attr:`stages`."""
     cost_before: float
     cost_after: float
     migration_cost: float
+    """Sum over the moving stages."""
     must_move: bool
-    """Cores of the stage have failed: staying is not an option."""
+    """Cores of a moving stage have failed: staying is not an option."""
+
+    @property
+    def stage(self) -> int:
+        """The stage the move was evaluated for."""
+        return self.stages[0]
+
+    @property
+    def target(self) -> IntArray:
+        return self.targets[0]
 
     @property
     def gain(self) -> float:
@@ -412,14 +434,23 @@ def evaluate_remap(
     degraded: BoolArray | None = None,
     migration_hops: float | None = None,
     congested: BoolArray | None = None,
+    with_stages: Sequence[int] = (),
 ) -> MoveOption | None:
-    """The best home for ``stage`` on this node with the other stages still (None if there is none).
+    """The best home for ``stage`` on this node with the other stages still (None if there is none), and for
+    each of ``with_stages`` that sits on a bad core too.
 
     ``view.free`` holds the node's free healthy cores; ``failed`` marks cores that cannot run (the stage must
     leave them), ``degraded`` cores that run badly (Unhealthy for a soft reason): both are left and priced at
     :func:`degraded_penalty_hops`. ``congested`` marks links (per directed link) whose load is past the
-    congestion threshold: cores whose route to a neighbouring stage crosses one are priced the same
+    congestion threshold: cores whose route to a neighbouring stage of ``stage`` crosses one are priced the same
     (:func:`route_penalty`). Both placements are priced by :func:`pipeline_cost` (each stage by its worst core).
+
+    ``with_stages`` are other stages of the job that may move in the same decision. A stage among them on a bad
+    core is re-planned after ``stage``, in the order given, each against the placement the previous ones left;
+    the others stay. Moving them together is what makes leaving a hot region worth it: the pipeline's cost is
+    its worst stage's, so a stage that leaves while its neighbour stays in the region buys almost nothing
+    (a bystander job under the experiments' regional hot spot kept dropping events for the whole run), and a
+    job that may move once per cooldown would otherwise leave its next stage there for a minute.
     """
     bad = np.asarray(failed, dtype=np.bool_)
     if degraded is not None:
@@ -429,45 +460,98 @@ def evaluate_remap(
     if congested is not None and np.any(congested):
         extra = route_penalty(dv, cur, stage, congested)
         dv = replace(dv, extra_penalty=extra if dv.extra_penalty is None else dv.extra_penalty + extra)
-    mine = cur[stage]
-    keep = mine[~bad[mine]]
-    plan = replan_stage(dv, demands, cur, stage, keep=keep)
-    if plan is None:
-        return None
-    target = plan.stages[stage]
-    if np.array_equal(np.sort(target), np.sort(mine)):
-        return None
+    order = [stage] + [j for j in dict.fromkeys(with_stages) if j != stage and 0 <= j < len(cur) and bad[cur[j]].any()]
+    new = list(cur)
+    free = np.asarray(dv.free, dtype=np.bool_).copy()
+    moved: list[int] = []
+    for j in order:
+        mine = new[j]
+        plan = replan_stage(replace(dv, free=free), demands, new, j, keep=mine[~bad[mine]])
+        if plan is None or np.array_equal(np.sort(plan.stages[j]), np.sort(mine)):
+            if j == stage:
+                return None
+            continue  # this one stays; the lead's move is still priced on its own merit
+        new[j] = np.asarray(plan.stages[j], dtype=np.int64)
+        free[new[j]] = False  # the cores it takes are not free for the next stage of the gang
+        moved.append(j)
     before = pipeline_cost(dv, demands, cur)
-    after = pipeline_cost(dv, demands, plan.stages)
-    d = demands[stage]
-    traffic = max(d.in_keps + d.out_keps + (demands[stage - 1].out_keps if stage else 0.0), 1e-3)
+    after = pipeline_cost(dv, demands, new)
     hops = settings.remap_cost_hops if migration_hops is None else migration_hops
-    must = bool(np.asarray(failed, dtype=np.bool_)[mine].any())
-    return MoveOption(stage, target, before, after, hops * traffic, must)
+    migration = 0.0
+    for j in moved:
+        d = demands[j]
+        migration += hops * max(d.in_keps + d.out_keps + (demands[j - 1].out_keps if j else 0.0), 1e-3)
+    failed_b = np.asarray(failed, dtype=np.bool_)
+    must = any(bool(failed_b[cur[j]].any()) for j in moved)
+    return MoveOption(tuple(moved), tuple(new[j] for j in moved), before, after, migration, must)
+
+
+URGENT: frozenset[MoveReason] = frozenset({MoveReason.FAILED_CORE, MoveReason.QUEUE_SATURATED})
+"""Reasons that lose work now (a stage on a dead core runs nothing; a saturated one drops or stalls events)."""
 
 
 @dataclass(slots=True)
 class MoveBudget:
-    """Cooldown per job and a cap on moves per window, for one actor."""
+    """Cooldown per job (per stage for urgent moves) and a cap on stage moves per window, for one actor."""
 
     settings: ReallocationSettings
     last_move: dict[tuple[str, str], float] = field(default_factory=dict)
+    stage_moved: dict[tuple[str, str, int], float] = field(default_factory=dict)
     recent: list[float] = field(default_factory=list)
 
-    def blocked(self, job: tuple[str, str], now: float, *, last_move: float | None = None) -> str | None:
-        """Why ``job`` may not move now (None if it may). ``last_move`` adds a time known from elsewhere."""
+    def blocked(
+        self,
+        job: tuple[str, str],
+        now: float,
+        *,
+        last_move: float | None = None,
+        urgent_stage: int | None = None,
+        stage_last_move: float | None = None,
+        settle: bool = True,
+    ) -> str | None:
+        """Why ``job`` may not move now (None if it may). ``last_move`` adds a time known from elsewhere (the job's
+        last move as its pods record it; ``stage_last_move`` the stage's own).
+
+        For an urgent move (``urgent_stage``: a stage that loses work now, :data:`URGENT`) the cooldown is that
+        stage's own, once the job has been still for ``dwell`` seconds. The cooldown stops a job from flapping, and
+        a stage that has not moved is not flapping: under a regional hot spot a job's second stage in the region
+        often saturates only once the first has left it, and waited out the job's whole minute dropping events
+        (the experiments' hot-spot scenario, seeds 1 and 7). The ``dwell`` wait lets a queue that filled behind the
+        stage that moved drain first (it does by itself, ~1 s for a 4-core stage in the remap tests, and moving its
+        stage would drop the backlog: the evaluation after the wait sees the drained queue and finds no gain); a
+        stage on a failed core has no backlog to wait for (``settle=False``).
+        The window's cap still bounds a storm.
+        """
         s = self.settings
-        last = max(self.last_move.get(job, -math.inf), last_move if last_move is not None else -math.inf)
-        if now - last < s.cooldown:
-            return f"job moved {now - last:.0f}s ago (cooldown {s.cooldown:.0f}s)"
-        self.recent = [t for t in self.recent if now - t < s.window]
-        if len(self.recent) >= s.max_moves_per_window:
+        job_last = max(self.last_move.get(job, -math.inf), last_move if last_move is not None else -math.inf)
+        if urgent_stage is None:
+            if now - job_last < s.cooldown:
+                return f"job moved {now - job_last:.0f}s ago (cooldown {s.cooldown:.0f}s)"
+        else:
+            mine = max(
+                self.stage_moved.get((*job, urgent_stage), -math.inf),
+                stage_last_move if stage_last_move is not None else -math.inf,
+            )
+            if now - mine < s.cooldown:
+                return f"stage {urgent_stage} moved {now - mine:.0f}s ago (cooldown {s.cooldown:.0f}s)"
+            if settle and now - job_last < s.dwell:
+                return f"job moved {now - job_last:.1f}s ago (settling {s.dwell:.0f}s)"
+        if self.allowance(now) == 0:
             return f"{len(self.recent)} moves in the last {s.window:.0f}s (limit {s.max_moves_per_window})"
         return None
 
-    def record(self, job: tuple[str, str], now: float) -> None:
+    def allowance(self, now: float) -> int:
+        """Stage moves the window still allows now (a job's stages moving together count one each)."""
+        s = self.settings
+        self.recent = [t for t in self.recent if now - t < s.window]
+        return max(s.max_moves_per_window - len(self.recent), 0)
+
+    def record(self, job: tuple[str, str], now: float, *, stages: Sequence[int] = (-1,)) -> None:
+        """``job`` moved ``stages`` at ``now``: the job's cooldown and each stage's start, one window move each."""
         self.last_move[job] = now
-        self.recent.append(now)
+        for i in stages:
+            self.stage_moved[(*job, i)] = now
+        self.recent.extend([now] * len(stages))
 
 
 @dataclass(frozen=True, slots=True, eq=False)

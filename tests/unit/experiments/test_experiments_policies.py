@@ -121,13 +121,20 @@ def test_a_failed_core_moves_its_stage_at_the_next_pass_and_the_cooldown_holds_i
     lent = np.setdiff1d(mv.target, [4, 5, 6])
     assert node.service.withheld is not None
     assert np.flatnonzero(node.service.withheld).tolist() == lent.tolist()
-    # A second failure in the same job right after: the 60 s cooldown blocks a second move.
+    # A second failure under the stage that just moved: its 60 s cooldown blocks a second move.
     job.stages[1].cores = mv.target
     job.stages[1].last_move = 1.5
-    m.hard_fault(HardFault(FaultKind.CORE, 0, failed=True, timestamp=2.0))
+    m.hard_fault(HardFault(FaultKind.CORE, int(mv.target[0]), failed=True, timestamp=2.0))
     clock[0] = 2.5
     assert node.step({"a": job}, _booked(job)) == []
     assert node.outcomes[-1][2] == "blocked"
+    # A failure under another stage of the job: that stage runs nothing and has not moved, so it moves now.
+    m.hard_fault(HardFault(FaultKind.CORE, 0, failed=True, timestamp=2.6))
+    clock[0] = 3.0
+    (again,) = node.step({"a": job}, _booked(job))
+    assert (again.stage, again.reasons) == (0, ("failed-core",))
+    assert not np.isin(again.target, [0, *mv.target]).any()
+    node.forget("a", 0)
     node.forget("a", 1)
     assert not node.realloc.ledger.lent().any()
     node.close()

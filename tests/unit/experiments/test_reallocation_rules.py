@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from benchmarks.experiments.policies import DaemonReallocator, RunningJob, RunningStage
+from benchmarks.experiments.policies import DaemonReallocator, Move, RunningJob, RunningStage
 from snnrm.cluster.reallocation import ReallocationMetrics
 from snnrm.core.devices import ThroughputBlocks
 from snnrm.core.monitor import NodeMonitor
 from snnrm.core.placement import PlacementView, StageDemand
 from snnrm.core.reallocation import (
+    MoveBudget,
     ReallocationSettings,
     StageSignals,
     StageWatch,
@@ -149,7 +150,7 @@ def test_the_move_budget_is_checked_before_any_evaluation(monkeypatch: pytest.Mo
     clock = [100.0]
     node = DaemonReallocator(TOPO, m, ReallocationSettings(), WEIGHT, lambda: clock[0])
     job = _job()
-    job.stages[0].last_move = 90.0  # moved 10 s ago: inside the 60 s cooldown
+    job.stages[1].last_move = 90.0  # the stage on core 6 moved 10 s ago: inside its 60 s cooldown
     m.hard_fault(HardFault(FaultKind.CORE, 6, failed=True, timestamp=100.0))
     assert node.step({"a": job}, _booked(job)) == []
     assert calls == []
@@ -271,24 +272,25 @@ def test_a_deferred_or_impossible_move_is_counted_with_its_reason() -> None:
     metrics = ReallocationMetrics(CollectorRegistry())
     node.realloc.metrics = metrics
     job = _job()
-    job.stages[0].last_move = 90.0  # inside the cooldown
+    job.stages[1].last_move = 90.0  # the stage on core 6, inside its cooldown
     m.hard_fault(HardFault(FaultKind.CORE, 6, failed=True, timestamp=100.0))
     node.step({"a": job}, _booked(job))
     assert metrics.value("failed-core", "blocked") == 1
-    job.stages[0].last_move = None
+    job.stages[1].last_move = None
     node.step({"a": job}, np.ones(TOPO.n_cores, dtype=bool))  # every core taken: nowhere to go
     assert metrics.value("failed-core", "no-target") == 1
     node.close()
 
 
-def _slow_frame(t: float, *, core: int, fill: float, rate_share: float) -> TelemetryFrame:
+def _slow_frame(t: float, *, core: int | tuple[int, ...], fill: float, rate_share: float) -> TelemetryFrame:
     """Every core idle but ``core``: its queue ``fill`` full while it processes ``rate_share`` of its nominal rate."""
+    slow = list(core) if isinstance(core, tuple) else [core]
     n = TOPO.n_cores
     c = np.full(n, 100.0 * t)
     processed = c.copy()
-    processed[core] = rate_share * TOPO.core_nominal_keps[core] * 1e3 * t
+    processed[slow] = rate_share * TOPO.core_nominal_keps[slow] * 1e3 * t
     depth = np.zeros(n)
-    depth[core] = fill * TOPO.core_queue_capacity[core]
+    depth[slow] = fill * TOPO.core_queue_capacity[slow]
     links = np.zeros(TOPO.n_links)
     ok = np.zeros(n, dtype=bool)
     return TelemetryFrame(t, depth, processed.copy(), processed, np.zeros(n), c.copy(), c.copy(), links, ok, links > 1)
@@ -343,3 +345,82 @@ def test_a_stage_moved_off_a_congested_link_routes_around_it() -> None:
     hit = routes_crossing(topo, np.array([0, 8]), np.array([3]), np.array([link]))
     assert hit[:, 0].tolist() == [True, False]
     assert not routes_crossing(topo, np.array([3]), np.array([0]), np.array([link])).any()  # westward: other link
+
+
+def test_a_stage_whose_neighbour_sits_in_the_region_too_moves_with_it() -> None:
+    """A hot region under stages 1 and 2: stage 2 alone buys little (the pipeline still pays for stage 1's bad
+    cores), so it is not worth its margin; with stage 1 re-planned in the same decision it is, and neither stage
+    lands on a bad core or on the other's new cores (the experiments' hot-spot scenario, seed 9: a bystander job
+    kept dropping events for the whole run)."""
+    demands = (StageDemand(4, out_keps=2000.0, in_keps=400.0), StageDemand(4, out_keps=400.0), StageDemand(4))
+    free = np.zeros(TOPO.n_cores, dtype=bool)
+    free[16:32] = True
+    view = PlacementView.idle(TOPO, free, inter_chip_weight=WEIGHT)
+    place = _placement()
+    bad = np.zeros(TOPO.n_cores, dtype=bool)
+    bad[[2, 3, 6, 7, 8, 9, 12, 13]] = True  # stages 1 and 2; stage 1 carries the heavy edge
+    none = np.zeros(TOPO.n_cores, dtype=bool)
+    s = ReallocationSettings()
+    alone = evaluate_remap(view, demands, place, 2, failed=none, degraded=bad, settings=s)
+    assert alone is not None
+    assert alone.stages == (2,)
+    assert not alone.worth_it(s.margin), alone.gain
+    gang = evaluate_remap(view, demands, place, 2, failed=none, degraded=bad, settings=s, with_stages=[1, 0])
+    assert gang is not None
+    assert gang.stages == (2, 1)  # stage 0 has no bad core: it stays
+    assert gang.worth_it(s.margin), gang.gain
+    t2, t1 = gang.targets
+    assert not bad[t2].any()
+    assert not bad[t1].any()
+    assert not np.isin(t1, t2).any()
+    assert free[t1].all()
+    assert free[t2].all()
+    assert gang.migration_cost > alone.migration_cost  # both moves are paid for
+
+
+def test_an_urgent_move_waits_for_its_own_stage_cooldown_not_the_jobs() -> None:
+    """The cooldown stops a job from flapping: after stage 2 moved, the job may not move for a minute for a soft
+    reason, and stage 2 may not move again, but stage 1, saturated now, may once the job has settled for `dwell`
+    seconds; the window's cap holds throughout."""
+    s = ReallocationSettings(cooldown=60.0, window=600.0, max_moves_per_window=3)
+    b = MoveBudget(s)
+    job = ("default", "j")
+    assert b.blocked(job, 0.0) is None
+    b.record(job, 0.0, stages=[2])
+    assert b.blocked(job, 10.0) is not None  # soft reason: the job's cooldown
+    assert b.blocked(job, 10.0, urgent_stage=2) is not None  # the moved stage itself
+    assert b.blocked(job, 1.0, urgent_stage=1) is not None  # the job settles for `dwell` seconds first
+    assert b.blocked(job, 10.0, urgent_stage=1) is None
+    assert b.blocked(job, 10.0, urgent_stage=1, stage_last_move=5.0) is not None  # its own move, from its pod
+    assert b.blocked(job, 10.0, urgent_stage=1, last_move=9.0) is not None  # the job's, from another pod
+    b.record(job, 10.0, stages=[1, 0])
+    assert b.allowance(20.0) == 0
+    assert b.blocked(("default", "other"), 20.0, urgent_stage=0) is not None  # three moves in the window
+    assert b.allowance(601.0) == 1  # the first move has left the window
+
+
+def test_the_daemon_moves_a_jobs_stages_in_a_hot_region_together() -> None:
+    """Throttled cores under stages 1 and 2 (a hot region), stage 1 carrying the job's heavy edge: the daemon's
+    reallocator moves both in one pass, to disjoint cores outside the region, and leaves stage 0 where it is."""
+    demands = (StageDemand(4, out_keps=2000.0, in_keps=400.0), StageDemand(4, out_keps=400.0), StageDemand(4))
+    m = NodeMonitor(TOPO, ThroughputBlocks.plan(TOPO, block_keps=1000.0))
+    clock = [0.0]
+    node = DaemonReallocator(TOPO, m, ReallocationSettings(min_age=0.0), WEIGHT, lambda: clock[0])
+    job = RunningJob("a", demands, [RunningStage("a", i, p, p.copy(), i + 1, 0.0) for i, p in enumerate(_placement())])
+    passes: list[list[Move]] = []
+    for k in range(1, 61):
+        clock[0] = 0.1 * k
+        m.observe(_slow_frame(clock[0], core=(2, 8), fill=0.3, rate_share=0.25))
+        if k % 5 == 0 and not passes:
+            done = node.step({"a": job}, _booked(job))
+            if done:
+                passes.append(done)
+    assert len(passes) == 1
+    (moves,) = passes
+    assert sorted(mv.stage for mv in moves) == [1, 2]
+    t = {mv.stage: mv.target for mv in moves}
+    assert not np.isin(t[1], t[2]).any()
+    for mv in moves:
+        assert 2 not in mv.target
+        assert 8 not in mv.target
+    node.close()

@@ -130,7 +130,9 @@ async def test_a_stage_under_a_hot_spot_is_live_remapped(tmp_path: Path) -> None
     during = sum(m.latency_s for m in backend.sim.stage_metrics("j"))
     assert realloc.remaps == 0  # not before the dwell
     await _run(backend, node, realloc, clock, 4.0)
-    assert realloc.remaps == 1
+    # Stage 1 moves; stage 0, whose queue filled behind it, may follow if it stays saturated for a whole dwell
+    # after the job settled (it does here, draining at a quarter of its rate), never stage 1 again.
+    assert 1 <= realloc.remaps <= 2
     new = source.placement[1]
     assert not np.isin(new, old).any()
     rec = realloc.ledger.records[("default", "j-1")]
@@ -155,9 +157,11 @@ async def test_a_stage_under_a_hot_spot_is_live_remapped(tmp_path: Path) -> None
 
 
 async def test_a_stage_leaves_a_hot_region_not_only_its_hot_cores(tmp_path: Path) -> None:
-    """A hot spot throttles a region: stage 1's cores and every core one hop around them (stage 2's too, and idle
-    ones). Idle throttled cores show no symptom, so the stage that moves goes beyond one router hop around its
-    saturated cores and keeps up there; without that it took the nearest free cores, inside the region."""
+    """A hot spot throttles a region: stage 1's cores and every core one hop around them (here 12 of the chip's 16,
+    under every stage, and idle ones). Idle throttled cores show no symptom, so a stage that moves goes beyond one
+    router hop around the saturated cores and keeps up there; without that it took the nearest free cores, inside
+    the region. Each stage in the region leaves it once, as its own queue saturates: the job's cooldown does not
+    hold a saturated stage back because another stage of the job moved (it waits only for the job to settle)."""
     backend, node, source, realloc, _reporter, clock = await _rig(tmp_path)
     topo = node.topology
     await _run(backend, node, realloc, clock, 1.0)
@@ -166,14 +170,18 @@ async def test_a_stage_leaves_a_hot_region_not_only_its_hot_cores(tmp_path: Path
     free = np.setdiff1d(region, np.concatenate(before))
     assert len(free) > 0  # idle cores inside the region, the nearest ones: the trap is set
     backend.sim.inject(sim_hw.faults.HotSpot(cores=tuple(region.tolist()), service_divisor=8.0))
-    await _run(backend, node, realloc, clock, 4.0)
-    assert realloc.remaps == 1  # one move per job per cooldown
-    moved = [i for i in range(3) if not np.array_equal(source.placement[i], before[i])]
-    assert len(moved) == 1
-    new = source.placement[moved[0]]
-    assert not np.isin(new, region).any(), (moved, sorted(new.tolist()), sorted(region.tolist()))
+    await _run(backend, node, realloc, clock, 8.0)  # the first move, then the job settles `dwell` s, then the rest
+    inside = [i for i in range(3) if np.isin(before[i], region).any()]
+    assert inside == [0, 1, 2]
+    assert realloc.remaps == len(inside)  # each stage once
+    for i in inside:
+        new = source.placement[i]
+        assert not np.isin(new, region).any(), (i, sorted(new.tolist()), sorted(region.tolist()))
+    assert not np.isin(source.placement[0], source.placement[1]).any()
+    assert not np.isin(source.placement[1], source.placement[2]).any()
     await _run(backend, node, realloc, clock, 2.0)
-    fill = backend.sim.counters().queue_depth[new] / backend.sim.spec.core_queue_capacity
+    assert realloc.remaps == len(inside)
+    fill = backend.sim.counters().queue_depth[np.concatenate(source.placement)] / backend.sim.spec.core_queue_capacity
     assert fill.max() < 0.5
 
 
@@ -302,14 +310,15 @@ async def test_stale_telemetry_is_not_a_failed_core(tmp_path: Path) -> None:
 async def test_the_move_budget_is_checked_before_any_evaluation(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 14: while a job may not move (cooldown after its last move), a degraded stage costs no replan."""
+    """Issue 14: while a stage may not move (its cooldown after its last move), its degradation costs no replan."""
     import snnrm.cluster.remap as remap_module
 
     backend, node, source, realloc, reporter, clock = await _rig(tmp_path)
     await _run(backend, node, realloc, clock, 1.0)
     backend.sim.inject(sim_hw.faults.HotSpot(cores=tuple(source.placement[1].tolist()), service_divisor=8.0))
     await _run(backend, node, realloc, clock, 4.0)
-    assert realloc.remaps == 1
+    assert ("default", "j-1") in realloc.ledger.records
+    moved = realloc.remaps
     calls: list[int] = []
 
     def counting(*a: Any, **k: Any) -> MoveOption | None:
@@ -317,9 +326,9 @@ async def test_the_move_budget_is_checked_before_any_evaluation(
         return evaluate_remap(*a, **k)
 
     monkeypatch.setattr(remap_module, "evaluate_remap", counting)  # the name remap.py calls
-    backend.sim.inject(sim_hw.faults.HotSpot(cores=tuple(source.placement[0].tolist()), service_divisor=8.0))
-    await _run(backend, node, realloc, clock, 4.0)  # inside the 30 s cooldown of the job
-    assert realloc.remaps == 1
+    backend.sim.inject(sim_hw.faults.HotSpot(cores=tuple(source.placement[1].tolist()), service_divisor=8.0))
+    await _run(backend, node, realloc, clock, 4.0)  # its new home heats up inside its 30 s cooldown
+    assert realloc.remaps == moved
     assert calls == []
     assert any(r == "RemapDeferred" for _, r, _ in reporter.events)
 
