@@ -54,6 +54,10 @@ class ExperimentConfig:
     max(hot_divisor, hot_overload / utilisation). At the networks' measured sparsity (busiest stages 0.2-31 %
     busy) a fixed 4x throttle left most victims under capacity and the fault tested nothing (6 of 10 seeds of the
     2026-12-03 default set: victim p99 unchanged at one hop); link congestion is sized to its load the same way."""
+    hot_radius: int = 1
+    """Router hops around the victim stage's cores that a hot spot throttles (the same chip). 1 by default, which is
+    also how far the daemon's reallocator avoids around saturated cores (snnrm.core.reallocation.hot_neighbourhood):
+    the sensitivity sweep widens the fault beyond what the daemon infers."""
     link_overload: float = 3.0
     """A congested link carries a third of its load at the time of the fault (other traffic saturates it)."""
     burst_factor: float = 5.0

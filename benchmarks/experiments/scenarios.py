@@ -123,10 +123,11 @@ def _pick(cores: IntArray, k: int, rng: np.random.Generator) -> IntArray:
     return out
 
 
-def hot_region(sim: Simulator, cores: IntArray) -> IntArray:
-    """``cores`` and every core within one router hop of them on the same chip (ascending): the region a hot
-    spot throttles. A hot spot is a place on the chip (heat, a traffic burst), not one stage; at published density
-    most stages hold one core, and a region of that core alone made the hot spot the same fault as a hot core."""
+def hot_region(sim: Simulator, cores: IntArray, radius: int = 1) -> IntArray:
+    """``cores`` and every core within ``radius`` router hops of them on the same chip (ascending): the region a
+    hot spot throttles. A hot spot is a place on the chip (heat, a traffic burst), not one stage; at published
+    density most stages hold one core, and a region of that core alone made the hot spot the same fault as a hot
+    core."""
     mesh = sim.mesh
     router = mesh.core_router
     cpc = sim.spec.cores_per_chip
@@ -134,7 +135,7 @@ def hot_region(sim: Simulator, cores: IntArray) -> IntArray:
     dx = np.abs(mesh.router_x[router][:, None] - mesh.router_x[router[cores]][None, :])
     dy = np.abs(mesh.router_y[router][:, None] - mesh.router_y[router[cores]][None, :])
     same_chip = (everyone // cpc)[:, None] == (np.asarray(cores) // cpc)[None, :]
-    out: IntArray = np.flatnonzero(((dx + dy <= 1) & same_chip).any(axis=1)).astype(np.int64)
+    out: IntArray = np.flatnonzero(((dx + dy <= radius) & same_chip).any(axis=1)).astype(np.int64)
     return out
 
 
@@ -170,7 +171,7 @@ def build_fault(
         hit = _pick(cores, cfg.fail_cores, rng)
         return PlannedFault(kind, job, stage, CoreFailure(tuple(hit.tolist())), None, hit, none)
     if kind == "hot-spot":
-        region = hot_region(sim, cores)
+        region = hot_region(sim, cores, cfg.hot_radius)
         return PlannedFault(kind, job, stage, HotSpot(tuple(region.tolist()), service_divisor=hot), None, region, none)
     if kind == "hot-core":
         hit = _pick(cores, 1, rng)

@@ -2,7 +2,9 @@
 
 Each parameter the hardware model *assumes* and that can decide an outcome is varied around its preset value,
 one at a time, with everything else held at the default: the event-queue capacity, the chip-to-chip hop latency,
-the per-core service rate, the telemetry period, and the overflow behaviour (drop vs backpressure). For every
+the per-core service rate, the telemetry period, the overflow behaviour (drop vs backpressure), and how far a hot
+spot reaches (the daemon's reallocator avoids one router hop around saturated cores; a wider real region is not
+something it can see). For every
 variant the same scenarios, policies and seeds run through :func:`benchmarks.experiments.suite.run_suite`, and the
 outcomes that carry the claims (victim p99 time per timestep, SLO-violation time, dropped events, energy per
 timestep) are printed as a table, written as CSV and plotted (one panel per parameter and outcome).
@@ -51,6 +53,7 @@ PARAMETERS: dict[str, Parameter] = {
         Parameter("service", "core_service_rate", (0.5, 1.0, 2.0), True, "derived with an assumed fan-in"),
         Parameter("telemetry", "cfg.sample_period", (0.5, 1.0, 2.0), True, "daemon sample period (0.1 s)"),
         Parameter("overflow", "overflow", ("drop", "backpressure"), False, "router behaviour on a full queue"),
+        Parameter("hot-radius", "cfg.hot_radius", (1, 2, 3), False, "hot region's radius in hops (daemon avoids 1)"),
     )
 }
 

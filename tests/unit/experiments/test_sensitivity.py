@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.experiments import sensitivity
@@ -48,3 +49,20 @@ def test_unknown_parameter_is_a_usage_error(capsys: pytest.CaptureFixture[str]) 
         sensitivity.main(["--parameters", "queue,nope"])
     assert e.value.code == 2
     assert "unknown parameters nope" in capsys.readouterr().err
+
+
+def test_the_hot_region_widens_with_its_radius(tmp_path: Path) -> None:
+    """The sweep's hot-radius variant reaches further than the daemon's one-hop avoidance: radius 2 holds every
+    core of radius 1 and the cores two hops out, on the victim's chip only."""
+    from benchmarks.experiments.scenarios import hot_region
+    from sim_hw import Simulator
+
+    cfg, label = sensitivity._variant(DEFAULT, sensitivity.PARAMETERS["hot-radius"], 2, tmp_path)
+    assert cfg.hot_radius == 2
+    assert label == "hot_radius=2"
+    sim = Simulator(load_preset("loihi2", chips=2), seed=0)
+    centre = np.array([sim.spec.cores_per_chip // 2])
+    one, two = hot_region(sim, centre), hot_region(sim, centre, cfg.hot_radius)
+    assert set(one.tolist()) < set(two.tolist())
+    assert len(two) > len(one)
+    assert (two // sim.spec.cores_per_chip == 0).all()
