@@ -49,7 +49,9 @@ def build_controller_app(
     controller: PlacementController, *, prefix: str = DEFAULT_PREFIX, registry: CollectorRegistry | None = None
 ) -> web.Application:
     """Extender verbs, ``/api/v1/placement``, ``/healthz``, ``/readyz`` (cache synced) and ``/metrics``."""
-    app = build_extender_app(ExtenderContext(controller.index, clock=controller.clock), prefix=prefix)
+    app = build_extender_app(
+        ExtenderContext(controller.index, clock=controller.clock, turned_away=controller.turned_away), prefix=prefix
+    )
 
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

@@ -55,6 +55,8 @@ class ClusterCache:
     bad_summaries: int = 0
     contract_errors: dict[tuple[str, str], str] = field(default_factory=dict)
     """(namespace, pod) -> why the pod breaks the job contract (the planner reports it as an Event)."""
+    on_summary: Callable[[str], None] | None = None
+    """Called with a node's name after its summary changed in ``index``."""
     _nodes_synced: bool = False
     _pods_synced: bool = False
     _pod_jobs: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -134,6 +136,8 @@ class ClusterCache:
             self.index.drop_node(name)
             return
         self.index.set_summary(name, summary)
+        if self.on_summary is not None:
+            self.on_summary(name)
 
     # -- pods -----------------------------------------------------------------------------------------------------
 

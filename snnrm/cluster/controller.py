@@ -22,7 +22,8 @@ from snnrm.cluster.leader import LeaderElector
 from snnrm.cluster.native import NativeGang, detect
 from snnrm.cluster.planner import GangPlanner
 from snnrm.core.cluster import ClusterIndex
-from snnrm.kube.api import ClusterApi
+from snnrm.core.requeue import REQUESTED_AT, Turned, TurnedAway
+from snnrm.kube.api import PODS, ClusterApi, KubeError
 
 log = structlog.get_logger(__name__)
 
@@ -64,11 +65,18 @@ class PlacementController:
     planner: GangPlanner = field(init=False)
     elector: LeaderElector = field(init=False)
     native: NativeGang | None = field(init=False, default=None)
+    turned_away: TurnedAway = field(init=False)
+    """Pods this replica's extender turned away for lack of cores (:mod:`snnrm.core.requeue`)."""
+    _requeue: asyncio.Queue[Turned] = field(init=False)
+    requeued: int = 0
 
     def __post_init__(self) -> None:
         s = self.settings
         self.index = ClusterIndex(stale_after=s.summary_stale_after)
         self.cache = ClusterCache(self.api, self.index, reservation_ttl=s.reservation_ttl, clock=self.clock)
+        self.turned_away = TurnedAway()
+        self._requeue = asyncio.Queue()
+        self.cache.on_summary = self._summary_changed
         self.recorder = EventRecorder(self.api, instance=s.identity)
         self.planner = GangPlanner(
             self.api, self.cache, self.recorder, reservation_ttl=s.reservation_ttl, dry_run=s.dry_run, clock=self.clock
@@ -87,6 +95,30 @@ class PlacementController:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.cache.run(), name="cluster-cache")
             tg.create_task(self.elector.run(self._lead), name="leader-election")
+            tg.create_task(self._hand_back(), name="requeue")
+
+    def _summary_changed(self, node: str) -> None:
+        for t in self.turned_away.due(node, self.index.available(node), self.clock()):
+            self._requeue.put_nowait(t)
+
+    async def _hand_back(self) -> None:
+        """Touch each pod a newer summary has room for, so the scheduler asks the extender again at once instead
+        of after its 5 min flush (every replica hands back the pods its own extender turned away)."""
+        while True:
+            t = await self._requeue.get()
+            if self.settings.dry_run:
+                log.info("pod_would_be_requeued", namespace=t.namespace, pod=t.name)
+                continue
+            meta: dict[str, Any] = {"annotations": {REQUESTED_AT: f"{self.clock():.3f}"}}
+            if t.uid:
+                meta["uid"] = t.uid  # a precondition: never touch a newer pod of the same name
+            try:
+                await self.api.merge_patch(PODS, t.name, {"metadata": meta}, namespace=t.namespace)
+            except KubeError as e:  # gone, replaced or already bound: nothing to hand back
+                log.info("pod_requeue_skipped", namespace=t.namespace, pod=t.name, error=str(e))
+                continue
+            self.requeued += 1
+            log.info("pod_requeued", namespace=t.namespace, pod=t.name, cores=t.cores)
 
     async def _lead(self) -> None:
         if self.settings.native_gang:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -71,6 +71,9 @@ class FilterResult:
     passed: list[str]
     failed: dict[str, str]
     unresolvable: dict[str, str]
+    short: list[str] = field(default_factory=list)
+    """Of ``failed``, the nodes whose summary has too few free cores (a newer summary may have room:
+    :mod:`snnrm.core.requeue`)."""
 
 
 def _slots(index: ClusterIndex, names: Sequence[str]) -> IntArray:
@@ -96,6 +99,7 @@ def filter_nodes(index: ClusterIndex, demand: PodDemand, names: Sequence[str], *
     passed: list[str] = []
     failed: dict[str, str] = {}
     unresolvable: dict[str, str] = {}
+    short: list[str] = []
     ok = fresh & (avail >= demand.cores)
     for i in np.flatnonzero(~ok | (planned is not None)).tolist():
         name = names[i]
@@ -126,8 +130,9 @@ def filter_nodes(index: ClusterIndex, demand: PodDemand, names: Sequence[str], *
                     f"needs {demand.cores} free healthy {NEURON_CORE}, node has {own} "
                     f"({free} free, {free - own} reserved for planned stages)"
                 )
+                short.append(name)
     passed = [names[i] for i in np.flatnonzero(ok).tolist()]
-    return FilterResult(passed, failed, unresolvable)
+    return FilterResult(passed, failed, unresolvable, short)
 
 
 def _intra_hops(a: int, b: int) -> float:

@@ -32,6 +32,7 @@ from aiohttp import web
 
 from snnrm.core.cluster import ClusterIndex, StageKey
 from snnrm.core.extender import demand_of, filter_nodes, prioritize
+from snnrm.core.requeue import TurnedAway
 from snnrm.http import body as bodies
 from snnrm.http.middleware import errors_as_json
 
@@ -58,6 +59,8 @@ class ExtenderContext:
     index: ClusterIndex
     clock: Callable[[], float] = time.time
     stats: ExtenderStats = field(default_factory=ExtenderStats)
+    turned_away: TurnedAway | None = None
+    """Where filter records pods it turned away for lack of cores (the controller hands them back later)."""
 
 
 EXTENDER = web.AppKey("snnrm_extender", ExtenderContext)
@@ -132,12 +135,25 @@ async def filter_handler(request: web.Request) -> web.Response:
         ctx.stats.count("filter", "bad-request")
         return _bad(str(e))
     try:
-        res = filter_nodes(ctx.index, demand_of(args.pod), args.names, now=ctx.clock())
+        demand = demand_of(args.pod)
+        now = ctx.clock()
+        res = filter_nodes(ctx.index, demand, args.names, now=now)
     except Exception as e:  # a valid request never gets a 500: the scheduler retries the pod on Error
         ctx.stats.count("filter", "error")
         log.exception("extender_filter_failed")
         return json_response({"Error": f"snnrm extender failed: {e!r}"})
     ctx.stats.count("filter", "ok")
+    if ctx.turned_away is not None:
+        meta = args.pod.get("metadata")
+        if isinstance(meta, dict) and isinstance(meta.get("name"), str):
+            ctx.turned_away.record(
+                str(meta.get("namespace") or "default"),
+                meta["name"],
+                str(meta.get("uid") or ""),
+                demand.cores,
+                () if res.passed else res.short,  # a pod that fits somewhere is the scheduler's to place
+                now,
+            )
     out: dict[str, Any] = {
         "FailedNodes": res.failed,
         "FailedAndUnresolvableNodes": res.unresolvable,
