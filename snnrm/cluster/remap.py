@@ -32,6 +32,7 @@ lent cores are withheld again before the device plugins register: no core is han
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import time
@@ -428,7 +429,8 @@ class NodeReallocator:
                 # region, and stayed saturated for its cooldown: the hot-spot scenario, seed 7).
                 hot = np.flatnonzero(np.nan_to_num(view.queue_fill, nan=0.0) > self.settings.queue_enter)
                 degraded = unhealthy | hot_neighbourhood(self.node.topology, np.union1d(hot, s.cores))
-            option = evaluate_remap(
+            evaluate = functools.partial(
+                evaluate_remap,
                 view,
                 lj.demands,
                 lj.placement,
@@ -438,6 +440,7 @@ class NodeReallocator:
                 settings=self.settings,
                 congested=congested,
             )
+            option = evaluate()
             if option is None or not option.worth_it(self.settings.margin):
                 # The stage alone buys too little when its neighbours in the pipeline sit on bad cores too (the
                 # pipeline runs at its worst stage's pace): then the job's other opted-in stages whose own cores
@@ -460,17 +463,7 @@ class NodeReallocator:
                     key=lambda x: -x.index,
                 )[: max(self.budget.allowance(now) - 1, 0)]
                 if others:
-                    option = evaluate_remap(
-                        view,
-                        lj.demands,
-                        lj.placement,
-                        pos,
-                        failed=failed,
-                        degraded=degraded,
-                        settings=self.settings,
-                        congested=congested,
-                        with_stages=[lj.position(x.index) for x in others],
-                    )
+                    option = evaluate(with_stages=[lj.position(x.index) for x in others])
             if option is None or not option.worth_it(self.settings.margin):
                 span.set_attribute("snnrm.action", "unavailable")
                 self._count(s, reason, "no-target" if option is None else "not-worth-it")
