@@ -546,12 +546,15 @@ class MoveBudget:
         self.recent = [t for t in self.recent if now - t < s.window]
         return max(s.max_moves_per_window - len(self.recent), 0)
 
-    def record(self, job: tuple[str, str], now: float, *, stages: Sequence[int] = (-1,)) -> None:
-        """``job`` moved ``stages`` at ``now``: the job's cooldown and each stage's start, one window move each."""
+    def record(self, job: tuple[str, str], now: float, *, stages: Sequence[int] = ()) -> None:
+        """``job`` moved at ``now``: the job's cooldown, each of ``stages``' own, one window move per stage (one
+        when the mover does not say which stages, as an eviction of one stage does not)."""
         self.last_move[job] = now
+        # Stage cooldowns that have run out decide nothing any more: keep the map as small as the live ones.
+        self.stage_moved = {k: t for k, t in self.stage_moved.items() if now - t < self.settings.cooldown}
         for i in stages:
             self.stage_moved[(*job, i)] = now
-        self.recent.extend([now] * len(stages))
+        self.recent.extend([now] * max(len(stages), 1))
 
 
 @dataclass(frozen=True, slots=True, eq=False)
