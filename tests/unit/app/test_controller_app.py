@@ -4,12 +4,11 @@ apiserver over HTTP: it connects through a kubeconfig, syncs, leads, serves its 
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 
 import aiohttp
 
-from snnrm.cluster.controller import ControllerSettings
-from snnrm.controller_app import ControllerConfig, run
 from snnrm.testing.fake_apiserver import FakeApiServer
 
 
@@ -18,32 +17,25 @@ async def _get_json(http: aiohttp.ClientSession, url: str) -> tuple[int, object]
         return r.status, (await r.json() if r.content_type == "application/json" else await r.text())
 
 
-async def test_the_controller_app_serves_leads_and_stops(tmp_path: Path) -> None:
-    async with FakeApiServer() as apiserver:
-        config = ControllerConfig(
-            host="127.0.0.1",
-            port=0,
-            kubeconfig=apiserver.kubeconfig(tmp_path / "kubeconfig"),
-            settings=ControllerSettings(identity="replica-a", lease_duration=3.0, renew_deadline=2.0, retry_period=0.2),
-        )
-        stop = asyncio.Event()
-        port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(run(config, stop=stop, on_started=port.set_result))
-        base = f"http://127.0.0.1:{await asyncio.wait_for(port, 10)}"
-        async with aiohttp.ClientSession() as http:
-            for _ in range(200):
-                ready, _ = await _get_json(http, base + "/readyz")
-                status, leader = await _get_json(http, base + "/api/v1/leader")
-                if ready == 200 and isinstance(leader, dict) and leader["leading"]:
-                    break
-                await asyncio.sleep(0.05)
-            assert (ready, leader) == (200, {"identity": "replica-a", "leading": True})
-            status, placement = await _get_json(http, base + "/api/v1/placement")
-            assert status == 200
-            assert isinstance(placement, dict)
-            async with http.get(base + "/metrics") as r:
-                assert r.status == 200
-            async with http.post(base + "/extender/filter", data=b"[") as r:
-                assert r.status == 400  # the extender verbs are served under the default prefix
-        stop.set()
-        await asyncio.wait_for(task, 10)
+async def test_the_controller_app_serves_leads_and_stops(
+    controller_process: Callable[[FakeApiServer, str], AbstractAsyncContextManager[str]],
+) -> None:
+    async with (
+        FakeApiServer() as apiserver,
+        controller_process(apiserver, "replica-a") as base,
+        aiohttp.ClientSession() as http,
+    ):
+        for _ in range(200):
+            ready, _ = await _get_json(http, base + "/readyz")
+            status, leader = await _get_json(http, base + "/api/v1/leader")
+            if ready == 200 and isinstance(leader, dict) and leader["leading"]:
+                break
+            await asyncio.sleep(0.05)
+        assert (ready, leader) == (200, {"identity": "replica-a", "leading": True})
+        status, placement = await _get_json(http, base + "/api/v1/placement")
+        assert status == 200
+        assert isinstance(placement, dict)
+        async with http.get(base + "/metrics") as r:
+            assert r.status == 200
+        async with http.post(base + "/extender/filter", data=b"[") as r:
+            assert r.status == 400  # the extender verbs are served under the default prefix

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import aiohttp
 
-from snnrm.cluster.controller import ControllerSettings
-from snnrm.controller_app import ControllerConfig, run
 from snnrm.core.devices import NEURON_CORE
 from snnrm.core.requeue import REQUESTED_AT, TurnedAway
 from snnrm.core.summary import ANNOTATION
@@ -57,24 +56,16 @@ def _node(name: str, free: int) -> dict[str, Any]:
     return {"metadata": {"name": name, "annotations": {ANNOTATION: node_summary(time.time(), free=free).encode()}}}
 
 
-async def test_a_pod_turned_away_by_a_stale_summary_is_handed_back_when_the_node_has_room(tmp_path: Path) -> None:
+async def test_a_pod_turned_away_by_a_stale_summary_is_handed_back_when_the_node_has_room(
+    controller_process: Callable[[FakeApiServer, str], AbstractAsyncContextManager[str]],
+) -> None:
     """The scheduler's retry can reach the extender before the controller has the summary that says the cores
     are back; then nothing else wakes the pod for 5 min. The controller touches it when the summary arrives."""
     async with FakeApiServer() as apiserver:
         api = apiserver.api
         api.put(NODES, _node("n1", free=0))
         pod = api.put(PODS, _pod("starved", 1))
-        config = ControllerConfig(
-            host="127.0.0.1",
-            port=0,
-            kubeconfig=apiserver.kubeconfig(tmp_path / "kubeconfig"),
-            settings=ControllerSettings(identity="r", lease_duration=3.0, renew_deadline=2.0, retry_period=0.2),
-        )
-        stop = asyncio.Event()
-        port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        task = asyncio.create_task(run(config, stop=stop, on_started=port.set_result))
-        base = f"http://127.0.0.1:{await asyncio.wait_for(port, 10)}"
-        async with aiohttp.ClientSession() as http:
+        async with controller_process(apiserver, "r") as base, aiohttp.ClientSession() as http:
             for _ in range(200):
                 async with http.get(base + "/readyz") as r:
                     if r.status == 200:
@@ -95,5 +86,3 @@ async def test_a_pod_turned_away_by_a_stale_summary_is_handed_back_when_the_node
                     break
                 await asyncio.sleep(0.05)
             assert REQUESTED_AT in notes
-        stop.set()
-        await asyncio.wait_for(task, 10)
