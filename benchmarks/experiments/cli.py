@@ -19,25 +19,14 @@ from benchmarks.experiments.report import RESULTS_DIR, SNNRM, headline_lines, wr
 from benchmarks.experiments.suite import SuiteResult, default_workers, policy_names, run_suite, scenario_names
 
 NOTES = (
-    "**Fairness.** Every policy sees the same workload, the same faults on the same job and stage (chosen from the "
+    "Every policy sees the same workload, the same faults on the same job and stage (chosen from the "
     "seed, never from a placement), the same simulator noise and the same telemetry: every frame with 5% noise, "
     "read 0.1 s late, every 0.1 s (the daemon's sample period). snnrm is the daemon's own NodeReallocator with its "
-    "default settings (health dwell 0.5 s, stage dwell 2 s, cooldown 60 s per job, per stage for a failed core or "
-    "a saturated queue, margin 20%), not tuned for these "
-    "experiments. The reactive baseline reads the same device health and acts on the same 0.5 s tick. Every move "
+    "default settings (health dwell 0.5 s, stage dwell 2 s or 0.5 s for a full queue, cooldown 60 s per job, per "
+    "stage for a failed core or a saturated queue, margin 20%), not tuned for these experiments. "
+    "The reactive baseline reads the same device health and acts on the same 0.5 s tick. Every move "
     "is charged: the stage stops while its weights load (cores x 937,500 synapses x 1 B / 1 GB/s, assumed), and a "
     "rescheduled pod also restarts (6 s). A move of a stage that was not degraded in truth is a false move.",
-    "",
-    "**Limits of these results.** Everything runs on `sim_hw`, a fluid model: the SLO holds each 1 ms SNN "
-    "timestep of a job to real time, and a step's duration (sim_hw.step_time) is an analytical upper bound, not "
-    "a cycle-accurate one; per-spike latencies are reported beside it in microseconds; queue capacity, "
-    "hop latency, service rate, weight-load bandwidth, telemetry "
-    "noise and delay are assumed (their sweep: `python -m benchmarks.experiments sensitivity`); jobs run at "
-    "their networks' measured rates, on random weights scaled to published sparsity. first-fit, random and static "
-    "never move a running stage, which is what default Kubernetes "
-    "does when only a device fails (a failed node's pods are evicted after ~340 s); the reactive baseline is the "
-    "fair comparison. The eviction path (cluster controller) is not run.",
-    "",
 )
 
 
@@ -92,6 +81,11 @@ def cache_path(out: Path) -> Path:
     return base / f"{hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]}.pkl.gz"
 
 
+def _quoted_set(out: Path) -> Path | None:
+    """The set whose headlines ``out``'s results.md quotes: the default set quotes the longer ``--full`` one."""
+    return RESULTS_DIR / "full" if out.resolve() == RESULTS_DIR.resolve() else None
+
+
 def rerender(out: Path, *, plots: bool = True, readme: bool = False) -> int:
     """Rewrite the tables, plots (and README section) of ``out`` from its cached suite, without running anything."""
     path = cache_path(out)
@@ -104,7 +98,9 @@ def rerender(out: Path, *, plots: bool = True, readme: bool = False) -> int:
     if not isinstance(suite, SuiteResult):
         print(f"{path} does not hold experiment results")
         return 1
-    items = write_all(suite, out, plots=make_plots if plots else None, readme=readme, notes=NOTES)
+    items = write_all(
+        suite, out, plots=make_plots if plots else None, readme=readme, notes=NOTES, quote=_quoted_set(out)
+    )
     for line in headline_lines(items):
         print(f"  {line}")
     return 0
@@ -135,7 +131,9 @@ def execute(
     cache.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(cache, "wb", compresslevel=3) as f:
         pickle.dump(suite, f, protocol=pickle.HIGHEST_PROTOCOL)
-    items = write_all(suite, out, plots=make_plots if plots else None, readme=readme, notes=NOTES)
+    items = write_all(
+        suite, out, plots=make_plots if plots else None, readme=readme, notes=NOTES, quote=_quoted_set(out)
+    )
     print("\n".join(_summary(suite)))
     if SNNRM in suite.policies:
         print("\nheadline targets (from the issue / hardware reference; targets, not promises):")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -747,8 +748,16 @@ ABLATIONS_NOTE = (
 )
 
 
-def results_markdown(suite: SuiteResult, items: Sequence[Headline], *, prefix: str = "") -> str:
-    """The full results page (``benchmarks/results/results.md``)."""
+def results_markdown(
+    suite: SuiteResult,
+    items: Sequence[Headline],
+    *,
+    prefix: str = "",
+    notes: Sequence[str] = (),
+    extra: Sequence[str] = (),
+) -> str:
+    """The full results page (``benchmarks/results/results.md``); ``notes`` say how the comparison is kept fair,
+    ``extra`` quotes another set's headlines (the default set quotes the longer one)."""
     lines = [
         f"# snnrm experiments: {suite.cfg.name} set",
         "",
@@ -758,6 +767,11 @@ def results_markdown(suite: SuiteResult, items: Sequence[Headline], *, prefix: s
         "",
         headline_table(items),
         "",
+        *extra,
+    ]
+    if notes:
+        lines += ["## How the comparison is kept fair", "", *notes, ""]
+    lines += [
         "## Where a target is missed, and why",
         "",
     ]
@@ -802,7 +816,8 @@ def results_markdown(suite: SuiteResult, items: Sequence[Headline], *, prefix: s
 
 
 def headlines_json(suite: SuiteResult, items: Sequence[Headline]) -> dict[str, Any]:
-    """The headlines with enough context to be quoted elsewhere (the README quotes the ``--full`` set's)."""
+    """The headlines with enough context to be quoted elsewhere (the default set's results.md quotes the
+    ``--full`` set's)."""
     cfg = suite.cfg
     return {
         "set": cfg.name,
@@ -844,12 +859,9 @@ def quoted_headlines(path: Path, link: str) -> list[str]:
     return [head, "", "| result | target | snnrm | reactive | verdict |", "|---|---|---|---|---|", *rows, ""]
 
 
-def readme_section(
-    suite: SuiteResult, items: Sequence[Headline], notes: Sequence[str], extra: Sequence[str] = ()
-) -> str:
+def readme_section(suite: SuiteResult, items: Sequence[Headline]) -> str:
     """The README's short results summary, between markers (replaced wholesale on every run): the headline table
-    and a link. Every table, plot, finding and limit stays in results.md, which the README links; ``notes`` and
-    ``extra`` go there, not here."""
+    and a link. Every table, plot, finding and limit stays in results.md, which the README links."""
     cfg = suite.cfg
     lines = [
         README_BEGIN,
@@ -886,18 +898,21 @@ def write_all(
     plots: Callable[[SuiteResult, Path], list[str]] | None = None,
     readme: bool = False,
     notes: Sequence[str] = (),
+    quote: Path | None = None,
 ) -> list[Headline]:
-    """Write every result file into ``out`` (and the README section when asked); returns the headlines."""
+    """Write every result file into ``out`` (and the README section when asked); returns the headlines.
+
+    ``notes`` (how the comparison is kept fair) go into results.md, and so do the headlines of the set in
+    ``quote`` when it has any (the default set quotes the longer ``--full`` set)."""
     out.mkdir(parents=True, exist_ok=True)
     items = headlines(suite)
     write_csv(suite, out)
     (out / "config.json").write_text(json.dumps(recorded_config(suite), indent=1) + "\n", encoding="utf-8")
     if plots is not None:
         plots(suite, out)
-    (out / "results.md").write_text(results_markdown(suite, items), encoding="utf-8")
+    extra = [] if quote is None else quoted_headlines(quote / "headlines.json", f"{os.path.relpath(quote, out)}/")
+    (out / "results.md").write_text(results_markdown(suite, items, notes=notes, extra=extra), encoding="utf-8")
     (out / "headlines.json").write_text(json.dumps(headlines_json(suite, items), indent=1) + "\n", encoding="utf-8")
     if readme:
-        full = RESULTS_DIR / "full"
-        extra = quoted_headlines(full / "headlines.json", "benchmarks/results/full/") if out != full else []
-        update_readme(readme_section(suite, items, notes, extra))
+        update_readme(readme_section(suite, items))
     return items

@@ -169,17 +169,35 @@ def test_policies_and_scenarios_are_complete() -> None:
     } <= set(SCENARIOS)
 
 
-def test_headlines_json_round_trips_into_the_readme_quote(tmp_path: Path) -> None:
+def test_the_default_results_quote_the_longer_set_and_say_how_the_comparison_is_fair(tmp_path: Path) -> None:
     from benchmarks.experiments.report import quoted_headlines
 
     cfg = CFG.with_(scenarios=("none", "core-failure", "telemetry-glitch"), policies=("reactive", "snnrm"))
     suite = run_suite(cfg, workers=1, measure_memory=False)
-    write_all(suite, tmp_path, plots=None, readme=False)
-    lines = quoted_headlines(tmp_path / "headlines.json", "x/")
+    write_all(suite, tmp_path / "full", plots=None, readme=False)
+    lines = quoted_headlines(tmp_path / "full" / "headlines.json", "x/")
     assert lines[0].startswith("The longer set")
     assert any(line.startswith("| failed core -> victim back within SLO |") for line in lines)
     assert any(line.startswith("| false moves under telemetry glitches |") for line in lines)
     assert quoted_headlines(tmp_path / "missing.json", "x/") == []
+    # The default set's page carries both, the quote linking the other set's page relative to its own.
+    write_all(
+        suite,
+        tmp_path,
+        plots=None,
+        readme=False,
+        notes=("Every policy sees the same faults.",),
+        quote=tmp_path / "full",
+    )
+    text = (tmp_path / "results.md").read_text()
+    assert "## How the comparison is kept fair\n\nEvery policy sees the same faults." in text
+    assert "[all tables](full/results.md)" in text
+    assert "| false moves under telemetry glitches |" in text.split("## How the comparison")[0]
+    # Without notes or a set to quote, neither section appears.
+    write_all(suite, tmp_path / "full", plots=None, readme=False)
+    text = (tmp_path / "full" / "results.md").read_text()
+    assert "The longer set" not in text
+    assert "How the comparison is kept fair" not in text
 
 
 @pytest.mark.parametrize(("utilisation", "divisor"), [(0.02, 100.0), (0.25, 8.0), (0.6, 4.0), (0.0, 4.0)])
