@@ -58,7 +58,7 @@ def demand_of(ref: StageRef) -> StageDemand:
     return StageDemand(cores=ref.cores, out_keps=ref.out_keps, in_keps=ref.in_keps)
 
 
-def release_patch(pod: dict[str, Any] | None, ref: StageRef, node: str, ids: list[str], plan_id: str) -> dict[str, Any]:
+def release_patch(pod: dict[str, Any] | None, node: str, ids: list[str], plan_id: str) -> dict[str, Any]:
     """The merge patch that ungates a planned pod with a required node affinity to its planned node."""
     spec = (pod or {}).get("spec") or {}
     gates = [g for g in spec.get("schedulingGates") or [] if isinstance(g, dict) and g.get("name") != GATE]
@@ -206,7 +206,7 @@ class GangPlanner:
             try:
                 current = await self.api.get(PODS, r.pod, namespace=r.namespace)
                 await self.api.merge_patch(
-                    PODS, r.pod, release_patch(current, r, p.node, ids, plan_id), namespace=r.namespace
+                    PODS, r.pod, release_patch(current, p.node, ids, plan_id), namespace=r.namespace
                 )
             except KubeError as e:
                 log.warning("gang_release_failed", job=job[1], stage=i, pod=r.pod, error=str(e))

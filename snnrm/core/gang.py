@@ -98,7 +98,6 @@ def _assemble(
     index: ClusterIndex,
     job: tuple[str, str],
     demands: Sequence[StageDemand],
-    todo: Sequence[int],
     placed: Mapping[int, Placed],
     assign: Mapping[int, str],
 ) -> GangPlan | None:
@@ -156,7 +155,7 @@ def plan_gang(
     single = sorted((n for n in nodes if room[n] >= need), key=lambda n: (-affinity(n), -room[n], n))
     best: GangPlan | None = None
     for node in single[:max_nodes]:
-        plan = _assemble(index, job, demands, todo, placed, dict.fromkeys(todo, node))
+        plan = _assemble(index, job, demands, placed, dict.fromkeys(todo, node))
         if plan is not None and (best is None or plan.cost < best.cost):
             best = plan
     if best is not None:
@@ -177,7 +176,7 @@ def plan_gang(
             choice = min(fits, key=lambda n: (-left[n], n))
         assign[i] = choice
         left[choice] -= d
-    return _assemble(index, job, demands, todo, placed, assign)
+    return _assemble(index, job, demands, placed, assign)
 
 
 def ids_of(index: ClusterIndex, placement: StagePlacement) -> list[str]:
