@@ -19,6 +19,7 @@ from sim_hw.faults import (
     TelemetryGlitch,
     fault_from_dict,
     fault_kind,
+    index_field,
 )
 from sim_hw.mesh import Mesh
 from sim_hw.networks import Job, Stage
@@ -47,6 +48,7 @@ __all__ = [
     "factorise",
     "fault_from_dict",
     "fault_kind",
+    "index_field",
     "load_preset",
     "networks",
     "preset_names",

@@ -166,6 +166,12 @@ _NUMBER_FIELDS = {
 }
 
 
+def index_field(kind: str) -> str | None:
+    """The JSON field listing what a fault of ``kind`` hits (``cores``, ``chips`` or ``links``); None if unknown."""
+    cls = FAULT_KINDS.get(kind)
+    return None if cls is None else _INDEX_FIELD[cls]
+
+
 def fault_kind(fault: Fault) -> str:
     """The JSON ``kind`` of a fault object."""
     for kind, cls in FAULT_KINDS.items():

@@ -32,7 +32,7 @@ from snnrm.cluster.sim_workload import SimWorkloads
 from snnrm.cluster.stage_metrics import StageCollector
 from snnrm.cluster.timeline import TimelineReporter
 from snnrm.config import Config, ConfigError
-from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
+from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE, BlockSizeError
 from snnrm.core.placement import INTER_CHIP_WEIGHT
 from snnrm.core.reallocation import ReallocationSettings
 from snnrm.core.summary import PublishPolicy
@@ -154,7 +154,10 @@ class Daemon:
             if (problem := writable_problem(directory)) is not None:
                 raise ConfigError(f"{flag} {directory}: cannot write there ({problem}); Allocate could not answer")
         backend = backend or make_backend(config)
-        node = await NodeService.start(backend, block_keps=config.block_keps, sample_period=config.sample_period)
+        try:
+            node = await NodeService.start(backend, block_keps=config.block_keps, sample_period=config.sample_period)
+        except BlockSizeError as e:  # the block size depends on the chips found, so the config cannot check it
+            raise ConfigError(f"--block-keps {config.block_keps:g}: {e}") from None
         node_name = socket.gethostname()
         tracing = setup_tracing(node=node_name)  # off unless OTEL_* asks; then nothing of OpenTelemetry is imported
         registry = MetricsRegistry()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import errno
 import signal
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -12,7 +11,8 @@ from typing import Any, Literal, TypeVar
 import click
 
 from snnrm import __version__
-from snnrm.config import ConfigError, load_config
+from snnrm.cli_errors import UserError, bind_problem, find
+from snnrm.config import ConfigError, load_config, parse_http_address
 from snnrm.obs.logging import configure_logging
 
 
@@ -29,40 +29,18 @@ def _opt(name: str, **kw: Any) -> Callable[[F], F]:
     return option
 
 
-class UserError(click.ClickException):
-    """A mistake the user fixes by changing a flag, a variable or a file: one line on stderr, exit code 2."""
-
-    exit_code = 2
-
-
-def _find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
-    """The first ``kind`` in ``exc`` or in the exception groups a TaskGroup wraps it in."""
-    if isinstance(exc, kind):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _find(inner, kind)
-            if found is not None:
-                return found
-    return None
-
-
 def _user_error(exc: BaseException, *, http: str, backend: str | None = None) -> UserError | None:
     """Translate what a user mistake raises while the daemon starts into one line that names the flag."""
-    bind = _find(exc, OSError)
-    if isinstance(bind, OSError) and bind.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
-        why = {errno.EADDRINUSE: "address already in use", errno.EADDRNOTAVAIL: "address not available here"}
-        return UserError(
-            f"--http {http}: {why.get(bind.errno, 'permission denied')}; "
-            "choose another address with --http or SNNRM_HTTP"
-        )
+    bound = bind_problem(exc, http=http)
+    if bound is not None:
+        return UserError(bound)
     from snnrm.backends.base import BackendError
 
-    backend_error = _find(exc, BackendError)
+    backend_error = find(exc, BackendError)
     if backend_error is not None:
         hint = "; set --sysfs-root (SNNRM_SYSFS_ROOT)" if backend == "sysfs" else ""
         return UserError(f"--backend {backend}: {backend_error}{hint}")
-    config_error = _find(exc, ConfigError)
+    config_error = find(exc, ConfigError)
     if config_error is not None:
         return UserError(str(config_error))
     return None
@@ -116,7 +94,7 @@ def main() -> None:
 @_opt("sim-preset", default=None, help="Simulator preset: loihi2, spinnaker2, akida [default: loihi2].")
 @_opt("sim-chips", type=int, default=None, help="Simulated chips on this node [default: 4].")
 @_opt("sim-cores", type=int, default=None, help="Cores per simulated chip [default: the preset's, 128 for loihi2].")
-@_opt("sim-seed", type=int, default=None, help="Simulator seed [default: 0].")
+@_opt("sim-seed", type=click.IntRange(min=0), default=None, help="Simulator seed [default: 0].")
 @_opt("sim-speed", type=float, default=None, help="Simulated seconds per wall second [default: 1].")
 @_opt(
     "sim-fault-injection",
@@ -210,7 +188,7 @@ def run(config: Path | None, **flags: Any) -> None:
     help="Stop after this many seconds with exit 0 [default: run until Ctrl-C].",
 )
 @_opt("sim-chips", type=int, default=4, help="Simulated chips.")
-@_opt("sim-seed", type=int, default=0, help="Simulator seed.")
+@_opt("sim-seed", type=click.IntRange(min=0), default=0, help="Simulator seed.")
 @_opt("log-format", type=click.Choice(["console", "json"]), default="console", help="Log rendering.")
 def demo(
     http: str, demo_seconds: float | None, sim_chips: int, sim_seed: int, log_format: Literal["console", "json"]
@@ -219,9 +197,10 @@ def demo(
     configure_logging(log_format)
     from snnrm.demo import run_demo
 
-    host, sep, port = http.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise UserError(f"--http: expected host:port with a port in 0-65535, got {http!r}")
+    try:
+        parse_http_address(http)
+    except ValueError as e:
+        raise UserError(f"--http: {e}") from None
     if demo_seconds is not None and not 0 < demo_seconds < 1e7:
         raise UserError(f"--seconds (SNNRM_DEMO_SECONDS): expected a positive number of seconds, got {demo_seconds}")
     if not 1 <= sim_chips <= 64:
@@ -234,12 +213,12 @@ def demo(
 
 
 @main.command()
-@click.option("--full", is_flag=True, help="The long set: 10 seeds, 180 simulated s per run [default: 5 seeds, 60 s].")
-@click.option("--seeds", type=int, default=None, help="Run seeds 0..N-1 instead of the set's.")
+@click.option("--full", is_flag=True, help="The long set: 20 seeds, 180 simulated s per run [default: 10 seeds, 60 s].")
+@click.option("--seeds", type=click.IntRange(min=1), default=None, help="Run seeds 0..N-1 instead of the set's.")
 @click.option("--duration", type=float, default=None, help="Simulated seconds per run instead of the set's.")
 @click.option("--scenarios", default="", show_default=False, help="Comma-separated scenarios [default: all].")
 @click.option("--policies", default="", show_default=False, help="Comma-separated policies [default: all].")
-@click.option("--workers", type=int, default=None, help="Processes [default: min(2, CPUs)].")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Processes [default: min(2, CPUs)].")
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),

@@ -7,7 +7,9 @@ flag also reads ``SNNRM_<FLAG>``.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
+import re
 import signal
 import socket
 from collections.abc import Callable
@@ -16,9 +18,45 @@ from typing import Any, Literal, TypeVar, cast
 
 import click
 
+from snnrm.cli_errors import UserError, bind_problem
 from snnrm.obs.logging import configure_logging
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_URL_PREFIX = re.compile(r"(/[A-Za-z0-9._~-]+)*")
+
+
+class Seconds(click.FloatRange):
+    """A finite number of seconds in (0, ``most``]: click's FloatRange alone lets NaN through."""
+
+    name = "seconds"
+
+    def __init__(self, most: float) -> None:
+        super().__init__(min=0.0, max=most, min_open=True)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        seconds = super().convert(value, param, ctx)
+        if math.isnan(seconds):
+            self.fail(f"expected a number of seconds, got {value!r}", param, ctx)
+        return seconds
+
+
+Callback = Callable[[click.Context, click.Parameter, Any], Any]
+
+
+def _matching(
+    pattern: re.Pattern[str], what: str, *, most: int = 253
+) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback that refuses a value ``pattern`` does not match in full."""
+
+    def check(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None and (len(value) > most or not pattern.fullmatch(value)):
+            raise click.BadParameter(f"{value!r} is not {what}")
+        return value
+
+    return check
 
 
 def _opt(name: str, **kw: Any) -> Callable[[F], F]:
@@ -37,13 +75,32 @@ def _opt(name: str, **kw: Any) -> Callable[[F], F]:
     help="Kubeconfig of the cluster [default: the pod's service account].",
 )
 @_opt("http", default="127.0.0.1:9500", help="host:port of the extender verbs, probes and metrics.")
-@_opt("extender-prefix", default="/extender", help="URL prefix of the filter and prioritize verbs.")
-@_opt("namespace", default=None, help="Namespace of the leader-election Lease [default: $POD_NAMESPACE, else default].")
+@_opt(
+    "extender-prefix",
+    default="/extender",
+    callback=_matching(_URL_PREFIX, "a URL path of plain segments (like /extender), or empty"),
+    help="URL prefix of the filter and prioritize verbs.",
+)
+@_opt(
+    "namespace",
+    default=None,
+    callback=_matching(_DNS_LABEL, "a namespace name (a DNS-1123 label)", most=63),
+    help="Namespace of the leader-election Lease [default: $POD_NAMESPACE, else default].",
+)
 @_opt("identity", default=None, help="This replica's name in the Lease and Events [default: $POD_NAME, else the host].")
-@_opt("lease-name", default="snnrm-placement-controller", help="Name of the leader-election Lease.")
-@_opt("lease-duration", type=float, default=15.0, help="Seconds a leader holds the Lease without renewing.")
-@_opt("reservation-ttl", type=float, default=120.0, help="Seconds a plan's cores stay reserved before binding.")
-@_opt("summary-stale-after", type=float, default=900.0, help="Seconds after which a node summary is ignored.")
+@_opt(
+    "lease-name",
+    default="snnrm-placement-controller",
+    callback=_matching(_DNS_SUBDOMAIN, "a Lease name (a DNS-1123 subdomain)"),
+    help="Name of the leader-election Lease.",
+)
+@_opt("lease-duration", type=Seconds(3600.0), default=15.0, help="Seconds a leader holds the Lease without renewing.")
+@_opt(
+    "reservation-ttl", type=Seconds(86400.0), default=120.0, help="Seconds a plan's cores stay reserved before binding."
+)
+@_opt(
+    "summary-stale-after", type=Seconds(86400.0), default=900.0, help="Seconds after which a node summary is ignored."
+)
 @_opt("dry-run", is_flag=True, default=False, help="Decide and record Events, but reserve, patch and evict nothing.")
 @click.option(
     "--reallocation/--no-reallocation",
@@ -68,11 +125,14 @@ def controller(
     log_format: str,
 ) -> None:
     """Run the placement controller: gang planner, scheduler extender and reallocation (one leader acts)."""
-    if not lease_duration > 0:
-        raise click.UsageError("--lease-duration must be > 0")
-    host, sep, port = http.rpartition(":")
-    if not sep or not port.isdigit():
-        raise click.UsageError(f"--http: expected host:port, got {http!r}")
+    from snnrm.config import parse_http_address
+
+    try:
+        host, port = parse_http_address(http)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--http'") from None
+    if namespace is None:
+        namespace = os.environ.get("POD_NAMESPACE") or "default"
     configure_logging(cast(Literal["console", "json"], log_format))
 
     async def _main() -> None:
@@ -84,7 +144,7 @@ def controller(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         settings = ControllerSettings(
-            namespace=namespace or os.environ.get("POD_NAMESPACE") or "default",
+            namespace=namespace,
             identity=identity or os.environ.get("POD_NAME") or socket.gethostname(),
             lease_name=lease_name,
             lease_duration=lease_duration,
@@ -95,8 +155,8 @@ def controller(
             dry_run=dry_run,
         )
         config = ControllerConfig(
-            host=host.strip("[]"),
-            port=int(port),
+            host=host,
+            port=port,
             prefix=extender_prefix,
             kubeconfig=kubeconfig,
             settings=settings,
@@ -110,3 +170,8 @@ def controller(
         asyncio.run(_main())
     except KubeConfigError as e:
         raise click.UsageError(str(e)) from None
+    except Exception as e:  # translated when it is a user mistake, re-raised otherwise
+        problem = bind_problem(e, http=http)
+        if problem is None:
+            raise
+        raise UserError(problem) from None

@@ -8,6 +8,7 @@ bad value, and the daemon refuses to start rather than guess.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,6 +36,20 @@ SOCKET_NAMES = {
 """The longest socket file name snnrm creates in each socket directory; tests/unit/app/test_config.py checks them
 against the names the plugins really use."""
 SOCKET_NAME_MAX = max(len(n) for n in SOCKET_NAMES.values())
+_PORT = re.compile(r"[0-9]{1,5}")
+
+
+def parse_http_address(v: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port`` too) as (host, port); ValueError naming the problem otherwise.
+
+    ASCII digits only: ``str.isdigit`` and ``int`` also take other scripts' digits (``:١٢٣`` would bind port 123).
+    """
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not _PORT.fullmatch(port):
+        raise ValueError(f"expected host:port, got {v!r}")
+    if int(port) > 65535:
+        raise ValueError(f"port {int(port)} is out of range 0-65535")
+    return host.strip("[]"), int(port)
 
 
 class ConfigError(Exception):
@@ -44,7 +59,8 @@ class ConfigError(Exception):
 class Config(BaseModel):
     """Everything `snnrm run` needs to know."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # NaN or infinity is never a usable duration, rate or size; counts are integers, not booleans.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     backend: Literal["sim", "sysfs"] = "sim"
     """Where chips come from: the in-process simulator, or a driver's sysfs-style tree."""
@@ -59,11 +75,11 @@ class Config(BaseModel):
     """host:port of the HTTP server (metrics, probes, JSON API, status page)."""
     sim_preset: str = "loihi2"
     """sim_hw preset: loihi2, spinnaker2 or akida."""
-    sim_chips: int = Field(default=4, ge=1, le=4096)
+    sim_chips: int = Field(default=4, ge=1, le=4096, strict=True)
     """Chips on the simulated node; 4 Loihi-2-like chips is a Kapoho-Point-sized board."""
-    sim_cores: int | None = Field(default=None, ge=1, le=4096)
+    sim_cores: int | None = Field(default=None, ge=1, le=4096, strict=True)
     """Cores per simulated chip; default is the preset's (128 for loihi2)."""
-    sim_seed: int = 0
+    sim_seed: int = Field(default=0, ge=0, le=2**63 - 1, strict=True)
     """Seed of the simulator: the same seed and the same faults give the same telemetry."""
     sim_fault_injection: Literal["off", "loopback", "token"] = "loopback"
     """Who may inject simulator faults over HTTP (``POST``/``DELETE /sim/faults``): nobody, clients on this host,
@@ -74,7 +90,7 @@ class Config(BaseModel):
     """Root of the driver's device tree for --backend sysfs (docs/sysfs-interface.md)."""
     sample_period: float = Field(default=0.1, gt=0.0, le=60.0)
     """Seconds between telemetry frames; 100 ms resolves queue build-up long before an SLO of seconds breaks."""
-    block_keps: float = Field(default=1000.0, gt=0.0)
+    block_keps: float = Field(default=1000.0, ge=1.0, le=1e9)
     """KEPS behind one snnrm.io/event-throughput device: 1 MEPS is about half a Loihi-2-like core, so a
     128-core chip is ~256 devices and a 16k-core node stays well under the 16k-device cap."""
     state_dir: Path = Path("/var/lib/snnrm")
@@ -170,20 +186,40 @@ class Config(BaseModel):
     @field_validator("http")
     @classmethod
     def _host_port(cls, v: str) -> str:
-        host, sep, port = v.rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(f"expected host:port, got {v!r}")
-        if not 0 <= int(port) <= 65535:
-            raise ValueError(f"port {int(port)} is out of range 0-65535")
+        parse_http_address(v)
         return v
+
+    @model_validator(mode="after")
+    def _node_size(self) -> Config:
+        # Refused before the simulator allocates anything: 4096 x 4096 chips passed the per-field limits and
+        # then took ~24 GB building 16.7 M cores.
+        if self.backend != "sim":
+            return self
+        # Imported here: both load numpy, which `snnrm --help` and the config's own errors do without.
+        from sim_hw import load_preset
+        from snnrm.core.devices import MAX_DEVICES_PER_RESOURCE
+
+        per_chip = self.sim_cores
+        if per_chip is None:
+            try:
+                per_chip = load_preset(self.sim_preset).cores_per_chip
+            except (OSError, ValueError):
+                return self  # an unknown preset is reported where the simulator is built
+        total = self.sim_chips * per_chip
+        if total > MAX_DEVICES_PER_RESOURCE:
+            raise ValueError(
+                f"--sim-chips {self.sim_chips} x {per_chip} cores per chip is {total:,} cores; a node has at most "
+                f"{MAX_DEVICES_PER_RESOURCE:,} (one snnrm.io/neuron-core device per core)"
+            )
+        return self
 
     @property
     def http_host(self) -> str:
-        return self.http.rpartition(":")[0].strip("[]")
+        return parse_http_address(self.http)[0]
 
     @property
     def http_port(self) -> int:
-        return int(self.http.rpartition(":")[2])
+        return parse_http_address(self.http)[1]
 
 
 def load_config(file: Path | None = None, **overrides: Any) -> Config:
@@ -196,12 +232,18 @@ def load_config(file: Path | None = None, **overrides: Any) -> Config:
     if file is not None:
         try:
             loaded = yaml.safe_load(file.read_text())
-        except (OSError, yaml.YAMLError) as e:
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ConfigError(f"--config {file}: cannot read it: {first}") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"--config {file}: must hold a mapping of settings, got {type(loaded).__name__}")
-        data.update({str(k).replace("-", "_"): v for k, v in (loaded or {}).items()})
+        spelled: dict[str, str] = {}
+        for key, value in (loaded or {}).items():
+            name = str(key).replace("-", "_")
+            if name in spelled:  # YAML keeps the last, silently: say which two spellings collide instead
+                raise ConfigError(f"--config {file}: {spelled[name]!r} and {str(key)!r} set the same setting")
+            spelled[name] = str(key)
+            data[name] = value
     flagged = {k for k, v in overrides.items() if v is not None}
     data.update({k: v for k, v in overrides.items() if v is not None})
     try:

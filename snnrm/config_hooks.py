@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from snnrm.core.hooks import TARGET_FIELDS, TARGET_KINDS, Action, HookSpec, Matcher, Target
 
-_FROZEN = ConfigDict(frozen=True, extra="forbid")
+_FROZEN = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)  # no NaN/inf durations or sizes
 
 
 class TargetConfig(BaseModel):

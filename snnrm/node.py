@@ -52,7 +52,7 @@ class NodeService:
     async def start(cls, backend: HardwareBackend, *, block_keps: float, sample_period: float) -> NodeService:
         """Discover the hardware and build the service around it."""
         topology = await backend.discover()
-        blocks = ThroughputBlocks.plan(topology, block_keps=block_keps)
+        blocks = ThroughputBlocks.plan(topology, block_keps=block_keps)  # BlockSizeError: no block fits a chip
         log.info(
             "hardware_discovered",
             backend=backend.name,

@@ -46,6 +46,8 @@ def config_for(
             raise ValueError("--seeds must be >= 1")
         changes["seeds"] = tuple(range(seeds))
     if duration is not None:
+        if not 0 < duration <= 86_400:  # False for NaN too
+            raise ValueError(f"--duration must be a number of simulated seconds in (0, 86400], got {duration}")
         changes["duration"] = float(duration)
     if scenarios:
         changes["scenarios"] = tuple(scenarios)

@@ -201,10 +201,24 @@ class SimBackend:
                 del self.faults[fid]
 
     def _normalise(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """The HTTP API's spelling (``"core-failure"``, ``"chip"``, ``"core"``) in the simulator's words."""
         out = dict(spec)
         kind = out.get("kind")
         if isinstance(kind, str):
             out["kind"] = kind.replace("-", "_")
+        field = sim_hw.index_field(out["kind"]) if isinstance(out.get("kind"), str) else None
+        if "core" in out and "cores" in out:  # one of them would be dropped without a word
+            raise ValueError("give 'core' or 'cores', not both")
+        if field == "chips" and "chip" in out:  # a chip fault names its chip: "chip": 0 is "chips": [0]
+            if "chips" in out:
+                raise ValueError("give 'chip' or 'chips', not both")
+            out["chips"] = [out.pop("chip")]
+            return out
+        if field != "cores":
+            shorthand = sorted({"chip", "core"} & set(out))
+            if shorthand and field is not None:
+                raise ValueError(f"{out['kind']} takes '{field}', not {' or '.join(map(repr, shorthand))}")
+            return out  # an unknown kind is named by the simulator's parser
         if "chip" in out:
             chip = out.pop("chip")
             per_chip = self.sim.spec.cores_per_chip

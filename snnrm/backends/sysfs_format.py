@@ -220,7 +220,8 @@ def parse_event(line: str) -> RawEvent | str:
     if len(fields) != 6:
         return f"expected 6 fields, got {len(fields)}"
     seq_s, ts_s, kind_s, chip_s, unit, state = fields
-    if not seq_s.isdigit() or not chip_s.isdigit():
+    # ASCII first: isdigit alone takes other scripts' digits and superscripts.
+    if not (seq_s.isascii() and seq_s.isdigit() and chip_s.isascii() and chip_s.isdigit()):
         return "seq and chip must be non-negative integers"
     ts = parse_number(ts_s)
     if ts is None:

@@ -27,6 +27,10 @@ MAX_DEVICES_PER_RESOURCE = 16384
 list under a megabyte and the scheduler's per-node bookkeeping small."""
 
 
+class BlockSizeError(ValueError):
+    """The event-throughput block size cannot cut this node's chips into devices."""
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class DeviceSet:
     """The complete device list of one resource (ListAndWatch always sends the complete list)."""
@@ -77,14 +81,20 @@ class ThroughputBlocks:
     ) -> ThroughputBlocks:
         """Cut each chip's nominal throughput into blocks; grow the block size if the count would pass the cap."""
         if not block_keps > 0:
-            raise ValueError(f"event-throughput block size must be positive, got {block_keps}")
+            raise BlockSizeError(f"event-throughput block size must be positive, got {block_keps}")
+        if not np.isfinite(block_keps):
+            raise BlockSizeError(f"event-throughput block size must be finite, got {block_keps}")
         per_chip = np.bincount(topology.chip_of, weights=topology.core_nominal_keps, minlength=topology.n_chips)
-        counts = np.floor(per_chip / block_keps).astype(np.int64)
-        total = int(counts.sum())
-        if total > max_devices:
+        # Counted in floats first: a tiny block size makes counts no int64 holds.
+        if float(np.floor(per_chip / block_keps).sum()) > max_devices:
             # Round the block size up so the whole node stays under the cap with the same size everywhere.
             block_keps = float(np.ceil(per_chip.sum() / max_devices))
-            counts = np.floor(per_chip / block_keps).astype(np.int64)
+        counts = np.floor(per_chip / block_keps).astype(np.int64)
+        if topology.n_chips and not counts.any():
+            raise BlockSizeError(
+                f"event-throughput block size {block_keps:g} KEPS is more than any chip's throughput (the largest "
+                f"is {float(per_chip.max()):g} KEPS): the node would offer no event-throughput device"
+            )
         chip_of_block = np.repeat(np.arange(topology.n_chips, dtype=np.int64), counts)
         starts = np.repeat(np.cumsum(counts) - counts, counts)
         rank = np.arange(len(chip_of_block), dtype=np.int64) - starts

@@ -194,9 +194,14 @@ def build_app(
     return app
 
 
+SHUTDOWN_GRACE_S = 2.0
+"""Seconds requests in flight get to finish when the process stops. aiohttp's default (60 s) let one client that
+sent half a body hold a SIGTERM past Kubernetes' 30 s grace period, into a SIGKILL."""
+
+
 async def serve(app: web.Application, host: str, port: int, *, on_started: Callable[[int], None] | None = None) -> None:
     """Serve ``app`` until cancelled, then shut the runner down; ``on_started`` gets the bound port."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE_S)
     await runner.setup()
     try:
         site = web.TCPSite(runner, host, port)

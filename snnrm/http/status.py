@@ -506,7 +506,7 @@ async def get_heat(request: web.Request) -> web.Response:
     raw = request.query.get("frames")
     frames = None
     if raw is not None:
-        if not raw.isdecimal() or len(raw) > 6:
+        if not (raw.isascii() and raw.isdecimal()) or len(raw) > 6:  # isdecimal alone takes other scripts
             raise _bad(f"frames must be a non-negative integer, got {raw!r}")
         frames = int(raw)
     s = request.app[STATUS]

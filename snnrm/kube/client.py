@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlencode
 
 import aiohttp
+import yaml
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
@@ -77,6 +78,13 @@ class _Session:
             self.http = None
 
 
+def _check_kubeconfig(path: Path) -> None:
+    """Raise KubeConfigError unless the YAML file at ``path`` holds a mapping: the library's error for an empty
+    file is a TypeError about NoneType. OSError and YAML errors propagate to the caller."""
+    if not isinstance(yaml.safe_load(path.read_text(encoding="utf-8")), dict):
+        raise KubeConfigError(f"{path} is not a kubeconfig: empty, or not a YAML mapping")
+
+
 class KubeAsyncApi:
     """:class:`~snnrm.kube.api.ClusterApi` over kubernetes-asyncio. Use as an async context manager (it owns an
     ApiClient, unless it is a :meth:`with_timeout` view of another client)."""
@@ -97,10 +105,13 @@ class KubeAsyncApi:
         cfg = k8s.Configuration()
         try:
             if kubeconfig is not None:
+                await asyncio.to_thread(_check_kubeconfig, kubeconfig)
                 await k8s.config.load_kube_config(config_file=str(kubeconfig), client_configuration=cfg)
             else:
                 k8s.config.load_incluster_config(client_configuration=cfg)
-        except (k8s.config.ConfigException, OSError, ValueError, TypeError, KeyError) as e:  # garbled kubeconfig
+        except KubeConfigError:
+            raise
+        except (k8s.config.ConfigException, OSError, ValueError, TypeError, KeyError, yaml.YAMLError) as e:
             where = kubeconfig if kubeconfig is not None else "the pod's service account"
             raise KubeConfigError(f"no usable cluster credentials from {where}: {e}") from e
         client: ApiClient = k8s.ApiClient(configuration=cfg)

@@ -63,6 +63,10 @@ async def _post(http: aiohttp.ClientSession, url: str, raw: bytes) -> tuple[int,
         (b'{"kind": "core-failure", "chip": 0, "core": 1, "duration": NaN}', 400, "NaN is not a JSON number"),
         (b'{"kind": "core-failure", "chip": 0, "core": 1, "at": 1e999}', 400, "out of range"),
         (b"\xff\xfe", 400, "not JSON"),
+        # Both spellings of the cores: one of them was dropped without a word.
+        (b'{"kind": "core-failure", "core": 3, "cores": [5, 6]}', 400, "give 'core' or 'cores', not both"),
+        (b'{"kind": "link-failure", "chip": 0, "core": 1}', 400, "link_failure takes 'links', not 'chip' or 'core'"),
+        (b'{"kind": "chip-failure", "chip": 0, "chips": [0]}', 400, "give 'chip' or 'chips', not both"),
     ],
 )
 async def test_bad_fault_bodies_are_400_and_change_nothing(
@@ -75,6 +79,86 @@ async def test_bad_fault_bodies_are_400_and_change_nothing(
         assert message in str(answer["error"])
         async with http.get(base + "/sim/faults") as r:
             assert (await r.json())["faults"] == []
+
+
+async def test_a_chip_failure_names_its_chip(daemon: tuple[Daemon, str]) -> None:
+    """``"chip": 0`` is the HTTP API's spelling for a chip fault too (it used to be refused for a field 'cores' the
+    client never sent)."""
+    _, base = daemon
+    async with aiohttp.ClientSession() as http:
+        code, answer = await _post(http, base + "/sim/faults", b'{"kind": "chip-failure", "chip": 0, "duration": 5}')
+        assert code == 201, answer
+        async with http.get(base + "/sim/faults") as r:
+            (fault,) = (await r.json())["faults"]
+        assert (fault["kind"], fault["chips"]) == ("chip_failure", [0])
+
+
+async def test_a_client_holding_half_a_body_does_not_hold_the_shutdown(tmp_path: Path) -> None:
+    """aiohttp waits 60 s for requests in flight by default: past Kubernetes' 30 s grace period, a SIGKILL."""
+    config = Config(
+        backend="sim",
+        kubelet_dir=tmp_path / "dp",
+        http="127.0.0.1:0",
+        sim_chips=1,
+        sim_cores=16,
+        state_dir=tmp_path / "state",
+        cdi_dir=tmp_path / "cdi",
+    )
+    d = await Daemon.create(config)
+    stop = asyncio.Event()
+    task = asyncio.create_task(d.run(stop=stop))
+    await asyncio.wait_for(d.http_started.wait(), 10)
+    _, writer = await asyncio.open_connection("127.0.0.1", d.http_port)
+    writer.write(
+        b"POST /sim/faults HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 1000\r\n\r\n{"kind":'
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)  # the handler is now reading the body
+    stop.set()
+    await asyncio.wait_for(task, 10)  # stopped within the grace period (it took 60.8 s)
+    writer.close()
+
+
+async def test_a_malformed_request_is_one_warning_line_not_a_traceback(
+    daemon: tuple[Daemon, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Anyone who reaches the port can send a request line over aiohttp's 8190-byte limit; each one logged a
+    ~50-line traceback (with local variables) at error level."""
+    import logging
+
+    from snnrm.obs.logging import MalformedRequestFilter
+
+    d, _ = daemon
+    server = logging.getLogger("aiohttp.server")
+    only = MalformedRequestFilter()
+    server.addFilter(only)
+    records: list[logging.LogRecord] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    catch = Catch()
+    server.addHandler(catch)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", d.http_port)
+        writer.write(b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        status = await asyncio.wait_for(reader.readline(), 10)
+        writer.close()
+        assert status.split()[1] == b"400", status
+        for _ in range(50):
+            if records:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        server.removeHandler(catch)
+        server.removeFilter(only)
+    (record,) = records
+    assert record.levelno == logging.WARNING
+    assert record.exc_info is None
+    assert record.getMessage().startswith("malformed HTTP request refused: 400")
 
 
 async def test_bad_extender_and_hook_bodies_are_400_not_500(daemon: tuple[Daemon, str]) -> None:

@@ -27,11 +27,40 @@ def test_flags_override_the_file(tmp_path: Path) -> None:
         ({"sim_chips": 0}, r"--sim-chips \(or SNNRM_SIM_CHIPS\): .*greater than or equal to 1, got 0"),
         ({"backend": "gpu"}, r"--backend \(or SNNRM_BACKEND\)"),
         ({"no_such_flag": 1}, "unknown key 'no_such_flag'"),
+        # Found by an outside audit: each of these started a daemon, or failed later with a traceback.
+        ({"http": "127.0.0.1:\u0661\u0662\u0663"}, r"--http \(or SNNRM_HTTP\): expected host:port"),
+        ({"sim_seed": -1}, r"--sim-seed \(or SNNRM_SIM_SEED\): .*greater than or equal to 0"),
+        ({"sim_chips": True}, r"--sim-chips \(or SNNRM_SIM_CHIPS\): .*valid integer"),
+        ({"block_keps": float("inf")}, r"--block-keps \(or SNNRM_BLOCK_KEPS\): .*finite"),
+        ({"block_keps": float("nan")}, r"--block-keps \(or SNNRM_BLOCK_KEPS\): .*finite"),
+        ({"block_keps": 1e-15}, r"--block-keps \(or SNNRM_BLOCK_KEPS\): .*greater than or equal to 1"),
+        ({"sample_period": float("nan")}, r"--sample-period \(or SNNRM_SAMPLE_PERIOD\): .*finite"),
+        ({"sim_chips": 4096, "sim_cores": 4096}, r"16,777,216 cores; a node has at most 16,384"),
+        ({"sim_chips": 129}, r"129 x 128 cores per chip is 16,512 cores"),  # the preset's chip size counts too
     ],
 )
 def test_bad_values_are_named(overrides: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(None, **overrides)
+
+
+def test_the_largest_node_is_accepted_and_the_size_limit_is_the_sim_backends() -> None:
+    assert load_config(None, sim_chips=128).sim_chips == 128  # 128 x 128 = 16,384 cores, the benchmarks' node
+    assert load_config(None, backend="sysfs", sim_chips=4096, sim_cores=4096).backend == "sysfs"
+
+
+def test_a_file_that_spells_one_setting_twice_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("sim-chips: 2\nsim_chips: 3\n")  # YAML would keep the last one silently
+    with pytest.raises(ConfigError, match="'sim-chips' and 'sim_chips' set the same setting"):
+        load_config(f)
+
+
+def test_a_file_that_is_not_text_is_one_line(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ConfigError, match=r"--config .*c\.yaml: cannot read it"):
+        load_config(f)
 
 
 def test_a_file_that_is_not_a_mapping_is_rejected(tmp_path: Path) -> None:

@@ -47,6 +47,12 @@ def test_blocks_cut_each_chip_and_respect_the_cap(topo: Topology) -> None:
     assert len(capped.ids) <= 100
     with pytest.raises(ValueError, match="positive"):
         ThroughputBlocks.plan(topo, block_keps=0.0)
+    # A tiny block grows to the cap instead of counting more blocks than int64 holds (it raised from np.repeat).
+    assert 0 < len(ThroughputBlocks.plan(topo, block_keps=1e-300).ids) <= 16384
+    with pytest.raises(ValueError, match="finite"):
+        ThroughputBlocks.plan(topo, block_keps=float("inf"))
+    with pytest.raises(ValueError, match="more than any chip's throughput"):
+        ThroughputBlocks.plan(topo, block_keps=8001.0)  # a chip is 8 x 1000 KEPS: no device at all
 
 
 def test_event_throughput_devices_take_low_ranks_first(topo: Topology) -> None:
