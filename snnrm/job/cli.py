@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
+import secrets
 import sys
-import tempfile
 from pathlib import Path
 
 import click
@@ -45,9 +45,7 @@ def job() -> None:
 @click.option("--job", "job_name_", default=None, help="Job name [default: the graph file's name].")
 @click.option("--image", default="registry.example.com/snn-stage:latest", help="Container image of every stage.")
 @click.option("--namespace", default=None, help="Namespace written into the manifests [default: none].")
-@click.option(
-    "-o", "--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Directory for the manifests."
-)
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="Directory for the manifests.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON instead of a table.")
 def plan(
     graph: Path,
@@ -70,11 +68,15 @@ def plan(
     """
     import yaml
 
-    from snnrm.job.plan import PlanError, job_name, manifests, plan_job
+    from snnrm.job.plan import PlanError, check_image, check_namespace, job_name, manifests, plan_job
 
     if not (dt > 0 and dt <= 1.0):
         raise _PlanFailed(f"--dt must be in (0, 1] seconds, got {dt}")
+    if out is not None:
+        _check_out(out)  # before the work: a bad -o should not cost a run of the graph
     try:
+        check_namespace(namespace)
+        check_image(image)
         name = job_name(job_name_ or graph.stem)
         result = plan_job(
             graph,
@@ -86,9 +88,12 @@ def plan(
             dt=dt,
             job=name,
         )
+        docs = manifests(result, image=image, namespace=namespace)
     except PlanError as e:
         raise _PlanFailed(str(e)) from None
-    docs = manifests(result, image=image, namespace=namespace)
+    if out is not None:
+        # Written before anything is printed, so a refusal is the only line the user sees.
+        _write_all(out, {f"{d['metadata']['name']}.yaml": yaml.safe_dump(d, sort_keys=False) for d in docs})
     summary_stream = sys.stderr if out is None and not as_json else sys.stdout
     if as_json:
         click.echo(json.dumps(_as_json(result), indent=1))
@@ -98,23 +103,56 @@ def plan(
         if not as_json:
             click.echo(yaml.safe_dump_all(docs, sort_keys=False), nl=False)
         return
-    _write_all(out, {f"{d['metadata']['name']}.yaml": yaml.safe_dump(d, sort_keys=False) for d in docs})
     if not as_json:
         click.echo(f"wrote {len(docs)} manifests to {out}/ (kubectl apply -f {out}/)")
 
 
+def _check_out(out: Path) -> None:
+    """Refuse an ``-o`` that cannot become a writable directory (cheap checks; the write itself may still fail)."""
+    for p in (out, *out.parents):
+        if not os.path.lexists(p):
+            continue
+        if not p.is_dir():
+            where = "exists" if p == out else f"has {p}, which exists"
+            raise _PlanFailed(f"-o {out}: {where} and is not a directory")
+        # access() also answers EROFS for a read-only mount, even to root
+        if not os.access(p, os.W_OK | os.X_OK):
+            why = "is on a read-only filesystem" if os.statvfs(p).f_flag & os.ST_RDONLY else "is not writable"
+            raise _PlanFailed(f"-o {out}: {p} {why}")
+        return
+
+
 def _write_all(out: Path, files: dict[str, str]) -> None:
-    """All files or none: written to a temporary directory beside ``out`` and moved in at the end."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    """All files or none, as far as a filesystem allows: each is written to a temporary file inside ``out`` and
+    renamed into place once all are written. Temporary files live in ``out`` itself (not beside it) so the renames
+    never cross a filesystem, as they would when ``out`` is a mount point. Directories made here are removed again
+    on failure. Raises :class:`_PlanFailed` with one line."""
+    made: list[Path] = []
+    temps: dict[str, Path] = {}
+    done = False
     try:
+        for d in reversed([out, *out.parents]):
+            if not d.exists():
+                d.mkdir()
+                made.append(d)
+        tag = f"{os.getpid()}.{secrets.token_hex(4)}"
         for name, text in files.items():
-            (tmp / name).write_text(text)
-        out.mkdir(exist_ok=True)
-        for name in files:
-            os.replace(tmp / name, out / name)
+            temps[name] = out / f".{name}.{tag}.tmp"
+            with open(temps[name], "x", encoding="utf-8") as f:  # "x": never clobber; mode from the umask
+                f.write(text)
+        for name, tmp in temps.items():
+            os.replace(tmp, out / name)
+        done = True
+    except OSError as e:
+        raise _PlanFailed(f"-o {out}: cannot write the manifests there ({e.strerror or e})") from None
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            for tmp in temps.values():
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            for d in reversed(made):
+                with contextlib.suppress(OSError):  # not empty: a manifest was already renamed into it
+                    d.rmdir()
 
 
 def _as_json(result: object) -> dict[str, object]:

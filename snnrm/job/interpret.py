@@ -56,6 +56,93 @@ class GraphError(ValueError):
     """The graph cannot be run: the message names the node and what is wrong."""
 
 
+PARAMETERS: dict[str, tuple[str, ...]] = {
+    "Affine": ("weight", "bias"),
+    "Linear": ("weight",),
+    "Scale": ("scale",),
+    "Conv2d": ("weight", "bias"),
+    "Delay": ("delay",),
+    "Threshold": ("threshold",),
+    "LIF": ("tau", "r", "v_leak", "v_threshold", "v_reset"),
+    "CubaLIF": ("tau_syn", "tau_mem", "r", "v_leak", "v_threshold", "v_reset", "w_in"),
+    "IF": ("r", "v_threshold", "v_reset"),
+    "LI": ("tau", "r", "v_leak"),
+    "CubaLI": ("tau_syn", "tau_mem", "r", "v_leak", "w_in"),
+    "I": ("r",),
+}
+"""The numeric parameters of each supported type; every one must be real and finite."""
+TIME_CONSTANTS = frozenset({"tau", "tau_syn", "tau_mem"})
+_LARGEST_INT = 1 << 30  # bounds strides, kernels and shapes so converting them to int cannot overflow
+
+
+def _ints(name: str, kind: str, field: str, value: Any, *, least: int, sizes: tuple[int, ...] = (1, 2)) -> list[int]:
+    """``value`` as whole numbers >= ``least`` (one or two of them), or a GraphError naming the node and field."""
+    a = np.atleast_1d(np.asarray(value))
+    ok = a.ndim == 1 and a.size in sizes and a.dtype.kind in "biuf"
+    if ok:
+        with np.errstate(invalid="ignore"):
+            ok = bool(np.isfinite(a).all() and (a == np.rint(a)).all() and (a >= least).all())
+        ok = ok and bool((a <= _LARGEST_INT).all())
+    if not ok:
+        count = "a whole number" if sizes == (1,) else "one or two whole numbers"
+        shown = np.asarray(value).tolist() if np.asarray(value).dtype.kind in "biuf" else repr(value)
+        raise GraphError(f"node {name!r} ({kind}): {field} must be {count} >= {least}, got {shown}")
+    return [int(v) for v in a.tolist()]
+
+
+def check_node(name: str, kind: str, params: Mapping[str, Any]) -> None:
+    """Refuse parameters the interpreter cannot run, naming the node and field.
+
+    ``params`` are a node's fields (a nir node's ``vars()`` or the dictionary a ``.nir`` file holds). Checked:
+    numeric parameters are real and finite, time constants > 0, delays >= 0, Conv2d and SumPool2d geometry
+    (groups dividing the channels, strides, kernels and dilations >= 1, padding between 0 and the kernel size).
+    Raises :class:`GraphError`.
+    """
+    for key in PARAMETERS.get(kind, ()):
+        value = params.get(key)
+        if value is None:
+            continue  # optional (v_reset): nir fills in its default
+        a = np.asarray(value)
+        if a.dtype.kind not in "biuf":
+            raise GraphError(f"node {name!r} ({kind}): {key} must be real numbers, got dtype {a.dtype}")
+        if not np.isfinite(a).all():
+            raise GraphError(f"node {name!r} ({kind}): {key} holds NaN or infinite values")
+        if key in TIME_CONSTANTS and not (a > 0).all():
+            raise GraphError(f"node {name!r} ({kind}): time constant {key} must be > 0 s, got {float(a.min())}")
+        if key == "delay" and not (a >= 0).all():
+            raise GraphError(f"node {name!r} ({kind}): delay must be >= 0 s, got {float(a.min())}")
+    if kind == "Conv2d":
+        w = np.asarray(params.get("weight"))
+        if w.ndim != 4 or min(w.shape) < 1:
+            raise GraphError(
+                f"node {name!r} (Conv2d): weight must be (C_out, C_in/groups, kh, kw), each >= 1, got {w.shape}"
+            )
+        (groups,) = _ints(name, kind, "groups", params.get("groups"), least=1, sizes=(1,))
+        if w.shape[0] % groups:
+            raise GraphError(
+                f"node {name!r} (Conv2d): groups {groups} does not divide the {w.shape[0]} output channels"
+            )
+        _ints(name, kind, "stride", params.get("stride"), least=1)
+        dh, dw = _pair(_ints(name, kind, "dilation", params.get("dilation"), least=1))
+        padding = params.get("padding")
+        if isinstance(padding, bytes):
+            padding = padding.decode(errors="replace")
+        if isinstance(padding, str):
+            if padding not in ("same", "valid"):
+                raise GraphError(f"node {name!r} (Conv2d): padding {padding!r} is not 'same', 'valid' or a number")
+        else:
+            spans = (dh * (w.shape[2] - 1) + 1, dw * (w.shape[3] - 1) + 1)
+            pads = _pair(_ints(name, kind, "padding", padding, least=0))
+            if pads[0] > spans[0] or pads[1] > spans[1]:
+                raise GraphError(f"node {name!r} (Conv2d): padding {pads} is larger than the kernel {spans}")
+    elif kind == "SumPool2d":
+        kernel = _pair(_ints(name, kind, "kernel_size", params.get("kernel_size"), least=1))
+        _ints(name, kind, "stride", params.get("stride"), least=1)
+        pads = _pair(_ints(name, kind, "padding", params.get("padding"), least=0))
+        if pads[0] > kernel[0] or pads[1] > kernel[1]:
+            raise GraphError(f"node {name!r} (SumPool2d): padding {pads} is larger than the kernel {kernel}")
+
+
 def _arr(v: Any) -> Array:
     return np.asarray(v, dtype=np.float64)
 
@@ -182,8 +269,15 @@ def _neuron(kind: str, node: Any, dt: float) -> Callable[[Array], Array]:
     return integrate
 
 
+MAX_DELAY_STEPS = 1_000_000
+
+
 def _delay(node: Any, dt: float, shape: tuple[int, ...]) -> Callable[[Array], Array]:
-    steps = np.rint(_arr(node.delay) / dt).astype(np.int64).reshape(-1)
+    exact = np.rint(_arr(node.delay) / dt).reshape(-1)
+    longest = float(exact.max(initial=0.0))
+    if longest >= MAX_DELAY_STEPS:  # the ring buffer holds every step in flight; checked before the int cast
+        raise GraphError(f"delay of {longest:,.0f} steps of {dt:g} s is more than {MAX_DELAY_STEPS:,}; raise --dt")
+    steps = exact.astype(np.int64)
     if steps.size == 1:
         steps = np.full(int(np.prod(shape)) if shape else 1, int(steps[0]))
     depth = int(steps.max(initial=0)) + 1
@@ -206,6 +300,7 @@ def _build(name: str, node: Any, dt: float) -> _Node:
     kind = type(node).__name__
     if kind not in SUPPORTED:
         raise GraphError(f"node {name!r}: type {kind} is not supported (supported: {', '.join(SUPPORTED)})")
+    check_node(name, kind, vars(node))
     out_shape = _shape(node, "output_type", "output")
     # ``batch`` maps a block of steps (T, *shape) at once; stateless nodes have one, neurons and delays step.
     batch: Callable[[Array], Array] | None
@@ -256,7 +351,10 @@ def _build(name: str, node: Any, dt: float) -> _Node:
 
         step = single
     elif kind == "Delay":
-        step = _delay(node, dt, out_shape)
+        try:
+            step = _delay(node, dt, out_shape)
+        except GraphError as e:
+            raise GraphError(f"node {name!r} (Delay): {e}") from None
     else:
         step = _neuron(kind, node, dt)
     return _Node(name, kind, step, out_shape, batch)
@@ -341,48 +439,58 @@ def run(
         except (ValueError, IndexError) as e:
             raise GraphError(f"node {node.name!r} ({node.kind}): input of shape {shape} does not fit: {e}") from None
 
-    for start in range(0, steps, CHUNK):
-        n = min(CHUNK, steps - start)
-        block: dict[str, Array] = {}
-        for group in groups:
-            members = set(group)
-            cyclic = len(group) > 1 or group[0] in preds[group[0]]
-            if not cyclic:
-                name = group[0]
-                node = built[name]
-                if node.kind == "Input":
-                    x = np.asarray(inputs[name][start : start + n], dtype=np.float64)
-                else:
-                    x = summed(name, [block[p] for p in preds[name]])
-                if node.batch is not None:
-                    y = apply(node, node.batch, x, x.shape[1:])
-                else:
-                    y = np.stack([apply(node, node.step, x[i], x.shape[1:]) for i in range(n)])
-                block[name] = y
-                continue
-            seq: dict[str, list[Array]] = {m: [] for m in group}
-            for i in range(n):
-                cur: dict[str, Array] = {}
-                for name in group:
+    # Huge weights or inputs may overflow mid-run: numpy's warnings are silenced because every block is checked
+    # below and the node that overflowed is named instead.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for start in range(0, steps, CHUNK):
+            n = min(CHUNK, steps - start)
+            block: dict[str, Array] = {}
+            for group in groups:
+                members = set(group)
+                cyclic = len(group) > 1 or group[0] in preds[group[0]]
+                if not cyclic:
+                    name = group[0]
                     node = built[name]
-                    parts = []
-                    for p in preds[name]:
-                        if p not in members:
-                            src: Array | None = block[p][i]
-                        else:
-                            src = cur.get(p) if rank[p] < rank[name] else prev.get(p)
-                        if src is None:
-                            src = np.zeros(built[p].out_shape or (1,))
-                        parts.append(src)
-                    x = summed(name, parts)
-                    cur[name] = apply(node, node.step, x, x.shape)
-                    seq[name].append(cur[name])
-                prev.update(cur)
-            for name in group:
-                block[name] = np.stack(seq[name])
-        for name, y in block.items():
-            if name in spikes:
-                spikes[name] += float(y.sum())  # input frames may hold event counts per pixel and step
-            if name in outputs:
-                outputs[name].extend(y)
+                    if node.kind == "Input":
+                        x = np.asarray(inputs[name][start : start + n], dtype=np.float64)
+                    else:
+                        x = summed(name, [block[p] for p in preds[name]])
+                    if node.batch is not None:
+                        y = apply(node, node.batch, x, x.shape[1:])
+                    else:
+                        y = np.stack([apply(node, node.step, x[i], x.shape[1:]) for i in range(n)])
+                    block[name] = y
+                    continue
+                seq: dict[str, list[Array]] = {m: [] for m in group}
+                for i in range(n):
+                    cur: dict[str, Array] = {}
+                    for name in group:
+                        node = built[name]
+                        parts = []
+                        for p in preds[name]:
+                            if p not in members:
+                                src: Array | None = block[p][i]
+                            else:
+                                src = cur.get(p) if rank[p] < rank[name] else prev.get(p)
+                            if src is None:
+                                src = np.zeros(built[p].out_shape or (1,))
+                            parts.append(src)
+                        x = summed(name, parts)
+                        cur[name] = apply(node, node.step, x, x.shape)
+                        seq[name].append(cur[name])
+                    prev.update(cur)
+                for name in group:
+                    block[name] = np.stack(seq[name])
+            for name, y in block.items():
+                if not np.isfinite(y).all():
+                    raise GraphError(
+                        f"node {name!r} ({built[name].kind}): values overflow to inf or NaN; "
+                        "the input or the weights are too large"
+                    )
+                if name in spikes:
+                    spikes[name] += float(y.sum())  # input frames may hold event counts per pixel and step
+                    if not np.isfinite(spikes[name]):
+                        raise GraphError(f"node {name!r}: its spike count overflows; the input counts are too large")
+                if name in outputs:
+                    outputs[name].extend(y)
     return RunResult(spikes=spikes, steps=steps, dt=dt, outputs=outputs)

@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+import warnings
+import zipfile
+import zlib
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,7 @@ import numpy as np
 
 from snnrm.core.jobs import GATE, INPUT_RATE, JOB, SPIKE_RATE, STAGE, STAGES
 from snnrm.core.split import CoreBudget, GraphNode, SplitError, Stage, split
-from snnrm.job.interpret import SPIKING, SUPPORTED, GraphError, run
+from snnrm.job.interpret import SPIKING, SUPPORTED, GraphError, check_node, run
 
 NEURON_KINDS = frozenset({"LIF", "CubaLIF", "IF", "LI", "CubaLI", "I"})
 BLOCK_KEPS = 1000.0
@@ -40,27 +44,86 @@ class Graph:
     view: list[GraphNode]
 
 
+_READ_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,  # h5py's corrupt-file errors, permissions, I/O
+    EOFError,  # numpy on an empty or cut-off file
+    ValueError,  # numpy's object arrays, bad headers; nir's type check
+    LookupError,  # a group, dataset or attribute the file lacks
+    TypeError,
+    ArithmeticError,
+    AssertionError,  # nir asserts parameter shapes while building nodes
+    zipfile.BadZipFile,
+    zlib.error,
+)
+"""What reading and interpreting one input file may raise; :func:`reading` turns each into a :class:`PlanError`."""
+
+
+@contextmanager
+def reading(label: str, path: Path, what: str) -> Iterator[None]:
+    """The boundary around loading one input file: any failure becomes one :class:`PlanError` line.
+
+    ``label`` starts the message (``--input ev.npz``), ``what`` says what the file should have been (``a readable
+    .npz file``). Checks inside raise :class:`PlanError` or :class:`GraphError` with their own message.
+    """
+    try:
+        yield
+    except PlanError:
+        raise
+    except GraphError as e:
+        raise PlanError(f"{label}: {e}") from None
+    except FileNotFoundError:
+        raise PlanError(f"{label}: no such file") from None
+    except IsADirectoryError:
+        raise PlanError(f"{label}: is a directory, not {what}") from None
+    except PermissionError:
+        raise PlanError(f"{label}: permission denied") from None
+    except _READ_ERRORS as e:
+        if isinstance(e, EOFError | OSError) and path.is_file() and path.stat().st_size == 0:
+            raise PlanError(f"{label}: the file is empty, not {what}") from None
+        detail = " ".join(str(e).split())[:120]
+        raise PlanError(f"{label}: not {what} ({type(e).__name__}: {detail})") from None
+
+
 def _base(name: str) -> str:
     return name.split(".", 1)[0]  # NIR edges may name a port: "node.output"
 
 
 def load_graph(path: Path) -> Graph:
-    """Read a ``.nir`` file; nested subgraphs are refused (export a flat graph)."""
-    import nir  # lazily: only `snnrm job` needs it
+    """Read and check a ``.nir`` file; nested subgraphs are refused (export a flat graph).
 
-    try:
-        g = nir.read(str(path))
-    except FileNotFoundError:
-        raise PlanError(f"{path}: no such file") from None
-    except Exception as e:  # noqa: BLE001 - h5py and nir raise many types for a corrupt or truncated file
-        raise PlanError(f"{path}: not a readable NIR graph ({type(e).__name__}: {str(e)[:120]})") from None
-    nodes = dict(g.nodes)
-    for name, node in nodes.items():
-        if isinstance(node, nir.NIRGraph):
-            raise PlanError(f"node {name!r} is a nested subgraph; export the network as one flat NIR graph")
-        kind = type(node).__name__
-        if kind not in SUPPORTED:
-            raise PlanError(f"node {name!r}: type {kind} is not supported (supported: {', '.join(SUPPORTED)})")
+    The file's node dictionaries are checked (type supported, parameters finite, geometry sane) before nir builds
+    node objects from them, so a bad parameter is named rather than failing inside nir with a division by zero.
+    """
+    import h5py  # type: ignore[import-untyped]  # lazily: only `snnrm job` needs it; ships no types
+    import nir
+    from nir.serialization import hdf2dict
+
+    with reading(str(path), path, "a readable NIR graph"):
+        with h5py.File(path, "r") as f:
+            raw = hdf2dict(f["node"])
+        raw_nodes = raw.get("nodes")
+        if not isinstance(raw_nodes, dict) or "edges" not in raw:
+            raise PlanError(f"{path}: not a NIR graph (no 'nodes' and 'edges' at its top)")
+        for name, fields in raw_nodes.items():
+            kind = fields.get("type") if isinstance(fields, dict) else None
+            if kind == "NIRGraph":
+                raise PlanError(f"{path}: node {name!r} is a nested subgraph; export the network as one flat NIR graph")
+            if kind not in SUPPORTED:
+                raise PlanError(
+                    f"{path}: node {name!r}: type {kind} is not supported (supported: {', '.join(SUPPORTED)})"
+                )
+            check_node(name, kind, fields)
+        raw["type_check"] = True  # as nir.read does
+        # nir computes output shapes while building nodes; the values were checked above, so numpy's warnings
+        # about them would only repeat a refusal already made (or be noise).
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            g = nir.dict2NIRNode(raw)
+        if not isinstance(g, nir.NIRGraph):
+            raise PlanError(f"{path}: holds a single {type(g).__name__} node, not a NIR graph")
+        nodes = dict(g.nodes)
+        for name, node in nodes.items():
+            check_node(name, type(node).__name__, vars(node))
     edges = [(_base(a), _base(b)) for a, b in g.edges]
     for a, b in edges:
         for end in (a, b):
@@ -104,86 +167,180 @@ def budget_for(preset: str) -> CoreBudget:
     )
 
 
-def input_frames(path: Path, graph: Graph, dt: float) -> dict[str, np.ndarray]:
-    """``--input EVENTS.npz``: ``spikes`` (T, channels) per step, or ``t`` (seconds), ``x``, ``y``, ``p`` events."""
+def _input_shape(graph: Graph) -> tuple[str, tuple[int, ...]]:
     inputs = [n for n, node in graph.nodes.items() if type(node).__name__ == "Input"]
     if len(inputs) != 1:
         raise PlanError(f"--input needs a graph with exactly one Input node, this one has {len(inputs)}")
     name = inputs[0]
-    shape = tuple(int(v) for v in np.asarray(graph.nodes[name].input_type["input"]).tolist())
+    raw = np.asarray((graph.nodes[name].input_type or {}).get("input", []))
+    ok = raw.ndim == 1 and raw.size >= 1 and raw.dtype.kind in "biuf"
+    if ok:
+        with np.errstate(invalid="ignore"):
+            ok = bool(np.isfinite(raw).all() and (raw == np.rint(raw)).all() and (raw >= 1).all())
+    if not ok:
+        raise PlanError(f"Input node {name!r}: its shape {raw.tolist()} is not a list of whole numbers >= 1")
+    return name, tuple(int(v) for v in raw.tolist())
+
+
+def _npz_array(data: Any, key: str, label: str) -> np.ndarray:
+    """One array of an .npz archive, refused unless it holds real numbers (no strings, objects or records)."""
     try:
-        data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise PlanError(f"--input {path}: not a readable .npz file ({e})") from None
-    with data:
-        keys = set(data.files)
-        if "spikes" in keys:
-            spikes = np.asarray(data["spikes"], dtype=np.float64)
-            if spikes.ndim < 2 or int(np.prod(spikes.shape[1:])) != int(np.prod(shape)):
-                raise PlanError(
-                    f"--input {path}: 'spikes' has {int(np.prod(spikes.shape[1:]))} channels per step, "
-                    f"Input node {name!r} has {int(np.prod(shape))} {list(shape)}"
-                )
-            if not np.isfinite(spikes).all() or (spikes < 0).any():
-                raise PlanError(f"--input {path}: 'spikes' must hold finite counts >= 0")
-            return {name: spikes.reshape((len(spikes), *shape))}
-        if {"t", "x", "y", "p"} <= keys:
-            return {name: _bin_events(data, shape, dt, path, name)}
-    raise PlanError(f"--input {path}: expected an array 'spikes' (time, channels) or arrays 't', 'x', 'y', 'p'")
+        a = np.asarray(data[key])
+    except ValueError as e:  # object arrays (allow_pickle=False), a malformed header
+        raise PlanError(f"{label}: array {key!r} cannot be read ({' '.join(str(e).split())[:120]})") from None
+    if a.dtype.kind not in "biuf":
+        raise PlanError(f"{label}: array {key!r} must hold real numbers, got dtype {a.dtype}")
+    return a
 
 
-def _bin_events(data: Any, shape: tuple[int, ...], dt: float, path: Path, name: str) -> np.ndarray:
+def input_frames(path: Path, graph: Graph, dt: float) -> dict[str, np.ndarray]:
+    """``--input EVENTS.npz``: ``spikes`` (T, channels) per step, or ``t`` (seconds), ``x``, ``y``, ``p`` events.
+
+    Every failure to read or interpret the file is one :class:`PlanError` naming it (:func:`reading`).
+    """
+    name, shape = _input_shape(graph)
+    label = f"--input {path}"
+    # The file is opened here, not by np.load, which leaks its handle when the zip directory is unreadable.
+    with reading(label, path, "a readable .npz file"), path.open("rb") as fh:
+        data = np.load(fh, allow_pickle=False)
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise PlanError(f"{label}: a single .npy array, not an .npz archive of named arrays")
+        with data:
+            keys = set(data.files)
+            if "spikes" in keys:
+                return {name: _spike_frames(_npz_array(data, "spikes", label), shape, label, name)}
+            if {"t", "x", "y", "p"} <= keys:
+                t, x, y, p = (_npz_array(data, k, label) for k in ("t", "x", "y", "p"))
+                return {name: _bin_events(t, x, y, p, shape, dt, label, name)}
+    raise PlanError(f"{label}: expected an array 'spikes' (time, channels) or arrays 't', 'x', 'y', 'p'")
+
+
+def _spike_frames(spikes: np.ndarray, shape: tuple[int, ...], label: str, name: str) -> np.ndarray:
+    per_step = int(np.prod(spikes.shape[1:])) if spikes.ndim >= 2 else 0
+    if spikes.ndim < 2 or per_step != int(np.prod(shape)):
+        raise PlanError(
+            f"{label}: 'spikes' has {per_step} channels per step, Input node {name!r} has {int(np.prod(shape))} "
+            f"{list(shape)}"
+        )
+    spikes = spikes.astype(np.float64)
+    if not np.isfinite(spikes).all() or (spikes < 0).any():
+        raise PlanError(f"{label}: 'spikes' must hold finite counts >= 0")
+    with np.errstate(over="ignore"):  # checked just below
+        total = float(spikes.sum())
+    if not math.isfinite(total):
+        raise PlanError(f"{label}: 'spikes' counts are too large (their sum overflows)")
+    return spikes.reshape((len(spikes), *shape))
+
+
+def _integral(a: np.ndarray) -> bool:
+    if a.dtype.kind in "biu":
+        return True
+    with np.errstate(invalid="ignore"):
+        return bool((np.isfinite(a) & (a == np.rint(a))).all())
+
+
+def _bin_events(
+    t: np.ndarray,
+    x: np.ndarray,
+    y: np.ndarray,
+    p: np.ndarray,
+    shape: tuple[int, ...],
+    dt: float,
+    label: str,
+    name: str,
+) -> np.ndarray:
     if len(shape) != 3:
-        raise PlanError(f"--input {path}: events need an Input of shape (polarity, height, width), {name!r} is {shape}")
-    t, x, y, p = (np.asarray(data[k]) for k in ("t", "x", "y", "p"))
+        raise PlanError(f"{label}: events need an Input of shape (polarity, height, width), {name!r} is {shape}")
+    if any(a.ndim != 1 for a in (t, x, y, p)):
+        dims = ", ".join(f"{k} {a.shape}" for k, a in zip("txyp", (t, x, y, p), strict=True))
+        raise PlanError(f"{label}: 't', 'x', 'y', 'p' must be 1-D arrays, got {dims}")
     if not (len(t) == len(x) == len(y) == len(p)) or len(t) == 0:
-        raise PlanError(f"--input {path}: 't', 'x', 'y', 'p' must be non-empty and equally long")
+        raise PlanError(f"{label}: 't', 'x', 'y', 'p' must be non-empty and equally long")
+    for key, a in (("x", x), ("y", y), ("p", p)):
+        if not _integral(a):
+            i = int(np.flatnonzero(~np.isfinite(a) | (a != np.rint(a)))[0]) if a.dtype.kind == "f" else 0
+            raise PlanError(
+                f"{label}: '{key}' must hold whole numbers (an integer array, or floats without a fraction), "
+                f"event {i} has {key}={a[i]}"
+            )
+    t = t.astype(np.float64)
+    bad_t = ~np.isfinite(t) | (t < 0)
+    if bad_t.any():
+        i = int(np.flatnonzero(bad_t)[0])
+        raise PlanError(f"{label}: event {i} has time t={t[i]}; times must be finite and >= 0 seconds")
     c, h, w = shape
-    bad = (x < 0) | (x >= w) | (y < 0) | (y >= h) | (p < 0) | (p >= c) | ~np.isfinite(t) | (t < 0)
+    bad = (x < 0) | (x >= w) | (y < 0) | (y >= h) | (p < 0) | (p >= c)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        raise PlanError(f"--input {path}: event {i} (t={t[i]}, x={x[i]}, y={y[i]}, p={p[i]}) is outside {shape}")
+        raise PlanError(
+            f"{label}: event {i} (x={x[i]}, y={y[i]}, p={p[i]}) is outside the Input's (polarity, height, width) "
+            f"{shape}"
+        )
     steps = math.floor(float(t.max()) / dt) + 1
     if steps > 1_000_000:
-        raise PlanError(f"--input {path}: {steps} steps of {dt} s; shorten the recording or raise --dt")
+        raise PlanError(f"{label}: {steps} steps of {dt} s; shorten the recording or raise --dt")
     frames = np.zeros((steps, c, h, w))
     np.add.at(frames, ((t / dt).astype(np.int64), p.astype(np.int64), y.astype(np.int64), x.astype(np.int64)), 1.0)
     return frames
 
 
 def recorded_rates(path: Path, graph: Graph) -> dict[str, float]:
-    """``--recorded``: spikes per second per node from ``nir.NIRGraphData`` spike observables."""
+    """``--recorded``: spikes per second per node from ``nir.NIRGraphData`` spike observables.
+
+    Every failure to read or interpret the file is one :class:`PlanError` naming it (:func:`reading`).
+    """
     import nir
 
-    try:
+    label = f"--recorded {path}"
+    with reading(label, path, "NIR graph data (.h5)"):
         data = nir.read_data(str(path))
-    except FileNotFoundError:
-        raise PlanError(f"--recorded {path}: no such file") from None
-    except Exception as e:  # noqa: BLE001 - as for the graph file
-        raise PlanError(f"--recorded {path}: not NIR graph data ({type(e).__name__}: {str(e)[:120]})") from None
-    rates: dict[str, float] = {}
-    for name, node_data in data.nodes.items():
-        if name not in graph.nodes:
-            raise PlanError(f"--recorded {path}: data for node {name!r}, which the graph does not have")
-        obs = getattr(node_data, "observables", {}).get("spikes")
-        if obs is None:
-            continue
-        # Both layouts are per sample: TimeGriddedData (samples, steps, neurons); EventData idx/time (samples,
-        # events) padded with -1 / inf. The rate is the mean over samples.
-        if isinstance(obs, nir.TimeGriddedData):
-            arr = np.asarray(obs.data, dtype=np.float64)
-            seconds = arr.shape[0] * arr.shape[1] * float(obs.dt)
-            total = float(arr.sum())
-        else:
-            idx = np.atleast_2d(np.asarray(obs.idx))
-            total = float(np.count_nonzero(idx >= 0))
-            seconds = idx.shape[0] * float(obs.t_max)
-        if not (seconds > 0 and math.isfinite(total)):
-            raise PlanError(f"--recorded {path}: node {name!r} has no duration or a non-finite spike count")
-        rates[name] = total / seconds
+        rates: dict[str, float] = {}
+        for name, node_data in data.nodes.items():
+            if name not in graph.nodes:
+                raise PlanError(f"{label}: data for node {name!r}, which the graph does not have")
+            obs = getattr(node_data, "observables", {}).get("spikes")
+            if obs is None:
+                continue
+            rates[name] = _recorded_rate(nir, obs, f"{label}: node {name!r}")
     if not rates:
-        raise PlanError(f"--recorded {path}: no node has a 'spikes' observable")
+        raise PlanError(f"{label}: no node has a 'spikes' observable")
     return rates
+
+
+def _recorded_rate(nir: Any, obs: Any, where: str) -> float:
+    # Both layouts are per sample: TimeGriddedData (samples, steps, neurons); EventData idx/time (samples,
+    # events) padded with -1 / inf. The rate is the mean over samples.
+    if isinstance(obs, nir.TimeGriddedData):
+        arr = np.asarray(obs.data)
+        if arr.dtype.kind not in "biuf":
+            raise PlanError(f"{where}: 'spikes' data must hold numbers, got dtype {arr.dtype}")
+        if arr.ndim < 2:
+            raise PlanError(f"{where}: 'spikes' data must be (samples, steps, ...), got shape {arr.shape}")
+        arr = arr.astype(np.float64)
+        if not np.isfinite(arr).all() or (arr < 0).any():
+            raise PlanError(f"{where}: 'spikes' data must hold finite counts >= 0")
+        dt = float(obs.dt)
+        if not (math.isfinite(dt) and dt > 0):
+            raise PlanError(f"{where}: dt must be a finite number of seconds > 0, got {dt}")
+        with np.errstate(over="ignore"):  # checked just below
+            total = float(arr.sum())
+        seconds = arr.shape[0] * arr.shape[1] * dt
+    elif isinstance(obs, nir.EventData):
+        idx = np.atleast_2d(np.asarray(obs.idx))
+        if idx.dtype.kind not in "iu":
+            raise PlanError(f"{where}: 'spikes' idx must hold integer neuron indices, got dtype {idx.dtype}")
+        t_max = float(obs.t_max)
+        if not (math.isfinite(t_max) and t_max > 0):
+            raise PlanError(f"{where}: t_max must be a finite number of seconds > 0, got {t_max}")
+        total = float(np.count_nonzero(idx >= 0))
+        seconds = idx.shape[0] * t_max
+    else:
+        raise PlanError(f"{where}: 'spikes' is a {type(obs).__name__}, not TimeGriddedData or EventData")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise PlanError(f"{where}: the recording has no duration ({seconds} s)")
+    if not math.isfinite(total):
+        raise PlanError(f"{where}: the spike counts are too large (their sum overflows)")
+    return float(total / seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +374,7 @@ def plan_job(
         try:
             result = run(graph.nodes, graph.edges, frames, dt=dt)
         except GraphError as e:
-            raise PlanError(str(e)) from None
+            raise PlanError(f"{graph_path}: {e}") from None
         rates = result.rates_hz()
         source = f"run on {input_path.name} ({result.steps} steps of {dt:g} s)"
     else:
@@ -232,6 +389,29 @@ def plan_job(
 
 
 _DNS = re.compile(r"[^a-z0-9-]+")
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE = re.compile(
+    rf"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*"  # [registry[:port]/]path
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?"  # :tag
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"  # @digest
+)
+"""A container image reference, after the grammar of github.com/distribution/reference."""
+
+
+def check_namespace(raw: str | None) -> None:
+    """Refuse a ``--namespace`` that is not a DNS-1123 label (what Kubernetes requires of a namespace)."""
+    if raw is not None and not _LABEL.fullmatch(raw):
+        raise PlanError(
+            f"--namespace {raw!r}: not a Kubernetes namespace (lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit, at most 63 characters)"
+        )
+
+
+def check_image(raw: str) -> None:
+    """Refuse an ``--image`` that is not a container image reference (``[registry/]name[:tag][@digest]``)."""
+    if not _IMAGE.fullmatch(raw):
+        raise PlanError(f"--image {raw!r}: not a container image reference ([registry[:port]/]name[:tag][@digest])")
 
 
 def job_name(raw: str) -> str:
@@ -243,7 +423,12 @@ def job_name(raw: str) -> str:
 
 
 def manifests(plan: JobPlan, *, image: str, namespace: str | None) -> list[dict[str, Any]]:
-    """One gated stage Pod per stage, as docs/split-learning.md's job contract describes."""
+    """One gated stage Pod per stage, as docs/split-learning.md's job contract describes.
+
+    Raises :class:`PlanError` for a namespace or image Kubernetes would not accept.
+    """
+    check_namespace(namespace)
+    check_image(image)
     out = []
     n = len(plan.stages)
     for st in plan.stages:

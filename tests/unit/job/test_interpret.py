@@ -195,3 +195,19 @@ def test_conv_pool_graph_over_several_blocks_matches_direct_numpy() -> None:
     assert res.spikes["l1"] == n1
     assert res.spikes["l2"] == n2
     np.testing.assert_array_equal(np.stack(res.outputs["l2"]), np.stack(last))
+
+
+@pytest.mark.parametrize(
+    ("node", "message"),
+    [
+        (nir.LIF(tau=np.zeros(1), r=np.ones(1), v_leak=np.zeros(1), v_threshold=np.ones(1)), "time constant tau"),
+        (nir.Scale(scale=np.array([np.nan])), "scale holds NaN or infinite values"),
+        (nir.Delay(delay=np.array([1e4])), "delay of 10,000,000 steps"),
+        (nir.Scale(scale=np.array([1e308])), "values overflow to inf or NaN"),
+    ],
+)
+def test_run_refuses_parameters_it_cannot_run_naming_the_node(node: object, message: str) -> None:
+    nodes = {"in": nir.Input(input_type={"input": np.array([1])}), "n": node}
+    with pytest.raises(GraphError, match="node 'n'") as err:
+        run(nodes, [("in", "n")], {"in": np.full((3, 1), 10.0)}, dt=DT)
+    assert message in str(err.value)

@@ -3,8 +3,13 @@ and bad input refused with one line, a non-zero exit and no files."""
 
 from __future__ import annotations
 
+import errno
+import json
+import os
 import subprocess
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import nir
@@ -184,3 +189,304 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, case: str, mes
 def test_the_daemon_never_imports_nir() -> None:
     code = "import sys, snnrm.app, snnrm.cli; assert 'nir' not in sys.modules and 'h5py' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- Refusals: every bad file or option is one `Error:` line, exit code 2, no numpy warning and no files. ---
+
+
+def _refused(args: list[str], out: Path) -> str:
+    """Run ``snnrm job plan`` expecting a refusal; the whole output must be the one error line."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a numpy RuntimeWarning would print a second line on a terminal
+        code, output = _run(*args)
+    assert code == 2, output
+    lines = output.splitlines()
+    assert len(lines) == 1, output
+    assert lines[0].startswith("Error: "), output
+    assert not out.exists() or not any(out.iterdir())
+    return lines[0]
+
+
+def _graph_with(tmp_path: Path, node: str, **attrs: object) -> Path:
+    """The test graph with attributes of one node replaced (set after construction, as a bad exporter might)."""
+    g = nir.read(str(_csnn(tmp_path / "base.nir")))
+    for key, value in attrs.items():
+        setattr(g.nodes[node], key, value)
+    path = tmp_path / f"{node}-{'-'.join(attrs)}.nir"
+    nir.write(str(path), g)
+    return path
+
+
+def _recorded(tmp_path: Path, spikes: object) -> Path:
+    path = tmp_path / "rates.h5"
+    nir.write_data(str(path), nir.NIRGraphData(nodes={"lif1": nir.NIRNodeData(observables={"spikes": spikes})}))
+    return path
+
+
+def _npz(tmp_path: Path, **arrays: object) -> Path:
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+    return path
+
+
+def _xy(**override: object) -> dict[str, object]:
+    """Two valid events, with some of t, x, y, p replaced."""
+    return {"t": np.array([0.0, 0.01]), "x": np.array([0, 1]), "y": np.array([0, 1]), "p": np.array([0, 1])} | override
+
+
+INPUT_CASES: dict[str, tuple[str, Callable[[Path], Path]]] = {
+    "empty": ("the file is empty, not a readable .npz file", lambda d: _touch(d / "e.npz", b"")),
+    "truncated": (
+        "not a readable .npz file (BadZipFile",
+        lambda d: _touch(d / "t.npz", _events(d / "ev2.npz").read_bytes()[:300]),
+    ),
+    "object-array": (
+        "array 't' cannot be read (Object arrays cannot be loaded",
+        lambda d: _npz(d, **_xy(t=np.array([None, 1], dtype=object))),
+    ),
+    "string-spikes": ("array 'spikes' must hold real numbers", lambda d: _npz(d, spikes=np.full((3, C * H * W), "a"))),
+    "npy": ("a single .npy array, not an .npz archive", lambda d: _npy(d / "one.npz")),
+    "huge-spikes": ("'spikes' counts are too large", lambda d: _npz(d, spikes=np.full((3, C * H * W), 1e308))),
+    "negative-time": (
+        "event 1 has time t=-1.0; times must be finite and >= 0",
+        lambda d: _npz(d, **_xy(t=np.array([0.0, -1.0]))),
+    ),
+    "nan-time": ("event 0 has time t=nan", lambda d: _npz(d, **_xy(t=np.array([np.nan, 0.0])))),
+    "2-d": ("must be 1-D arrays", lambda d: _npz(d, **{k: np.zeros((2, 2), dtype=int) for k in "txyp"})),
+    "unequal": ("must be non-empty and equally long", lambda d: _npz(d, **_xy(x=np.array([0, 1, 2])))),
+    "fractional-x": (
+        "'x' must hold whole numbers (an integer array, or floats without a fraction)",
+        lambda d: _npz(d, **_xy(x=np.array([0.0, 1.5]))),
+    ),
+    "string-y": ("array 'y' must hold real numbers", lambda d: _npz(d, **_xy(y=np.array(["0", "1"])))),
+}
+
+
+def _touch(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def _npy(path: Path) -> Path:
+    with path.open("wb") as f:
+        np.save(f, np.zeros(3))
+    return path
+
+
+def _unknown_type(tmp_path: Path) -> Path:
+    """A node whose type nir itself does not know (a newer exporter's): rewritten in the HDF5 file."""
+    import h5py  # type: ignore[import-untyped]
+
+    path = _csnn(tmp_path / "unknown.nir")
+    with h5py.File(path, "r+") as f:
+        del f["node/nodes/fc2/type"]
+        f["node/nodes/fc2"].create_dataset("type", data="Mystery", dtype=h5py.string_dtype())
+    return path
+
+
+GRAPH_CASES: dict[str, tuple[str, Callable[[Path], Path]]] = {
+    "unknown-type": ("node 'fc2': type Mystery is not supported", _unknown_type),
+    "groups-0": (
+        "node 'conv1' (Conv2d): groups must be a whole number >= 1, got 0",
+        lambda d: _graph_with(d, "conv1", groups=0),
+    ),
+    "groups-not-dividing": (
+        "groups 3 does not divide the 8 output channels",
+        lambda d: _graph_with(d, "conv1", groups=3),
+    ),
+    "conv-stride-0": (
+        "node 'conv1' (Conv2d): stride must be one or two whole numbers >= 1",
+        lambda d: _graph_with(d, "conv1", stride=0),
+    ),
+    "conv-dilation-0": (
+        "dilation must be one or two whole numbers >= 1",
+        lambda d: _graph_with(d, "conv1", dilation=np.array([1, 0])),
+    ),
+    "conv-padding": (
+        "padding (100, 100) is larger than the kernel (3, 3)",
+        lambda d: _graph_with(d, "conv1", padding=100),
+    ),
+    "pool-stride-0": (
+        "node 'pool1' (SumPool2d): stride must be",
+        lambda d: _graph_with(d, "pool1", stride=np.array([0, 0])),
+    ),
+    "pool-kernel-0": (
+        "node 'pool1' (SumPool2d): kernel_size must be",
+        lambda d: _graph_with(d, "pool1", kernel_size=np.array([0, 2])),
+    ),
+    "nan-weight": (
+        "node 'fc1' (Affine): weight holds NaN or infinite values",
+        lambda d: _graph_with(d, "fc1", weight=np.full((64, 288), np.nan)),
+    ),
+    "inf-bias": (
+        "node 'fc2' (Affine): bias holds NaN or infinite values",
+        lambda d: _graph_with(d, "fc2", bias=np.full(10, np.inf)),
+    ),
+    "tau-0": ("node 'lif2' (LIF): time constant tau must be > 0 s", lambda d: _graph_with(d, "lif2", tau=np.zeros(64))),
+    "negative-tau": (
+        "node 'lif1' (LIF): time constant tau must be > 0 s, got -0.02",
+        lambda d: _graph_with(d, "lif1", tau=np.full((8, H, W), -0.02)),
+    ),
+    "huge-weight": (
+        "node 'fc1' (Affine): values overflow to inf or NaN",
+        lambda d: _graph_with(d, "fc1", weight=np.full((64, 288), 1e308)),
+    ),
+}
+
+RECORDED_CASES: dict[str, tuple[str, Callable[[Path], Path]]] = {
+    "not-h5": ("not NIR graph data (.h5) (OSError", lambda d: _touch(d / "r.h5", b"not hdf5")),
+    "bytes-grid": (
+        "node 'lif1': 'spikes' data must hold numbers",
+        lambda d: _recorded(d, nir.TimeGriddedData(data=np.full((1, 2, 8), b"a"), dt=1e-3)),
+    ),
+    "bytes-idx": (
+        "node 'lif1': 'spikes' idx must hold integer neuron indices",
+        lambda d: _recorded(
+            d, nir.EventData(idx=np.array([[b"a", b"b"]]), time=np.array([[0.0, 0.1]]), n_neurons=8, t_max=0.2)
+        ),
+    ),
+    "huge-grid": (
+        "the spike counts are too large",
+        lambda d: _recorded(d, nir.TimeGriddedData(data=np.full((2, 100, 8), 1e308), dt=1e-3)),
+    ),
+    "t_max-inf": (
+        "t_max must be a finite number of seconds > 0, got inf",
+        lambda d: _recorded(
+            d, nir.EventData(idx=np.array([[0, 1]]), time=np.array([[0.0, 0.1]]), n_neurons=8, t_max=np.inf)
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("flag", "case"),
+    [
+        *(("--input", c) for c in INPUT_CASES),
+        *(("graph", c) for c in GRAPH_CASES),
+        *(("--recorded", c) for c in RECORDED_CASES),
+    ],
+)
+def test_bad_files_are_refused_in_one_line_naming_the_file(tmp_path: Path, flag: str, case: str) -> None:
+    graph, events, out = _csnn(tmp_path / "g.nir"), _events(tmp_path / "ev.npz"), tmp_path / "out"
+    cases = {"--input": INPUT_CASES, "graph": GRAPH_CASES, "--recorded": RECORDED_CASES}[flag]
+    message, make = cases[case]
+    bad = make(tmp_path)
+    if flag == "graph":
+        args, named = [str(bad), "--stages", "2", "--input", str(events)], f"Error: {bad}: "
+    else:
+        args, named = [str(graph), "--stages", "2", flag, str(bad)], f"Error: {flag} {bad}: "
+    line = _refused([*args, "-o", str(out)], out)
+    assert line.startswith(named), line
+    assert message in line
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--namespace", "Bad Namespace!"], "--namespace 'Bad Namespace!': not a Kubernetes namespace"),
+        (["--namespace", "a" * 64], "at most 63 characters"),
+        (["--namespace", "-lead"], "not a Kubernetes namespace"),
+        (["--image", ""], "--image '': not a container image reference"),
+        (["--image", "bad image"], "not a container image reference"),
+    ],
+)
+def test_bad_options_are_refused_before_any_work(tmp_path: Path, option: list[str], message: str) -> None:
+    graph, events, out = _csnn(tmp_path / "g.nir"), _events(tmp_path / "ev.npz"), tmp_path / "out"
+    line = _refused([str(graph), "--stages", "2", "--input", str(events), *option, "-o", str(out)], out)
+    assert message in line
+
+
+def test_whole_number_float_coordinates_are_accepted_as_integers(tmp_path: Path) -> None:
+    graph = _csnn(tmp_path / "g.nir")
+    with np.load(_events(tmp_path / "ev.npz")) as ints:
+        floats = _npz(tmp_path, **{k: ints[k].astype(np.float64) for k in "txyp"})
+    runs = []
+    for path in (tmp_path / "ev.npz", floats):
+        code, output = _run(str(graph), "--stages", "2", "--input", str(path), "--json")
+        assert code == 0, output
+        runs.append(json.loads(output)["node_rates_hz"])
+    assert runs[0] == runs[1]
+
+
+def test_valid_recordings_and_namespaces_still_plan(tmp_path: Path) -> None:
+    graph, events, out = _csnn(tmp_path / "g.nir"), _events(tmp_path / "ev.npz"), tmp_path / "out"
+    code, output = _run(
+        str(graph),
+        "--stages",
+        "2",
+        "--input",
+        str(events),
+        "--namespace",
+        "snn-jobs",
+        "--image",
+        "localhost:5000/snn/stage:v1.2",
+        "-o",
+        str(out),
+    )
+    assert code == 0, output
+    doc = yaml.safe_load((out / "g-stage0.yaml").read_text())
+    assert doc["metadata"]["namespace"] == "snn-jobs"
+    assert doc["spec"]["containers"][0]["image"] == "localhost:5000/snn/stage:v1.2"
+
+
+# --- The output directory: checked and written before anything is printed; all files or none. ---
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [("below-a-file", "which exists and is not a directory"), ("is-a-file", "exists and is not a directory")],
+)
+def test_output_directory_that_cannot_exist_is_refused_first(tmp_path: Path, layout: str, message: str) -> None:
+    graph, events = _csnn(tmp_path / "g.nir"), _events(tmp_path / "ev.npz")
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "sub" if layout == "below-a-file" else tmp_path / "afile"
+    code, output = _run(str(graph), "--stages", "2", "--input", str(events), "-o", str(out))
+    assert code == 2
+    assert len(output.splitlines()) == 1, output
+    assert output.startswith(f"Error: -o {out}: ")
+    assert message in output
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+def test_unwritable_output_directory_is_refused_before_printing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    graph, events, out = _csnn(tmp_path / "g.nir"), _events(tmp_path / "ev.npz"), tmp_path / "ro" / "out"
+    (tmp_path / "ro").mkdir()
+    real_access = os.access
+    # Tests may run as root, whom file modes do not stop: stand in for a read-only directory.
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == tmp_path / "ro" else real_access(p, mode))
+    line = _refused([str(graph), "--stages", "2", "--input", str(events), "-o", str(out)], out)
+    assert line.startswith(f"Error: -o {out}: {tmp_path / 'ro'} ")
+
+
+def test_failed_write_leaves_no_files_and_prints_only_the_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    graph, events, out = _csnn(tmp_path / "g.nir"), _events(tmp_path / "ev.npz"), tmp_path / "new" / "out"
+
+    def read_only(src: object, dst: object) -> None:
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(os, "replace", read_only)
+    line = _refused([str(graph), "--stages", "2", "--input", str(events), "-o", str(out)], out)
+    assert line == f"Error: -o {out}: cannot write the manifests there (Read-only file system)"
+    assert not (tmp_path / "new").exists()  # the directories this run made are gone again
+
+
+def test_output_directory_on_its_own_filesystem(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """-o an existing mount point: a rename from outside it fails with EXDEV, so files must be staged inside it."""
+    graph, events, out = _csnn(tmp_path / "g.nir"), _events(tmp_path / "ev.npz"), tmp_path / "volume"
+    out.mkdir()
+    real_replace = os.replace
+
+    def mount_point(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if (Path(src).parent == out) != (Path(dst).parent == out):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", mount_point)
+    code, output = _run(str(graph), "--stages", "2", "--input", str(events), "-o", str(out))
+    assert code == 0, output
+    assert sorted(p.name for p in out.iterdir()) == ["g-stage0.yaml", "g-stage1.yaml"]  # no temporary files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ev.npz", "g.nir", "volume"]
