@@ -222,7 +222,13 @@ class HookRunner:
         headers = {"User-Agent": "snnrm-hooks"}
         token_file = self.webhook_tokens.get(hook.name)
         if token_file is not None:
-            headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
+            try:  # re-read on every POST: a mounted Secret rotates under us
+                token = (await asyncio.to_thread(token_file.read_text, encoding="utf-8")).strip()
+            except (OSError, UnicodeDecodeError) as e:
+                raise ValueError(f"token_file {token_file}: cannot read it ({e})") from None
+            if not token:
+                raise ValueError(f"token_file {token_file} is empty")
+            headers["Authorization"] = f"Bearer {token}"
         body: dict[str, Any] = {
             "hook": hook.name,
             "receiver": n.receiver,

@@ -84,6 +84,9 @@ async def build_endpoint(
     if source.current() is None:
         where = f"token_file {cfg.token_file}" if cfg.token_file else "$SNNRM_HOOKS_TOKEN"
         raise HookSetupError(f"hooks are configured but no bearer token is available ({where} empty or unreadable)")
+    for rule in cfg.rules:  # a webhook's own token: found missing at start, not at the first alert
+        if rule.token_file is not None and TokenSource(file=rule.token_file).current() is None:
+            raise HookSetupError(f"hook {rule.name}: token_file {rule.token_file} is empty or unreadable")
     if kube is None and cfg.needs_kube:
         raise HookSetupError("scaling hooks need the Kubernetes API, and no client was given")
     runner = HookRunner(

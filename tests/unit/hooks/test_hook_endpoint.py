@@ -179,6 +179,17 @@ async def test_hooks_without_a_token_refuse_to_start(tmp_path: Path, monkeypatch
     await ep.aclose()
 
 
+async def test_a_webhook_whose_own_token_file_is_missing_or_empty_refuses_to_start(tmp_path: Path) -> None:
+    """Found at start-up, not when the first alert fires."""
+    empty = tmp_path / "empty-token"
+    empty.write_text("\n")
+    for token_file in (tmp_path / "absent", empty):
+        rule = {"name": "n", "match": ['alertname="X"'], "action": "webhook", "url": "http://127.0.0.1:1/"}
+        cfg = HooksConfig.model_validate({"rules": [{**rule, "token_file": str(token_file)}]})
+        with pytest.raises(HookSetupError, match=f"hook n: token_file {token_file} is empty or unreadable"):
+            await build_endpoint(cfg, node="n1", token="t")
+
+
 async def test_scaling_hooks_outside_a_cluster_without_kubeconfig_refuse_to_start(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
