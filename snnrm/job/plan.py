@@ -29,6 +29,9 @@ from snnrm.job.interpret import SPIKING, SUPPORTED, GraphError, check_node, run
 NEURON_KINDS = frozenset({"LIF", "CubaLIF", "IF", "LI", "CubaLI", "I"})
 BLOCK_KEPS = 1000.0
 """KEPS behind one snnrm.io/event-throughput device (the daemon's default ``--block-keps``)."""
+MAX_INPUT_VALUES = 100_000_000
+"""Most input values (steps x polarity x height x width) ``--input`` may expand to: 800 MB as float64. A 6 s
+DVS128 recording at 1 ms steps is 196,608,000 and needs a coarser ``--dt``; an unbounded one exhausted memory."""
 
 
 class PlanError(ValueError):
@@ -279,6 +282,11 @@ def _bin_events(
     steps = math.floor(float(t.max()) / dt) + 1
     if steps > 1_000_000:
         raise PlanError(f"{label}: {steps} steps of {dt} s; shorten the recording or raise --dt")
+    if steps * c * h * w > MAX_INPUT_VALUES:  # the frames, and each layer's activity, are held whole in memory
+        raise PlanError(
+            f"{label}: {steps} steps x {c * h * w} inputs is {steps * c * h * w:,} values, more than "
+            f"{MAX_INPUT_VALUES:,}; shorten the recording or raise --dt"
+        )
     frames = np.zeros((steps, c, h, w))
     np.add.at(frames, ((t / dt).astype(np.int64), p.astype(np.int64), y.astype(np.int64), x.astype(np.int64)), 1.0)
     return frames

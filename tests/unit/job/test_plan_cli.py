@@ -490,3 +490,12 @@ def test_output_directory_on_its_own_filesystem(tmp_path: Path, monkeypatch: pyt
     assert code == 0, output
     assert sorted(p.name for p in out.iterdir()) == ["g-stage0.yaml", "g-stage1.yaml"]  # no temporary files left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ev.npz", "g.nir", "volume"]
+
+
+def test_a_recording_too_long_to_hold_in_memory_is_refused(tmp_path: Path) -> None:
+    """1,000,000 steps of a small sensor passed the step limit and built a frame array of hundreds of GB."""
+    graph, events, out = _csnn(tmp_path / "g.nir"), tmp_path / "long.npz", tmp_path / "out"
+    np.savez(events, t=np.array([0.0, 999.0]), x=np.array([0, 1]), y=np.array([0, 1]), p=np.array([0, 0]))
+    line = _refused([str(graph), "--stages", "2", "--input", str(events), "-o", str(out)], out)
+    assert "shorten the recording or raise --dt" in line
+    assert "more than 100,000,000" in line
