@@ -192,37 +192,96 @@ def parse_duration(raw: str) -> float:
     return v
 
 
+QUANTITY_MAX = 2**63 - 1
+"""Where :func:`quantity_int` saturates: a larger request cannot fit any node, and int64 keeps numpy exact."""
+MAX_QUANTITY_CHARS = 64
+"""A longer quantity is junk, not a number (Kubernetes serialises its largest in about 20 characters)."""
+_QUANTITY = re.compile(r"([+-]?)([0-9]*)(?:\.([0-9]*))?(?:[eE]([+-]?[0-9]+)|(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]))?")
+_DECIMAL_SI = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+_BINARY_SI = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
+
+
+class QuantityError(ContractError):
+    """Not a whole resource quantity (a ContractError too, so a stage pod carrying one breaks the contract)."""
+
+
+def _short(raw: Any) -> str:
+    """``repr(raw)``, cut short: the value comes from a request and the message goes into a response and a log."""
+    text = repr(raw)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def quantity_int(raw: Any) -> int:
-    """An integer resource quantity as the API serialises it (``"16"``, ``16``, ``"1k"``); ValueError or
-    TypeError otherwise."""
-    if isinstance(raw, bool):
-        raise TypeError(f"not a quantity: {raw!r}")
+    """A whole resource quantity in Kubernetes' syntax (``k8s.io/apimachinery`` ``resource.Quantity``): a JSON
+    number or a string ``[+-]digits[.digits]`` with an exponent (``e3``, ``E3``) or a suffix (``m``, ``k``,
+    ``M``, ``G``, ``T``, ``P``, ``E``, ``Ki`` .. ``Ei``), so ``"1e3"``, ``"1k"`` and ``"2000m"`` are all 1000 or 2.
+    Magnitudes beyond :data:`QUANTITY_MAX` saturate there; :class:`QuantityError` if ``raw`` is not a quantity
+    or not a whole number."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise QuantityError(f"not a quantity: {_short(raw)}")
     if isinstance(raw, int):
-        return raw
-    s = str(raw).strip()
-    scale = {"k": 10**3, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
-    for suffix, mult in sorted(scale.items(), key=lambda kv: -len(kv[0])):
-        if s.endswith(suffix):
-            return int(s[: -len(suffix)]) * mult
-    return int(s)
+        return max(-QUANTITY_MAX, min(raw, QUANTITY_MAX))
+    text = str(raw).strip()  # a JSON number is read as its text, as the apiserver does
+    m = _QUANTITY.fullmatch(text) if len(text) <= MAX_QUANTITY_CHARS else None
+    if m is None or not (m.group(2) or m.group(3)):
+        raise QuantityError(f"not a quantity: {_short(raw)}")
+    sign, whole, frac, exp, suffix = m.group(1), m.group(2), m.group(3) or "", m.group(4), m.group(5)
+    # value = digits * 10**e10 * 2**e2, with digits free of leading and trailing zeros.
+    digits = (whole + frac).lstrip("0")
+    if not digits:
+        return 0
+    stripped = digits.rstrip("0")
+    e10 = len(digits) - len(stripped) - len(frac)
+    digits = stripped
+    e2 = 0
+    if exp is not None:
+        e10 += int(exp)
+    elif suffix in _BINARY_SI:
+        e2 = _BINARY_SI[suffix]
+    elif suffix:
+        e10 += _DECIMAL_SI[suffix]
+    n = int(digits)
+    if e10 >= 0:
+        # Past 10**40 it saturates anyway: never build 10**e10 for a huge exponent.
+        value = QUANTITY_MAX if len(digits) + e10 > 40 else min(n * 10**e10 * 2**e2, QUANTITY_MAX)
+    else:
+        # n has no factor 10, so 10**-e10 divides n * 2**e2 only if 5**-e10 divides n: -e10 < 1.5 * len(digits).
+        scaled = n * 2**e2
+        div = 10**-e10 if -e10 <= 2 * len(digits) else 0
+        if not div or scaled % div:
+            raise QuantityError(f"not a whole number: {_short(raw)}")
+        value = min(scaled // div, QUANTITY_MAX)
+    return -value if sign == "-" else value
+
+
+def device_count(raw: Any, resource: str) -> int:
+    """How many devices of an extended resource a container asks for: Kubernetes takes only whole, non-negative
+    counts (``null`` is 0); :class:`QuantityError` naming the resource and the value otherwise."""
+    if raw is None:
+        return 0
+    try:
+        n = quantity_int(raw)
+    except QuantityError:
+        raise QuantityError(f"{resource} must be a whole number of devices, got {_short(raw)}") from None
+    if n < 0:
+        raise QuantityError(f"{resource} must not be negative, got {_short(raw)}")
+    return n
 
 
 def requested(pod: Mapping[str, Any], resource: str = NEURON_CORE) -> int:
     """What a pod requests of an extended resource: the sum over app containers, or the largest init container
-    if that is more (the kubelet's effective request). Limits win where both are given (they must be equal)."""
+    if that is more (the kubelet's effective request). Limits win where both are given (they must be equal).
+    At most :data:`QUANTITY_MAX`; :class:`QuantityError` for a count Kubernetes would refuse."""
     spec = pod.get("spec") or {}
 
     def one(c: Any) -> int:
         res = (c or {}).get("resources") or {}
-        raw = (res.get("limits") or {}).get(resource, (res.get("requests") or {}).get(resource, 0))
-        try:
-            return max(quantity_int(raw), 0)
-        except (ValueError, TypeError):
-            return 0
+        raw = (res.get("limits") or {}).get(resource, (res.get("requests") or {}).get(resource))
+        return device_count(raw, resource)
 
     app = sum(one(c) for c in spec.get("containers") or [])
     init = max((one(c) for c in spec.get("initContainers") or []), default=0)
-    return max(app, init)
+    return min(max(app, init), QUANTITY_MAX)
 
 
 def ids_csv(raw: str | None) -> tuple[str, ...]:

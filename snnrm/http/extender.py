@@ -9,9 +9,11 @@ Wire format (kube-scheduler ``extender/v1``; JSON keys are the Go field names, e
   ``[{"Host": name, "Score": 0..10}]``.
 
 The decisions are :mod:`snnrm.core.extender` over the controller's cached cluster index, so no request waits
-on any node. Malformed JSON (or JSON of the wrong shape) is a 400 naming the problem; a body over the cap is a
-413; a valid request never gets a 500: an unexpected failure while deciding becomes a filter ``Error`` (the
-scheduler retries the pod) or all-zero scores (prioritize errors are ignored by the scheduler anyway).
+on any node. Malformed JSON, JSON of the wrong shape (ExtenderArgs here, the Pod in
+:func:`snnrm.core.extender.check_pod`) or a resource count Kubernetes would refuse is a 400 naming the problem,
+logged as a warning; a body over the cap is a 413; a valid request never gets a 500: an unexpected failure while
+deciding becomes a filter ``Error`` (the scheduler retries the pod) or all-zero scores (prioritize errors are
+ignored by the scheduler anyway), logged with its traceback.
 
 ``GET /api/v1/placement`` lists every job the controller knows: each stage's pod, node, planned or held cores
 and reservation, for the status page and for people.
@@ -31,7 +33,7 @@ import structlog
 from aiohttp import web
 
 from snnrm.core.cluster import ClusterIndex, StageKey
-from snnrm.core.extender import demand_of, filter_nodes, prioritize
+from snnrm.core.extender import PodInputError, demand_of, filter_nodes, prioritize
 from snnrm.core.requeue import TurnedAway
 from snnrm.http import body as bodies
 from snnrm.http.middleware import errors_as_json
@@ -123,8 +125,11 @@ def json_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(body=json.dumps(body, separators=(",", ":")), status=status, content_type="application/json")
 
 
-def _bad(message: str) -> web.Response:
-    return json_response({"Error": message}, status=400)
+def _bad(ctx: ExtenderContext, verb: str, error: ValueError) -> web.Response:
+    """The 400 for bad input: counted, one warning line (no traceback: the sender is wrong, not snnrm)."""
+    ctx.stats.count(verb, "bad-request")
+    log.warning("extender_bad_request", verb=verb, error=str(error))
+    return json_response({"Error": str(error)}, status=400)
 
 
 async def filter_handler(request: web.Request) -> web.Response:
@@ -132,12 +137,13 @@ async def filter_handler(request: web.Request) -> web.Response:
     try:
         args = await _args(request)
     except BadRequestError as e:
-        ctx.stats.count("filter", "bad-request")
-        return _bad(str(e))
+        return _bad(ctx, "filter", e)
     try:
         demand = demand_of(args.pod)
         now = ctx.clock()
         res = filter_nodes(ctx.index, demand, args.names, now=now)
+    except PodInputError as e:
+        return _bad(ctx, "filter", e)
     except Exception as e:  # a valid request never gets a 500: the scheduler retries the pod on Error
         ctx.stats.count("filter", "error")
         log.exception("extender_filter_failed")
@@ -172,10 +178,11 @@ async def prioritize_handler(request: web.Request) -> web.Response:
     try:
         args = await _args(request)
     except BadRequestError as e:
-        ctx.stats.count("prioritize", "bad-request")
-        return _bad(str(e))
+        return _bad(ctx, "prioritize", e)
     try:
         scores = prioritize(ctx.index, demand_of(args.pod), args.names, now=ctx.clock())
+    except PodInputError as e:
+        return _bad(ctx, "prioritize", e)
     except Exception:  # never a 500; the scheduler ignores prioritize errors anyway
         ctx.stats.count("prioritize", "error")
         log.exception("extender_prioritize_failed")
