@@ -25,9 +25,8 @@ from snnrm.kubelet.standin import KubeletStandIn
 DEEP = b"[" * 30000 + b"]" * 30000
 
 
-@pytest.fixture
-async def daemon(tmp_path: Path) -> AsyncIterator[tuple[Daemon, str]]:
-    config = Config(
+def _config(tmp_path: Path) -> Config:
+    return Config(
         backend="sim",
         kubelet_dir=tmp_path / "dp",
         http="127.0.0.1:0",
@@ -37,6 +36,11 @@ async def daemon(tmp_path: Path) -> AsyncIterator[tuple[Daemon, str]]:
         cdi_dir=tmp_path / "cdi",
         sample_period=0.05,
     )
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path) -> AsyncIterator[tuple[Daemon, str]]:
+    config = _config(tmp_path)
     async with KubeletStandIn(config.kubelet_dir) as kubelet:
         d = await Daemon.create(config)
         stop = asyncio.Event()
@@ -95,16 +99,7 @@ async def test_a_chip_failure_names_its_chip(daemon: tuple[Daemon, str]) -> None
 
 async def test_a_client_holding_half_a_body_does_not_hold_the_shutdown(tmp_path: Path) -> None:
     """aiohttp waits 60 s for requests in flight by default: past Kubernetes' 30 s grace period, a SIGKILL."""
-    config = Config(
-        backend="sim",
-        kubelet_dir=tmp_path / "dp",
-        http="127.0.0.1:0",
-        sim_chips=1,
-        sim_cores=16,
-        state_dir=tmp_path / "state",
-        cdi_dir=tmp_path / "cdi",
-    )
-    d = await Daemon.create(config)
+    d = await Daemon.create(_config(tmp_path))
     stop = asyncio.Event()
     task = asyncio.create_task(d.run(stop=stop))
     await asyncio.wait_for(d.http_started.wait(), 10)

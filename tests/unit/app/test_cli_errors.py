@@ -71,26 +71,27 @@ def test_missing_sysfs_root_names_the_flag(tmp_path: Path) -> None:
     assert "--sysfs-root" in line
 
 
+def _daemon_args(tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "run",
+        "--kubelet-dir",
+        str(tmp_path),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--cdi-dir",
+        str(tmp_path / "cdi"),
+        "--sim-chips",
+        "1",
+        *extra,
+    ]
+
+
 def test_port_in_use_suggests_the_flag(tmp_path: Path) -> None:
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        code, output = _run(
-            [
-                "run",
-                "--kubelet-dir",
-                str(tmp_path),
-                "--state-dir",
-                str(tmp_path / "state"),
-                "--cdi-dir",
-                str(tmp_path / "cdi"),
-                "--http",
-                f"127.0.0.1:{port}",
-                "--sim-chips",
-                "1",
-            ]
-        )
+        code, output = _run(_daemon_args(tmp_path, "--http", f"127.0.0.1:{port}"))
     assert code == 2
     line = _one_error_line(output)
     assert f"--http 127.0.0.1:{port}: address already in use" in line
@@ -128,21 +129,6 @@ def test_unwritable_state_or_cdi_dir_is_one_line(tmp_path: Path, flag: str) -> N
     assert code == 2
     line = _one_error_line(output)
     assert f"{flag} {blocker / 'sub'}: cannot write there" in line
-
-
-def _daemon_args(tmp_path: Path, *extra: str) -> list[str]:
-    return [
-        "run",
-        "--kubelet-dir",
-        str(tmp_path),
-        "--state-dir",
-        str(tmp_path / "state"),
-        "--cdi-dir",
-        str(tmp_path / "cdi"),
-        "--sim-chips",
-        "1",
-        *extra,
-    ]
 
 
 def test_an_http_host_that_does_not_resolve_is_one_line(tmp_path: Path) -> None:
