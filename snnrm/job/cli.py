@@ -24,20 +24,20 @@ def job() -> None:
 
 
 @job.command()
-@click.argument("graph", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("graph", type=click.Path(path_type=Path))  # a directory is refused by plan.reading, in one line
 @click.option("--stages", type=int, default=None, help="Number of pipeline stages (or use --max-cores-per-stage).")
 @click.option("--max-cores-per-stage", type=int, default=None, help="Fewest stages whose cores each fit this budget.")
 @click.option("--preset", type=click.Choice(PRESETS), default="loihi2", help="Hardware: neurons/synapses per core.")
 @click.option(
     "--input",
     "input_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     default=None,
     help="Run the graph on these events (.npz: 'spikes' (time, channels), or 't' seconds, 'x', 'y', 'p').",
 )
 @click.option(
     "--recorded",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     default=None,
     help="Use recorded activity instead: nir.NIRGraphData with per-node 'spikes' observables (.h5).",
 )

@@ -499,3 +499,12 @@ def test_a_recording_too_long_to_hold_in_memory_is_refused(tmp_path: Path) -> No
     line = _refused([str(graph), "--stages", "2", "--input", str(events), "-o", str(out)], out)
     assert "shorten the recording or raise --dt" in line
     assert "more than 100,000,000" in line
+
+
+def test_a_directory_given_for_a_file_is_one_line(tmp_path: Path) -> None:
+    """click's own check printed its usage text around the error: three lines, not one."""
+    graph, events, out, folder = _csnn(tmp_path / "g.nir"), _events(tmp_path / "ev.npz"), tmp_path / "out", tmp_path
+    line = _refused([str(folder), "--stages", "2", "--input", str(events), "-o", str(out)], out)
+    assert line == f"Error: {folder}: is a directory, not a readable NIR graph"
+    line = _refused([str(graph), "--stages", "2", "--input", str(folder), "-o", str(out)], out)
+    assert line.startswith(f"Error: --input {folder}: is a directory")
