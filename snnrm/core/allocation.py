@@ -42,9 +42,16 @@ class AllocationError(ValueError):
 
     def __init__(self, reason: str, ids: Sequence[str]) -> None:
         self.reason = reason
-        self.ids = tuple(ids)
-        shown = ", ".join(self.ids[:16]) + (f" (+{len(self.ids) - 16} more)" if len(self.ids) > 16 else "")
-        super().__init__(f"{reason}: {shown}")
+        # At most 16 IDs of at most 64 characters each: the message goes into a gRPC status (clients refuse
+        # metadata over 16 KB, so a 20 KB ID turned INVALID_ARGUMENT into RESOURCE_EXHAUSTED) and into the log.
+        self.ids = tuple(_clip(i) for i in ids[:16])
+        more = len(ids) - len(self.ids)
+        super().__init__(f"{reason}: {', '.join(self.ids)}" + (f" (+{more} more)" if more > 0 else ""))
+
+
+def _clip(device_id: str, most: int = 64) -> str:
+    """A device ID as it may be echoed back: cut to ``most`` characters."""
+    return device_id if len(device_id) <= most else f"{device_id[: most - 3]}..."
 
 
 class UnknownDeviceError(AllocationError):

@@ -13,11 +13,12 @@ from ListAndWatch (the owner registers again if no stream comes back; a stream e
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
 from snnrm.core.allocation import AllocationError, UnknownDeviceError
 from snnrm.core.topology import BoolArray
@@ -27,6 +28,26 @@ from snnrm.kubelet.protos.deviceplugin.v1beta1 import api_pb2
 from snnrm.kubelet.wire import DEVICE_PLUGIN_SERVICE, ListAndWatchEncoder
 
 log = structlog.get_logger(__name__)
+
+MAX_CONTAINERS = 64
+"""Container requests one Allocate or GetPreferredAllocation may carry. The kubelet sends one per call; a request
+of a million tiny ones kept the event loop (and every other RPC, /healthz included) busy for seconds to a minute."""
+
+M = TypeVar("M")
+
+
+def lenient(parse: Callable[[bytes], M]) -> Callable[[bytes], M | None]:
+    """``parse``, with None for bytes that are not the message: grpc's own answer to a request that fails to
+    deserialize is UNKNOWN plus an error-level traceback per call; with None the handler answers INVALID_ARGUMENT
+    and logs one line."""
+
+    def parse_or_none(raw: bytes) -> M | None:
+        try:
+            return parse(raw)
+        except DecodeError:
+            return None
+
+    return parse_or_none
 
 
 class DevicePluginServicer:
@@ -70,7 +91,7 @@ class DevicePluginServicer:
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The generic handler to add to a ``grpc.aio`` server."""
-        empty = api_pb2.Empty.FromString
+        empty = lenient(api_pb2.Empty.FromString)
         return grpc.method_handlers_generic_handler(
             DEVICE_PLUGIN_SERVICE,
             {
@@ -80,27 +101,35 @@ class DevicePluginServicer:
                 "ListAndWatch": grpc.unary_stream_rpc_method_handler(self._list_and_watch, request_deserializer=empty),
                 "GetPreferredAllocation": grpc.unary_unary_rpc_method_handler(
                     self._get_preferred_allocation,
-                    request_deserializer=api_pb2.PreferredAllocationRequest.FromString,
+                    request_deserializer=lenient(api_pb2.PreferredAllocationRequest.FromString),
                     response_serializer=api_pb2.PreferredAllocationResponse.SerializeToString,
                 ),
                 "Allocate": grpc.unary_unary_rpc_method_handler(
                     self._allocate,
-                    request_deserializer=api_pb2.AllocateRequest.FromString,
+                    request_deserializer=lenient(api_pb2.AllocateRequest.FromString),
                     response_serializer=api_pb2.AllocateResponse.SerializeToString,
                 ),
                 "PreStartContainer": grpc.unary_unary_rpc_method_handler(
                     self._pre_start_container,
-                    request_deserializer=api_pb2.PreStartContainerRequest.FromString,
+                    request_deserializer=lenient(api_pb2.PreStartContainerRequest.FromString),
                 ),
             },
         )
 
     # --- RPCs ---------------------------------------------------------------------------------------------
 
-    async def _get_options(self, request: api_pb2.Empty, context: Any) -> bytes:
+    async def _malformed(self, context: Any, rpc: str) -> NoReturn:
+        log.warning("malformed request refused", resource=self.resource, rpc=rpc)
+        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{rpc}: the request is not a valid protobuf message")
+
+    async def _get_options(self, request: api_pb2.Empty | None, context: Any) -> bytes:
+        if request is None:
+            await self._malformed(context, "GetDevicePluginOptions")
         return self._options_bytes
 
-    async def _list_and_watch(self, request: api_pb2.Empty, context: Any) -> AsyncIterator[bytes]:
+    async def _list_and_watch(self, request: api_pb2.Empty | None, context: Any) -> AsyncIterator[bytes]:
+        if request is None:
+            await self._malformed(context, "ListAndWatch")
         self._streams += 1
         self.streams_opened += 1
         ended_by_us = False
@@ -140,9 +169,23 @@ class DevicePluginServicer:
         current = self._feed.current
         return None if current is None else current.healthy
 
+    async def _too_many(self, context: Any, request: Any, rpc: str) -> None:
+        if request is None:
+            await self._malformed(context, rpc)
+        if len(request.container_requests) > MAX_CONTAINERS:
+            n = len(request.container_requests)
+            log.warning("request refused", resource=self.resource, rpc=rpc, containers=n)
+            await _abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"{rpc}: {n} container requests in one call, at most {MAX_CONTAINERS} (the kubelet sends one)",
+            )
+
     async def _get_preferred_allocation(
-        self, request: api_pb2.PreferredAllocationRequest, context: Any
+        self, request: api_pb2.PreferredAllocationRequest | None, context: Any
     ) -> api_pb2.PreferredAllocationResponse:
+        await self._too_many(context, request, "GetPreferredAllocation")
+        assert request is not None
         healthy = self._healthy()
         if healthy is None:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, f"no {self.resource} devices published yet")
@@ -156,7 +199,14 @@ class DevicePluginServicer:
             response.container_responses.add().deviceIDs.extend(ids)
         return response
 
-    async def _allocate(self, request: api_pb2.AllocateRequest, context: Any) -> api_pb2.AllocateResponse:
+    async def _allocate(self, request: api_pb2.AllocateRequest | None, context: Any) -> api_pb2.AllocateResponse:
+        await self._too_many(context, request, "Allocate")
+        assert request is not None
+        if any(not c.devices_ids for c in request.container_requests):
+            # The kubelet calls Allocate only for containers that get devices; an empty one would be handed a
+            # zero-device allocation file shared by both resources (the hash of no IDs).
+            log.warning("allocate rejected", resource=self.resource, reason="a container asks for no device")
+            await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{self.resource}: a container asks for no device")
         healthy = self._healthy()
         if healthy is None:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, f"no {self.resource} devices published yet")
@@ -172,13 +222,15 @@ class DevicePluginServicer:
                 if isinstance(e, UnknownDeviceError)
                 else grpc.StatusCode.FAILED_PRECONDITION
             )
-            log.warning("allocate rejected", resource=self.resource, reason=e.reason, ids=list(e.ids[:16]))
+            log.warning("allocate rejected", resource=self.resource, reason=e.reason, ids=list(e.ids))
             await _abort(context, code, f"{self.resource}: {e}")
         response.container_responses.extend(answers)
         log.debug("allocated", resource=self.resource, containers=len(answers))
         return response
 
-    async def _pre_start_container(self, request: api_pb2.PreStartContainerRequest, context: Any) -> bytes:
+    async def _pre_start_container(self, request: api_pb2.PreStartContainerRequest | None, context: Any) -> bytes:
+        if request is None:
+            await self._malformed(context, "PreStartContainer")
         return b""  # PreStartContainerResponse{} serializes to nothing
 
 

@@ -232,12 +232,13 @@ class RpcInstrumentation:
         allocations = self.allocations
         node = self.node
 
-        def count(request: _AllocateRequest, code: grpc.StatusCode) -> None:
-            containers = len(request.container_requests)
+        def count(request: _AllocateRequest | None, code: grpc.StatusCode) -> None:
+            # None: bytes that did not parse (snnrm.kubelet.servicer.lenient), refused as one call.
+            containers = len(request.container_requests) if request is not None else 1
             result = "ok" if code is grpc.StatusCode.OK else code.name.lower()
             child = by_result.get(result) or allocations.labels(node, resource, result)
             child.inc(containers)
-            if code is grpc.StatusCode.OK:
+            if code is grpc.StatusCode.OK and request is not None:
                 devices.inc(sum(len(c.devices_ids) for c in request.container_requests))
 
         return count
@@ -283,7 +284,9 @@ def _rpc_attributes(rpc: str, resource: str, containers: int) -> dict[str, Attri
     }
 
 
-def _allocate_attributes(resource: str, request: _AllocateRequest) -> dict[str, AttributeValue]:
+def _allocate_attributes(resource: str, request: _AllocateRequest | None) -> dict[str, AttributeValue]:
+    if request is None:  # did not parse
+        return _rpc_attributes("Allocate", resource, 0)
     attrs = _rpc_attributes("Allocate", resource, len(request.container_requests))
     ids = [i for c in request.container_requests for i in c.devices_ids]
     attrs["snnrm.devices"] = len(ids)
@@ -291,7 +294,11 @@ def _allocate_attributes(resource: str, request: _AllocateRequest) -> dict[str, 
     return attrs
 
 
-def _preferred_allocation_attributes(resource: str, request: _PreferredAllocationRequest) -> dict[str, AttributeValue]:
+def _preferred_allocation_attributes(
+    resource: str, request: _PreferredAllocationRequest | None
+) -> dict[str, AttributeValue]:
+    if request is None:  # did not parse
+        return _rpc_attributes("GetPreferredAllocation", resource, 0)
     reqs = request.container_requests
     attrs = _rpc_attributes("GetPreferredAllocation", resource, len(reqs))
     attrs["snnrm.allocation_size"] = sum(c.allocation_size for c in reqs)

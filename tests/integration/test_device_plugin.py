@@ -229,6 +229,48 @@ async def test_a_rejected_container_changes_nothing(node: Node) -> None:
     assert not alloc_dir.exists() or not list(alloc_dir.iterdir())
 
 
+async def test_hostile_requests_are_invalid_argument_and_change_nothing(node: Node) -> None:
+    """From an outside gRPC audit: bytes that are not the message (grpc's default answer was UNKNOWN and an error
+    traceback per call), an empty container (it got a zero-device file shared by both resources), a million
+    containers in one call (the loop stalled for up to a minute) and a 20 KB ID echoed into the status (the client
+    refused it as oversized metadata and saw RESOURCE_EXHAUSTED)."""
+    await node.kubelet.wait_capacity(NEURON_CORE, N_CORES, allocatable=N_CORES)
+    async for ch in _plugin_stub(node, NEURON_CORE):
+        raw = {
+            rpc: ch.unary_unary(f"/{DEVICE_PLUGIN_SERVICE}/{rpc}")  # bytes in, bytes out
+            for rpc in ("Allocate", "GetPreferredAllocation", "GetDevicePluginOptions", "PreStartContainer")
+        }
+        many = api_pb2.ContainerPreferredAllocationRequest(allocation_size=1)
+        cases: list[tuple[str, bytes, str]] = [
+            (rpc, b"\xff\xff\xff\xff", "not a valid protobuf message") for rpc in raw
+        ] + [
+            (
+                "Allocate",
+                api_pb2.AllocateRequest(container_requests=[api_pb2.ContainerAllocateRequest()]).SerializeToString(),
+                "a container asks for no device",
+            ),
+            (
+                "GetPreferredAllocation",
+                api_pb2.PreferredAllocationRequest(container_requests=[many] * 65).SerializeToString(),
+                "65 container requests in one call, at most 64",
+            ),
+            (
+                "Allocate",
+                api_pb2.AllocateRequest(
+                    container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=["x" * 20_000])]
+                ).SerializeToString(),
+                "unknown device IDs: " + "x" * 61 + "...",
+            ),
+        ]
+        for rpc, body, message in cases:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await raw[rpc](body)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (rpc, refused.value)
+            assert message in (refused.value.details() or ""), (rpc, refused.value.details())
+    alloc_dir = node.dir / "state" / "allocations"
+    assert not alloc_dir.exists() or not list(alloc_dir.iterdir())
+
+
 async def test_preferred_allocation_keeps_must_include(node: Node) -> None:
     """GetPreferredAllocation keeps must-include IDs and grows the rest next to them."""
     await node.kubelet.wait_capacity(NEURON_CORE, N_CORES, allocatable=N_CORES)
