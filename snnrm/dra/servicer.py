@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 import structlog
@@ -35,6 +35,7 @@ from snnrm.dra.view import DraView
 from snnrm.kube.api import KubeError
 from snnrm.kube.dra import DraApi
 from snnrm.kubelet.protos.dra.v1 import api_pb2
+from snnrm.kubelet.wire import lenient
 
 log = structlog.get_logger(__name__)
 
@@ -72,25 +73,29 @@ class DraPluginServicer:
         methods = {
             "NodePrepareResources": grpc.unary_unary_rpc_method_handler(
                 self._prepare_rpc,
-                request_deserializer=api_pb2.NodePrepareResourcesRequest.FromString,
+                request_deserializer=lenient(api_pb2.NodePrepareResourcesRequest.FromString),
                 response_serializer=api_pb2.NodePrepareResourcesResponse.SerializeToString,
             ),
             "NodeUnprepareResources": grpc.unary_unary_rpc_method_handler(
                 self._unprepare_rpc,
-                request_deserializer=api_pb2.NodeUnprepareResourcesRequest.FromString,
+                request_deserializer=lenient(api_pb2.NodeUnprepareResourcesRequest.FromString),
                 response_serializer=api_pb2.NodeUnprepareResourcesResponse.SerializeToString,
             ),
         }
         return [grpc.method_handlers_generic_handler(s, methods) for s in (DRA_SERVICE_V1, DRA_SERVICE_V1BETA1)]
 
     async def _prepare_rpc(
-        self, request: api_pb2.NodePrepareResourcesRequest, context: Any
+        self, request: api_pb2.NodePrepareResourcesRequest | None, context: Any
     ) -> api_pb2.NodePrepareResourcesResponse:
+        if request is None:
+            await _malformed(context, "NodePrepareResources")
         return await self.prepare(list(request.claims))
 
     async def _unprepare_rpc(
-        self, request: api_pb2.NodeUnprepareResourcesRequest, context: Any
+        self, request: api_pb2.NodeUnprepareResourcesRequest | None, context: Any
     ) -> api_pb2.NodeUnprepareResourcesResponse:
+        if request is None:
+            await _malformed(context, "NodeUnprepareResources")
         return await self.unprepare(list(request.claims))
 
     # --- prepare --------------------------------------------------------------------------------------------
@@ -208,3 +213,10 @@ class DraPluginServicer:
         for c in removed:
             log.info("dra_unprepared", claim=f"{c.namespace}/{c.name}", uid=c.uid)
         return response
+
+
+async def _malformed(context: Any, rpc: str) -> NoReturn:
+    """INVALID_ARGUMENT for bytes that are not the request (see :func:`snnrm.kubelet.wire.lenient`)."""
+    log.warning("malformed request refused", rpc=rpc)
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{rpc}: the request is not a valid protobuf message")
+    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises

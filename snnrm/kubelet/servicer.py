@@ -13,41 +13,24 @@ from ListAndWatch (the owner registers again if no stream comes back; a stream e
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from typing import Any, NoReturn, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
 
 import grpc
 import structlog
-from google.protobuf.message import DecodeError
 
 from snnrm.core.allocation import AllocationError, UnknownDeviceError
 from snnrm.core.topology import BoolArray
 from snnrm.kubelet.allocator import ResourceAllocator
 from snnrm.kubelet.feed import DeviceFeed
 from snnrm.kubelet.protos.deviceplugin.v1beta1 import api_pb2
-from snnrm.kubelet.wire import DEVICE_PLUGIN_SERVICE, ListAndWatchEncoder
+from snnrm.kubelet.wire import DEVICE_PLUGIN_SERVICE, ListAndWatchEncoder, lenient
 
 log = structlog.get_logger(__name__)
 
 MAX_CONTAINERS = 64
 """Container requests one Allocate or GetPreferredAllocation may carry. The kubelet sends one per call; a request
 of a million tiny ones kept the event loop (and every other RPC, /healthz included) busy for seconds to a minute."""
-
-M = TypeVar("M")
-
-
-def lenient(parse: Callable[[bytes], M]) -> Callable[[bytes], M | None]:
-    """``parse``, with None for bytes that are not the message: grpc's own answer to a request that fails to
-    deserialize is UNKNOWN plus an error-level traceback per call; with None the handler answers INVALID_ARGUMENT
-    and logs one line."""
-
-    def parse_or_none(raw: bytes) -> M | None:
-        try:
-            return parse(raw)
-        except DecodeError:
-            return None
-
-    return parse_or_none
 
 
 class DevicePluginServicer:

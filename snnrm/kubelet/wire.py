@@ -12,9 +12,12 @@ of its entries.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from snnrm.core.devices import DeviceSet
 from snnrm.core.topology import IntArray
@@ -116,3 +119,21 @@ class ListAndWatchEncoder:
         hi = np.where(state, e.offsets[1][ends], e.offsets[0][ends]).tolist()
         views = (memoryview(e.buffers[0]), memoryview(e.buffers[1]))
         return b"".join([views[h][a:b] for h, a, b in zip(state.tolist(), lo, hi, strict=True)])
+
+
+M = TypeVar("M")
+"""A protobuf message type."""
+
+
+def lenient(parse: Callable[[bytes], M]) -> Callable[[bytes], M | None]:
+    """``parse``, with None for bytes that are not the message: grpc's own answer to a request that fails to
+    deserialize is UNKNOWN plus an error-level traceback per call; with None the handler answers INVALID_ARGUMENT
+    and logs one line."""
+
+    def parse_or_none(raw: bytes) -> M | None:
+        try:
+            return parse(raw)
+        except DecodeError:
+            return None
+
+    return parse_or_none

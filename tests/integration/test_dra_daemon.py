@@ -113,6 +113,13 @@ async def test_dra_only_publishes_measured_devices_and_taints_a_failed_core(shor
             )
             info = await get_info(reg.InfoRequest(), timeout=5)
         assert info.endpoint == str(short_dir / "plugins" / DRIVER / "dra.sock")
+        # Bytes that are not the request: INVALID_ARGUMENT in one line (grpc's default was UNKNOWN + a traceback).
+        async with grpc.aio.insecure_channel(f"unix://{info.endpoint}") as ch:
+            prepare = ch.unary_unary("/k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin/NodePrepareResources")
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await prepare(b"\xff\xff\xff\xff", timeout=5)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid protobuf message" in (refused.value.details() or "")
 
 
 async def test_dra_on_splits_resources_between_the_two_apis(short_dir: Path) -> None:
