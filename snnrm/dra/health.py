@@ -25,6 +25,7 @@ from snnrm.core.health import Health
 from snnrm.dra.registration import HEALTH_SERVICE_V1, HEALTH_SERVICE_V1ALPHA1
 from snnrm.dra.view import DraView
 from snnrm.kubelet.protos.dra_health.v1 import api_pb2
+from snnrm.kubelet.wire import lenient, refuse_malformed
 
 log = structlog.get_logger(__name__)
 
@@ -81,7 +82,7 @@ class HealthServicer:
     def handlers(self) -> list[grpc.GenericRpcHandler]:
         method = grpc.unary_stream_rpc_method_handler(
             self._watch,
-            request_deserializer=api_pb2.NodeWatchResourcesRequest.FromString,
+            request_deserializer=lenient(api_pb2.NodeWatchResourcesRequest.FromString),
             response_serializer=api_pb2.NodeWatchResourcesResponse.SerializeToString,
         )
         return [
@@ -90,8 +91,10 @@ class HealthServicer:
         ]
 
     async def _watch(
-        self, request: api_pb2.NodeWatchResourcesRequest, context: Any
+        self, request: api_pb2.NodeWatchResourcesRequest | None, context: Any
     ) -> AsyncIterator[api_pb2.NodeWatchResourcesResponse]:
+        if request is None:
+            await refuse_malformed(context, "NodeWatchResources")
         self.open_streams += 1
         log.info("dra_health_stream_opened", streams=self.open_streams)
         try:

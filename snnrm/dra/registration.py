@@ -18,6 +18,7 @@ import grpc
 import structlog
 
 from snnrm.kubelet.protos.pluginregistration.v1 import api_pb2
+from snnrm.kubelet.wire import lenient, refuse_malformed
 
 log = structlog.get_logger(__name__)
 
@@ -50,22 +51,28 @@ class RegistrationServicer:
             {
                 "GetInfo": grpc.unary_unary_rpc_method_handler(
                     self._get_info,
-                    request_deserializer=api_pb2.InfoRequest.FromString,
+                    request_deserializer=lenient(api_pb2.InfoRequest.FromString),
                     response_serializer=api_pb2.PluginInfo.SerializeToString,
                 ),
                 "NotifyRegistrationStatus": grpc.unary_unary_rpc_method_handler(
                     self._notify,
-                    request_deserializer=api_pb2.RegistrationStatus.FromString,
+                    request_deserializer=lenient(api_pb2.RegistrationStatus.FromString),
                     response_serializer=api_pb2.RegistrationStatusResponse.SerializeToString,
                 ),
             },
         )
 
-    async def _get_info(self, request: api_pb2.InfoRequest, context: Any) -> api_pb2.PluginInfo:
+    async def _get_info(self, request: api_pb2.InfoRequest | None, context: Any) -> api_pb2.PluginInfo:
+        if request is None:
+            await refuse_malformed(context, "GetInfo")
         log.debug("dra_get_info", name=self._info.name, endpoint=self._info.endpoint)
         return self._info
 
-    async def _notify(self, request: api_pb2.RegistrationStatus, context: Any) -> api_pb2.RegistrationStatusResponse:
+    async def _notify(
+        self, request: api_pb2.RegistrationStatus | None, context: Any
+    ) -> api_pb2.RegistrationStatusResponse:
+        if request is None:
+            await refuse_malformed(context, "NotifyRegistrationStatus")
         self.notifications += 1
         if request.plugin_registered:
             self.last_error = ""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any
 
 import grpc
 import structlog
@@ -35,7 +35,7 @@ from snnrm.dra.view import DraView
 from snnrm.kube.api import KubeError
 from snnrm.kube.dra import DraApi
 from snnrm.kubelet.protos.dra.v1 import api_pb2
-from snnrm.kubelet.wire import lenient
+from snnrm.kubelet.wire import lenient, refuse_malformed
 
 log = structlog.get_logger(__name__)
 
@@ -88,14 +88,14 @@ class DraPluginServicer:
         self, request: api_pb2.NodePrepareResourcesRequest | None, context: Any
     ) -> api_pb2.NodePrepareResourcesResponse:
         if request is None:
-            await _malformed(context, "NodePrepareResources")
+            await refuse_malformed(context, "NodePrepareResources")
         return await self.prepare(list(request.claims))
 
     async def _unprepare_rpc(
         self, request: api_pb2.NodeUnprepareResourcesRequest | None, context: Any
     ) -> api_pb2.NodeUnprepareResourcesResponse:
         if request is None:
-            await _malformed(context, "NodeUnprepareResources")
+            await refuse_malformed(context, "NodeUnprepareResources")
         return await self.unprepare(list(request.claims))
 
     # --- prepare --------------------------------------------------------------------------------------------
@@ -213,10 +213,3 @@ class DraPluginServicer:
         for c in removed:
             log.info("dra_unprepared", claim=f"{c.namespace}/{c.name}", uid=c.uid)
         return response
-
-
-async def _malformed(context: Any, rpc: str) -> NoReturn:
-    """INVALID_ARGUMENT for bytes that are not the request (see :func:`snnrm.kubelet.wire.lenient`)."""
-    log.warning("malformed request refused", rpc=rpc)
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{rpc}: the request is not a valid protobuf message")
-    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises

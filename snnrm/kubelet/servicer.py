@@ -24,7 +24,7 @@ from snnrm.core.topology import BoolArray
 from snnrm.kubelet.allocator import ResourceAllocator
 from snnrm.kubelet.feed import DeviceFeed
 from snnrm.kubelet.protos.deviceplugin.v1beta1 import api_pb2
-from snnrm.kubelet.wire import DEVICE_PLUGIN_SERVICE, ListAndWatchEncoder, lenient
+from snnrm.kubelet.wire import DEVICE_PLUGIN_SERVICE, ListAndWatchEncoder, lenient, refuse_malformed
 
 log = structlog.get_logger(__name__)
 
@@ -101,18 +101,14 @@ class DevicePluginServicer:
 
     # --- RPCs ---------------------------------------------------------------------------------------------
 
-    async def _malformed(self, context: Any, rpc: str) -> NoReturn:
-        log.warning("malformed request refused", resource=self.resource, rpc=rpc)
-        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"{rpc}: the request is not a valid protobuf message")
-
     async def _get_options(self, request: api_pb2.Empty | None, context: Any) -> bytes:
         if request is None:
-            await self._malformed(context, "GetDevicePluginOptions")
+            await refuse_malformed(context, "GetDevicePluginOptions")
         return self._options_bytes
 
     async def _list_and_watch(self, request: api_pb2.Empty | None, context: Any) -> AsyncIterator[bytes]:
         if request is None:
-            await self._malformed(context, "ListAndWatch")
+            await refuse_malformed(context, "ListAndWatch")
         self._streams += 1
         self.streams_opened += 1
         ended_by_us = False
@@ -154,7 +150,7 @@ class DevicePluginServicer:
 
     async def _too_many(self, context: Any, request: Any, rpc: str) -> None:
         if request is None:
-            await self._malformed(context, rpc)
+            await refuse_malformed(context, rpc)
         if len(request.container_requests) > MAX_CONTAINERS:
             n = len(request.container_requests)
             log.warning("request refused", resource=self.resource, rpc=rpc, containers=n)
@@ -213,7 +209,7 @@ class DevicePluginServicer:
 
     async def _pre_start_container(self, request: api_pb2.PreStartContainerRequest | None, context: Any) -> bytes:
         if request is None:
-            await self._malformed(context, "PreStartContainer")
+            await refuse_malformed(context, "PreStartContainer")
         return b""  # PreStartContainerResponse{} serializes to nothing
 
 

@@ -14,14 +14,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, NoReturn, TypeVar
 
+import grpc
 import numpy as np
+import structlog
 from google.protobuf.message import DecodeError
 
 from snnrm.core.devices import DeviceSet
 from snnrm.core.topology import IntArray
 from snnrm.kubelet.protos.deviceplugin.v1beta1 import api_pb2
+
+log = structlog.get_logger(__name__)
 
 VERSION = "v1beta1"
 """The only device plugin API version kubelets accept."""
@@ -137,3 +141,10 @@ def lenient(parse: Callable[[bytes], M]) -> Callable[[bytes], M | None]:
             return None
 
     return parse_or_none
+
+
+async def refuse_malformed(context: Any, rpc: str) -> NoReturn:
+    """Answer a request :func:`lenient` could not parse: INVALID_ARGUMENT and one warning line."""
+    log.warning("malformed request refused", rpc=rpc)
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{rpc}: the request is not a valid protobuf message")
+    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
