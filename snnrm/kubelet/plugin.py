@@ -249,6 +249,7 @@ class DevicePlugin:
         cancelled rather than left to its 10 s dial. A failed Register ends the cycle instead of retrying on the
         same server: a fresh server on a fresh socket is what the next attempt needs.
         """
+        servicer.expect_kubelet()  # its dial-back may come before Register returns
         call = asyncio.create_task(
             register(self.kubelet_socket, endpoint=self.endpoint, resource=self.resource, options=servicer.options)
         )
@@ -285,12 +286,12 @@ class DevicePlugin:
         """Poll until there is evidence of a new kubelet (its socket replaced or refusing, or ours deleted).
 
         A ListAndWatch stream that ends is *not* such evidence: any client may open and cancel one, and tearing
-        the server down for it would fail the kubelet's Allocate calls in flight. While no stream is open the
+        the server down for it would fail the kubelet's Allocate calls in flight. While the kubelet's stream is gone the
         kubelet is probed each poll: a killed kubelet leaves ``kubelet.sock`` behind, refusing connections, and
         we then stop serving at once (so no socket of ours waits for the next kubelet's start-up clean-up). When
-        the last stream has been gone for ``ORPHAN_GRACE_S`` and the kubelet still answers, it may have dropped
-        our endpoint, so we register again on the same server: in-flight calls are untouched and the socket
-        never disappears.
+        the kubelet's stream (the first opened after our Register; other clients' streams do not count) has been
+        gone for ``ORPHAN_GRACE_S`` and the kubelet still answers, it may have dropped our endpoint, so we register
+        again on the same server: in-flight calls are untouched and the socket never disappears.
         """
         orphaned_since: float | None = None
         while True:
@@ -307,7 +308,7 @@ class DevicePlugin:
                 return _Outcome("plugin socket removed")
             if identity(self.kubelet_socket) != kubelet:
                 return _Outcome("kubelet.sock recreated")
-            if servicer.open_streams > 0:
+            if servicer.kubelet_stream_open:
                 orphaned_since = None
             elif orphaned_since is not None:
                 if await answers(self.kubelet_socket) is False:

@@ -56,7 +56,9 @@ class DevicePluginServicer:
         self._closed = asyncio.Event()
         self._streams = 0
         self.dropped = asyncio.Event()
-        """Set when the last open ListAndWatch stream ended because the client left (not by :meth:`close`)."""
+        """Set when the kubelet's ListAndWatch stream ended because the client left (not by :meth:`close`)."""
+        self._awaiting_kubelet = False
+        self._kubelet_stream: int | None = None
         self.streams_opened = 0
         """ListAndWatch streams opened so far (for tests and status)."""
 
@@ -67,6 +69,17 @@ class DevicePluginServicer:
     @property
     def open_streams(self) -> int:
         return self._streams
+
+    def expect_kubelet(self) -> None:
+        """A Register call is about to go out: the next stream opened is the kubelet's. Any local client may open
+        ListAndWatch too; only the kubelet's stream ending says it may have dropped us (a foreign stream held open
+        used to hide that, and the node's devices stayed unusable while it was held)."""
+        self._awaiting_kubelet = True
+
+    @property
+    def kubelet_stream_open(self) -> bool:
+        """Whether the stream the kubelet opened after the last registration is still open."""
+        return self._kubelet_stream is not None
 
     def close(self) -> None:
         """End every ListAndWatch stream normally (the server is about to stop)."""
@@ -111,6 +124,9 @@ class DevicePluginServicer:
             await refuse_malformed(context, "ListAndWatch")
         self._streams += 1
         self.streams_opened += 1
+        stream = self.streams_opened
+        if self._awaiting_kubelet:
+            self._awaiting_kubelet, self._kubelet_stream = False, stream
         ended_by_us = False
         closed = asyncio.ensure_future(self._closed.wait())
         change: asyncio.Future[int] | None = None
@@ -133,8 +149,11 @@ class DevicePluginServicer:
             if change is not None:
                 change.cancel()
             self._streams -= 1
-            if not ended_by_us and not self._closed.is_set() and self._streams == 0:
-                log.warning("list-and-watch dropped by kubelet", resource=self.resource)
+            kubelets = stream == self._kubelet_stream
+            if kubelets:
+                self._kubelet_stream = None
+            if not ended_by_us and not self._closed.is_set() and (kubelets or self._streams == 0):
+                log.warning("list-and-watch dropped by kubelet", resource=self.resource, others_open=self._streams)
                 self.dropped.set()
 
     def _encoded(self, version: int, devices: Any) -> bytes:

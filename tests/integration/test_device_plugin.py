@@ -323,6 +323,28 @@ async def test_list_and_watch_drop_leads_to_reregistration(node: Node) -> None:
     assert plugin.socket_path.stat().st_ino == socket_before
 
 
+async def test_a_foreign_stream_held_open_does_not_hide_the_kubelet_dropping_its_own(node: Node) -> None:
+    """From an outside gRPC audit: with any other client's ListAndWatch open (one that never reads is enough), the
+    kubelet dropping its own stream went unnoticed, since only the last stream ending counted, and the node's
+    devices stayed unusable as long as that client held on."""
+    await node.kubelet.wait_capacity(NEURON_CORE, N_CORES, allocatable=N_CORES)
+    plugin = node.plugins[NEURON_CORE]
+    registrations = plugin.registrations
+    async for ch in _plugin_stub(node, NEURON_CORE):
+        watch = ch.unary_stream(
+            f"/{DEVICE_PLUGIN_SERVICE}/ListAndWatch",
+            request_serializer=api_pb2.Empty.SerializeToString,
+            response_deserializer=api_pb2.ListAndWatchResponse.FromString,
+        )
+        foreign = watch(api_pb2.Empty())
+        assert len((await foreign.read()).devices) == N_CORES  # open, and then never read again
+        await node.kubelet.drop_list_and_watch(NEURON_CORE)
+        await node.kubelet.wait_until(lambda: plugin.registrations > registrations)
+        await node.kubelet.wait_capacity(NEURON_CORE, N_CORES, allocatable=N_CORES)
+        assert foreign.done() is False  # the foreign stream was left alone throughout
+        foreign.cancel()
+
+
 async def test_foreign_list_and_watch_streams_never_disturb_the_kubelet(node: Node) -> None:
     """Issue 16: 20 foreign ListAndWatch open/cancel cycles, interleaved with the kubelet's GetPreferredAllocation
     and Allocate calls: zero failed calls, one registration, the same socket throughout."""
