@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import structlog
@@ -27,6 +27,8 @@ from snnrm.kubelet.protos.deviceplugin.v1beta1 import api_pb2
 from snnrm.kubelet.wire import DEVICE_PLUGIN_SERVICE, ListAndWatchEncoder, lenient, refuse_malformed
 
 log = structlog.get_logger(__name__)
+
+R = TypeVar("R", api_pb2.AllocateRequest, api_pb2.PreferredAllocationRequest)
 
 MAX_CONTAINERS = 64
 """Container requests one Allocate or GetPreferredAllocation may carry. The kubelet sends one per call; a request
@@ -167,7 +169,8 @@ class DevicePluginServicer:
         current = self._feed.current
         return None if current is None else current.healthy
 
-    async def _too_many(self, context: Any, request: Any, rpc: str) -> None:
+    async def _usable(self, request: R | None, context: Any, rpc: str) -> R:
+        """``request`` if it parsed and lists at most :data:`MAX_CONTAINERS` containers; else INVALID_ARGUMENT."""
         if request is None:
             await refuse_malformed(context, rpc)
         if len(request.container_requests) > MAX_CONTAINERS:
@@ -178,12 +181,12 @@ class DevicePluginServicer:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"{rpc}: {n} container requests in one call, at most {MAX_CONTAINERS} (the kubelet sends one)",
             )
+        return request
 
     async def _get_preferred_allocation(
         self, request: api_pb2.PreferredAllocationRequest | None, context: Any
     ) -> api_pb2.PreferredAllocationResponse:
-        await self._too_many(context, request, "GetPreferredAllocation")
-        assert request is not None
+        request = await self._usable(request, context, "GetPreferredAllocation")
         healthy = self._healthy()
         if healthy is None:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, f"no {self.resource} devices published yet")
@@ -198,8 +201,7 @@ class DevicePluginServicer:
         return response
 
     async def _allocate(self, request: api_pb2.AllocateRequest | None, context: Any) -> api_pb2.AllocateResponse:
-        await self._too_many(context, request, "Allocate")
-        assert request is not None
+        request = await self._usable(request, context, "Allocate")
         if any(not c.devices_ids for c in request.container_requests):
             # The kubelet calls Allocate only for containers that get devices; an empty one would be handed a
             # zero-device allocation file shared by both resources (the hash of no IDs).

@@ -47,30 +47,6 @@ def test_bad_flags_are_one_line_naming_the_flag(args: list[str], env: dict[str, 
     assert expected in _one_error_line(output)
 
 
-def test_missing_sysfs_root_names_the_flag(tmp_path: Path) -> None:
-    code, output = _run(
-        [
-            "run",
-            "--backend",
-            "sysfs",
-            "--sysfs-root",
-            str(tmp_path / "absent"),
-            "--kubelet-dir",
-            str(tmp_path),
-            "--state-dir",
-            str(tmp_path / "state"),
-            "--cdi-dir",
-            str(tmp_path / "cdi"),
-            "--http",
-            "127.0.0.1:0",
-        ]
-    )
-    assert code == 2
-    line = _one_error_line(output)
-    assert "--backend sysfs" in line
-    assert "--sysfs-root" in line
-
-
 def _daemon_args(tmp_path: Path, *extra: str) -> list[str]:
     return [
         "run",
@@ -84,6 +60,16 @@ def _daemon_args(tmp_path: Path, *extra: str) -> list[str]:
         "1",
         *extra,
     ]
+
+
+def test_missing_sysfs_root_names_the_flag(tmp_path: Path) -> None:
+    code, output = _run(
+        _daemon_args(tmp_path, "--backend", "sysfs", "--sysfs-root", str(tmp_path / "absent"), "--http", "127.0.0.1:0")
+    )
+    assert code == 2
+    line = _one_error_line(output)
+    assert "--backend sysfs" in line
+    assert "--sysfs-root" in line
 
 
 def test_port_in_use_suggests_the_flag(tmp_path: Path) -> None:
