@@ -260,8 +260,9 @@ LIMITS = (
     "stale telemetry) on the same 0.5 s tick: a classic device plugin would report fewer reasons and a "
     "descheduler runs every few minutes, so this baseline reacts faster than what users get today.",
     "snnrm's decisions are the daemon's NodeReallocator itself, fed by the daemon's NodeMonitor; the eviction path "
-    "(the cluster reallocation controller and plan_gang) is not run, and no scenario goes through the real device "
-    "plugin and the kubelet's device manager.",
+    "(the cluster reallocation controller and plan_gang) is not run. Here no scenario goes through the device "
+    "plugin and the kubelet; the failed-core scenario does on a real node (kubelet, containerd, the chart, jobs "
+    "planned by `snnrm job plan`): `python -m benchmarks node_failover`, with its numbers in the README.",
     "Ground truth for false moves: a moved stage was degraded if a failed or faulted core was under it or a true "
     "queue of its was more than half full at the moment of the move.",
 )

@@ -1,8 +1,9 @@
-"""Helpers of the real-node tier (tests/node): kubectl, the daemon's API, pods that print their cores.
+"""Helpers of the real-node tier (tests/node): pods that print their cores and split-job stages.
 
-The real-node tier: a kubelet, containerd and runc on this machine, snnrm installed by its chart.
+The real-node tier: a kubelet, containerd and runc on this machine, snnrm installed by its chart. The node itself
+(kubectl, the daemon's API, ``wait_for``) is :mod:`snnrm.testing.real_node`, shared with the benchmarks.
 
-``scripts/cluster.sh up`` (``make cluster``) brings the node up; this session fixture runs it, and takes the node
+``scripts/cluster.sh up`` (``make cluster``) brings the node up; the session fixture runs it, and takes the node
 down again at the end unless it was already up when the session started (then it is left as it was). Every test
 works in its own namespace, through ``kubectl`` as an operator would, and talks to the daemon on its pod IP.
 
@@ -12,100 +13,37 @@ Needs root; without it the tier skips, or fails under ``SNNRM_E2E_REQUIRE=1`` (w
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import time
-import urllib.request
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-CLUSTER = REPO / ".cluster"
-SCRIPT = REPO / "scripts" / "cluster.sh"
-NAMESPACE = "snnrm"
-NODE = os.environ.get("SNNRM_CLUSTER_NODE", "snnrm-node")
-FAULT_TOKEN = "snnrm-cluster-fault-token"  # scripts/cluster.sh installs the chart with it
-NEURON_CORE = "snnrm.io/neuron-core"
-EVENT_THROUGHPUT = "snnrm.io/event-throughput"
+from snnrm.testing.real_node import (
+    CLUSTER,
+    EVENT_THROUGHPUT,
+    FAULT_TOKEN,
+    NAMESPACE,
+    NEURON_CORE,
+    NODE,
+    REPO,
+    SCRIPT,
+    Node,
+    wait_for,
+)
 
-T = TypeVar("T")
-
-
-class Node:
-    """kubectl against the cluster, and the daemon's HTTP API on its pod IP."""
-
-    def __init__(self) -> None:
-        self.kubectl_bin = str(CLUSTER / "bin" / "kubectl")
-        self.kubeconfig = str(CLUSTER / "kubeconfig")
-
-    def kubectl(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
-        proc = subprocess.run(
-            [self.kubectl_bin, "--kubeconfig", self.kubeconfig, *args],
-            input=stdin,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
-        return proc.stdout
-
-    def get(self, *args: str) -> Any:
-        return json.loads(self.kubectl("get", *args, "-o", "json"))
-
-    def apply(self, obj: dict[str, Any]) -> None:
-        self.kubectl("apply", "-f", "-", stdin=json.dumps(obj))
-
-    def allocatable(self) -> dict[str, str]:
-        return dict(self.get("node", NODE)["status"]["allocatable"])
-
-    def daemon_pod(self) -> dict[str, Any]:
-        pods = self.get("pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=daemon")["items"]
-        ready = [p for p in pods if _ready(p) and not p["metadata"].get("deletionTimestamp")]
-        assert ready, f"no ready daemon pod: {[p['metadata']['name'] for p in pods]}"
-        return dict(ready[0])
-
-    def image(self) -> str:
-        ds = self.get("daemonset", "-n", NAMESPACE, "snnrm-daemon")
-        return str(ds["spec"]["template"]["spec"]["containers"][0]["image"])
-
-    def daemon(self, method: str, path: str, body: Any = None) -> Any:
-        ip = self.daemon_pod()["status"]["podIP"]
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(f"http://{ip}:9400{path}", data=data, method=method)
-        req.add_header("Authorization", f"Bearer {FAULT_TOKEN}")
-        if data is not None:
-            req.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            raw = resp.read()
-        return json.loads(raw) if raw else None
-
-    def cluster(self, *args: str) -> None:
-        subprocess.run(["bash", str(SCRIPT), *args], check=True, timeout=600)
-
-
-def _ready(pod: dict[str, Any]) -> bool:
-    conds = pod.get("status", {}).get("conditions", [])
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
-
-
-def wait_for(what: str, probe: Callable[[], T | None], within: float = 60.0, every: float = 0.2) -> T:
-    """Poll ``probe`` until it returns something truthy; fail naming ``what`` and the last value."""
-    deadline = time.monotonic() + within
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            value = probe()
-        except (AssertionError, OSError, ValueError, KeyError) as e:
-            last = e
-        else:
-            if value:
-                return value
-            last = value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {within:g}s waiting for {what}; last: {last!r}")
+__all__ = [
+    "CLUSTER",
+    "EVENT_THROUGHPUT",
+    "FAULT_TOKEN",
+    "NAMESPACE",
+    "NEURON_CORE",
+    "NODE",
+    "REPO",
+    "SCRIPT",
+    "Node",
+    "core_pod",
+    "parse_printout",
+    "run_core_pod",
+    "stage_deployment",
+    "wait_for",
+]
 
 
 def core_pod(name: str, namespace: str, image: str, cores: int) -> dict[str, Any]:
