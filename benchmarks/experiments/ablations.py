@@ -6,9 +6,10 @@
 * **Asynchronous-unit awareness** (``snnrm-no-units``): snnrm's planner with the shared-unit price at zero
   (:attr:`snnrm.core.placement.PlacementView.shared_unit_hops`), on the presets whose routers serve several
   cores (SpiNNaker 2 quad-PEs, Akida nodes of four NPs): with no fault and under a congested link.
-* **KEPS-based admission** is not run, and the report says why: it needs a workload whose event rate, not its
-  core count, fills the node, and at the networks' measured rates no stage uses more than a third of its cores'
-  event throughput (part 2 of issue 14 forbids rescaling rates to make one).
+* **KEPS-based admission** is not run, and the report says why (:func:`not_run_note`, with the loads computed from
+  the workloads): it needs a workload whose event rate, not its core count, fills the node, and at the networks'
+  measured rates no stage's cores run at their full event rate (rescaling rates to make one is what the
+  experiments stopped doing).
 
 Each ablation runs the same seeds, workloads and faults for snnrm and its ablation (paired by seed) through
 :func:`benchmarks.experiments.suite.run_suite`, and the report gives the paired differences with 95% bootstrap
@@ -29,6 +30,7 @@ from benchmarks.experiments.config import DEFAULT, ExperimentConfig
 from benchmarks.experiments.report import RESULTS_DIR
 from benchmarks.experiments.stats import Interval, mean_of, paired_diff
 from benchmarks.experiments.suite import SuiteResult, run_suite
+from benchmarks.experiments.workloads import NETWORKS, stage_utilisation
 from sim_hw import load_preset
 
 SNNRM = "snnrm"
@@ -103,15 +105,39 @@ ABLATIONS: tuple[Ablation, ...] = (
     ),
 )
 
-NOT_RUN = (
-    "**KEPS-based admission vs count only** (not run): admission by event throughput can only differ from a count "
-    "of cores when a workload's events, not its neurons, fill the node. At the networks' measured rates every "
-    "stage's busiest core runs at most ~31 % of its nominal event rate on Loihi 2 (~69 % on Akida), and a stage "
-    "takes at least one core, so the event-throughput devices (two 1,000-KEPS blocks per Loihi 2 core) never run "
-    "out before the cores do: an oversubscription scenario would need rates scaled up, which these experiments no "
-    "longer do. What it would take: a workload of many input streams per job (the number of sensors, published "
-    "rates), and the admission check on `snnrm.io/event-throughput` that `snnrm job plan` already requests."
-)
+KEPS_PRESETS = ("loihi2", "akida")
+
+
+def busiest_core_load(preset: str) -> float:
+    """The highest event load on any stage's cores, as a share of their service rate, over every network and every
+    stage cut the workloads draw (:data:`benchmarks.experiments.workloads.NETWORKS`) on ``preset``, at the
+    networks' measured rates."""
+    spec = load_preset(preset)
+    loads = [
+        float(
+            stage_utilisation(
+                maker(n, name=name, neurons_per_core=spec.neurons_per_core, seed=0), spec.core_service_rate
+            ).max()
+        )
+        for name, (maker, lo, hi, _) in NETWORKS.items()
+        for n in range(lo, hi + 1)
+    ]
+    return max(loads)
+
+
+def not_run_note() -> str:
+    """Why the KEPS-admission ablation is not run, with the loads that decide it computed from the workloads."""
+    loads = ", ".join(f"{busiest_core_load(p):.0%} on {load_preset(p).name}" for p in KEPS_PRESETS)
+    return (
+        "**KEPS-based admission vs count only** (not run): admission by event throughput can only differ from a "
+        "count of cores when a workload's events, not its neurons, fill the node. At the networks' measured rates "
+        f"the busiest stage's cores run at most {loads} of their event rate (every network, every stage cut the "
+        "workloads draw), and a stage takes at least one core, so the event-throughput devices (as many KEPS per "
+        "core as the core serves) never run out before the cores do: an oversubscription scenario would need rates "
+        "scaled up, which these experiments no longer do. What it would take: a workload of many input streams per "
+        "job (the number of sensors, published rates), and the admission check on `snnrm.io/event-throughput` that "
+        "`snnrm job plan` already requests."
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +223,7 @@ def markdown(results: Sequence[Result]) -> list[str]:
                 a, b, d, word = _cell(suite, sc, m, fmt)
                 lines.append(f"| {sc} | {label} | {a} | {b} | {d} | {word} |")
         lines += ["", ab.model_note, ""] if ab.model_note else [""]
-    lines += [NOT_RUN, ""]
+    lines += [not_run_note(), ""]
     return lines
 
 
