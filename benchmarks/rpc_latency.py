@@ -26,7 +26,6 @@ from typing import Any
 
 import grpc
 import numpy as np
-import structlog
 
 from snnrm.core.devices import NEURON_CORE, ThroughputBlocks, neuron_core_devices
 from snnrm.core.topology import ChipGeometry, Topology
@@ -36,6 +35,7 @@ from snnrm.kubelet.protos.deviceplugin.v1beta1 import api_pb2
 from snnrm.kubelet.standin import KubeletStandIn
 from snnrm.kubelet.state import StaticAllocationState
 from snnrm.kubelet.wire import DEVICE_PLUGIN_SERVICE
+from snnrm.obs.logging import configure_logging
 
 CHIPS = 16
 GEOMETRY = ChipGeometry(cols=16, rows=16)  # 16 chips x 256 cores = 4,096 cores
@@ -113,7 +113,7 @@ async def _node(root: Path, ready: MpEvent, stop: MpEvent) -> None:
 
 
 def _serve(root: str, ready: MpEvent, stop: MpEvent) -> None:
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    configure_logging("console", level=logging.WARNING)  # as the daemon configures it (loggers cached on first use)
     with contextlib.suppress(asyncio.CancelledError):
         asyncio.run(_node(Path(root), ready, stop))
 

@@ -180,17 +180,23 @@ def _describe(state: AllocationState, resource: str, ids: Sequence[str]) -> Allo
     return None
 
 
-def _chips_csv(chips: IntArray) -> str:
-    return ",".join(f"chip{c}" for c in np.unique(chips).tolist())
+def _chips(chip_of: IntArray) -> list[int]:
+    """The distinct chips of an allocation, ascending (computed once per Allocate: np.unique is its costliest step)."""
+    chips: list[int] = np.unique(chip_of).tolist()
+    return chips
+
+
+def _chips_csv(chips: list[int]) -> str:
+    return ",".join(f"chip{c}" for c in chips)
 
 
 def _response(
-    envs: dict[str, str], host_path: Path, container_path: str, chips: IntArray
+    envs: dict[str, str], host_path: Path, container_path: str, chips: list[int]
 ) -> api_pb2.ContainerAllocateResponse:
     return api_pb2.ContainerAllocateResponse(
         envs=envs,
         mounts=[api_pb2.Mount(container_path=container_path, host_path=str(host_path), read_only=True)],
-        cdi_devices=[api_pb2.CDIDevice(name=qualified_name(c)) for c in np.unique(chips).tolist()],
+        cdi_devices=[api_pb2.CDIDevice(name=qualified_name(c)) for c in chips],
     )
 
 
@@ -281,7 +287,7 @@ class CoreAllocator:
             self._hints.admitted(idx)
         all_ids = topo.ids
         sorted_ids = [all_ids[i] for i in idx.tolist()]
-        chips = topo.chip_of[idx]
+        chips = _chips(topo.chip_of[idx])
         path = self._files.ensure(sorted_ids, lambda: core_allocation(topo, idx))
         self._cdi.ensure()
         envs = {"SNNRM_CORES": ",".join(sorted_ids), "SNNRM_CHIPS": _chips_csv(chips)}
@@ -331,7 +337,7 @@ class ThroughputAllocator:
         idx = np.sort(allocation.validate_allocation(index_of, ids, healthy))
         all_ids = blocks.ids
         sorted_ids = [all_ids[i] for i in idx.tolist()]
-        chips = blocks.chip_of_block[idx]
+        chips = _chips(blocks.chip_of_block[idx])
         keps = blocks.block_keps * len(idx)
         path = self._files.ensure(sorted_ids, lambda: throughput_allocation(blocks, idx))
         self._cdi.ensure()
