@@ -13,8 +13,8 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from node_support import CLUSTER, SCRIPT, Node
 
+from snnrm.testing.real_node import CLUSTER, SCRIPT, Node
 from snnrm.testing.tools import missing
 
 

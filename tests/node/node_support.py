@@ -15,35 +15,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from snnrm.testing.real_node import (
-    CLUSTER,
-    EVENT_THROUGHPUT,
-    FAULT_TOKEN,
-    NAMESPACE,
-    NEURON_CORE,
-    NODE,
-    REPO,
-    SCRIPT,
-    Node,
-    wait_for,
-)
-
-__all__ = [
-    "CLUSTER",
-    "EVENT_THROUGHPUT",
-    "FAULT_TOKEN",
-    "NAMESPACE",
-    "NEURON_CORE",
-    "NODE",
-    "REPO",
-    "SCRIPT",
-    "Node",
-    "core_pod",
-    "parse_printout",
-    "run_core_pod",
-    "stage_deployment",
-    "wait_for",
-]
+from snnrm.testing.real_node import NEURON_CORE, Node, wait_for
 
 
 def core_pod(name: str, namespace: str, image: str, cores: int) -> dict[str, Any]:

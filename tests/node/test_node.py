@@ -11,19 +11,10 @@ import json
 import time
 from typing import Any
 
-from node_support import (
-    EVENT_THROUGHPUT,
-    NAMESPACE,
-    NEURON_CORE,
-    Node,
-    core_pod,
-    parse_printout,
-    run_core_pod,
-    stage_deployment,
-    wait_for,
-)
+from node_support import core_pod, parse_printout, run_core_pod, stage_deployment
 
 from sim_hw.spec import load_preset
+from snnrm.testing.real_node import EVENT_THROUGHPUT, NAMESPACE, NEURON_CORE, Node, wait_for
 
 
 def _expected_cores() -> int:

@@ -10,7 +10,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from node_support import NEURON_CORE, Node, wait_for
+
+from snnrm.testing.real_node import NEURON_CORE, Node, wait_for
 
 
 @pytest.fixture

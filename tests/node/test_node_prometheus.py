@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from node_support import NEURON_CORE, Node, wait_for
-
 from snnrm.testing.promstack import Prometheus, PromSeries, eventually
+from snnrm.testing.real_node import NEURON_CORE, Node, wait_for
 from snnrm.testing.tools import require_tool
 
 RULES = Path(__file__).resolve().parents[2] / "rules" / "snnrm.rules.yaml"
