@@ -23,7 +23,7 @@ BENCHMARKS = {
     "placement": "stage placement vs count-based first-fit on the simulator (hops, e2e spike latency)",
     "extender": "scheduler extender prioritize/filter over 5,000 nodes",
     "kube_client": "the product's Kubernetes calls (controller sync, summary patches, DRA publish) on a real apiserver",
-    "node_failover": "failed core -> the stage's runtime sees its new cores on a real node (kubelet, containerd, chart)",
+    "node_failover": "failed core -> a stage's runtime reads its new cores on a real node (kubelet, containerd)",
     "fleet": "1,000 and 5,000 kwok nodes, real apiserver/scheduler/controller and node agents, Poisson split jobs",
     "restarts": "device plugin re-registration after clean, killed, back-to-back and burst upstream kubelet restarts",
     "experiments": "snnrm vs first-fit, random and static placement under faults (results in benchmarks/results)",
