@@ -20,8 +20,9 @@ measured, since no weights load on simulated chips.
 
 The daemon's move budget allows 6 moves per 10 minutes (``ReallocationSettings.max_moves_per_window``): the daemon
 pod is restarted first so earlier moves on this node do not count against these, and the benchmark runs 6 trials,
-each on a stage that has not moved (a stage that moved may move again only after its 60 s cooldown). Needs root (a
-kubelet and containerd run here); without it it prints why and measures nothing.
+each on a stage that has not moved (a stage that moved may move again only after its 60 s cooldown). The node is
+taken down again afterwards unless it was up before. Needs root (a kubelet and containerd run here); without it it
+prints why and measures nothing.
 
     python -m benchmarks node_failover
 """
@@ -46,7 +47,7 @@ from benchmarks.experiments.config import DEFAULT as EXPERIMENTS
 from sim_hw import load_preset
 from snnrm.core.reallocation import ReallocationSettings
 from snnrm.job.workloads import write_graphs
-from snnrm.testing.real_node import NAMESPACE, SCRIPT, Node, wait_for
+from snnrm.testing.real_node import NAMESPACE, SCRIPT, Node, cluster_running, wait_for
 
 NETWORKS = ("dvs-gesture", "nmnist")
 STAGES = 4
@@ -193,14 +194,24 @@ def _start(node: Node, ns: str, workdir: Path) -> list[str]:
 
 
 def main() -> None:
-    """Bring the node up, run the jobs, fail one stage's cores per trial, print the times."""
+    """Bring the node up (and down again after, unless it was up), run the jobs, fail one stage's cores per trial,
+    print the times."""
     if os.geteuid() != 0:
         print(
             "node_failover: skipped, needs root (a kubelet and containerd run here): run as root, as `make test` does"
         )
         return
+    was_up = cluster_running()
     subprocess.run(["bash", str(SCRIPT), "up"], check=True, timeout=2400)  # idempotent; rebuilds what changed
-    node = Node()
+    try:
+        _measure(Node())
+    finally:
+        if not was_up:  # as the real-node tests do: leave the machine as it was
+            subprocess.run(["bash", str(SCRIPT), "down"], check=False, timeout=600)
+
+
+def _measure(node: Node) -> None:
+    """Run the jobs on ``node``, fail one stage's cores per trial, print each trial and the summary."""
     _restart_daemon(node)
     ns = f"bench-failover-{uuid.uuid4().hex[:6]}"
     node.kubectl("create", "namespace", ns)

@@ -88,6 +88,21 @@ def _ready(pod: dict[str, Any]) -> bool:
     return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
 
 
+def cluster_running() -> bool:
+    """Whether every process of the node that ``scripts/cluster.sh up`` starts is running now."""
+    pids = CLUSTER / "pids"
+    names = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd", "kubelet"]
+    for name in names:
+        f = pids / f"{name}.pid"
+        if not f.is_file():
+            return False
+        try:
+            os.kill(int(f.read_text()), 0)
+        except (OSError, ValueError):
+            return False
+    return True
+
+
 def wait_for(what: str, probe: Callable[[], T | None], within: float = 60.0, every: float = 0.2) -> T:
     """Poll ``probe`` until it returns something truthy; fail naming ``what`` and the last value."""
     deadline = time.monotonic() + within
@@ -115,5 +130,6 @@ __all__ = [
     "REPO",
     "SCRIPT",
     "Node",
+    "cluster_running",
     "wait_for",
 ]

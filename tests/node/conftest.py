@@ -14,29 +14,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from snnrm.testing.real_node import CLUSTER, SCRIPT, Node
+from snnrm.testing.real_node import SCRIPT, Node, cluster_running
 from snnrm.testing.tools import missing
-
-
-def _cluster_running() -> bool:
-    pids = CLUSTER / "pids"
-    names = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd", "kubelet"]
-    for name in names:
-        f = pids / f"{name}.pid"
-        if not f.is_file():
-            return False
-        try:
-            os.kill(int(f.read_text()), 0)
-        except (OSError, ValueError):
-            return False
-    return True
 
 
 @pytest.fixture(scope="session")
 def node() -> Iterator[Node]:
     if os.geteuid() != 0:
         missing("the real-node tier needs root (a kubelet and containerd run here): run `make test` as root")
-    was_up = _cluster_running()
+    was_up = cluster_running()
     # Always run `up`: it is idempotent, and rebuilds and reinstalls the image when the sources changed.
     subprocess.run(["bash", str(SCRIPT), "up"], check=True, timeout=2400)
     try:
