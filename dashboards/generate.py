@@ -649,6 +649,32 @@ def daemon_health() -> Board:
         description="1 while the resource's plugin is registered (SnnrmDevicePluginNotRegistered alerts on 0).",
         unit="bool",
     )
+    b.row("HTTP")
+    b.add(
+        ts("HTTP requests by route and code"),
+        [
+            (
+                f"sum by (route, code) (rate(snnrm_http_requests_total{{{SEL}}}[{RATE}]))",
+                "{{route}} {{code}}",
+            )
+        ],
+        description="Requests the daemon's HTTP server answered, by route template and status: probes, scrapes, "
+        "the status page and API, fault injection, the Alertmanager hook. A rise of 4xx is a client sending bad "
+        "input (each is refused and changes nothing); any 500 is a bug (its traceback is in the log).",
+        unit="reqps",
+    )
+    b.add(
+        ts("HTTP latency (p99)"),
+        [
+            (
+                f"histogram_quantile(0.99, sum by (route, le) "
+                f"(rate(snnrm_http_request_duration_seconds_bucket{{{SEL}}}[{RATE}])))",
+                "{{route}}",
+            )
+        ],
+        description="Time to answer, by route template (a /metrics scrape grows with cores x granularity).",
+        unit="s",
+    )
     b.row("Scrape and telemetry")
     b.add(
         ts("Scrape duration"),

@@ -50,6 +50,7 @@ from snnrm.kubelet.plugin import DevicePlugin
 from snnrm.kubelet.podresources import PodResourcesClient, PodResourcesError
 from snnrm.node import NodeService
 from snnrm.obs.exposition import MetricsRegistry
+from snnrm.obs.http_metrics import HttpMetrics
 from snnrm.obs.metrics import NodeCollector
 from snnrm.obs.rpc import RpcInstrumentation
 from snnrm.obs.timeline import Timeline
@@ -121,6 +122,8 @@ class Daemon:
     transitions: HealthTransitions
     timeline: Timeline
     """What happened on this node (health transitions, stage verdicts, injected faults): ``GET /api/v1/events``."""
+    http_metrics: HttpMetrics
+    """``snnrm_http_*`` of the daemon's HTTP server, in ``registry`` (made once: a registry refuses a family twice)."""
     hooks: HookEndpoint | None = None
     """``POST /hooks/alertmanager`` when hooks are configured."""
     dra: DraPlugin | None = None
@@ -240,6 +243,7 @@ class Daemon:
             pods=pods,
             transitions=transitions,
             timeline=timeline,
+            http_metrics=HttpMetrics(registry, node=node_name),
             hooks=hooks,
             dra=dra,
             placement=placement,
@@ -323,6 +327,7 @@ class Daemon:
             fault_access=fault_access(self.config),
             history=history,
             timeline=self.timeline,
+            http_metrics=self.http_metrics,
         )
         if self.hooks is not None:
             setup_hooks(app, self.hooks)

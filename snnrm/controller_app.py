@@ -25,6 +25,7 @@ from snnrm.http.extender import DEFAULT_PREFIX, ExtenderContext, build_extender_
 from snnrm.http.metrics import metrics_handler
 from snnrm.http.server import serve
 from snnrm.kube.client import KubeAsyncApi
+from snnrm.obs.http_metrics import HttpMetrics
 from snnrm.obs.tracing import setup_tracing
 
 log = structlog.get_logger(__name__)
@@ -50,7 +51,9 @@ def build_controller_app(
 ) -> web.Application:
     """Extender verbs, ``/api/v1/placement``, ``/healthz``, ``/readyz`` (cache synced) and ``/metrics``."""
     app = build_extender_app(
-        ExtenderContext(controller.index, clock=controller.clock, turned_away=controller.turned_away), prefix=prefix
+        ExtenderContext(controller.index, clock=controller.clock, turned_away=controller.turned_away),
+        prefix=prefix,
+        http_metrics=None if registry is None else HttpMetrics(registry),
     )
 
     async def healthz(request: web.Request) -> web.Response:

@@ -36,7 +36,8 @@ from snnrm.core.cluster import ClusterIndex, StageKey
 from snnrm.core.extender import PodInputError, demand_of, filter_nodes, prioritize
 from snnrm.core.requeue import TurnedAway
 from snnrm.http import body as bodies
-from snnrm.http.middleware import errors_as_json
+from snnrm.http.middleware import middlewares
+from snnrm.obs.http_metrics import HttpMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -279,8 +280,11 @@ def setup_extender(app: web.Application, ctx: ExtenderContext, *, prefix: str = 
     app.router.add_get("/api/v1/placement", placement_handler)
 
 
-def build_extender_app(ctx: ExtenderContext, *, prefix: str = DEFAULT_PREFIX) -> web.Application:
-    """A stand-alone application (the controller's HTTP server); the body cap covers whole NodeLists."""
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_as_json])
+def build_extender_app(
+    ctx: ExtenderContext, *, prefix: str = DEFAULT_PREFIX, http_metrics: HttpMetrics | None = None
+) -> web.Application:
+    """A stand-alone application (the controller's HTTP server); the body cap covers whole NodeLists.
+    ``http_metrics``: count and time every request, the extender verbs' latency among them."""
+    app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares(http_metrics))
     setup_extender(app, ctx, prefix=prefix)
     return app

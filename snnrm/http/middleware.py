@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 import structlog
 from aiohttp import web
 
+from snnrm.obs.http_metrics import HttpMetrics
+
 log = structlog.get_logger(__name__)
 
 
@@ -26,3 +28,9 @@ async def errors_as_json(
     except Exception:
         log.exception("http_handler_failed", method=request.method, path=request.path)
         return web.json_response({"error": "internal error; the details are in the log"}, status=500)
+
+
+def middlewares(http_metrics: HttpMetrics | None) -> list[Callable[..., Awaitable[web.StreamResponse]]]:
+    """The middleware chain of both servers: request metrics outermost (they count the 500s below), then
+    :func:`errors_as_json`."""
+    return [errors_as_json] if http_metrics is None else [http_metrics.middleware, errors_as_json]

@@ -26,9 +26,10 @@ from snnrm.core.health import Health, HealthReason
 from snnrm.http import body
 from snnrm.http.history import StatusHistory
 from snnrm.http.metrics import metrics_handler
-from snnrm.http.middleware import errors_as_json
+from snnrm.http.middleware import middlewares
 from snnrm.http.status import setup_status
 from snnrm.node import NodeService
+from snnrm.obs.http_metrics import HttpMetrics
 from snnrm.obs.timeline import Timeline
 
 NODE = web.AppKey("node", NodeService)
@@ -173,9 +174,12 @@ def build_app(
     fault_access: FaultAccess = FaultAccess(),
     history: StatusHistory | None = None,
     timeline: Timeline | None = None,
+    http_metrics: HttpMetrics | None = None,
 ) -> web.Application:
-    """The aiohttp application; collaborators are injected (no globals), so tests build their own."""
-    app = web.Application(client_max_size=MAX_BODY, middlewares=[errors_as_json])
+    """The aiohttp application; collaborators are injected (no globals), so tests build their own.
+
+    ``http_metrics``: count and time every request (``snnrm_http_*`` in its registry)."""
+    app = web.Application(client_max_size=MAX_BODY, middlewares=middlewares(http_metrics))
     app[NODE] = node
     app[REGISTRY] = registry
     app[READY_CHECKS] = ready_checks

@@ -149,6 +149,25 @@ async def test_metrics_parse_and_follow_health(running: Running) -> None:
     assert len(healthy) == 32
 
 
+async def test_the_daemon_counts_its_own_http_requests(running: Running) -> None:
+    """The running daemon's server carries the request metrics (snnrm/obs/http_metrics.py), by route template."""
+    async with aiohttp.ClientSession() as http:
+        async with http.delete(running.base + "/sim/faults/424242") as r:
+            assert r.status == 404
+        async with http.get(running.base + "/metrics") as r:
+            text = await r.text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    counts = {
+        (s.labels["route"], s.labels["method"], s.labels["code"]): s.value
+        for s in families["snnrm_http_requests"].samples
+        if s.name == "snnrm_http_requests_total"
+    }
+    assert counts[("/sim/faults/{fault_id}", "DELETE", "404")] == 1
+    assert not any("424242" in label for key in counts for label in key)
+    nodes = {s.labels["node"] for s in families["snnrm_http_requests"].samples}
+    assert nodes == {s.labels["node"] for s in families["snnrm_resource_devices"].samples}  # joins like the rest
+
+
 async def test_stop_removes_the_plugin_sockets(running: Running) -> None:
     """A stop request ends every root task and leaves no plugin socket behind."""
     kdir = running.daemon.config.kubelet_dir
