@@ -5,8 +5,8 @@ it from the simulator in process; this runs one of their scenarios end to end in
 (``make cluster``: etcd, kube-apiserver, kube-scheduler with our extender, the real kubelet and containerd, snnrm
 installed by its chart). Two jobs run: SLAYER's DVS128-Gesture and N-MNIST networks, each written as a NIR graph
 and planned into four stage pods by ``snnrm job plan`` on its sample events (the measured rates the experiments
-use). The manifests are applied as ``snnrm job plan`` wrote them, plus what a user adds: their runtime,
-``snnrm.io/live-remap: "true"`` and the ``snnrm-scheduler`` profile. The controller plans each job, the real
+use), with ``--scheduler-name snnrm-scheduler --live-remap``. The manifests are applied as ``snnrm job plan``
+wrote them, with the stand-in runtime as their container. The controller plans each job, the real
 scheduler binds it through the extender, the real kubelet admits every stage through our device plugin, and the
 daemon runs the stages' declared traffic on its simulated chips. Each stage's "runtime" is a small Python loop in
 the container that timestamps every change of its mounted allocation file (the container shares this clock).
@@ -94,18 +94,17 @@ def seen_at(log: str, generation: int) -> float | None:
 
 
 def _manifests(network: str, ns: str, image: str, workdir: Path) -> list[dict[str, Any]]:
-    """The job's stage pods as ``snnrm job plan`` writes them, with what a user adds to run them here."""
+    """The job's stage pods as ``snnrm job plan`` writes them, with the stand-in runtime as their container."""
     graph, events = write_graphs(workdir / "graphs", only=(network,))
     out = workdir / network
     cmd = [sys.executable, "-m", "snnrm", "job", "plan", str(graph), "--stages", str(STAGES), "--input", str(events)]
     cmd += ["--job", network, "--namespace", ns, "--image", image, "-o", str(out)]
+    cmd += ["--scheduler-name", "snnrm-scheduler", "--live-remap"]  # the chart's profile; the runtime follows remaps
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     pods = []
     for path in sorted(out.glob("*.yaml")):
         pod = yaml.safe_load(path.read_text(encoding="utf-8"))
-        pod["metadata"]["annotations"]["snnrm.io/live-remap"] = "true"
         spec = pod["spec"]
-        spec["schedulerName"] = "snnrm-scheduler"
         spec["terminationGracePeriodSeconds"] = 0
         container = spec["containers"][0]
         container["imagePullPolicy"] = "Never"

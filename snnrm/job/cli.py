@@ -45,6 +45,17 @@ def job() -> None:
 @click.option("--job", "job_name_", default=None, help="Job name [default: the graph file's name].")
 @click.option("--image", default="registry.example.com/snn-stage:latest", help="Container image of every stage.")
 @click.option("--namespace", default=None, help="Namespace written into the manifests [default: none].")
+@click.option(
+    "--scheduler-name",
+    default=None,
+    help="schedulerName of every stage: the profile whose extenders list snnrm (the chart's: snnrm-scheduler) "
+    "[default: none, the cluster's default scheduler].",
+)
+@click.option(
+    "--live-remap",
+    is_flag=True,
+    help="The stages' runtime follows a rewritten allocation file: a node may move a degraded stage in place.",
+)
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None, help="Directory for the manifests.")
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON instead of a table.")
 def plan(
@@ -58,6 +69,8 @@ def plan(
     job_name_: str | None,
     image: str,
     namespace: str | None,
+    scheduler_name: str | None,
+    live_remap: bool,
     out: Path | None,
     as_json: bool,
 ) -> None:
@@ -68,7 +81,15 @@ def plan(
     """
     import yaml
 
-    from snnrm.job.plan import PlanError, check_image, check_namespace, job_name, manifests, plan_job
+    from snnrm.job.plan import (
+        PlanError,
+        check_image,
+        check_namespace,
+        check_scheduler_name,
+        job_name,
+        manifests,
+        plan_job,
+    )
 
     if not (dt > 0 and dt <= 1.0):
         raise _PlanFailed(f"--dt must be in (0, 1] seconds, got {dt}")
@@ -77,6 +98,7 @@ def plan(
     try:
         check_namespace(namespace)
         check_image(image)
+        check_scheduler_name(scheduler_name)
         name = job_name(job_name_ or graph.stem)
         result = plan_job(
             graph,
@@ -88,7 +110,7 @@ def plan(
             dt=dt,
             job=name,
         )
-        docs = manifests(result, image=image, namespace=namespace)
+        docs = manifests(result, image=image, namespace=namespace, scheduler_name=scheduler_name, live_remap=live_remap)
     except PlanError as e:
         raise _PlanFailed(str(e)) from None
     if out is not None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from snnrm.core.jobs import GATE, INPUT_RATE, JOB, SPIKE_RATE, STAGE, STAGES
+from snnrm.core.jobs import GATE, INPUT_RATE, JOB, LIVE_REMAP, SPIKE_RATE, STAGE, STAGES
 from snnrm.core.split import CoreBudget, GraphNode, SplitError, Stage, split
 from snnrm.job.interpret import SPIKING, SUPPORTED, GraphError, check_node, run
 
@@ -398,6 +398,7 @@ def plan_job(
 
 _DNS = re.compile(r"[^a-z0-9-]+")
 _LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_SUBDOMAIN = re.compile(r"(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _IMAGE = re.compile(
     rf"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?{_COMPONENT}(?:/{_COMPONENT})*"  # [registry[:port]/]path
@@ -416,6 +417,15 @@ def check_namespace(raw: str | None) -> None:
         )
 
 
+def check_scheduler_name(raw: str | None) -> None:
+    """Refuse a ``--scheduler-name`` the apiserver would refuse (a pod's schedulerName is a DNS-1123 subdomain)."""
+    if raw is not None and not _SUBDOMAIN.fullmatch(raw):
+        raise PlanError(
+            f"--scheduler-name {raw!r}: not a scheduler profile name (a DNS-1123 subdomain: lowercase letters, "
+            "digits, '-' and '.', at most 253 characters)"
+        )
+
+
 def check_image(raw: str) -> None:
     """Refuse an ``--image`` that is not a container image reference (``[registry/]name[:tag][@digest]``)."""
     if not _IMAGE.fullmatch(raw):
@@ -430,19 +440,33 @@ def job_name(raw: str) -> str:
     return name
 
 
-def manifests(plan: JobPlan, *, image: str, namespace: str | None) -> list[dict[str, Any]]:
+def manifests(
+    plan: JobPlan,
+    *,
+    image: str,
+    namespace: str | None,
+    scheduler_name: str | None = None,
+    live_remap: bool = False,
+) -> list[dict[str, Any]]:
     """One gated stage Pod per stage, as docs/split-learning.md's job contract describes.
 
-    Raises :class:`PlanError` for a namespace or image Kubernetes would not accept.
+    ``scheduler_name``: the scheduler profile whose extenders list snnrm (``snnrm-scheduler`` in the chart), when
+    the cluster keeps its default scheduler for other pods. ``live_remap``: the stages' runtime follows a rewritten
+    allocation file, so a node may move a degraded stage without evicting it (``snnrm.io/live-remap: "true"``).
+
+    Raises :class:`PlanError` for a namespace, image or scheduler name Kubernetes would not accept.
     """
     check_namespace(namespace)
     check_image(image)
+    check_scheduler_name(scheduler_name)
     out = []
     n = len(plan.stages)
     for st in plan.stages:
         annotations = {STAGES: str(n), SPIKE_RATE: f"{st.out_keps:.3f}"}
         if st.index == 0 and st.in_keps > 0:
             annotations[INPUT_RATE] = f"{st.in_keps:.3f}"
+        if live_remap:
+            annotations[LIVE_REMAP] = "true"
         limits: Mapping[str, int] = {
             "snnrm.io/neuron-core": st.cores,
             "snnrm.io/event-throughput": max(1, math.ceil((st.in_keps + st.internal_keps) / BLOCK_KEPS)),
@@ -454,15 +478,8 @@ def manifests(plan: JobPlan, *, image: str, namespace: str | None) -> list[dict[
         }
         if namespace:
             meta["namespace"] = namespace
-        out.append(
-            {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": meta,
-                "spec": {
-                    "schedulingGates": [{"name": GATE}],
-                    "containers": [{"name": "snn", "image": image, "resources": {"limits": dict(limits)}}],
-                },
-            }
-        )
+        spec: dict[str, Any] = {"schedulerName": scheduler_name} if scheduler_name else {}
+        spec["schedulingGates"] = [{"name": GATE}]
+        spec["containers"] = [{"name": "snn", "image": image, "resources": {"limits": dict(limits)}}]
+        out.append({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
     return out

@@ -388,6 +388,9 @@ def test_bad_files_are_refused_in_one_line_naming_the_file(tmp_path: Path, flag:
         (["--namespace", "-lead"], "not a Kubernetes namespace"),
         (["--image", ""], "--image '': not a container image reference"),
         (["--image", "bad image"], "not a container image reference"),
+        (["--scheduler-name", "Snnrm_Scheduler"], "--scheduler-name 'Snnrm_Scheduler': not a scheduler profile name"),
+        (["--scheduler-name", ""], "not a scheduler profile name"),
+        (["--scheduler-name", "a" * 254], "at most 253 characters"),
     ],
 )
 def test_bad_options_are_refused_before_any_work(tmp_path: Path, option: list[str], message: str) -> None:
@@ -427,6 +430,25 @@ def test_valid_recordings_and_namespaces_still_plan(tmp_path: Path) -> None:
     doc = yaml.safe_load((out / "g-stage0.yaml").read_text())
     assert doc["metadata"]["namespace"] == "snn-jobs"
     assert doc["spec"]["containers"][0]["image"] == "localhost:5000/snn/stage:v1.2"
+
+
+def test_scheduler_profile_and_live_remap_reach_every_stage_pod(tmp_path: Path) -> None:
+    graph, events, out = _csnn(tmp_path / "g.nir"), _events(tmp_path / "ev.npz"), tmp_path / "out"
+    args = [str(graph), "--stages", "2", "--input", str(events), "-o", str(out)]
+    code, output = _run(*args, "--scheduler-name", "snnrm-scheduler", "--live-remap")
+    assert code == 0, output
+    docs = [yaml.safe_load(f.read_text()) for f in sorted(out.iterdir())]
+    assert [d["spec"]["schedulerName"] for d in docs] == ["snnrm-scheduler"] * 2
+    refs = [stage_of(d) for d in docs]
+    assert all(r is not None and r.live_remap and r.gated for r in refs)  # what the node's reallocator reads
+    plain = tmp_path / "plain"
+    code, output = _run(*args[:-1], str(plain))
+    assert code == 0, output
+    doc = yaml.safe_load((plain / "g-stage0.yaml").read_text())
+    assert "schedulerName" not in doc["spec"]  # the cluster's default scheduler unless asked
+    ref = stage_of(doc)
+    assert ref is not None
+    assert not ref.live_remap  # a runtime opts in; the plan does not assume it
 
 
 # --- The output directory: checked and written before anything is printed; all files or none. ---
