@@ -238,7 +238,10 @@ def _measure(node: Node) -> None:
     moved = [r for r in results if r["seen_s"] is not None]
     n = len(results)
     if not moved:
-        print(f"failed core -> victim back: 0 of {n} stages moved within {MOVE_WITHIN_S:g} s")
+        print(
+            f"failed core -> victim back: 0 of {n} stages moved within {MOVE_WITHIN_S:g} s; "
+            f"target {TARGET_S:g} s, ratio inf (MISSED)"
+        )
         return
     remap = [r["remap_s"] * 1e3 for r in moved]
     seen = [r["seen_s"] * 1e3 for r in moved]
@@ -251,9 +254,10 @@ def _measure(node: Node) -> None:
     reload_ms = sorted({round(_reload_s(r["cores"]) * 1e3) for r in moved})
     within = sum(b < TARGET_S for b in back)
     worst = max(back) if len(moved) == n else math.inf
+    verdict = "OK" if within == n else "MISSED"
     print(
         f"failed core -> victim back (seen + the experiments' weight reload, {reload_ms} ms): {within} of {n} "
-        f"under {TARGET_S:g} s, max {worst:.2f} s; ratio max/target {worst / TARGET_S:.2f}x"
+        f"under {TARGET_S:g} s, max {worst:.2f} s; ratio max/target {worst / TARGET_S:.2f}x ({verdict})"
     )
 
 
