@@ -17,6 +17,7 @@ import time
 import aiohttp
 import numpy as np
 
+from benchmarks.verdict import verdict
 from snnrm.core.cluster import ClusterIndex
 from snnrm.core.extender import demand_of, prioritize
 from snnrm.core.jobs import stage_of
@@ -108,7 +109,10 @@ async def run() -> None:
         p50, p99 = percentile(xs, 50), percentile(xs, 99)
         line = f"HTTP {verb} over {NODES} nodes ({ROUNDS} rounds): p50 {p50 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms"
         if verb == "prioritize":
-            line += f"  (target p99 < {TARGET_P99_S * 1e3:.0f} ms: ratio {p99 / TARGET_P99_S:.2f})"
+            line += (
+                f"  (target p99 < {TARGET_P99_S * 1e3:.0f} ms: ratio {p99 / TARGET_P99_S:.2f}, "
+                f"{verdict(p99 < TARGET_P99_S)})"
+            )
         print(line)
 
 

@@ -44,6 +44,7 @@ from typing import Any
 import yaml
 
 from benchmarks.experiments.config import DEFAULT as EXPERIMENTS
+from benchmarks.verdict import verdict
 from sim_hw import load_preset
 from snnrm.core.reallocation import ReallocationSettings
 from snnrm.job.workloads import write_graphs
@@ -240,7 +241,7 @@ def _measure(node: Node) -> None:
     if not moved:
         print(
             f"failed core -> victim back: 0 of {n} stages moved within {MOVE_WITHIN_S:g} s; "
-            f"target {TARGET_S:g} s, ratio inf (MISSED)"
+            f"target {TARGET_S:g} s, ratio inf ({verdict(False)})"
         )
         return
     remap = [r["remap_s"] * 1e3 for r in moved]
@@ -254,10 +255,9 @@ def _measure(node: Node) -> None:
     reload_ms = sorted({round(_reload_s(r["cores"]) * 1e3) for r in moved})
     within = sum(b < TARGET_S for b in back)
     worst = max(back) if len(moved) == n else math.inf
-    verdict = "OK" if within == n else "MISSED"
     print(
         f"failed core -> victim back (seen + the experiments' weight reload, {reload_ms} ms): {within} of {n} "
-        f"under {TARGET_S:g} s, max {worst:.2f} s; ratio max/target {worst / TARGET_S:.2f}x ({verdict})"
+        f"under {TARGET_S:g} s, max {worst:.2f} s; ratio max/target {worst / TARGET_S:.2f}x ({verdict(within == n)})"
     )
 
 

@@ -39,6 +39,7 @@ import aiohttp
 import numpy as np
 import structlog
 
+from benchmarks.verdict import verdict
 from sim_hw import (
     CoreFailure,
     HotSpot,
@@ -61,10 +62,6 @@ PROMETHEUS_3_ACCEPT = (
     "application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,"
     "text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
 )
-
-
-def _verdict(ok: bool) -> str:
-    return "OK" if ok else "MISSED"
 
 
 # --- a realistic node ----------------------------------------------------------------------------------------
@@ -150,7 +147,7 @@ def ingest(chips: int = 128, frames: int = 80, repeats: int = 5) -> None:
         print(
             f"  {label:>6} of {repeats}: {wall / frames * 1e3:.2f} ms/frame = {rate / 1e6:.2f} M core-samples/s; "
             f"target >= {INGEST_TARGET / 1e6:.0f} M: ratio {rate / INGEST_TARGET:.2f} "
-            f"({_verdict(rate >= INGEST_TARGET)})"
+            f"({verdict(rate >= INGEST_TARGET)})"
         )
 
 
@@ -237,7 +234,7 @@ def scrape(chips: int = 32, scrapes: int = 30) -> None:
                 f"  {label}: {size / 1e6:.1f} MB body ({wire / 1e6:.2f} MB on the wire); p50 {p50:.1f} ms, "
                 f"p99 {p99:.1f} ms, max {ms.max():.1f} ms; target < {SCRAPE_TARGET_MS:.0f} ms: "
                 f"p50 ratio {p50 / SCRAPE_TARGET_MS:.2f}, p99 ratio {p99 / SCRAPE_TARGET_MS:.2f} "
-                f"({_verdict(p99 < SCRAPE_TARGET_MS)})"
+                f"({verdict(p99 < SCRAPE_TARGET_MS)})"
             )
     finally:
         stop.set()
@@ -325,7 +322,7 @@ async def _rss(chips: int, cores: int, scrapes: int, *, cluster: bool = False) -
                     f"rss{what}: `snnrm run --backend sim --sim-chips {chips} --sim-cores {cores}` registered in "
                     f"{registered:.1f} s; VmRSS settled at {settled:.1f} MB after {len(samples) - 1} s; "
                     f"target < {RSS_TARGET_MB:.0f} MB: ratio {settled / RSS_TARGET_MB:.2f} "
-                    f"({_verdict(settled < RSS_TARGET_MB)})"
+                    f"({verdict(settled < RSS_TARGET_MB)})"
                 )
                 url = f"http://127.0.0.1:{port}/metrics"
                 times, size, wire = await _scrape_times(
@@ -335,7 +332,7 @@ async def _rss(chips: int, cores: int, scrapes: int, *, cluster: bool = False) -
                 print(
                     f"  after {scrapes + 2} scrapes at the daemon's default granularity ({size / 1e6:.1f} MB body, "
                     f"{wire / 1e6:.2f} MB gzip; p50 {statistics.median(times) * 1e3:.0f} ms): VmRSS {after:.1f} MB, "
-                    f"ratio {after / RSS_TARGET_MB:.2f} ({_verdict(after < RSS_TARGET_MB)})"
+                    f"ratio {after / RSS_TARGET_MB:.2f} ({verdict(after < RSS_TARGET_MB)})"
                 )
             finally:
                 with contextlib.suppress(ProcessLookupError):

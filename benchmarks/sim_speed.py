@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from benchmarks.verdict import verdict
 from sim_hw import HotSpot, LinkCongestion, QueueSaturation, Simulator, load_preset, networks
 
 TARGET_X_REAL_TIME = 50.0
@@ -77,7 +78,8 @@ def main(sim_seconds: float = 10.0, repeats: int = 3) -> None:
         print(
             f"{label:>6} of {repeats}: {sim_seconds:.1f} s simulated in {wall:.3f} s wall = "
             f"{ms_per_step:.3f} ms/step (dt {sim.dt * 1e3:.0f} ms), {x_real:.1f}x real time "
-            f"= {x_real / TARGET_X_REAL_TIME:.2f}x the {TARGET_X_REAL_TIME:.0f}x target"
+            f"= {x_real / TARGET_X_REAL_TIME:.2f}x the {TARGET_X_REAL_TIME:.0f}x target "
+            f"({verdict(x_real >= TARGET_X_REAL_TIME)})"
         )
     print(f"target: <= {sim.dt / TARGET_X_REAL_TIME * 1e3:.2f} ms/step")
     c = sim.counters()

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.fleet.agents import TOPOLOGY
+from benchmarks.verdict import verdict
 from snnrm.core.jobs import JOB, STAGE
 from snnrm.core.summary import PublishPolicy
 from snnrm.kube.api import NODES, PODS, KubeError
@@ -464,12 +465,13 @@ async def run_size(size: Size, workdir: Path) -> None:
             size.say(f"  {size.jobs - done} jobs not fully bound within 120 s of the last arrival")
         size.say(
             f"  {n} nodes: job creation -> every stage bound p50 {p50:.2f} s, p99 {p99:.2f} s "
-            f"(target < {target:g} s, ratio {p99 / target:.2f})"
+            f"(target < {target:g} s, ratio {p99 / target:.2f}, {verdict(p99 < target)})"
         )
         _, rss, hwm = proc_cpu_rss(controller.proc.pid)
         size.say(
             f"  {n} nodes: controller RSS {rss:.0f} MB, peak {hwm:.0f} MB (target < {TARGET_RSS_MB:g} MB, "
-            f"ratio {hwm / TARGET_RSS_MB:.2f}); CPU {(c1[0] - c0[0]) / (w1 - w0):.2f} cores steady, "
+            f"ratio {hwm / TARGET_RSS_MB:.2f}, {verdict(hwm < TARGET_RSS_MB)}); "
+            f"CPU {(c1[0] - c0[0]) / (w1 - w0):.2f} cores steady, "
             f"{(jc1[0] - jc0[0]) / (j1 - j0):.2f} cores while jobs arrive"
         )
         heartbeat = n / PublishPolicy().max_interval
@@ -479,7 +481,8 @@ async def run_size(size: Size, workdir: Path) -> None:
             f"  {n} nodes: node-agent Node writes {pubs:.2f}/s measured over {STEADY_WINDOW:.0f} s of steady "
             f"state (apiserver: {steady_w:.2f} writes/s), + heartbeats {heartbeat:.1f}/s "
             f"(every {PublishPolicy().max_interval:g} s) = {steady_w + heartbeat:.1f}/s "
-            f"(target < {target_w:g}/s at this size, ratio {(steady_w + heartbeat) / target_w:.2f})"
+            f"(target < {target_w:g}/s at this size, ratio {(steady_w + heartbeat) / target_w:.2f}, "
+            f"{verdict(steady_w + heartbeat < target_w)})"
         )
         size.say(
             f"  {n} nodes: node agents while jobs arrive: {job_agents['writes']:.1f} writes/s, "
