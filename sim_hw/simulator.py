@@ -97,6 +97,34 @@ def _wsum(index: IntArray, weights: npt.ArrayLike, n: int) -> FloatArray:
     return cast(FloatArray, np.bincount(index, weights, minlength=n).astype(np.float64, copy=False))
 
 
+def _segments(values: IntArray, starts: IntArray, counts: IntArray, which: IntArray) -> tuple[IntArray, IntArray]:
+    """The segments ``which`` of a segmented array (segment i is ``values[starts[i]:starts[i] + counts[i]]``,
+    non-empty), concatenated, and their starts in the result (for ``np.add.reduceat``)."""
+    lengths = counts[which]
+    sub_starts = np.zeros(len(which), np.int64)
+    np.cumsum(lengths[:-1], out=sub_starts[1:])
+    idx = np.repeat(starts[which] - sub_starts, lengths) + np.arange(int(sub_starts[-1] + lengths[-1]))
+    return values[idx], sub_starts
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _StallSegments:
+    """The destination and sender cores of the transitions backpressure evaluates, with what they read that
+    changes only with the set (rebuilt by ``_stalled_service`` when the set changes, dropped by ``_refresh_stall``).
+    """
+
+    trans: IntArray
+    dst: IntArray
+    dst_starts: IntArray
+    dst_room: F32Array
+    dst_svc: F32Array
+    src: IntArray
+    src_starts: IntArray
+    src_svc: F32Array
+    src_per_trans: IntArray
+    gain: FloatArray
+
+
 class HardFaultCallback(Protocol):
     """Receives each hard-fault change: ``kind`` is "core" or "link", ``failed`` False on recovery."""
 
@@ -336,6 +364,11 @@ class Simulator:
         self._ext_mean = np.zeros(n, np.float32)
         self._ext_std = np.zeros(n, np.float32)
         self._job_ext_rate = np.zeros(n)
+        # Backpressure's stall filter (_refresh_stall) and the segments of the transitions it last evaluated.
+        self._stall_free_q = np.full(n, np.inf, np.float32)
+        self._core_dst_trans = np.zeros(n, np.int64)
+        self._stall_seg: _StallSegments | None = None
+        self._src_count: IntArray = np.zeros(0, np.int64)
         self._set_empty_flows()
         self._refresh_effects(notify=False)
 
@@ -432,15 +465,22 @@ class Simulator:
                 loads = _wsum(self._risk_link, self._risk_w * s[self._risk_trans], self._n_risk)
                 loads += self._risk_bg
                 excess = np.maximum(loads - self._risk_cap, 0.0)
-                frac = excess / np.maximum(loads, 1e-30)
-                lost = _wsum(self._risk_trans, self._risk_w * frac[self._risk_link], self._n_trans)
-                through = np.maximum(1.0 - lost, 0.0)
-                s_through = s * through
+                lossy = bool(excess.any())
+                if lossy:
+                    frac = excess / np.maximum(loads, 1e-30)
+                    lost = _wsum(self._risk_trans, self._risk_w * frac[self._risk_link], self._n_trans)
+                    through = np.maximum(1.0 - lost, 0.0)
+                    s_through = s * through
+                else:
+                    # Every at-risk link carries its load: nothing is lost or held (exactly what the above gives).
+                    through = np.ones(self._n_trans)
+                    s_through = s
                 if self._backpressure:
                     # Flow control: what the link could not carry waits at the sender for the next step.
                     self._carry = s - s_through
                 else:
-                    self._src_lost_acc += p_src * ((1.0 - through) * self._trans_gain)[self._src_trans]
+                    if lossy:
+                        self._src_lost_acc += p_src * ((1.0 - through) * self._trans_gain)[self._src_trans]
                     self._last_through = through
             else:
                 s_through = s
@@ -455,24 +495,67 @@ class Simulator:
         The room of a transition is, summed over its destination cores, what their queues can take so that after
         the next step's service they hold at most their capacity, less the spikes still waiting for a congested
         link; the senders' service is scaled by room / (spikes they would send this step unstalled).
+
+        Only transitions that could stall are evaluated: one with a destination queue above its free depth
+        (``_refresh_stall``) or with spikes waiting for a link. The rest have room for every spike their senders
+        can send, so their factor would be exactly 1; the result is the same array the full evaluation gives.
         """
-        dst = self._dst_cores
-        q_dst = q[dst]
+        hot = self._core_dst_trans[np.flatnonzero(q > self._stall_free_q)]
+        mask = self._carry > 0.0
+        mask[hot] = True
+        t = np.flatnonzero(mask)
+        if not t.size:
+            return self._svc_dt
+        g = self._stall_seg
+        if g is None or not np.array_equal(t, g.trans):
+            # The set is usually the same step after step: what depends only on it is rebuilt when it changes.
+            dst, dst_starts = _segments(self._dst_cores, self._dst_starts, self._dst_count, t)
+            src, src_starts = _segments(self._src_cores, self._src_starts, self._src_count, t)
+            g = self._stall_seg = _StallSegments(
+                trans=t,
+                dst=dst,
+                dst_starts=dst_starts,
+                dst_room=self._bp_room_dt[dst],
+                dst_svc=self._svc_dt[dst],
+                src=src,
+                src_starts=src_starts,
+                src_svc=self._svc_dt[src],
+                src_per_trans=self._src_count[t],
+                gain=self._trans_gain[t],
+            )
+        q_dst = q[g.dst]
         # What arrives now is queued behind this step's service: after it, a full queue holds exactly capacity.
-        room = self._bp_room_dt[dst] - q_dst
-        room += np.minimum(q_dst, self._svc_dt[dst])
+        room = g.dst_room - q_dst
+        room += np.minimum(q_dst, g.dst_svc)
         np.maximum(room, 0.0, out=room)
-        room_t = np.add.reduceat(room, self._dst_starts).astype(np.float64)
+        room_t = np.add.reduceat(room, g.dst_starts).astype(np.float64)
         # Spikes still waiting for a congested link take room first (they were sent earlier).
-        room_t = np.maximum(room_t - self._carry, 0.0)
-        src = self._src_cores
-        want_t = self._trans_gain * np.add.reduceat(np.minimum(q[src], self._svc_dt[src]), self._src_starts)
-        frac = np.divide(room_t, want_t, out=np.ones(self._n_trans), where=want_t > 0)
+        room_t = np.maximum(room_t - self._carry[t], 0.0)
+        want_t = g.gain * np.add.reduceat(np.minimum(q[g.src], g.src_svc), g.src_starts)
+        frac = np.divide(room_t, want_t, out=np.ones(t.size), where=want_t > 0)
         if frac.min() >= 1.0:
             return self._svc_dt
         svc = self._svc_dt.copy()
-        svc[self._src_cores] *= np.minimum(frac, 1.0)[self._src_trans].astype(np.float32)
+        svc[g.src] = g.src_svc * np.repeat(np.minimum(frac, 1.0).astype(np.float32), g.src_per_trans)
         return svc
+
+    def _refresh_stall(self) -> None:
+        """Each destination core's free depth: while every destination queue of a transition is at or below it
+        (and no spike waits for a link), the transition has room for all its senders can send in a step, with a
+        0.1 % margin for float32 rounding; below zero when even empty queues could not take that (always checked).
+        """
+        n = self.n_cores
+        self._stall_free_q = np.full(n, np.inf, np.float32)
+        self._core_dst_trans = np.zeros(n, np.int64)
+        self._stall_seg = None
+        self._src_count = np.diff(np.r_[self._src_starts, self._n_src]) if self._n_trans else np.zeros(0, np.int64)
+        if not self._n_trans:
+            return
+        room = np.add.reduceat(self._bp_room_dt[self._dst_cores].astype(np.float64), self._dst_starts)
+        most = self._trans_gain * np.add.reduceat(self._svc_dt[self._src_cores].astype(np.float64), self._src_starts)
+        free = (room * (1.0 - 1e-3) - most * (1.0 + 1e-3)) / self._dst_count
+        self._stall_free_q[self._dst_cores] = free[self._dst_trans]
+        self._core_dst_trans[self._dst_cores] = self._dst_trans
 
     # ------------------------------------------------------------------ jobs and placement
     def add_job(self, job: Job, placement: Sequence[npt.ArrayLike]) -> None:
@@ -700,6 +783,7 @@ class Simulator:
         self._refresh_inputs()
         self._refresh_alive()
         self._refresh_risk()
+        self._refresh_stall()
 
     def _fold(self) -> None:
         """Move the float32 running sums into the float64 counters.
@@ -948,6 +1032,7 @@ class Simulator:
         self._refresh_inputs()
         self._refresh_alive()
         self._refresh_risk()
+        self._refresh_stall()
         if not notify or not self._callbacks:
             return
         t = self.time
