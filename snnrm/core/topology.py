@@ -64,6 +64,8 @@ class Topology:
     core_queue_capacity: FloatArray
     """(n_cores,) depth of each core's event input queue, in events."""
     chip_of: IntArray = field(init=False)
+    core_numa: IntArray = field(init=False)
+    """(n_cores,) ``chip_numa`` of each core's chip (one read-only array, so device lists can share it)."""
     local: IntArray = field(init=False)
     router: IntArray = field(init=False)
     """Global router-domain index of each core (cores behind one router form one asynchronous unit)."""
@@ -95,6 +97,7 @@ class Topology:
         ry = router_local // g.cols
         set_ = object.__setattr__  # frozen dataclass: derived arrays are computed once here
         set_(self, "chip_of", chip)
+        set_(self, "core_numa", self.chip_numa[chip])
         set_(self, "local", local)
         set_(self, "router", chip * (g.cols * g.rows) + router_local)
         set_(self, "gx", self.chip_pos[chip, 0] * g.cols + rx)
@@ -107,7 +110,7 @@ class Topology:
         set_(self, "link_dst", dst)
         rchip = self.router_chip
         set_(self, "link_inter_chip", rchip[src] != rchip[dst])
-        for a in (chip, local, self.router, self.gx, self.gy):
+        for a in (chip, self.core_numa, local, self.router, self.gx, self.gy):
             a.setflags(write=False)
 
     @classmethod

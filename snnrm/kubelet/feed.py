@@ -52,6 +52,17 @@ class DeviceFeed:
         changed.set()
         return True
 
+    def wake(self) -> None:
+        """Wake every waiter of :meth:`changed` without a change (a stream that is ending re-checks its state)."""
+        woken, self._changed = self._changed, asyncio.Event()
+        woken.set()
+
+    async def changed(self, version: int) -> None:
+        """Return once the version differs from ``version`` or :meth:`wake` was called: one wait on one event, so
+        a publication resumes the waiter in the next turn of the loop (the kubelet's 5 ms budget)."""
+        if self._version == version:
+            await self._changed.wait()
+
     async def wait_newer(self, version: int) -> int:
         """Return the current version once it differs from ``version`` (at once if it already does)."""
         while self._version == version:

@@ -86,6 +86,7 @@ class DevicePluginServicer:
     def close(self) -> None:
         """End every ListAndWatch stream normally (the server is about to stop)."""
         self._closed.set()
+        self._feed.wake()
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The generic handler to add to a ``grpc.aio`` server."""
@@ -130,8 +131,6 @@ class DevicePluginServicer:
         if self._awaiting_kubelet:
             self._awaiting_kubelet, self._kubelet_stream = False, stream
         ended_by_us = False
-        closed = asyncio.ensure_future(self._closed.wait())
-        change: asyncio.Future[int] | None = None
         log.info("list-and-watch opened", resource=self.resource)
         try:
             seen = 0
@@ -143,13 +142,9 @@ class DevicePluginServicer:
                     seen = version
                     yield self._encoded(version, current)
                     continue
-                change = asyncio.ensure_future(self._feed.wait_newer(seen))
-                await asyncio.wait((change, closed), return_when=asyncio.FIRST_COMPLETED)
+                await self._feed.changed(seen)  # close() wakes it too
             ended_by_us = True
         finally:
-            closed.cancel()
-            if change is not None:
-                change.cancel()
             self._streams -= 1
             kubelets = stream == self._kubelet_stream
             if kubelets:

@@ -82,7 +82,11 @@ class ListAndWatchEncoder:
 
     def _prepare(self, devices: DeviceSet) -> _Entries:
         e = self._entries
-        if e is not None and e.ids == devices.ids and np.array_equal(e.numa, devices.numa):
+        if (
+            e is not None
+            and (e.ids is devices.ids or e.ids == devices.ids)
+            and (e.numa is devices.numa or np.array_equal(e.numa, devices.numa))
+        ):
             return e
         buffers: list[bytes] = []
         offsets: list[IntArray] = []
@@ -98,7 +102,8 @@ class ListAndWatchEncoder:
             buffers.append(b"".join(entries))
             ends = np.cumsum([len(b) for b in entries], dtype=np.int64)
             offsets.append(np.concatenate((np.zeros(1, np.int64), ends)))
-        numa = np.array(devices.numa, dtype=np.int64, copy=True)
+        # A read-only array (the topology's) is kept as is, so the next check is an identity test.
+        numa = devices.numa if not devices.numa.flags.writeable else np.array(devices.numa, dtype=np.int64, copy=True)
         self._entries = _Entries(
             ids=devices.ids,
             numa=numa,

@@ -78,3 +78,25 @@ async def test_subscriber_waits_for_first_publication() -> None:
     assert not nxt.done()
     feed.publish(_set(True))
     assert (await asyncio.wait_for(nxt, 1)).ids == ("chip0-core0",)
+
+
+async def test_changed_returns_on_a_publication_or_a_wake_and_at_once_when_already_newer() -> None:
+    """``changed`` (what a ListAndWatch stream waits on) resumes on the next change, on ``wake`` without one,
+    and not at all while neither happens; an equal set is not a change."""
+    feed = DeviceFeed(NEURON_CORE, _set(True, True))
+    await asyncio.wait_for(feed.changed(0), 1)  # version 1 is already newer than 0
+    waiter = asyncio.ensure_future(feed.changed(feed.version))
+    await _let_woken_tasks_run()
+    feed.publish(_set(True, True))
+    await _let_woken_tasks_run()
+    assert not waiter.done()
+    feed.publish(_set(False, True))
+    await _let_woken_tasks_run()
+    assert waiter.done()
+    woken = asyncio.ensure_future(feed.changed(feed.version))
+    await _let_woken_tasks_run()
+    assert not woken.done()
+    feed.wake()
+    await _let_woken_tasks_run()
+    assert woken.done()
+    assert feed.version == 2  # a wake is not a change
