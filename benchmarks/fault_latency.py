@@ -39,6 +39,19 @@ TARGET_P99_MS = 5.0
 """Fault -> ListAndWatch p99 at 16,384 cores (the fleet-scale issue's node target)."""
 
 
+def _raw(b: bytes) -> bytes:
+    return b
+
+
+async def _serve_bytes(sock: Path, service: str, method: str, handler: grpc.RpcMethodHandler) -> grpc.aio.Server:
+    """A started gRPC server on unix socket ``sock`` answering one method with raw bytes."""
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {method: handler}),))
+    server.add_insecure_port(f"unix://{sock}")
+    await server.start()
+    return server
+
+
 async def _accept(request: bytes, context: object) -> bytes:
     return b""  # an empty v1beta1.Empty
 
@@ -77,21 +90,12 @@ async def _floor(message: bytes, sends: int) -> list[float]:
 
     with tempfile.TemporaryDirectory() as tmp:
         sock = Path(tmp) / "floor.sock"
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    DEVICE_PLUGIN_SERVICE,
-                    {
-                        "ListAndWatch": grpc.unary_stream_rpc_method_handler(
-                            list_and_watch, request_deserializer=lambda b: b, response_serializer=lambda b: b
-                        )
-                    },
-                ),
-            )
+        server = await _serve_bytes(
+            sock,
+            DEVICE_PLUGIN_SERVICE,
+            "ListAndWatch",
+            grpc.unary_stream_rpc_method_handler(list_and_watch, request_deserializer=_raw, response_serializer=_raw),
         )
-        server.add_insecure_port(f"unix://{sock}")
-        await server.start()
         parent, reader = _start_reader(sock)
         try:
             queue.put_nowait(message)
@@ -127,21 +131,12 @@ async def _measure(chips: int, cores: int, faults: int) -> tuple[list[float], in
         # the benchmark's own client is the only ListAndWatch reader (a stand-in kubelet parsing 16k-device
         # messages in this process would be measured too).
         config.kubelet_dir.mkdir(parents=True)
-        kubelet = grpc.aio.server()
-        kubelet.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    REGISTRATION_SERVICE,
-                    {
-                        "Register": grpc.unary_unary_rpc_method_handler(
-                            _accept, request_deserializer=lambda b: b, response_serializer=lambda b: b
-                        )
-                    },
-                ),
-            )
+        kubelet = await _serve_bytes(
+            config.kubelet_dir / "kubelet.sock",
+            REGISTRATION_SERVICE,
+            "Register",
+            grpc.unary_unary_rpc_method_handler(_accept, request_deserializer=_raw, response_serializer=_raw),
         )
-        kubelet.add_insecure_port(f"unix://{config.kubelet_dir / 'kubelet.sock'}")
-        await kubelet.start()
         daemon = await Daemon.create(config)
         backend = daemon.backend
         assert isinstance(backend, SimBackend)

@@ -70,23 +70,8 @@ PROMETHEUS_3_ACCEPT = (
 def build_sim(chips: int, *, seed: int = 0) -> Simulator:
     """``chips`` x 128 cores, ~3/4 busy with split SNN jobs, background load and scheduled faults of every kind."""
     sim = Simulator(load_preset("loihi2", chips=chips, cores_per_chip=128), seed=seed, dt=0.01)
-    makers = (
-        lambda k: networks.dvs_gesture_csnn(4, name=f"dvs-{k}", seed=k),
-        lambda k: networks.nmnist_classifier(3, name=f"nmnist-{k}", seed=k),
-        lambda k: networks.shd_recurrent(3, name=f"shd-{k}", seed=k),
-    )
-    nxt, k = 0, 0
-    budget = int(0.75 * sim.n_cores)
-    while True:
-        job = makers[k % len(makers)](k)
-        if nxt + job.cores_needed > budget:
-            break
-        placement = []
-        for stage in job.stages:
-            placement.append(np.arange(nxt, nxt + stage.cores))
-            nxt += stage.cores
+    for job, placement in networks.mixed_in_core_order(sim.n_cores, 0.75):
         sim.add_job(job, placement)
-        k += 1
     sim.set_background(core_rate=2.0e4, link_fraction=0.05)
     n = sim.n_cores
     sim.schedule(HotSpot(cores=(5, 6, 7), service_divisor=4.0), at=1.0, duration=3.0)

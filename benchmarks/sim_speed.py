@@ -14,8 +14,6 @@ from __future__ import annotations
 import statistics
 import time
 
-import numpy as np
-
 from benchmarks.verdict import verdict
 from sim_hw import HotSpot, LinkCongestion, QueueSaturation, Simulator, load_preset, networks
 
@@ -27,23 +25,8 @@ def build(*, chips: int = 128, cores_per_chip: int = 128, fill: float = 0.75, se
     """A simulator with jobs on about ``fill`` of its cores, background load and a few scheduled faults."""
     spec = load_preset("loihi2", chips=chips, cores_per_chip=cores_per_chip)
     sim = Simulator(spec, seed=seed, dt=0.01)
-    makers = (
-        lambda k: networks.dvs_gesture_csnn(4, name=f"dvs-{k}", seed=k),
-        lambda k: networks.nmnist_classifier(3, name=f"nmnist-{k}", seed=k),
-        lambda k: networks.shd_recurrent(3, name=f"shd-{k}", seed=k),
-    )
-    nxt, k = 0, 0
-    budget = int(fill * sim.n_cores)
-    while True:
-        job = makers[k % len(makers)](k)
-        if nxt + job.cores_needed > budget:
-            break
-        placement = []
-        for stage in job.stages:
-            placement.append(np.arange(nxt, nxt + stage.cores))
-            nxt += stage.cores
+    for job, placement in networks.mixed_in_core_order(sim.n_cores, fill):
         sim.add_job(job, placement)
-        k += 1
     sim.set_background(core_rate=2.0e4, link_fraction=0.05)
     # A hot spot, a congested link under live traffic, and an input burst, spread over the run.
     sim.schedule(HotSpot(cores=(5, 6, 7), service_divisor=4.0), at=2.0, duration=3.0)

@@ -160,3 +160,28 @@ def shd_recurrent(stages: int = 2, *, name: str = "shd", neurons_per_core: int =
     """
     del seed
     return measured_job("shd", stages, name=name, neurons_per_core=neurons_per_core)
+
+
+def mixed_in_core_order(n_cores: int, fill: float) -> list[tuple[Job, list[range]]]:
+    """A load for a big machine: DVS-Gesture (4 stages), N-MNIST (3) and SHD (2) jobs in turn, each stage
+    on the next free cores in index order, until the next job would take more than ``fill`` of ``n_cores``.
+
+    Returns each job with its stages' core ranges (what :meth:`Simulator.add_job` takes).
+    """
+    makers = (
+        lambda k: dvs_gesture_csnn(4, name=f"dvs-{k}"),
+        lambda k: nmnist_classifier(3, name=f"nmnist-{k}"),
+        lambda k: shd_recurrent(2, name=f"shd-{k}"),
+    )
+    budget = int(fill * n_cores)
+    placed: list[tuple[Job, list[range]]] = []
+    nxt = 0
+    while True:
+        job = makers[len(placed) % len(makers)](len(placed))
+        if nxt + job.cores_needed > budget:
+            return placed
+        placement = []
+        for stage in job.stages:
+            placement.append(range(nxt, nxt + stage.cores))
+            nxt += stage.cores
+        placed.append((job, placement))

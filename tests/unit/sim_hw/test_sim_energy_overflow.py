@@ -194,22 +194,8 @@ def test_backpressure_evaluates_only_transitions_that_can_stall_and_gives_the_fu
     is bit for bit the one every transition evaluated gives, through hot spots, bursts and a congested link."""
     spec = load_preset("loihi2", chips=4, cores_per_chip=64)
     sim = Simulator(spec, seed=3, dt=0.01)
-    makers = (
-        lambda k: networks.dvs_gesture_csnn(4, name=f"dvs-{k}", seed=k),
-        lambda k: networks.nmnist_classifier(3, name=f"nmnist-{k}", seed=k),
-        lambda k: networks.shd_recurrent(3, name=f"shd-{k}", seed=k),
-    )
-    nxt, k = 0, 0
-    while True:
-        job = makers[k % 3](k)
-        if nxt + job.cores_needed > int(0.8 * sim.n_cores):
-            break
-        placement = []
-        for stage in job.stages:
-            placement.append(np.arange(nxt, nxt + stage.cores))
-            nxt += stage.cores
+    for job, placement in networks.mixed_in_core_order(sim.n_cores, 0.8):
         sim.add_job(job, placement)
-        k += 1
     sim.set_background(core_rate=2.0e4, link_fraction=0.05)
     first = sim.jobs()["dvs-0"]
     sim.schedule(HotSpot(cores=tuple(int(c) for c in first[1]), service_divisor=20.0), at=0.2, duration=0.5)
