@@ -28,6 +28,7 @@ import grpc
 import numpy as np
 
 from benchmarks.verdict import verdict
+from snnrm.app import freeze_long_lived
 from snnrm.core.devices import NEURON_CORE, ThroughputBlocks, neuron_core_devices
 from snnrm.core.topology import ChipGeometry, Topology
 from snnrm.kubelet.feed import DeviceFeed
@@ -107,6 +108,7 @@ async def _node(root: Path, ready: MpEvent, stop: MpEvent) -> None:
         trivial.add_generic_rpc_handlers((_trivial_handler(),))
         trivial.add_insecure_port(f"unix://{kdir / TRIVIAL_SOCKET}")
         await trivial.start()
+        freeze_long_lived()  # as the daemon does once it is up (both servers share this process)
         ready.set()
         await asyncio.to_thread(stop.wait)  # a multiprocessing Event: block a worker thread, not the loop
         await trivial.stop(None)

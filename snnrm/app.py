@@ -108,6 +108,17 @@ class KubeClients:
             await client.aclose()
 
 
+def freeze_long_lived() -> None:
+    """Take what is built by now, which lives as long as the process, out of the cyclic GC's reach.
+
+    A full collection over the ~76k objects of a started daemon takes ~50 ms here, and one landing between a hard
+    fault and its ListAndWatch message would break the 5 ms budget ten times over. Startup's own garbage is
+    collected first, or it would be kept for good; ``gc.unfreeze()`` undoes it.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 @dataclass(slots=True, eq=False)
 class Daemon:
     """Everything one node runs, built from a :class:`Config`."""
@@ -336,11 +347,7 @@ class Daemon:
         # Always served, and the view looked up per request: a stage view set after the server started (the demo
         # admits its job once the plugins registered) must still be seen; no view is no stages, not a 404.
         setup_stage_view(app, lambda: self.stage_view() if self.stage_view is not None else {"jobs": []})
-        # What is built by now lives as long as the daemon: take it out of the cyclic GC's reach. A full collection
-        # over the ~76k objects of a started daemon takes ~50 ms here, and one landing between a hard fault and its
-        # ListAndWatch message would break the 5 ms budget ten times over. Undone at stop (tests run many daemons).
-        gc.collect()  # startup's own garbage first, or it would be kept for good
-        gc.freeze()
+        freeze_long_lived()  # undone at stop (tests run many daemons)
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.backend.run(), name="backend")
