@@ -47,13 +47,12 @@ class DeviceFeed:
             return False
         self._current = devices
         self._version += 1
-        # Wake every waiter of this generation; later waiters wait on a fresh event.
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        self.wake()
         return True
 
     def wake(self) -> None:
-        """Wake every waiter of :meth:`changed` without a change (a stream that is ending re-checks its state)."""
+        """Wake every waiter of this generation (later waiters wait on a fresh event). Called by :meth:`publish`,
+        and without a change by a stream that is ending, so it re-checks its state."""
         woken, self._changed = self._changed, asyncio.Event()
         woken.set()
 
@@ -66,7 +65,7 @@ class DeviceFeed:
     async def wait_newer(self, version: int) -> int:
         """Return the current version once it differs from ``version`` (at once if it already does)."""
         while self._version == version:
-            await self._changed.wait()
+            await self.changed(version)
         return self._version
 
     async def subscribe(self) -> AsyncIterator[DeviceSet]:
