@@ -62,11 +62,12 @@ ALLOCATION = "/var/run/snnrm/allocation.json"
 
 
 def runtime(path: str = ALLOCATION) -> str:
-    """The stand-in runtime: prints ``SEEN <time.time()> <generation>`` each time it first reads a new state of its
-    allocation file (checked every 2 ms; a rewrite in place changes its mtime or size)."""
+    """The stand-in runtime: prints ``SEEN <time.time()> <generation>`` when it first reads a new generation in its
+    allocation file (checked every 2 ms; a rewrite in place changes its mtime or size, possibly twice: one write
+    and one truncate; a read caught mid-write is retried, not reported)."""
     return f"""
 import json, os, time
-last = None
+last = shown = None
 while True:
     try:
         st = os.stat({path!r})
@@ -79,8 +80,10 @@ while True:
             with open({path!r}) as f:
                 gen = json.load(f).get("generation", 0)
         except (OSError, ValueError):
-            gen = -1
-        print("SEEN", repr(time.time()), gen, flush=True)
+            last = gen = None
+        if gen is not None and gen != shown:
+            shown = gen
+            print("SEEN", repr(time.time()), gen, flush=True)
     time.sleep(0.002)
 """
 

@@ -33,8 +33,8 @@ class PlacementConfig(BaseModel):
     """Seconds between two summary publications at most once (apiserver write load)."""
     publish_max_interval: float = Field(default=300.0, gt=0.0)
     """Seconds after which the summary is published even if nothing changed (the controller's heartbeat)."""
-    remap_period: float = Field(default=0.5, gt=0.0, le=60.0)
-    """Seconds between evaluations of the stages running here."""
+    remap_period: float = Field(default=0.1, gt=0.0, le=60.0)
+    """Least seconds between two evaluations of the stages running here; one runs on each telemetry frame."""
     dwell: float = Field(default=2.0, ge=0.0)
     """Seconds a degradation must hold before a stage is remapped."""
     cooldown: float = Field(default=60.0, ge=0.0)

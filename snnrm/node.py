@@ -43,6 +43,9 @@ class NodeService:
     withheld: BoolArray | None = field(init=False, default=None)
     """Neuron cores advertised Unhealthy because a live remap lent them to a running stage (see :meth:`withhold`)."""
     last_sample_wall: float = field(init=False, default=float("nan"))
+    frames: int = field(init=False, default=0)
+    """Frames folded in so far: what the reallocator's pass reads changes only when this does."""
+    _folded: asyncio.Event = field(init=False, default_factory=asyncio.Event)
 
     def __post_init__(self) -> None:
         self.monitor = NodeMonitor(self.topology, self.blocks)
@@ -137,6 +140,7 @@ class NodeService:
                     await asyncio.sleep(0)
                     if self.monitor.fold_capacity(frame) or changed:
                         self._publish()
+                    self._frame_folded()
                 self.last_sample_wall = time.monotonic()
                 self.ready.set()
             next_due += self.sample_period
@@ -145,6 +149,17 @@ class NodeService:
                 next_due = time.monotonic()
                 delay = 0.0
             await asyncio.sleep(delay)
+
+    def _frame_folded(self) -> None:
+        self.frames += 1
+        folded, self._folded = self._folded, asyncio.Event()
+        folded.set()
+
+    async def next_frame(self, seen: int) -> int:
+        """Wait until more than ``seen`` frames have been folded in; returns how many have."""
+        while self.frames <= seen:
+            await self._folded.wait()
+        return self.frames
 
     async def watch_hard_faults(self) -> None:
         """Apply pushed hard faults the moment they arrive.

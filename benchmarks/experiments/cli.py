@@ -22,9 +22,10 @@ NOTES = (
     "Every policy sees the same workload, the same faults on the same job and stage (chosen from the "
     "seed, never from a placement), the same simulator noise and the same telemetry: every frame with 5% noise, "
     "read 0.1 s late, every 0.1 s (the daemon's sample period). snnrm is the daemon's own NodeReallocator with its "
-    "default settings (health dwell 0.5 s, stage dwell 2 s or 0.5 s for a full queue, cooldown 60 s per job, per "
-    "stage for a failed core or a saturated queue, margin 20%), not tuned for these experiments. "
-    "The reactive baseline reads the same device health and acts on the same 0.5 s tick. Every move "
+    "default settings (a pass on each telemetry frame, health dwell 0.5 s, stage dwell 2 s or 0.1 s (two readings) "
+    "for a full queue, cooldown 60 s per job, per stage for a failed core or a saturated queue, margin 20%), not "
+    "tuned for these experiments. The reactive baseline reads the same device health and acts on a 0.5 s tick (a "
+    "descheduler's default interval is minutes). Every move "
     "is charged: the stage stops while its weights load (cores x 937,500 synapses x 1 B / 1 GB/s, assumed), and a "
     "rescheduled pod also restarts (6 s). A move of a stage that was not degraded in truth is a false move.",
 )

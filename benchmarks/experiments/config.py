@@ -81,8 +81,8 @@ class ExperimentConfig:
     """Seconds between a frame's sample time and the monitor seeing it (assumed: one sample period of transport
     and read-out); pushed hard faults are not delayed (the backend pushes them)."""
     realloc_period: float = 0.5
-    """Seconds between reallocation passes (the daemon's default placement.remap_period); the reactive baseline's
-    descheduler is given the same period (generous: the descheduler's default interval is minutes)."""
+    """Seconds between the reactive baseline's descheduler passes (generous: the descheduler's default interval is
+    minutes). snnrm's reallocator runs as in the daemon: a pass on each telemetry frame folded in."""
     weight_bytes_per_synapse: float = 1.0
     """Bytes of weight state per synapse reloaded on a move (assumed: 8-bit weights)."""
     weight_load_bandwidth: float = 1.0e9

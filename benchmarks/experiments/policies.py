@@ -346,6 +346,11 @@ class DaemonReallocator:
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     @property
+    def period(self) -> float:
+        """Least seconds between two of the daemon's passes (it runs one per telemetry frame folded in)."""
+        return self.realloc.period
+
+    @property
     def activations(self) -> list[tuple[float, str]]:
         return self.recorder.activations
 

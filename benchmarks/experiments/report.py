@@ -257,7 +257,8 @@ LIMITS = (
     "Workload activity is measured on random weights scaled to NeuroBench's published sparsity, not on trained "
     "networks; at that activity a fault on a lightly used stage (most SHD stages) changes nothing for any policy.",
     "The reactive baseline acts on snnrm's device health (every Unhealthy reason, including queue saturation and "
-    "stale telemetry) on the same 0.5 s tick: a classic device plugin would report fewer reasons and a "
+    "stale telemetry) on a 0.5 s tick (snnrm's reallocator passes on each 0.1 s frame, as in the daemon): a "
+    "classic device plugin would report fewer reasons and a "
     "descheduler runs every few minutes, so this baseline reacts faster than what users get today.",
     "snnrm's decisions are the daemon's NodeReallocator itself, fed by the daemon's NodeMonitor; the eviction path "
     "(the cluster reallocation controller and plan_gang) is not run. Here no scenario goes through the device "

@@ -4,10 +4,11 @@ No sockets and no wall clock: the runner drives :class:`sim_hw.Simulator` step b
 schedule against it: a telemetry frame every ``sample_period`` (``sim.counters()`` -> :class:`TelemetryFrame`,
 with noise and a read-out delay (:mod:`benchmarks.experiments.telemetry`) -> :meth:`NodeMonitor.observe`, the
 daemon's real validation, smoothing, health and hysteresis), hard faults pushed the moment the simulator applies
-them (:meth:`NodeMonitor.hard_fault`), and a reallocation pass every ``realloc_period``: the daemon's own
-:class:`snnrm.cluster.remap.NodeReallocator` for snnrm, :func:`~benchmarks.experiments.policies.reactive_moves`
-for the reactive baseline. The phases of those clocks are drawn from the seed (a daemon is not started in step
-with a fault) and are the same for every policy.
+them (:meth:`NodeMonitor.hard_fault`), and reallocation passes: the daemon's own
+:class:`snnrm.cluster.remap.NodeReallocator` for snnrm, on each frame the monitor folds in (as in the daemon), and
+:func:`~benchmarks.experiments.policies.reactive_moves` for the reactive baseline every ``realloc_period`` (a
+descheduler's tick). The phases of those clocks are drawn from the seed (a daemon is not started in step with a
+fault) and are the same for every policy.
 
 Every move costs: the moved stage stops while its weights load onto the new cores (cores x synapses per core x
 bytes per synapse / load bandwidth), and a rescheduled pod also restarts (``pod_restart``); the job's traffic into
@@ -476,14 +477,18 @@ class Run:
             self.sim.inject(pf.fault, duration=pf.duration)
         self.fault_cores = np.unique(np.concatenate(hit)) if hit else np.zeros(0, dtype=np.int64)
 
-    def _telemetry(self) -> None:
+    def _telemetry(self) -> int:
+        """Push a frame into the delayed link and fold in the ones due; returns how many were folded."""
         self._account()
         if self.monitor is None:
-            return
+            return 0
         self.telemetry.push(frame_of(self.sim))
+        folded = 0
         with self.meter.decide():
             for frame in self.telemetry.due(self.now):
                 self.monitor.observe(frame)
+                folded += 1
+        return folded
 
     def _metrics(self) -> None:
         k = self.sample
@@ -545,11 +550,12 @@ class Run:
         )
         ai = di = 0
         injected = not self.scenario.faults
+        last_pass = -math.inf
         step = 0
         while step < self.n_steps:
             restarts = [t.restart_step for t in self.tracks.values() if t.restart_step >= 0]
             cand = [self.n_steps, self.next_tel, self.next_metric]
-            if self.policy.realloc != "none":
+            if self.node is None and self.policy.realloc != "none":
                 cand.append(self.next_realloc)
             if ai < len(arrivals):
                 cand.append(arrive_at[ai])
@@ -576,13 +582,16 @@ class Run:
                 self._inject()
                 injected = True
             if step >= self.next_tel:
-                self._telemetry()
+                # The daemon's reallocator runs a pass on each frame its node folds in (at most one per its period).
+                if self._telemetry() and self.node is not None and self.now - last_pass >= self.node.period - 1e-6:
+                    last_pass = self.now
+                    self._reallocate()
                 self.next_tel += self.tel_every
             if step >= self.next_metric:
                 self._metrics()
                 self.next_metric += self.cfg.metric_stride
-            if self.policy.realloc != "none" and step >= self.next_realloc:
-                self._reallocate()
+            if self.node is None and self.policy.realloc != "none" and step >= self.next_realloc:
+                self._reallocate()  # the reactive baseline's descheduler: a fixed tick
                 self.next_realloc += self.realloc_every
             if step >= self.n_steps:
                 break

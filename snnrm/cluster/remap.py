@@ -1,10 +1,10 @@
 """On the node: watch each stage's cores, live-remap a degraded stage within the node, or report it.
 
 :class:`NodeReallocator` runs in the node daemon, which owns the node's cores and sees every telemetry sample.
-Every ``period`` it computes, for each stage running here, the stage's signals (failed cores, queue fill,
-spike-transfer efficiency, busiest link on its routers), folds them through a per-stage
-:class:`~snnrm.core.reallocation.StageWatch` (dwell and hysteresis), and for an active degradation asks
-:func:`~snnrm.core.reallocation.evaluate_remap` for a better home on this node. Then:
+On each frame the node folds in (at most once per ``period``) it computes, for each stage running here, the
+stage's signals (failed cores, queue fill, spike-transfer efficiency, busiest link on its routers), folds them
+through a per-stage :class:`~snnrm.core.reallocation.StageWatch` (dwell and hysteresis), and for an active
+degradation asks :func:`~snnrm.core.reallocation.evaluate_remap` for a better home on this node. Then:
 
 * **live remap** when the stage's runtime opted in (``snnrm.io/live-remap: "true"``), the move is worth its
   migration cost by the margin, and the job's cooldown and the node's move budget allow it. The remap:
@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -271,8 +272,11 @@ class NodeReallocator:
     """(n_cores,) cores the kubelet has handed out now (PodResources, or the stand-in's book)."""
     metrics: ReallocationMetrics | None = None
     settings: ReallocationSettings = field(default_factory=ReallocationSettings)
-    period: float = 0.5
-    """Seconds between evaluations: five telemetry samples, well inside the dwell."""
+    period: float = 0.1
+    """Least seconds between two evaluations. A pass runs on each telemetry frame the node folds in (what it reads
+    changes only then, so a pass between frames would see the same data, and a fixed tick would add up to its
+    own length to every reaction); this bounds their rate when frames come faster (the default is the default
+    sample period)."""
     inter_chip_weight: float = field(kw_only=True)
     """Hops a chip crossing counts for: the hardware's own (``SimBackend.inter_chip_weight`` for the sim), no default
     so no caller can fall back to a figure that disagrees with the node's summary and the daemon's plans."""
@@ -295,8 +299,15 @@ class NodeReallocator:
         self.node.withhold(self.ledger.lent())
 
     async def run(self) -> None:
+        """A pass per telemetry frame folded in, at most one per ``period``."""
+        seen = self.node.frames
+        last = -math.inf
         while True:
-            await asyncio.sleep(self.period)
+            seen = await self.node.next_frame(seen)
+            wait = last + self.period - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            last = time.monotonic()
             await self.step()
 
     def _view(self) -> tuple[PlacementView, BoolArray, BoolArray]:

@@ -80,10 +80,12 @@ class ReallocationSettings:
     full_queue: float = 0.98
     """Queue fill at which a queue is full: it drops events now, which no noise or glitch produces (an unknown
     reading is not a fill), so it needs only ``full_dwell``."""
-    full_dwell: float = 0.5
-    """Seconds a full queue must last before its stage moves: the health machine's own dwell. Under a hot spot
-    the 2 s ``dwell`` alone doubled the victim's time outside its SLO and its lost events (measured on the
-    experiments' hot-spot scenario, seeds 0-2: 2.8 -> 1.4 s outside the SLO)."""
+    full_dwell: float = 0.1
+    """Seconds a full queue must last before its stage moves: one telemetry period, so two readings in a row (one
+    reading could be a single bad frame). A full queue stalls or drops now, so every period waited costs: under a
+    hot spot the 2 s ``dwell`` doubled the victim's time outside its SLO (experiments' hot-spot scenario, seeds
+    0-2: 2.8 -> 1.4 s at 0.5 s), and at 0.5 s the victim still moved 0.7-1.1 s after the fault, after its step
+    time had grown to 0.5 s (benchmarks/results, the hot-spot headline before this change)."""
     clear: float = 5.0
     """Seconds of good readings before an active condition clears (longer than ``dwell``: hysteresis in time)."""
     cooldown: float = 60.0
@@ -123,6 +125,11 @@ def _over(value: float, enter: float, exit_: float, active: bool, *, below: bool
     if below:
         return value < (exit_ if active else enter)
     return value > (exit_ if active else enter)
+
+
+_CLOCK_SLACK = 1e-6
+"""Seconds by which a dwell may fall short and still count: readings a period apart are sums of float periods
+(0.3 - 0.2 < 0.1), so a dwell of exactly one period must not need a third reading."""
 
 
 @dataclass(slots=True)
@@ -177,7 +184,7 @@ class StageWatch:
                 elif reason is MoveReason.QUEUE_SATURATED and self.full_since is not None:
                     start = max(start, self.full_since)  # full for full_dwell, not merely saturated
                     dwell = min(st.dwell, st.full_dwell)
-                if now - start >= dwell and reason not in self.active:
+                if now - start >= dwell - _CLOCK_SLACK and reason not in self.active:
                     self.active.add(reason)
                     self.since = now if self.since is None else min(self.since, now)
             else:

@@ -186,8 +186,8 @@ def test_a_stage_watch_needs_the_dwell_for_soft_reasons_and_not_for_a_failed_cor
 
 
 def test_a_full_queue_moves_after_the_short_dwell_and_a_merely_saturated_one_after_the_long() -> None:
-    """A full queue drops events now: it needs half a second, not two. A queue at 85 % (saturated, not full) and a
-    queue that was saturated for long but full only just now wait as before."""
+    """A full queue drops events now: two readings a sample period apart, not two seconds. A queue at 85 %
+    (saturated, not full) and a queue that was saturated for long but full only just now wait as before."""
     s = ReallocationSettings()
     full = StageWatch()
     assert not full.observe(StageSignals(0, 1.0, 1.0, 0.0), 10.0, s)
@@ -200,6 +200,13 @@ def test_a_full_queue_moves_after_the_short_dwell_and_a_merely_saturated_one_aft
     assert not late.observe(StageSignals(0, 0.85, 1.0, 0.0), 10.0, s)
     assert not late.observe(StageSignals(0, 1.0, 1.0, 0.0), 11.0, s)
     assert late.observe(StageSignals(0, 1.0, 1.0, 0.0), 11.0 + s.full_dwell, s)
+    periodic = StageWatch()  # readings a float period apart: 0.3 - 0.2 < 0.1, still the second reading
+    assert s.full_dwell > 0.3 - 0.2
+    assert not periodic.observe(StageSignals(0, 1.0, 1.0, 0.0), 0.2, s)
+    assert periodic.observe(StageSignals(0, 1.0, 1.0, 0.0), 0.3, s)
+    once = StageWatch()  # one full reading between normal ones never moves a stage
+    for k, fill in enumerate((0.2, 1.0, 0.2, 1.0, 0.2)):
+        assert not once.observe(StageSignals(0, fill, 1.0, 0.0), 20.0 + 0.1 * k, s)
     glitch = StageWatch()  # an unknown reading is no fill at all
     assert not glitch.observe(StageSignals(0, float("nan"), 1.0, 0.0), 10.0, s)
     assert not glitch.observe(StageSignals(0, float("nan"), 1.0, 0.0), 10.0 + s.dwell, s)

@@ -3,6 +3,7 @@ restart, and matching admissions to plans (GetPreferredAllocation has no pod ide
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from dataclasses import dataclass, field, replace
@@ -126,9 +127,9 @@ async def test_a_stage_under_a_hot_spot_is_live_remapped(tmp_path: Path) -> None
     path = realloc.ledger.allocation_file(source.admitted[1])
     inode = os.stat(path).st_ino
     backend.sim.inject(sim_hw.faults.HotSpot(cores=tuple(old.tolist()), service_divisor=8.0))
-    await _run(backend, node, realloc, clock, 0.5)
+    await _run(backend, node, realloc, clock, 0.1)
     during = sum(m.latency_s for m in backend.sim.stage_metrics("j"))
-    assert realloc.remaps == 0  # not before the dwell
+    assert realloc.remaps == 0  # one full reading is not enough (full_dwell: two in a row)
     await _run(backend, node, realloc, clock, 4.0)
     # Stage 1 moves; stage 0, whose queue filled behind it, may follow if it stays saturated for a whole dwell
     # after the job settled (it does here, draining at a quarter of its rate), never stage 1 again.
@@ -385,3 +386,46 @@ def test_a_new_pod_on_cores_a_remap_once_rewrote_gets_a_fresh_file(tmp_path: Pat
     again = Path(alloc.allocate(ids, healthy).mounts[0].host_path)
     assert again == mounted
     assert read_allocation(again) == first
+
+
+async def test_the_reallocator_passes_once_per_folded_frame_and_never_without_one(tmp_path: Path) -> None:
+    """run() is driven by the node's telemetry: a pass per frame folded in (what a pass reads changes only then),
+    none while no frame comes, and at most one per ``period``."""
+    _, node, _, realloc, _, _ = await _rig(tmp_path)
+    node.sample_period = 0.01
+    passes: list[int] = []
+    five = asyncio.Event()
+    step = realloc.step
+
+    async def counted() -> None:
+        passes.append(node.frames)
+        if len(passes) == 5:
+            five.set()
+        await step()
+
+    realloc.step = counted  # type: ignore[method-assign]
+    realloc.period = 0.0
+    async with asyncio.TaskGroup() as tg:
+        sampler = tg.create_task(node.sample_forever())
+        runner = tg.create_task(realloc.run())
+        await five.wait()
+        sampler.cancel()
+        await asyncio.sleep(0)
+        quiet = len(passes)
+        for _ in range(20):
+            await asyncio.sleep(0.005)
+        assert len(passes) <= quiet + 1  # the pass for a frame folded just before the sampler stopped
+        runner.cancel()
+    assert passes == sorted(set(passes))  # never two passes on one frame
+
+    realloc.period = 3600.0  # frames keep coming, passes may not
+    passes.clear()
+    async with asyncio.TaskGroup() as tg:
+        sampler = tg.create_task(node.sample_forever())
+        runner = tg.create_task(realloc.run())
+        seen = start = node.frames
+        while seen < start + 5:
+            seen = await node.next_frame(seen)
+        sampler.cancel()
+        runner.cancel()
+    assert len(passes) == 1
