@@ -245,13 +245,16 @@ def pod_name(job: str, stage: int) -> str:
 
 
 def _drive(coro: Coroutine[Any, Any, None]) -> None:
-    """Run a coroutine that never suspends (the reallocator's awaits here are all on in-process recorders)."""
-    try:
-        coro.send(None)
-    except StopIteration:
-        return
-    coro.close()
-    raise RuntimeError("the reallocator suspended: an await reached real I/O")
+    """Run a coroutine that never waits for anything (the reallocator's awaits here are all on in-process
+    recorders); a bare yield to the loop (``asyncio.sleep(0)``: the pass lets hard faults in) is resumed at once."""
+    while True:
+        try:
+            waited = coro.send(None)
+        except StopIteration:
+            return
+        if waited is not None:  # a future: real I/O
+            coro.close()
+            raise RuntimeError("the reallocator suspended: an await reached real I/O")
 
 
 @dataclass(eq=False)

@@ -19,6 +19,7 @@ from snnrm.core.reallocation import (
     StageSignals,
     StageWatch,
     evaluate_remap,
+    hot_neighbourhood,
     routes_crossing,
     signals_of,
 )
@@ -431,3 +432,27 @@ def test_the_daemon_moves_a_jobs_stages_in_a_hot_region_together() -> None:
         assert 2 not in mv.target
         assert 8 not in mv.target
     node.close()
+
+
+@pytest.mark.parametrize(
+    ("chips", "geometry"),
+    [
+        (2, ChipGeometry(cols=4, rows=4)),
+        (6, ChipGeometry(cols=3, rows=5)),
+        (4, ChipGeometry(cols=2, rows=3, cores_per_router=4)),  # shared routers (SpiNNaker 2 quad-PEs)
+    ],
+)
+def test_the_hot_neighbourhood_is_every_core_one_router_hop_away_on_the_same_chip(
+    chips: int, geometry: ChipGeometry
+) -> None:
+    """The grid computation gives exactly the definition (router-grid distance <= 1, same chip), never a core
+    across a chip boundary, for random hot sets."""
+    topo = Topology.grid(chips=chips, geometry=geometry)
+    rng = np.random.default_rng(3)
+    for k in (0, 1, 3, topo.n_cores // 4):
+        hot = rng.choice(topo.n_cores, size=k, replace=False)
+        hops = np.abs(topo.gx[:, None] - topo.gx[hot][None, :]) + np.abs(topo.gy[:, None] - topo.gy[hot][None, :])
+        expected = ((hops <= 1) & (topo.chip_of[:, None] == topo.chip_of[hot][None, :])).any(axis=1)
+        np.testing.assert_array_equal(hot_neighbourhood(topo, hot), expected)
+    corner = hot_neighbourhood(topo, np.array([geometry.cores - 1]))  # chip 0's last core: its chip only
+    assert set(topo.chip_of[corner].tolist()) == {0}

@@ -15,6 +15,7 @@ import pytest
 
 import sim_hw
 from snnrm.backends.sim import SimBackend
+from snnrm.cluster import remap
 from snnrm.cluster.hints import PlanHints, PlannedPod
 from snnrm.cluster.remap import LocalStage, NodeReallocator, RemapLedger, read_allocation
 from snnrm.core.devices import NEURON_CORE
@@ -429,3 +430,18 @@ async def test_the_reallocator_passes_once_per_folded_frame_and_never_without_on
         sampler.cancel()
         runner.cancel()
     assert len(passes) == 1
+
+
+async def test_a_long_pass_yields_to_the_loop_between_jobs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass longer than PASS_SLICE_S lets the loop run (a pushed hard fault must not wait for all stages);
+    a short one does not."""
+    backend, node, _, realloc, _, _ = await _rig(tmp_path)
+    node.monitor.observe(await backend.read_frame())
+    ran: list[str] = []
+    monkeypatch.setattr(remap, "PASS_SLICE_S", 3600.0)
+    asyncio.get_running_loop().call_soon(ran.append, "waiting")
+    await realloc.step()
+    assert ran == []  # the pass never gave the loop a turn
+    monkeypatch.setattr(remap, "PASS_SLICE_S", -1.0)
+    await realloc.step()
+    assert ran == ["waiting"]
