@@ -6,6 +6,8 @@
 * **Asynchronous-unit awareness** (``snnrm-no-units``): snnrm's planner with the shared-unit price at zero
   (:attr:`snnrm.core.placement.PlacementView.shared_unit_hops`), on the presets whose routers serve several
   cores (SpiNNaker 2 quad-PEs, Akida nodes of four NPs): with no fault and under a congested link.
+* **Live remap** (``snnrm-evict``): the same stages without the live-remap opt-in, so the cluster's eviction path
+  (:mod:`benchmarks.experiments.eviction`) answers instead: under a failed core and under a hot spot.
 * **KEPS-based admission** is not run, and the report says why (:func:`not_run_note`, with the loads computed from
   the workloads): it needs a workload whose event rate, not its core count, fills the node, and at the networks'
   measured rates no stage's cores run at their full event rate (rescaling rates to make one is what the
@@ -60,6 +62,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "dropped_pct": ("dropped events, %", ".3f"),
     "victim_step_p99_ms": ("victim p99 per timestep, ms", ".3f"),
     "energy_uj_per_step": ("energy per job step, uJ", ".2f"),
+    "realloc_s": ("fault -> victim's move, s", ".2f"),
+    "victim_slo_s": ("victim outside its SLO, s", ".1f"),
 }
 
 UNITS_NOTE = (
@@ -70,7 +74,25 @@ UNITS_NOTE = (
     "that cost, measured, not evidence against the claim on hardware."
 )
 
+EVICT_NOTE = (
+    "Without live remap the node only reports, and the cluster's reallocation controller acts: the daemon's node "
+    "agent, the node's reports on the pods, the controller's cache, its 1 s confirmation, plan_gang and the "
+    "Eviction API, all on an in-memory apiserver (no request latency; the replacement pod lands on the cores "
+    "the controller reserved, as the planner or the extender would place it). The move then costs a pod restart "
+    "(6 s, assumed) besides the weight load, and the controller waits for a stage to be 10 s old (min_age)."
+)
+
 ABLATIONS: tuple[Ablation, ...] = (
+    Ablation(
+        "live remap on the node",
+        "snnrm-evict",
+        "loihi2",
+        8,
+        ("core-failure", "hot-spot"),
+        ("realloc_s", "victim_slo_s", "slo_violation_pct", "dropped_pct", "victim_step_p99_ms"),
+        "stages not opted in to live remap: the cluster's controller evicts a degraded stage and re-places it",
+        EVICT_NOTE,
+    ),
     Ablation(
         "sparsity-aware reporting",
         "snnrm-whole-chips",

@@ -31,8 +31,9 @@ Ablations of the other claims (run by :mod:`benchmarks.experiments.ablations`, n
   (:attr:`~snnrm.core.placement.PlacementView.shared_unit_hops` = 0), so two stages of a job may share a router's
   core group; the reallocator is unchanged.
 
-The eviction ablation (``snnrm-evict``) was removed with its mirror of the cluster controller: driving
-:class:`snnrm.cluster.reallocation.ReallocationController` needs an injected cluster API, not done yet.
+* ``snnrm-evict``: no live remap. Stages do not opt in, so the node only reports, and the cluster's
+  :class:`snnrm.cluster.reallocation.ReallocationController` evicts and re-places them
+  (:mod:`benchmarks.experiments.eviction`: the node agent, the controller and its cache on an in-memory apiserver).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from snnrm.core.topology import BoolArray, IntArray, Topology
 from snnrm.node import NodeService
 
 Placer = Literal["first-fit", "random", "plan", "chips"]
-Realloc = Literal["none", "remap", "reschedule"]
+Realloc = Literal["none", "remap", "reschedule", "evict"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +80,7 @@ class PolicySpec:
     @property
     def restarts(self) -> bool:
         """A move is a pod restart (evict + reschedule) rather than a live remap."""
-        return self.realloc == "reschedule"
+        return self.realloc in ("reschedule", "evict")
 
 
 POLICIES: dict[str, PolicySpec] = {
@@ -103,6 +104,13 @@ POLICIES: dict[str, PolicySpec] = {
             "remap",
             True,
             "ablation: snnrm without sparsity-aware reporting (the node reports whole chips; a stage gets whole chips)",
+        ),
+        PolicySpec(
+            "snnrm-evict",
+            "plan",
+            "evict",
+            True,
+            "ablation: snnrm without live remap (the node reports; the cluster's controller evicts and re-places)",
         ),
         PolicySpec(
             "snnrm-no-units",
@@ -266,7 +274,7 @@ class _Source:
 
 
 @dataclass(eq=False)
-class _Recorder:
+class StageRecorder:
     """The daemon's StageReporter, recording what it would write on pods (detection, outcomes)."""
 
     clock: Callable[[], float]
@@ -298,7 +306,7 @@ class _Recorder:
             self.outcomes.append((self.clock(), stage.job, "blocked"))
 
 
-class _NoBackend:
+class NoBackend:
     """NodeService is given no hardware: the runner feeds its monitor the frames it reads from the simulator."""
 
     name = "experiment"
@@ -319,7 +327,7 @@ class DaemonReallocator:
     clock: Callable[[], float]
     service: NodeService = field(init=False)
     realloc: NodeReallocator = field(init=False)
-    recorder: _Recorder = field(init=False)
+    recorder: StageRecorder = field(init=False)
     _source: _Source = field(init=False)
     _booked: BoolArray = field(init=False)
     _moves: list[Move] = field(init=False, default_factory=list)
@@ -328,11 +336,11 @@ class DaemonReallocator:
     def __post_init__(self) -> None:
         self._tmp = tempfile.mkdtemp(prefix="snnrm-exp-")
         blocks = ThroughputBlocks.plan(self.topology, block_keps=1000.0)
-        self.service = NodeService(cast(HardwareBackend, _NoBackend()), self.topology, blocks, 0.1)
+        self.service = NodeService(cast(HardwareBackend, NoBackend()), self.topology, blocks, 0.1)
         self.service.monitor = self.monitor
         self._booked = np.zeros(self.topology.n_cores, dtype=np.bool_)
         self._source = _Source()
-        self.recorder = _Recorder(self.clock)
+        self.recorder = StageRecorder(self.clock)
         self.realloc = NodeReallocator(
             node=self.service,
             source=self._source,

@@ -46,6 +46,7 @@ import numpy.typing as npt
 import structlog
 
 from benchmarks.experiments.config import ExperimentConfig
+from benchmarks.experiments.eviction import ClusterReallocator
 from benchmarks.experiments.metrics import DecisionMeter, EnergyMeter, FloatArray, percentile, recovery_time
 from benchmarks.experiments.policies import (
     POLICIES,
@@ -240,7 +241,7 @@ class Run:
         self.util_samples = 0
 
         self.monitor: NodeMonitor | None = None
-        self.node: DaemonReallocator | None = None
+        self.node: DaemonReallocator | ClusterReallocator | None = None
         with self.meter.state():
             if self.policy.uses_monitor:
                 self.monitor = NodeMonitor(
@@ -248,9 +249,10 @@ class Run:
                     ThroughputBlocks.plan(self.topology, block_keps=BLOCK_KEPS),
                     health_settings=health_settings(self.policy),
                 )
-            if self.policy.realloc == "remap":
+            if self.policy.realloc in ("remap", "evict"):
                 assert self.monitor is not None
-                self.node = DaemonReallocator(
+                kind = DaemonReallocator if self.policy.realloc == "remap" else ClusterReallocator
+                self.node = kind(
                     self.topology, self.monitor, realloc_settings(self.policy), self.weight, lambda: self.sim.time
                 )
         self.sim.on_hard_fault(self._on_hard_fault)

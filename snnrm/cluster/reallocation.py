@@ -39,8 +39,8 @@ from snnrm.cluster.planner import demand_of
 from snnrm.core.cluster import ClusterIndex, Reservation, StageKey
 from snnrm.core.gang import Placed, plan_gang
 from snnrm.core.jobs import LAST_MOVE, StageRef
-from snnrm.core.reallocation import MoveBudget, MoveReason, ReallocationSettings
-from snnrm.core.topology import IntArray
+from snnrm.core.reallocation import MoveBudget, MoveReason, ReallocationSettings, hot_neighbourhood
+from snnrm.core.topology import BoolArray, IntArray
 from snnrm.kube.api import PODS, ClusterApi, KubeError, TooManyRequestsError, evict
 from snnrm.obs.tracing import NoopTracer, Tracer
 
@@ -179,7 +179,12 @@ class ReallocationController:
             index = self.cache.index
             demands = [demand_of(stages[k]) for k in range(ref.stages)]
             placed = {k: Placed(r.node or "", self._held(r)) for k, r in stages.items() if k != i and r.node}
-            plan = plan_gang(index, job, demands, placed, now=now)
+            avoid = None
+            if MoveReason.QUEUE_SATURATED.value in h.reasons and ref.node:
+                # Not back into the hot region: its idle cores look free in the node's summary (per-chip means).
+                region = hot_region(index, ref.node)
+                avoid = {ref.node: region} if region is not None else None
+            plan = plan_gang(index, job, demands, placed, now=now, avoid=avoid)
             target = plan.stages.get(i) if plan is not None else None
             must = MoveReason.FAILED_CORE.value in h.reasons
             if plan is None or target is None:
@@ -249,6 +254,29 @@ class ReallocationController:
 
     def _held(self, ref: StageRef) -> IntArray | None:
         return held_cores(self.cache.index, ref)
+
+
+def hot_region(index: ClusterIndex, node: str) -> BoolArray | None:
+    """Cores of ``node`` within one router hop of a stage its node reports saturated
+    (:func:`~snnrm.core.reallocation.hot_neighbourhood`, the rule the node's own remaps follow); None if the
+    node's topology is unknown.
+
+    Measured on the experiments' hot spot through this controller (``snnrm-evict``): without it the evicted
+    victim was re-placed on the next core of the throttled region (the nearest free one to its next stage), and
+    stayed saturated for its job's whole cooldown.
+    """
+    topo = index.topology(node)
+    if topo is None:
+        return None
+    hot: list[IntArray] = []
+    for job, _ in list(index.jobs()):
+        for r in index.stages_of(job).values():
+            h = r.health
+            if r.node == node and h is not None and h.degraded and MoveReason.QUEUE_SATURATED.value in h.reasons:
+                cores = held_cores(index, r)
+                if cores is not None:
+                    hot.append(cores)
+    return hot_neighbourhood(topo, np.concatenate(hot) if hot else np.zeros(0, dtype=np.int64))
 
 
 def held_cores(index: ClusterIndex, ref: StageRef) -> IntArray | None:

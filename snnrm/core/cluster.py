@@ -226,12 +226,17 @@ class ClusterIndex:
             return None
         return node.summary.view(node.topology, self.reserved_mask(name, exclude=exclude))
 
-    def available(self, name: str, *, exclude: Iterable[StageKey] = ()) -> int:
+    def available(self, name: str, *, exclude: Iterable[StageKey] = (), avoid: BoolArray | None = None) -> int:
+        """Free cores on the node, minus every reservation except ``exclude``'s and minus ``avoid``."""
         node = self._nodes.get(name)
         if node is None:
             return 0
         mask = self.reserved_mask(name, exclude=exclude)
-        return int(np.count_nonzero(node.summary.free & ~mask)) if mask is not None else 0
+        if mask is None:
+            return 0
+        if avoid is not None:
+            mask = mask | avoid
+        return int(np.count_nonzero(node.summary.free & ~mask))
 
     # -- stage pods ---------------------------------------------------------------------------------------------
 

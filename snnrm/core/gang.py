@@ -20,13 +20,13 @@ cores of their node's share, so the new stages are laid out next to them.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from snnrm.core.cluster import INTER_NODE_HOPS, ClusterIndex, StageKey
 from snnrm.core.placement import JobPlan, StageDemand, plan_job
-from snnrm.core.topology import IntArray
+from snnrm.core.topology import BoolArray, IntArray
 
 MAX_NODES_PLANNED = 8
 """Nodes planned at core level per single-node attempt; ranking by neighbours and room makes the ninth best
@@ -71,8 +71,10 @@ def _plan_share(
     demands: Sequence[StageDemand],
     members: Sequence[int],
     fixed: Mapping[int, IntArray],
+    avoid: BoolArray | None = None,
 ) -> JobPlan | None:
-    """Core-level plan of the stages ``members`` (ascending) on one node; edges only between consecutive ones."""
+    """Core-level plan of the stages ``members`` (ascending) on one node, never on ``avoid``'s cores; edges only
+    between consecutive ones."""
     sub = []
     for k, i in enumerate(members):
         nxt = members[k + 1] if k + 1 < len(members) else None
@@ -82,6 +84,8 @@ def _plan_share(
     view = index.view(node, exclude=own)
     if view is None:
         return None
+    if avoid is not None:
+        view = replace(view, free=view.free & ~avoid)
     local_fixed = {k: fixed[i] for k, i in enumerate(members) if i in fixed}
     return plan_job(view, sub, fixed=local_fixed)
 
@@ -100,6 +104,7 @@ def _assemble(
     demands: Sequence[StageDemand],
     placed: Mapping[int, Placed],
     assign: Mapping[int, str],
+    avoid: Mapping[str, BoolArray],
 ) -> GangPlan | None:
     """Plan each node's share of ``assign`` (todo stage -> node) at core level; None if any share fails."""
     node_of = {i: p.node for i, p in placed.items()} | dict(assign)
@@ -108,7 +113,7 @@ def _assemble(
     for node in sorted(set(assign.values())):
         fixed = {i: p.cores for i, p in placed.items() if p.node == node and p.cores is not None and len(p.cores)}
         members = sorted({i for i, n in assign.items() if n == node} | set(fixed))
-        plan = _plan_share(index, job, node, demands, members, fixed)
+        plan = _plan_share(index, job, node, demands, members, fixed, avoid.get(node))
         if plan is None:
             return None
         cost += plan.total_cost
@@ -132,15 +137,19 @@ def plan_gang(
     exclude_nodes: Collection[str] = (),
     skip: Collection[int] = (),
     max_nodes: int = MAX_NODES_PLANNED,
+    avoid: Mapping[str, BoolArray] | None = None,
 ) -> GangPlan | None:
     """Place every stage of ``job`` neither in ``placed`` nor in ``skip`` (see the module docstring); None when
-    they cannot all fit. ``skip`` are stages someone else places (pods created without our gate)."""
+    they cannot all fit. ``skip`` are stages someone else places (pods created without our gate). ``avoid``: per
+    node, cores no stage may be placed on although the node's summary shows them free (a hot region around a
+    saturated stage: the summary's per-chip means do not show it)."""
+    avoid = avoid or {}
     todo = [i for i in range(len(demands)) if i not in placed and i not in skip]
     if not todo:
         return GangPlan(job=job, stages={}, cost=0.0, nodes=())
     own = [StageKey(job[0], job[1], i) for i in range(len(demands))]
     nodes = [n for n in index.node_names() if n not in exclude_nodes and index.fresh(n, now)]
-    room = {n: index.available(n, exclude=own) for n in nodes}
+    room = {n: index.available(n, exclude=own, avoid=avoid.get(n)) for n in nodes}
     need = sum(demands[i].cores for i in todo)
 
     # 1. One node for everything still to place.
@@ -155,7 +164,7 @@ def plan_gang(
     single = sorted((n for n in nodes if room[n] >= need), key=lambda n: (-affinity(n), -room[n], n))
     best: GangPlan | None = None
     for node in single[:max_nodes]:
-        plan = _assemble(index, job, demands, placed, dict.fromkeys(todo, node))
+        plan = _assemble(index, job, demands, placed, dict.fromkeys(todo, node), avoid)
         if plan is not None and (best is None or plan.cost < best.cost):
             best = plan
     if best is not None:
@@ -176,7 +185,7 @@ def plan_gang(
             choice = min(fits, key=lambda n: (-left[n], n))
         assign[i] = choice
         left[choice] -= d
-    return _assemble(index, job, demands, placed, assign)
+    return _assemble(index, job, demands, placed, assign, avoid)
 
 
 def ids_of(index: ClusterIndex, placement: StagePlacement) -> list[str]:

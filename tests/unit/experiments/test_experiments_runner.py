@@ -12,12 +12,15 @@ import numpy as np
 import pytest
 
 from benchmarks.experiments.config import ExperimentConfig
-from benchmarks.experiments.policies import DEFAULT_POLICIES, POLICIES
+from benchmarks.experiments.eviction import ClusterReallocator
+from benchmarks.experiments.policies import DEFAULT_POLICIES, POLICIES, pod_name
 from benchmarks.experiments.report import README_BEGIN, README_END, headlines, update_readme, write_all
-from benchmarks.experiments.runner import run_one
+from benchmarks.experiments.runner import Run, run_one
 from benchmarks.experiments.scenarios import SCENARIOS, build_fault
 from benchmarks.experiments.suite import run_suite
 from sim_hw import HotSpot, Simulator, load_preset
+from snnrm.core.jobs import PLANNED_CORES
+from snnrm.kube.api import PODS
 
 CFG = ExperimentConfig(name="test", chips=2, duration=6.0, seeds=(0,), max_jobs=4, metric_stride=5)
 TIMING = {"decision_cpu_s", "decision_cpu_ms_per_s", "wall_s", "decision_mem_kib"}
@@ -157,7 +160,7 @@ def test_update_readme_appends_once_then_replaces_only_its_section(tmp_path: Pat
 
 def test_policies_and_scenarios_are_complete() -> None:
     assert set(DEFAULT_POLICIES) == {"first-fit", "reactive", "random", "static", "snnrm", "snnrm-no-hysteresis"}
-    assert set(POLICIES) == {*DEFAULT_POLICIES, "snnrm-whole-chips", "snnrm-no-units"}
+    assert set(POLICIES) == {*DEFAULT_POLICIES, "snnrm-whole-chips", "snnrm-no-units", "snnrm-evict"}
     assert {
         "none",
         "core-failure",
@@ -219,3 +222,28 @@ def test_a_hot_spot_is_sized_to_overload_the_stage_it_hits(utilisation: float, d
         )
         assert isinstance(pf.fault, HotSpot)
         assert pf.fault.service_divisor == pytest.approx(divisor)
+
+
+def test_without_live_remap_the_cluster_controller_evicts_and_the_stage_restarts_on_its_reservation() -> None:
+    """``snnrm-evict`` runs the node agent, the node's reports, the controller's cache and its eviction decision
+    on an in-memory apiserver: the victim is evicted through the Eviction API after the controller's confirm
+    window, restarts (a pod restart, charged) on the cores the controller reserved, and its new pod holds them."""
+    cfg = CFG.with_(duration=30.0)  # stages older than the controller's min_age (10 s) at the fault
+    run = Run(cfg, "core-failure", "snnrm-evict", 0, trace_memory=False)
+    result = run.run()
+    victim = [m for m in run.moves if m.victim]
+    assert victim
+    mv = victim[0]
+    assert (mv.action, mv.reasons) == ("reschedule", ("failed-core",))
+    assert mv.t >= cfg.fault_time + 1.0  # reported by the node, confirmed by the controller for 1 s
+    assert mv.stall >= cfg.pod_restart
+    node = run.node
+    assert isinstance(node, ClusterReallocator)
+    assert ("default", pod_name(mv.job, mv.stage), False) in node.api.evictions
+    stage = run.tracks[mv.job].running.stages[mv.stage]  # type: ignore[union-attr]
+    pod = node.api.get_obj(PODS, pod_name(mv.job, mv.stage))
+    assert pod is not None
+    ids = sorted(run.topology.ids[c] for c in stage.cores.tolist())
+    assert sorted(pod["metadata"]["annotations"][PLANNED_CORES].split(",")) == ids
+    assert not run.hw_failed[stage.cores].any()
+    assert result.metrics["false_moves"] == 0

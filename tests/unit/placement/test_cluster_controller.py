@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -20,10 +21,10 @@ from snnrm.cluster.planner import GangPlanner
 from snnrm.cluster.reallocation import ReallocationController, ReallocationMetrics
 from snnrm.core.cluster import ClusterIndex, StageKey
 from snnrm.core.jobs import GATE, PLANNED_CORES, PLANNED_NODE, STAGE_HEALTH, StageHealth
-from snnrm.core.reallocation import ReallocationSettings
+from snnrm.core.reallocation import ReallocationSettings, hot_neighbourhood
 from snnrm.core.summary import ANNOTATION
 from snnrm.kube.api import LEASES, NODES, PODS, KubeError
-from snnrm.testing.fake_cluster import FakeClusterApi, node_summary, stage_pod
+from snnrm.testing.fake_cluster import SMALL_TOPOLOGY, FakeClusterApi, node_summary, stage_pod
 
 NOW = 1_800_000_000.0  # 2027: after the fake pods' creation timestamps
 
@@ -409,3 +410,23 @@ async def test_one_stage_in_flight_per_pipeline() -> None:
 @pytest.mark.parametrize("raw", ["", "{", '{"state": "weird"}', '{"state": "degraded", "since": "x"}'])
 def test_garbled_stage_health_is_no_report(raw: str) -> None:
     assert StageHealth.decode(raw) is None
+
+
+async def test_a_saturated_stage_is_not_re_placed_in_its_hot_region() -> None:
+    """A hot spot's idle cores look free in the node's summary (per-chip means): the replacement of a stage the
+    node reports saturated is reserved outside one router hop of where it ran, where the nearest free cores (its
+    own among them) would otherwise take it straight back."""
+    api = FakeClusterApi()
+    put_node(api, "n1")
+    placed_job(api, "j", stage1=degraded(("queue-saturated",)))
+    clock = [NOW]
+    async with running_cache(api) as cache:
+        ctl = realloc(api, cache, clock)
+        await ctl.reconcile()
+        clock[0] += 1.5
+        await ctl.reconcile()
+        assert api.evictions == [("default", "j-1", False)]
+        r = cache.index.reservations[StageKey("default", "j", 1)]
+        region = hot_neighbourhood(SMALL_TOPOLOGY, np.array([2, 3]))
+        assert region.sum() < SMALL_TOPOLOGY.n_cores - 4  # room outside it
+        assert not region[r.cores].any()
