@@ -261,7 +261,8 @@ LIMITS = (
     "classic device plugin would report fewer reasons and a "
     "descheduler runs every few minutes, so this baseline reacts faster than what users get today.",
     "snnrm's decisions are the daemon's NodeReallocator itself, fed by the daemon's NodeMonitor; the eviction path "
-    "(the cluster reallocation controller and plan_gang) is not run. Here no scenario goes through the device "
+    "(the cluster reallocation controller and plan_gang, on an in-memory apiserver) runs in the ablations "
+    "(`snnrm-evict`, ablations/ablations.md), not in this set. Here no scenario goes through the device "
     "plugin and the kubelet; the failed-core scenario does on a real node (kubelet, containerd, the chart, jobs "
     "planned by `snnrm job plan`): `python -m benchmarks node_failover`, with its numbers in the README.",
     "Ground truth for false moves: a moved stage was degraded if a failed or faulted core was under it or a true "
