@@ -58,6 +58,7 @@ from snnrm.core.reallocation import (
     degraded_view,
     evaluate_remap,
     hot_neighbourhood,
+    links_to_avoid,
     local_job,
     own_reasons,
     queue_pressure,
@@ -451,7 +452,7 @@ class NodeReallocator:
             "snnrm.remap", {"snnrm.job": s.job, "snnrm.stage": s.index, "snnrm.reason": reason}
         ) as span:
             m = self.node.monitor
-            congested = (np.nan_to_num(m.link_utilization, nan=1.0) > self.settings.link_enter) | m.link_failed
+            congested = links_to_avoid(m.link_utilization, m.link_failed, self.settings)
             degraded = unhealthy
             if MoveReason.QUEUE_SATURATED in active:
                 # Leave the hot region, not only the hot cores: a hot spot shows in the queues of whatever runs in

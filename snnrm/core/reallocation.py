@@ -403,6 +403,17 @@ def hot_neighbourhood(topology: Topology, hot: IntArray) -> BoolArray:
     return out
 
 
+def links_to_avoid(utilization: FloatArray, failed: BoolArray, settings: ReallocationSettings) -> BoolArray:
+    """Links a move's new routes must not cross: failed, unknown, or loaded past the *exit* threshold.
+
+    Not only those past the entry one: a saturated link reads 0.95 +- the counters' noise, so one frame says
+    "congested" and the next does not (the experiments' combined scenario, seed 3: a stage moved onto a route
+    through a link that read 0.95 in that frame, and stalled behind it for its cooldown)."""
+    util = np.nan_to_num(np.asarray(utilization, dtype=np.float64), nan=1.0)
+    out: BoolArray = (util > settings.link_exit) | np.asarray(failed, dtype=np.bool_)
+    return out
+
+
 def degraded_view(view: PlacementView, bad: BoolArray) -> PlacementView:
     """The node with ``bad`` cores priced as degraded (a full queue, a saturated link and
     :func:`degraded_penalty_hops`) and not free."""

@@ -20,6 +20,7 @@ from snnrm.core.reallocation import (
     StageWatch,
     evaluate_remap,
     hot_neighbourhood,
+    links_to_avoid,
     routes_crossing,
     signals_of,
 )
@@ -456,3 +457,12 @@ def test_the_hot_neighbourhood_is_every_core_one_router_hop_away_on_the_same_chi
         np.testing.assert_array_equal(hot_neighbourhood(topo, hot), expected)
     corner = hot_neighbourhood(topo, np.array([geometry.cores - 1]))  # chip 0's last core: its chip only
     assert set(topo.chip_of[corner].tolist()) == {0}
+
+
+def test_a_move_avoids_links_past_the_exit_threshold_not_only_past_the_entry_one() -> None:
+    """A saturated link reads around the entry threshold (0.95 +- noise): a target's routes avoid it whichever
+    side of 0.95 this frame fell; unknown and failed links are avoided, a quiet one is not."""
+    s = ReallocationSettings()
+    util = np.array([0.94, 0.96, s.link_exit + 0.01, s.link_exit - 0.01, np.nan, 0.0])
+    failed = np.array([False, False, False, False, False, True])
+    assert links_to_avoid(util, failed, s).tolist() == [True, True, True, False, True, True]
