@@ -475,27 +475,36 @@ class NodeReallocator:
             option = evaluate()
             if option is None or not option.worth_it(self.settings.margin):
                 # The stage alone buys too little when its neighbours in the pipeline sit on bad cores too (the
-                # pipeline runs at its worst stage's pace): then the job's other opted-in stages whose own cores
-                # show trouble (failed, Unhealthy or a saturated queue) go with it, downstream first, as many as the
-                # window still allows. The smallest move that is worth it wins: a stage only stalled behind this
-                # one recovers when it leaves, and is not moved for nothing.
-                sick = failed | unhealthy
-                others = sorted(
-                    (
-                        x
-                        for x in members
-                        if x is not s
-                        and x.live_remap
-                        and sick[x.cores].any()
-                        and self.budget.blocked(
-                            job, now, last_move=last, urgent_stage=x.index, stage_last_move=x.last_move
-                        )
-                        is None
-                    ),
-                    key=lambda x: -x.index,
-                )[: max(self.budget.allowance(now) - 1, 0)]
-                if others:
-                    option = evaluate(with_stages=[lj.position(x.index) for x in others])
+                # pipeline runs at its worst stage's pace): then the job's other opted-in stages on bad cores go
+                # with it, downstream first, as many as the window still allows. The smallest move that is worth
+                # it wins: first the stages whose own cores show trouble (failed, Unhealthy, a saturated queue),
+                # then, if that is not enough, every stage on cores this evaluation prices as bad (the hot region
+                # around a saturated core too: a stage on idle cores of the region made the lone move "not worth
+                # it" and was never allowed to come along; the combined scenario, seed 8, kept a job outside its
+                # SLO for the rest of the run). A stage only stalled behind this one recovers when it leaves.
+                tried: list[int] = []
+                for sick in (failed | unhealthy, failed | degraded):
+                    others = sorted(
+                        (
+                            x
+                            for x in members
+                            if x is not s
+                            and x.live_remap
+                            and sick[x.cores].any()
+                            and self.budget.blocked(
+                                job, now, last_move=last, urgent_stage=x.index, stage_last_move=x.last_move
+                            )
+                            is None
+                        ),
+                        key=lambda x: -x.index,
+                    )[: max(self.budget.allowance(now) - 1, 0)]
+                    with_stages = [lj.position(x.index) for x in others]
+                    if not with_stages or with_stages == tried:
+                        continue
+                    tried = with_stages
+                    option = evaluate(with_stages=with_stages)
+                    if option is not None and option.worth_it(self.settings.margin):
+                        break
             if option is None or not option.worth_it(self.settings.margin):
                 span.set_attribute("snnrm.action", "unavailable")
                 self._count(s, reason, "no-target" if option is None else "not-worth-it")
