@@ -466,3 +466,31 @@ def test_a_move_avoids_links_past_the_exit_threshold_not_only_past_the_entry_one
     util = np.array([0.94, 0.96, s.link_exit + 0.01, s.link_exit - 0.01, np.nan, 0.0])
     failed = np.array([False, False, False, False, False, True])
     assert links_to_avoid(util, failed, s).tolist() == [True, True, True, False, True, True]
+
+
+def test_a_stage_on_idle_cores_of_the_hot_region_comes_along_when_the_lone_move_is_not_worth_it() -> None:
+    """Only stage 2's core 8 is throttled; stage 0's core 4, one hop from it, is idle and healthy but inside the
+    region the evaluation prices as degraded, and stage 0 carries the job's heavy edge. Moving stage 2 alone buys
+    too little, and no other stage shows trouble of its own: the pass moves stage 0 with it, out of the region, and
+    leaves stage 1 (two hops away) where it is. Without the second tier the stage was reported unavailable."""
+    demands = (StageDemand(4, out_keps=2000.0, in_keps=400.0), StageDemand(4, out_keps=50.0), StageDemand(4))
+    m = NodeMonitor(TOPO, ThroughputBlocks.plan(TOPO, block_keps=1000.0))
+    clock = [0.0]
+    node = DaemonReallocator(TOPO, m, ReallocationSettings(min_age=0.0), WEIGHT, lambda: clock[0])
+    job = RunningJob("a", demands, [RunningStage("a", i, p, p.copy(), i + 1, 0.0) for i, p in enumerate(_placement())])
+    passes: list[list[Move]] = []
+    for k in range(1, 61):
+        clock[0] = 0.1 * k
+        m.observe(_slow_frame(clock[0], core=8, fill=0.3, rate_share=0.25))
+        if k % 5 == 0 and not passes:
+            done = node.step({"a": job}, _booked(job))
+            if done:
+                passes.append(done)
+    assert len(passes) == 1
+    (moves,) = passes
+    assert sorted(mv.stage for mv in moves) == [0, 2]
+    region = hot_neighbourhood(TOPO, np.array([8]))
+    for mv in moves:
+        assert not region[mv.target].any()
+    assert not np.intersect1d(moves[0].target, moves[1].target).size
+    node.close()
