@@ -35,7 +35,15 @@ from typing import Any, cast
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from benchmarks.experiments.policies import NAMESPACE, Move, NoBackend, RunningJob, StageRecorder, pod_name
+from benchmarks.experiments.policies import (
+    NAMESPACE,
+    Move,
+    NoBackend,
+    RecordedReallocator,
+    RunningJob,
+    StageRecorder,
+    pod_name,
+)
 from snnrm.backends.base import HardwareBackend
 from snnrm.cluster.cache import ClusterCache
 from snnrm.cluster.events import EventRecorder
@@ -83,7 +91,7 @@ class _Reports:
 
 
 @dataclass(eq=False)
-class ClusterReallocator:
+class ClusterReallocator(RecordedReallocator):
     """See the module docstring. Same interface as :class:`~benchmarks.experiments.policies.DaemonReallocator`."""
 
     topology: Topology
@@ -168,18 +176,6 @@ class ClusterReallocator:
         self._loop.run_until_complete(asyncio.gather(*self._tasks, return_exceptions=True))
         self._loop.close()
         shutil.rmtree(self._tmp, ignore_errors=True)
-
-    @property
-    def period(self) -> float:
-        return self.realloc.period
-
-    @property
-    def activations(self) -> list[tuple[float, str]]:
-        return self.recorder.activations
-
-    @property
-    def outcomes(self) -> list[tuple[float, str, str]]:
-        return self.recorder.outcomes
 
     @property
     def evaluations(self) -> int:

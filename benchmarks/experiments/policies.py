@@ -312,8 +312,28 @@ class NoBackend:
     name = "experiment"
 
 
+class RecordedReallocator:
+    """What the runner reads of a reallocator it drives: the daemon's pass interval and what its reports said."""
+
+    realloc: NodeReallocator
+    recorder: StageRecorder
+
+    @property
+    def period(self) -> float:
+        """Least seconds between two of the daemon's passes (it runs one per telemetry frame folded in)."""
+        return self.realloc.period
+
+    @property
+    def activations(self) -> list[tuple[float, str]]:
+        return self.recorder.activations
+
+    @property
+    def outcomes(self) -> list[tuple[float, str, str]]:
+        return self.recorder.outcomes
+
+
 @dataclass(eq=False)
-class DaemonReallocator:
+class DaemonReallocator(RecordedReallocator):
     """:class:`snnrm.cluster.remap.NodeReallocator` itself, on a :class:`snnrm.node.NodeService` whose monitor
     the runner feeds, with the simulator's clock and the runner's book of allocated cores injected.
 
@@ -355,19 +375,6 @@ class DaemonReallocator:
 
     def close(self) -> None:
         shutil.rmtree(self._tmp, ignore_errors=True)
-
-    @property
-    def period(self) -> float:
-        """Least seconds between two of the daemon's passes (it runs one per telemetry frame folded in)."""
-        return self.realloc.period
-
-    @property
-    def activations(self) -> list[tuple[float, str]]:
-        return self.recorder.activations
-
-    @property
-    def outcomes(self) -> list[tuple[float, str, str]]:
-        return self.recorder.outcomes
 
     @property
     def evaluations(self) -> int:
