@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,8 +54,6 @@ from snnrm.cluster.remap import LocalStage, NodeReallocator, RemapLedger
 from snnrm.core.cluster import ClusterIndex, StageKey
 from snnrm.core.devices import NEURON_CORE, ThroughputBlocks
 from snnrm.core.jobs import INPUT_RATE, JOB, PLANNED_CORES, PLANNED_NODE, SPIKE_RATE, STAGE, STAGES, StageHealth
-from snnrm.core.monitor import NodeMonitor
-from snnrm.core.reallocation import ReallocationSettings
 from snnrm.core.topology import Topology
 from snnrm.kube.api import PODS
 from snnrm.node import NodeService
@@ -94,17 +92,9 @@ class _Reports:
 class ClusterReallocator(RecordedReallocator):
     """See the module docstring. Same interface as :class:`~benchmarks.experiments.policies.DaemonReallocator`."""
 
-    topology: Topology
-    monitor: NodeMonitor
-    settings: ReallocationSettings
-    inter_chip_weight: float
-    clock: Callable[[], float]
-    """The simulator's clock (seconds from 0)."""
     api: FakeClusterApi = field(init=False)
     agent: NodeAgent = field(init=False)
-    realloc: NodeReallocator = field(init=False)
     controller: ReallocationController = field(init=False)
-    recorder: StageRecorder = field(init=False)
     _loop: asyncio.AbstractEventLoop = field(init=False)
     _tasks: list[asyncio.Task[None]] = field(init=False, default_factory=list)
     _cache: ClusterCache = field(init=False)

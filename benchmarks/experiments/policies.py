@@ -312,11 +312,19 @@ class NoBackend:
     name = "experiment"
 
 
+@dataclass(eq=False)
 class RecordedReallocator:
-    """What the runner reads of a reallocator it drives: the daemon's pass interval and what its reports said."""
+    """A reallocator the runner drives: built from the same five things, read for the daemon's pass interval and
+    what its reports said. Subclasses build ``realloc`` and ``recorder``."""
 
-    realloc: NodeReallocator
-    recorder: StageRecorder
+    topology: Topology
+    monitor: NodeMonitor
+    settings: ReallocationSettings
+    inter_chip_weight: float
+    clock: Callable[[], float]
+    """The simulator's clock (seconds from 0)."""
+    realloc: NodeReallocator = field(init=False)
+    recorder: StageRecorder = field(init=False)
 
     @property
     def period(self) -> float:
@@ -340,14 +348,7 @@ class DaemonReallocator(RecordedReallocator):
     Remap records and per-allocation files go to a private temporary directory (the daemon's state dir).
     """
 
-    topology: Topology
-    monitor: NodeMonitor
-    settings: ReallocationSettings
-    inter_chip_weight: float
-    clock: Callable[[], float]
     service: NodeService = field(init=False)
-    realloc: NodeReallocator = field(init=False)
-    recorder: StageRecorder = field(init=False)
     _source: _Source = field(init=False)
     _booked: BoolArray = field(init=False)
     _moves: list[Move] = field(init=False, default_factory=list)

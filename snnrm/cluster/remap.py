@@ -54,6 +54,7 @@ from snnrm.core.reallocation import (
     MoveBudget,
     MoveReason,
     ReallocationSettings,
+    StageSignals,
     StageWatch,
     degraded_view,
     evaluate_remap,
@@ -361,34 +362,29 @@ class NodeReallocator:
             return
         view, failed, unhealthy = self._view()
         self.saturated_at[np.nan_to_num(view.queue_fill, nan=0.0) > self.settings.queue_enter] = now
-        signals = dict(
-            zip(
-                (id(s) for s in stages),
-                stage_signals(
-                    [s.cores for s in stages],
-                    failed=failed,
-                    queue_fill=view.queue_fill,
-                    efficiency=self.node.monitor.rates.rates.efficiency,
-                    link_util=view.link_util,
-                ),
-                strict=True,
-            )
+        stages.sort(key=lambda x: (x.job_key, x.index))
+        signals = stage_signals(
+            [s.cores for s in stages],
+            failed=failed,
+            queue_fill=view.queue_fill,
+            efficiency=self.node.monitor.rates.rates.efficiency,
+            link_util=view.link_util,
         )
-        by_job: dict[tuple[str, str], list[LocalStage]] = {}
-        for s in stages:
-            by_job.setdefault(s.job_key, []).append(s)
+        by_job: dict[tuple[str, str], tuple[list[LocalStage], list[StageSignals]]] = {}
+        for s, sig in zip(stages, signals, strict=True):
+            group, group_sigs = by_job.setdefault(s.job_key, ([], []))
+            group.append(s)
+            group_sigs.append(sig)
         slice_start = time.perf_counter()
-        for job, members in sorted(by_job.items()):
+        for job, (members, sigs) in by_job.items():  # jobs in order, each job's stages by index
             if time.perf_counter() - slice_start > PASS_SLICE_S:
                 await asyncio.sleep(0)  # a pushed hard fault is applied between jobs, not after the whole pass
                 slice_start = time.perf_counter()
             degraded: list[tuple[LocalStage, frozenset[Any], StageWatch]] = []
-            ordered = sorted(members, key=lambda x: x.index)
-            sigs = [signals[id(s)] for s in ordered]
-            for k, (s, sig) in enumerate(zip(ordered, sigs, strict=True)):
+            for k, (s, sig) in enumerate(zip(members, sigs, strict=True)):
                 watch = self.watches.setdefault((s.namespace, s.pod, s.uid), StageWatch())
                 active = watch.observe(sig, now, self.settings)
-                nxt = sigs[k + 1] if k + 1 < len(sigs) and ordered[k + 1].index == s.index + 1 else None
+                nxt = sigs[k + 1] if k + 1 < len(sigs) and members[k + 1].index == s.index + 1 else None
                 # Losses and stalls caused by the next stage are that stage's to answer (it is judged on its own).
                 active = own_reasons(active, nxt, self.settings)
                 if not active:
