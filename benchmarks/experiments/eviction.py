@@ -50,7 +50,7 @@ from snnrm.cluster.events import EventRecorder
 from snnrm.cluster.hints import PlanHints
 from snnrm.cluster.node_agent import SYNC_PERIOD, KubeStageReporter, NodeAgent
 from snnrm.cluster.reallocation import TICK_S, ReallocationController, ReallocationMetrics
-from snnrm.cluster.remap import LocalStage, NodeReallocator, RemapLedger
+from snnrm.cluster.remap import LocalStage, NodeReallocator, RemapLedger, inline
 from snnrm.core.cluster import ClusterIndex, StageKey
 from snnrm.core.devices import NEURON_CORE, ThroughputBlocks
 from snnrm.core.jobs import INPUT_RATE, JOB, PLANNED_CORES, PLANNED_NODE, SPIKE_RATE, STAGE, STAGES, StageHealth
@@ -138,6 +138,7 @@ class ClusterReallocator(RecordedReallocator):
             settings=self.settings,
             inter_chip_weight=self.inter_chip_weight,
             clock=wall,
+            offload=inline,  # the runner drives the pass without a loop (deterministic per seed)
         )
         self._cache = ClusterCache(self.api, ClusterIndex(), clock=wall)
         self.controller = ReallocationController(

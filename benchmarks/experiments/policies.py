@@ -48,7 +48,7 @@ from typing import Any, Literal, cast
 import numpy as np
 
 from snnrm.backends.base import HardwareBackend
-from snnrm.cluster.remap import LocalStage, NodeReallocator, RemapLedger
+from snnrm.cluster.remap import LocalStage, NodeReallocator, RemapLedger, inline
 from snnrm.core.devices import ThroughputBlocks
 from snnrm.core.health import HealthSettings
 from snnrm.core.jobs import StageHealth
@@ -71,11 +71,19 @@ class PolicySpec:
     description: str
     unit_aware: bool = True
     """Placement prices stages that share a core group (the asynchronous-unit claim)."""
+    keps: bool = True
+    """Event-driven scheduling (the KEPS claim): jobs are sized as ``snnrm job plan`` sizes them (a stage whose
+    events need more cores than its neurons gets them) and the node admits a job only while its healthy
+    snnrm.io/event-throughput devices cover the job's request. Off: cores by neuron count, admission by count."""
 
     @property
     def uses_monitor(self) -> bool:
         """Runs snnrm's telemetry pipeline (a classic device plugin only reports hard failures)."""
         return self.placer in ("plan", "chips") or self.realloc != "none"
+
+    def __post_init__(self) -> None:
+        if self.keps and not self.uses_monitor:
+            raise ValueError(f"policy {self.name}: KEPS admission needs snnrm's telemetry (the capacity it admits by)")
 
     @property
     def restarts(self) -> bool:
@@ -86,15 +94,23 @@ class PolicySpec:
 POLICIES: dict[str, PolicySpec] = {
     p.name: p
     for p in (
-        PolicySpec("first-fit", "first-fit", "none", True, "count-based first-fit (classic device plugin), no moves"),
+        PolicySpec(
+            "first-fit",
+            "first-fit",
+            "none",
+            True,
+            "count-based first-fit (classic device plugin), no moves",
+            keps=False,
+        ),
         PolicySpec(
             "reactive",
             "first-fit",
             "reschedule",
             True,
             "first-fit + descheduler: a stage on an Unhealthy core is restarted on first-fit free cores",
+            keps=False,
         ),
-        PolicySpec("random", "random", "none", True, "any N free cores at random, no moves"),
+        PolicySpec("random", "random", "none", True, "any N free cores at random, no moves", keps=False),
         PolicySpec("static", "plan", "none", True, "snnrm's planner at admission, no reallocation"),
         PolicySpec("snnrm", "plan", "remap", True, "snnrm: planner + telemetry-driven live remap, with hysteresis"),
         PolicySpec("snnrm-no-hysteresis", "plan", "remap", False, "ablation: snnrm without dwell/exit/cooldown"),
@@ -119,6 +135,14 @@ POLICIES: dict[str, PolicySpec] = {
             True,
             "ablation: snnrm's planner without asynchronous-unit awareness (stages may share a core group)",
             unit_aware=False,
+        ),
+        PolicySpec(
+            "snnrm-count",
+            "plan",
+            "remap",
+            True,
+            "ablation: snnrm without event-driven scheduling (stages sized by neurons, admission by core count)",
+            keps=False,
         ),
     )
 }
@@ -372,6 +396,7 @@ class DaemonReallocator(RecordedReallocator):
             inter_chip_weight=self.inter_chip_weight,
             clock=self.clock,
             on_remap=self._on_remap,
+            offload=inline,  # the runner drives the pass without a loop (deterministic per seed)
         )
 
     def close(self) -> None:

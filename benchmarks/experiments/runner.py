@@ -70,7 +70,13 @@ from benchmarks.experiments.scenarios import (
     pick_victims,
 )
 from benchmarks.experiments.telemetry import NoisyTelemetry
-from benchmarks.experiments.workloads import JobSpec, make_workload, stage_utilisation
+from benchmarks.experiments.workloads import (
+    JobSpec,
+    make_workload,
+    sized_for_events,
+    stage_utilisation,
+    throughput_devices,
+)
 from sim_hw import Job, MachineSpec, Simulator, StageMetrics, load_preset, networks, step_time
 from snnrm.backends.sim import frame_of, topology_of
 from snnrm.core.devices import ThroughputBlocks
@@ -78,14 +84,12 @@ from snnrm.core.monitor import NodeMonitor
 from snnrm.core.placement import PlacementView
 from snnrm.core.telemetry import FaultKind, HardFault
 from snnrm.core.topology import BoolArray, IntArray
+from snnrm.job.plan import BLOCK_KEPS
 
 Int16Array = npt.NDArray[np.int16]
 
 TIMESTEP_S = float(networks.measurements()["dt_s"])
 """One SNN timestep of the workloads (their measured rates are per 1 ms step): the unit of energy per inference."""
-
-BLOCK_KEPS = 1000.0
-"""Event-throughput device size (the daemon's default --block-keps); only shapes NodeMonitor's capacity devices."""
 
 
 class AccountingSimulator(Simulator):
@@ -146,6 +150,8 @@ class _Track:
     running: RunningJob | None = None
     rejected: bool = False
     ended: bool = False
+    blocks: int = 0
+    """snnrm.io/event-throughput devices the job's pods hold (KEPS admission only)."""
     lat: FloatArray = field(default_factory=lambda: np.zeros(0))
     step: FloatArray = field(default_factory=lambda: np.zeros(0))
     """Seconds one SNN timestep took at each sample (sim_hw.step_time)."""
@@ -209,6 +215,9 @@ class Run:
         self.next_metric = cfg.metric_stride
 
         self.specs = make_workload(seed, cfg, self.spec)
+        if self.policy.keps:  # the same arrivals, as `snnrm job plan` sizes them (events may need more cores)
+            self.specs = tuple(sized_for_events(j, self.spec) for j in self.specs)
+        self.refused_keps = 0
         self.tracks = {j.name: _Track(j, k) for k, j in enumerate(self.specs)}
         n_samples = self.n_steps // cfg.metric_stride
         self.times = (np.arange(1, n_samples + 1) * cfg.metric_stride * cfg.dt).astype(np.float64)
@@ -328,9 +337,14 @@ class Run:
             else:  # a classic device plugin knows only hard failures
                 view = PlacementView.idle(self.topology, ~booked & ~self.hw_failed, inter_chip_weight=self.weight)
             placement = place(self.policy, view, j.demands, self.rng_place)
+            blocks = throughput_devices(j.job) if self.policy.keps else 0
+            if placement is not None and blocks and blocks > self._free_blocks():
+                placement = None  # the kubelet refuses the pod: not enough event-throughput devices
+                self.refused_keps += 1
         if placement is None:
             t.rejected = True
             return
+        t.blocks = blocks
         self._account()
         self.sim.add_job(j.job, list(placement))
         stages = []
@@ -339,6 +353,12 @@ class Run:
             stages.append(RunningStage(j.name, i, cores.copy(), cores.copy(), self.uid, self.now))
         t.running = RunningJob(j.name, j.demands, stages)
         self._set_owner(t)
+
+    def _free_blocks(self) -> int:
+        """Healthy snnrm.io/event-throughput devices the running jobs do not hold (what the kubelet counts)."""
+        assert self.monitor is not None, "KEPS admission runs snnrm's telemetry pipeline"
+        held = sum(t.blocks for t in self.tracks.values() if t.running is not None)
+        return int(self.monitor.capacity.healthy_per_chip.sum()) - held
 
     def _depart(self, t: _Track) -> None:
         t.ended = True
@@ -625,6 +645,12 @@ class Run:
         metrics: dict[str, float] = {
             "jobs": float(len(tracks)),
             "rejected": float(sum(t.rejected for t in self.tracks.values())),
+            "refused_keps": float(self.refused_keps),
+            "peak_core_load": max(
+                (float(stage_utilisation(t.spec.job, self.spec.core_service_rate).max()) for t in tracks),
+                default=math.nan,
+            ),
+            "slo_met_job_s": sum(float((t.present & ~t.viol).sum()) for t in tracks) * stride_s,
             "hops_per_spike": self.hop_spikes / self.spikes if self.spikes > 0 else math.nan,
             "slo_violation_pct": 100.0 * viol_s / present_s if present_s > 0 else math.nan,
             "dropped_pct": 100.0 * dropped / offered if offered > 0 else math.nan,

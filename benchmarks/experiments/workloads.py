@@ -15,13 +15,14 @@ fit a count-based check are dropped from the workload up front, so every policy 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from benchmarks.experiments.config import ExperimentConfig
 from sim_hw import Job, MachineSpec, networks
 from snnrm.core.placement import StageDemand
+from snnrm.job.plan import budget_of, event_throughput_devices
 
 NetworkMaker = Callable[..., Job]
 
@@ -55,9 +56,7 @@ class JobSpec:
 
 def stage_utilisation(job: Job, service_rate: float) -> np.ndarray:
     """Per-core utilisation of each stage at the job's nominal rates (events in / cores / service rate)."""
-    return np.array(
-        [(job.stage_input_rate(i) + s.internal_rate) / s.cores / service_rate for i, s in enumerate(job.stages)]
-    )
+    return np.array([ev / s.cores / service_rate for s, ev in zip(job.stages, stage_events(job), strict=True)])
 
 
 def demands_of(job: Job) -> tuple[StageDemand, ...]:
@@ -71,6 +70,32 @@ def demands_of(job: Job) -> tuple[StageDemand, ...]:
         )
         for i, s in enumerate(job.stages)
     )
+
+
+def stage_events(job: Job) -> list[float]:
+    """Events per second each stage processes at the job's nominal rates (arriving and inside)."""
+    return [job.stage_input_rate(i) + s.internal_rate for i, s in enumerate(job.stages)]
+
+
+def sized_for_events(spec: JobSpec, machine: MachineSpec) -> JobSpec:
+    """The job as ``snnrm job plan`` sizes it: a stage whose events need more cores than its neurons (at the
+    planner's :data:`snnrm.job.plan.MAX_CORE_LOAD` of a core's event rate) gets them, through the planner's
+    own :meth:`snnrm.core.split.CoreBudget.cores_for`."""
+    budget = budget_of(machine)
+    job = spec.job
+    stages = tuple(
+        replace(s, cores=max(s.cores, budget.cores_for(s.neurons, 0, ev)))
+        for s, ev in zip(job.stages, stage_events(job), strict=True)
+    )
+    if all(a.cores == b.cores for a, b in zip(stages, job.stages, strict=True)):
+        return spec
+    resized = replace(job, stages=stages)
+    return replace(spec, job=resized, demands=demands_of(resized))
+
+
+def throughput_devices(job: Job) -> int:
+    """``snnrm.io/event-throughput`` devices the job's pods request together (as ``snnrm job plan`` writes them)."""
+    return sum(event_throughput_devices(ev / 1e3) for ev in stage_events(job))
 
 
 def _draw_job(rng: np.random.Generator, k: int, spec: MachineSpec) -> tuple[str, Job]:
@@ -149,5 +174,8 @@ __all__ = [
     "demands_of",
     "describe",
     "make_workload",
+    "sized_for_events",
+    "stage_events",
     "stage_utilisation",
+    "throughput_devices",
 ]

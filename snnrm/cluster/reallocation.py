@@ -59,7 +59,7 @@ class ReallocationMetrics:
         self.total = Counter(
             "snnrm_reallocations",
             "Stage reallocation decisions by job, stage, degradation reason and action "
-            "(remap, evict, blocked, not-worth-it, no-target, dry-run, failed).",
+            "(remap, evict, blocked, not-worth-it, no-target, superseded, dry-run, failed).",
             ["namespace", "snn_job", "stage", "reason", "action"],
             registry=registry,
         )

@@ -37,7 +37,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -52,6 +52,7 @@ from snnrm.core.placement import PlacementView, StageDemand, plan_cost
 from snnrm.core.reallocation import (
     URGENT,
     MoveBudget,
+    MoveOption,
     MoveReason,
     ReallocationSettings,
     StageSignals,
@@ -263,6 +264,21 @@ PASS_SLICE_S = 0.001
 """Seconds of a pass between two yields to the event loop: at 16,384 cores and 300 stages a pass is ~4.5 ms, and a
 hard fault's path to ListAndWatch has 5 ms."""
 
+Evaluation = Callable[[], "MoveOption | None"]
+Offload = Callable[[Evaluation], Awaitable["MoveOption | None"]]
+
+
+async def in_thread(evaluate: Evaluation) -> MoveOption | None:
+    """Run one remap evaluation in a worker thread. A replan at 16,384 cores takes ~25 ms of numpy and Python: on
+    the loop it would hold back the ListAndWatch send of a fault that lands meanwhile (the fault benchmark with
+    300 stages placed: p999 loop lag 28 ms)."""
+    return await asyncio.to_thread(evaluate)
+
+
+async def inline(evaluate: Evaluation) -> MoveOption | None:
+    """Run the evaluation on the caller's thread (a driver without an event loop: the experiments)."""
+    return evaluate()
+
 
 # -- the reallocator --------------------------------------------------------------------------------------------
 
@@ -294,6 +310,9 @@ class NodeReallocator:
     clock: Callable[[], float] = time.time
     on_remap: Callable[[LocalStage, IntArray], None] | None = None
     """Called after a remap (the demo logs latency around it)."""
+    offload: Offload = in_thread
+    """Where an evaluation runs (:func:`in_thread`; :func:`inline` where no loop serves anything else). Its inputs
+    are built before and its targets checked again after, so a fault that lands meanwhile is never moved onto."""
     budget: MoveBudget = field(init=False)
     watches: dict[tuple[str, str, str], StageWatch] = field(default_factory=dict)
     reported: dict[tuple[str, str], str] = field(default_factory=dict)
@@ -419,12 +438,15 @@ class NodeReallocator:
         reason = reasons[0]
         lj = local_job(s.demands, {m.index: m.cores for m in members})
         pos = lj.position(s.index)
-        dview = degraded_view(view, failed | unhealthy)
-        cost_now = plan_cost(dview, lj.demands, lj.placement).total
         since = watch.since or now
+
+        def cost_now() -> float:
+            """What the job's placement costs on the degraded node (only for a verdict that reports it)."""
+            return plan_cost(degraded_view(view, failed | unhealthy), lj.demands, lj.placement).total
+
         if not s.live_remap or not self.remap_allowed:
             await self._report(
-                s, StageHealth("degraded", tuple(reasons), since, "not-opted-in", cost_now), cores=None, moved_at=None
+                s, StageHealth("degraded", tuple(reasons), since, "not-opted-in", cost_now()), cores=None, moved_at=None
             )
             return False
         # The move budget first: a job that may not move now costs no evaluation (a replan is the expensive part).
@@ -468,7 +490,7 @@ class NodeReallocator:
                 settings=self.settings,
                 congested=congested,
             )
-            option = evaluate()
+            option = await self.offload(evaluate)
             if option is None or not option.worth_it(self.settings.margin):
                 # The stage alone buys too little when its neighbours in the pipeline sit on bad cores too (the
                 # pipeline runs at its worst stage's pace): then the job's other opted-in stages on bad cores go
@@ -498,7 +520,7 @@ class NodeReallocator:
                     if not with_stages or with_stages == tried:
                         continue
                     tried = with_stages
-                    option = evaluate(with_stages=with_stages)
+                    option = await self.offload(functools.partial(evaluate, with_stages=with_stages))
                     if option is not None and option.worth_it(self.settings.margin):
                         break
             if option is None or not option.worth_it(self.settings.margin):
@@ -506,7 +528,7 @@ class NodeReallocator:
                 self._count(s, reason, "no-target" if option is None else "not-worth-it")
                 await self._report(
                     s,
-                    StageHealth("degraded", tuple(reasons), since, "unavailable", cost_now),
+                    StageHealth("degraded", tuple(reasons), since, "unavailable", cost_now()),
                     cores=None,
                     moved_at=None,
                 )
@@ -514,6 +536,12 @@ class NodeReallocator:
             by_index = {x.index: x for x in members}
             moving = [(by_index[lj.stages[k]], t) for k, t in zip(option.stages, option.targets, strict=True)]
             span.set_attribute("snnrm.stages", len(moving))
+            if not self._still_free([t for _, t in moving], members):
+                # The node changed while the evaluation ran (a core failed, the kubelet handed cores out): the next
+                # pass evaluates against what is there now.
+                span.set_attribute("snnrm.action", "superseded")
+                self._count(s, reason, "superseded")
+                return False
             moved: list[int] = []
             for x, target in moving:
                 ids = [self.node.topology.ids[i] for i in np.sort(target).tolist()]
@@ -571,6 +599,17 @@ class NodeReallocator:
                     w.reset()
             span.set_attribute("snnrm.action", "remap")
             return True
+
+    def _still_free(self, targets: Sequence[IntArray], members: Sequence[LocalStage]) -> bool:
+        """Every target core is healthy, not lent, and free or already the job's own (its stages may shuffle)."""
+        healthy = self.node.core_healthy()
+        own = np.zeros_like(healthy)
+        for m in members:
+            own[m.cores] = True
+            own[self.node.topology.indices(m.admitted)] = True
+        withheld = self.node.withheld if self.node.withheld is not None else np.zeros_like(healthy)
+        ok = healthy & ((~self.allocated() & ~withheld) | own)
+        return all(bool(ok[t].all()) for t in targets)
 
     def _commit(self, s: LocalStage, target: IntArray, now: float) -> None:
         """Record the remap, lend its cores and rewrite the stage's allocation file; on an I/O error undo the

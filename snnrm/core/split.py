@@ -46,12 +46,26 @@ class CoreBudget:
     synapses_per_core: int
     """0 means the preset publishes no synapse bound."""
     cores_per_chip: int
+    events_per_core: float = 0.0
+    """Events per second one core may be planned to process (0: no bound). A stage with few neurons and many
+    incoming spikes needs more cores than its neurons do: its synaptic work is spread over the cores that hold its
+    neurons, and one core at its full event rate queues without bound."""
 
-    def cores_for(self, neurons: int, synapses: int) -> int:
-        """Cores a group of nodes needs: neurons or synapses, whichever binds (at least one)."""
+    def cores_for(self, neurons: int, synapses: int, events_hz: float = 0.0) -> int:
+        """Cores a group of nodes needs: neurons, synapses or events per second, whichever binds (at least one)."""
         by_neurons = math.ceil(neurons / self.neurons_per_core)
         by_synapses = math.ceil(synapses / self.synapses_per_core) if self.synapses_per_core > 0 else 0
-        return max(1, by_neurons, by_synapses)
+        by_events = math.ceil(events_hz / self.events_per_core - 1e-9) if self.events_per_core > 0 else 0
+        return max(1, by_neurons, by_synapses, by_events)
+
+    def bound(self, neurons: int, synapses: int, events_hz: float = 0.0) -> str:
+        """What decides :meth:`cores_for`: ``events`` when they ask for more cores than the neurons and synapses
+        do, else ``synapses`` when they ask for more than the neurons, else ``neurons``."""
+        if self.cores_for(neurons, synapses, events_hz) > self.cores_for(neurons, synapses):
+            return "events"
+        if self.cores_for(0, synapses) > self.cores_for(neurons, 0):
+            return "synapses"
+        return "neurons"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +83,8 @@ class Stage:
     """Spikes per second sent to later stages, in KEPS (what ``snnrm.io/spike-rate-keps`` carries)."""
     internal_keps: float
     """Spikes per second that stay inside the stage, in KEPS."""
+    bound: str = "neurons"
+    """What decided ``cores``: ``neurons``, ``synapses`` or ``events`` (:meth:`CoreBudget.bound`)."""
 
 
 def _components(names: Sequence[str], succ: Mapping[str, list[str]]) -> list[list[str]]:
@@ -205,23 +221,33 @@ def split(
     for a, b in zip(neurons, synapses, strict=True):
         pre_n.append(pre_n[-1] + a)
         pre_s.append(pre_s[-1] + b)
-    for g, a, b in zip(plan.groups, neurons, synapses, strict=True):
-        if budget.cores_for(a, b) > budget.cores_per_chip:
+    sources = _spiking_sources(nodes, edges)
+
+    def need(i: int, j: int) -> int:
+        members = [x for g in plan.groups[i:j] for x in g]
+        return budget.cores_for(pre_n[j] - pre_n[i], pre_s[j] - pre_s[i], _events_hz(members, sources, rates_hz))
+
+    for k, g in enumerate(plan.groups):
+        # An input, pooling or reshape node runs on the cores of the stage it joins: the pieces are checked below.
+        if (neurons[k] or synapses[k]) and need(k, k + 1) > budget.cores_per_chip:
+            why = budget.bound(neurons[k], synapses[k], _events_hz(g, sources, rates_hz))
             raise SplitError(
-                f"node {g[0]!r} needs {budget.cores_for(a, b)} cores, more than one chip of the preset has "
-                f"({budget.cores_per_chip})"
+                f"node {g[0]!r} needs {need(k, k + 1)} cores, more than one chip of the preset has "
+                f"({budget.cores_per_chip}): its {why} decide"
             )
     cap = budget.cores_per_chip if max_cores_per_stage is None else min(max_cores_per_stage, budget.cores_per_chip)
+    costs: dict[tuple[int, int], int | None] = {}
 
     def cost(i: int, j: int) -> int | None:
         """Cores of a stage holding units i..j-1, or None when that stage is not allowed."""
-        if pre_n[j] == pre_n[i]:
-            return None  # a stage of only input, weights or reshapes runs nothing: it joins a neighbour
-        cores = budget.cores_for(pre_n[j] - pre_n[i], pre_s[j] - pre_s[i])
-        if cores > cap:
-            return None
-        if not _connected([x for g in plan.groups[i:j] for x in g], edges):
-            return None
+        if (i, j) in costs:
+            return costs[i, j]
+        cores: int | None = need(i, j)
+        if pre_n[j] == pre_n[i] or cores is None or cores > cap:
+            cores = None  # a stage of only input, weights or reshapes runs nothing: it joins a neighbour
+        elif not _connected([x for g in plan.groups[i:j] for x in g], edges):
+            cores = None
+        costs[i, j] = cores
         return cores
 
     ends = [j for j in range(1, n_units) if plan.cut_ok[j - 1]] + [n_units]
@@ -236,11 +262,14 @@ def split(
             f"layer and holds neurons{'; ' + cycles if cycles else ''})"
         )
     for i, j in pieces:
-        need = budget.cores_for(pre_n[j] - pre_n[i], pre_s[j] - pre_s[i])
-        if need > cap:
+        if need(i, j) > cap:
             names = ",".join(x for g in plan.groups[i:j] for x in g)
             limit = f"--max-cores-per-stage {cap}" if max_cores_per_stage is not None else f"one chip ({cap} cores)"
-            raise SplitError(f"nodes {names} cannot be split and need {need} cores, more than {limit}")
+            members = [x for g in plan.groups[i:j] for x in g]
+            why = budget.bound(pre_n[j] - pre_n[i], pre_s[j] - pre_s[i], _events_hz(members, sources, rates_hz))
+            raise SplitError(
+                f"nodes {names} cannot be split and need {need(i, j)} cores, more than {limit}: their {why} decide"
+            )
     # best[k][j]: (largest stage, total cores) over splits of units 0..j-1 into k stages, ending at a legal end.
     inf = (math.inf, math.inf)
     best: list[dict[int, tuple[float, float]]] = [{0: (0.0, 0.0)}]
@@ -315,5 +344,36 @@ def _stages(
                 internal_hz += rate
         for a in {a for a, b in edges if stage_of[b] == k and stage_of[a] < k and by_name[a].spiking}:
             in_hz += rates_hz.get(a, 0.0)
-        out.append(Stage(k, members, n, s, budget.cores_for(n, s), in_hz / 1e3, out_hz / 1e3, internal_hz / 1e3))
+        events = in_hz + internal_hz
+        out.append(
+            Stage(
+                k,
+                members,
+                n,
+                s,
+                budget.cores_for(n, s, events),
+                in_hz / 1e3,
+                out_hz / 1e3,
+                internal_hz / 1e3,
+                budget.bound(n, s, events),
+            )
+        )
     return out
+
+
+def _spiking_sources(nodes: Sequence[GraphNode], edges: Sequence[tuple[str, str]]) -> dict[str, set[str]]:
+    """For each node, the spiking nodes with an edge into it; an input node lists itself (its events arrive from
+    outside the graph)."""
+    spiking = {n.name for n in nodes if n.spiking}
+    out: dict[str, set[str]] = {n.name: {n.name} for n in nodes if n.kind == "Input"}
+    for a, b in edges:
+        if a in spiking:
+            out.setdefault(b, set()).add(a)
+    return out
+
+
+def _events_hz(members: Sequence[str], sources: Mapping[str, set[str]], rates_hz: Mapping[str, float]) -> float:
+    """Spikes per second a stage of ``members`` processes: every spiking node with an edge into it (in it or
+    before it) counts once, the input's events too. The same total as a stage's ``in_keps + internal_keps``."""
+    senders = {a for x in members for a in sources.get(x, ())}
+    return sum(rates_hz.get(a, 0.0) for a in senders)

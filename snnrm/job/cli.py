@@ -42,6 +42,13 @@ def job() -> None:
     help="Use recorded activity instead: nir.NIRGraphData with per-node 'spikes' observables (.h5).",
 )
 @click.option("--dt", type=float, default=1e-3, help="Seconds per interpreter step (with --input).")
+@click.option(
+    "--max-core-load",
+    type=float,
+    default=0.7,  # snnrm.job.plan.MAX_CORE_LOAD (not imported here: that module loads numpy)
+    help="Share of a core's event rate a stage may use at its measured rate: a stage whose spikes need more "
+    "cores than its neurons gets them.",
+)
 @click.option("--job", "job_name_", default=None, help="Job name [default: the graph file's name].")
 @click.option("--image", default="registry.example.com/snn-stage:latest", help="Container image of every stage.")
 @click.option("--namespace", default=None, help="Namespace written into the manifests [default: none].")
@@ -66,6 +73,7 @@ def plan(
     input_path: Path | None,
     recorded: Path | None,
     dt: float,
+    max_core_load: float,
     job_name_: str | None,
     image: str,
     namespace: str | None,
@@ -109,6 +117,7 @@ def plan(
             recorded_path=recorded,
             dt=dt,
             job=name,
+            max_core_load=max_core_load,
         )
         docs = manifests(result, image=image, namespace=namespace, scheduler_name=scheduler_name, live_remap=live_remap)
     except PlanError as e:
@@ -192,6 +201,7 @@ def _as_json(result: object) -> dict[str, object]:
                 "neurons": s.neurons,
                 "synapses": s.synapses,
                 "cores": s.cores,
+                "cores_bound_by": s.bound,
                 "in_keps": round(s.in_keps, 3),
                 "out_keps": round(s.out_keps, 3),
                 "internal_keps": round(s.internal_keps, 3),
@@ -206,7 +216,7 @@ def _table(result: object) -> str:
     from snnrm.job.plan import JobPlan
 
     assert isinstance(result, JobPlan)
-    rows = [("stage", "nodes", "neurons", "cores", "KEPS in", "KEPS out", "KEPS inside")]
+    rows = [("stage", "nodes", "neurons", "cores", "bound by", "KEPS in", "KEPS out", "KEPS inside")]
     for s in result.stages:
         nodes = ",".join(s.nodes)
         rows.append(
@@ -215,6 +225,7 @@ def _table(result: object) -> str:
                 nodes if len(nodes) <= 40 else nodes[:37] + "...",
                 f"{s.neurons:,}",
                 str(s.cores),
+                s.bound,
                 f"{s.in_keps:.1f}",
                 f"{s.out_keps:.1f}",
                 f"{s.internal_keps:.1f}",

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,9 +26,16 @@ from snnrm.core.jobs import GATE, INPUT_RATE, JOB, LIVE_REMAP, SPIKE_RATE, STAGE
 from snnrm.core.split import CoreBudget, GraphNode, SplitError, Stage, split
 from snnrm.job.interpret import SPIKING, SUPPORTED, GraphError, check_node, run
 
+if TYPE_CHECKING:
+    from sim_hw.spec import MachineSpec
+
 NEURON_KINDS = frozenset({"LIF", "CubaLIF", "IF", "LI", "CubaLI", "I"})
 BLOCK_KEPS = 1000.0
 """KEPS behind one snnrm.io/event-throughput device (the daemon's default ``--block-keps``)."""
+MAX_CORE_LOAD = 0.7
+"""Share of a core's event rate a stage is planned to use at its measured mean rate (``--max-core-load``):
+headroom for rate variation (the simulator's per-step input noise, 10 % CV, stays under the rate at 3 sigma:
+0.7 x 1.3 = 0.91). Assumed; a stage with few neurons and many spikes gets the cores its events need."""
 MAX_INPUT_VALUES = 100_000_000
 """Most input values (steps x polarity x height x width) ``--input`` may expand to: 800 MB as float64. A 6 s
 DVS128 recording at 1 ms steps is 196,608,000 and needs a coarser ``--dt``; an unbounded one exhausted memory."""
@@ -155,19 +162,34 @@ def _view(name: str, node: Any) -> GraphNode:
     return GraphNode(name, kind, neurons=neurons, synapses=synapses, spiking=kind in SPIKING)
 
 
-def budget_for(preset: str) -> CoreBudget:
-    """Neurons and synapses per core and cores per chip of a sim_hw preset (cited in its YAML)."""
+def budget_for(preset: str, *, max_core_load: float = MAX_CORE_LOAD) -> CoreBudget:
+    """:func:`budget_of` the sim_hw preset named ``preset`` (its numbers are cited in its YAML)."""
     from sim_hw.spec import load_preset
 
+    if not (math.isfinite(max_core_load) and 0 < max_core_load <= 1):
+        raise PlanError(f"--max-core-load must be in (0, 1], got {max_core_load}")
     try:
         spec = load_preset(preset)
     except (KeyError, FileNotFoundError, ValueError):
         raise PlanError(f"--preset {preset!r}: unknown (loihi2, spinnaker2, akida)") from None
+    return budget_of(spec, max_core_load=max_core_load)
+
+
+def budget_of(spec: MachineSpec, *, max_core_load: float = MAX_CORE_LOAD) -> CoreBudget:
+    """Neurons and synapses per core, cores per chip, and the events per second a core is planned to take (its
+    event rate x ``max_core_load``) of a machine."""
     return CoreBudget(
         neurons_per_core=spec.neurons_per_core,
         synapses_per_core=spec.synapses_per_core,
         cores_per_chip=spec.cores_per_chip,
+        events_per_core=spec.core_service_rate * max_core_load,
     )
+
+
+def event_throughput_devices(events_keps: float) -> int:
+    """``snnrm.io/event-throughput`` devices a stage requests for the events it processes (in and inside, in
+    KEPS): blocks of :data:`BLOCK_KEPS`, at least one (every stage counts against the node's event capacity)."""
+    return max(1, math.ceil(events_keps / BLOCK_KEPS - 1e-9))
 
 
 def _input_shape(graph: Graph) -> tuple[str, tuple[int, ...]]:
@@ -371,11 +393,12 @@ def plan_job(
     recorded_path: Path | None,
     dt: float,
     job: str,
+    max_core_load: float = MAX_CORE_LOAD,
 ) -> JobPlan:
     """Everything ``snnrm job plan`` computes; raises :class:`PlanError` with one line on bad input."""
     if (input_path is None) == (recorded_path is None):
         raise PlanError("give exactly one of --input EVENTS.npz (run the graph) and --recorded RATES.h5")
-    budget = budget_for(preset)
+    budget = budget_for(preset, max_core_load=max_core_load)
     graph = load_graph(graph_path)
     if input_path is not None:
         frames = input_frames(input_path, graph, dt)
@@ -469,7 +492,7 @@ def manifests(
             annotations[LIVE_REMAP] = "true"
         limits: Mapping[str, int] = {
             "snnrm.io/neuron-core": st.cores,
-            "snnrm.io/event-throughput": max(1, math.ceil((st.in_keps + st.internal_keps) / BLOCK_KEPS)),
+            "snnrm.io/event-throughput": event_throughput_devices(st.in_keps + st.internal_keps),
         }
         meta: dict[str, Any] = {
             "name": f"{plan.job}-stage{st.index}",

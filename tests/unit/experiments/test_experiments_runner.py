@@ -160,7 +160,7 @@ def test_update_readme_appends_once_then_replaces_only_its_section(tmp_path: Pat
 
 def test_policies_and_scenarios_are_complete() -> None:
     assert set(DEFAULT_POLICIES) == {"first-fit", "reactive", "random", "static", "snnrm", "snnrm-no-hysteresis"}
-    assert set(POLICIES) == {*DEFAULT_POLICIES, "snnrm-whole-chips", "snnrm-no-units", "snnrm-evict"}
+    assert set(POLICIES) == {*DEFAULT_POLICIES, "snnrm-whole-chips", "snnrm-no-units", "snnrm-evict", "snnrm-count"}
     assert {
         "none",
         "core-failure",

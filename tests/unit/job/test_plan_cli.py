@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import subprocess
 import sys
@@ -391,12 +392,49 @@ def test_bad_files_are_refused_in_one_line_naming_the_file(tmp_path: Path, flag:
         (["--scheduler-name", "Snnrm_Scheduler"], "--scheduler-name 'Snnrm_Scheduler': not a scheduler profile name"),
         (["--scheduler-name", ""], "not a scheduler profile name"),
         (["--scheduler-name", "a" * 254], "at most 253 characters"),
+        (["--max-core-load", "0"], "--max-core-load must be in (0, 1], got 0.0"),
+        (["--max-core-load", "1.5"], "--max-core-load must be in (0, 1]"),
+        (["--max-core-load", "nan"], "--max-core-load must be in (0, 1]"),
     ],
 )
 def test_bad_options_are_refused_before_any_work(tmp_path: Path, option: list[str], message: str) -> None:
     graph, events, out = _csnn(tmp_path / "g.nir"), _events(tmp_path / "ev.npz"), tmp_path / "out"
     line = _refused([str(graph), "--stages", "2", "--input", str(events), *option, "-o", str(out)], out)
     assert message in line
+
+
+def test_a_stage_gets_the_cores_its_events_need_and_requests_their_throughput(tmp_path: Path) -> None:
+    import json
+
+    from snnrm.job.plan import BLOCK_KEPS, MAX_CORE_LOAD
+
+    graph, events = _csnn(tmp_path / "g.nir"), _events(tmp_path / "ev.npz")
+    code, output = _run(str(graph), "--stages", "2", "--input", str(events), "--json")
+    assert code == 0, output
+    by_neurons = json.loads(output)["stages"]
+    # A Loihi 2 core takes 2 MEPS: at 0.1 % of that (2 KEPS a core) the stages' events bind.
+    code, output = _run(str(graph), "--stages", "2", "--input", str(events), "--max-core-load", "0.001", "--json")
+    assert code == 0, output
+    by_events = json.loads(output)["stages"]
+    for a, b in zip(by_neurons, by_events, strict=True):
+        keps = b["in_keps"] + b["internal_keps"]
+        assert b["cores"] >= a["cores"]
+        if b["cores"] > a["cores"]:
+            assert b["cores_bound_by"] == "events"
+            assert b["cores"] == math.ceil(keps / 2.0 - 1e-9)
+    assert by_events[0]["cores_bound_by"] == "events"
+    out = tmp_path / "out"
+    assert _run(str(graph), "--stages", "2", "--input", str(events), "--max-core-load", "0.001", "-o", str(out))[0] == 0
+    pod = yaml.safe_load((out / "g-stage0.yaml").read_text())
+    limits = pod["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["snnrm.io/neuron-core"] == by_events[0]["cores"]
+    keps0 = by_events[0]["in_keps"] + by_events[0]["internal_keps"]
+    assert limits["snnrm.io/event-throughput"] == max(1, math.ceil(keps0 / BLOCK_KEPS))
+    # The CLI's default is the planner's (written out in the CLI so that --help does not load numpy).
+    from snnrm.job.cli import plan
+
+    default = next(p.default for p in plan.params if p.name == "max_core_load")
+    assert default == MAX_CORE_LOAD
 
 
 def test_whole_number_float_coordinates_are_accepted_as_integers(tmp_path: Path) -> None:

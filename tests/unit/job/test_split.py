@@ -119,3 +119,37 @@ def test_any_split_covers_every_node_once_in_order(sizes: list[int], k: int) -> 
         return
     assert [n for s in stages for n in s.nodes] == [n.name for n in nodes]
     assert len(stages) == k
+
+
+EVENTS = CoreBudget(neurons_per_core=100, synapses_per_core=0, cores_per_chip=64, events_per_core=1000.0)
+"""100 neurons or 1,000 events per second per core, whichever binds."""
+
+
+def test_a_stage_with_few_neurons_and_many_spikes_gets_the_cores_its_events_need() -> None:
+    nodes, edges = chain([50, 50])
+    # lif0 (50 neurons, 1 core by neurons) receives the input's 4,500 events/s: 5 cores at 1,000 per core;
+    # lif1 receives lif0's 800 spikes/s and needs one core.
+    rates = {"input": 4500.0, "lif0": 800.0, "lif1": 10.0}
+    first, second = split(nodes, edges, rates, EVENTS, stages=2)
+    assert (first.cores, first.bound) == (5, "events")
+    assert first.in_keps + first.internal_keps == pytest.approx(4.5)
+    assert (second.cores, second.bound) == (1, "neurons")
+    # Without an event bound the same stage is sized by its neurons.
+    assert split(nodes, edges, rates, BUDGET, stages=2)[0].cores == 1
+
+
+def test_events_decide_where_the_graph_is_cut() -> None:
+    nodes, edges = chain([50, 50, 50])
+    # by neurons any 2-stage cut is 1 | 1 core; by events lif1 is busy (6,000 spikes/s into lif2), so the best
+    # balance keeps it away from the input's stage: input+lif0 | lif1+lif2 would be 2 | 7, input+lif0+lif1 | lif2 is
+    # 3 | 6
+    rates = {"input": 1000.0, "lif0": 1500.0, "lif1": 6000.0, "lif2": 5.0}
+    stages = split(nodes, edges, rates, EVENTS, stages=2)
+    assert [s.cores for s in stages] == [3, 6]
+    assert [s.bound for s in stages] == ["events", "events"]
+
+
+def test_a_layer_whose_events_need_more_than_a_chip_is_named() -> None:
+    nodes, edges = chain([50])
+    with pytest.raises(SplitError, match=r"node 'fc0' needs 100 cores, more than one chip .* its events decide"):
+        split(nodes, edges, {"input": 100_000.0}, EVENTS, stages=1)
