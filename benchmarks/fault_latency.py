@@ -37,10 +37,9 @@ from benchmarks.verdict import verdict
 from sim_hw import networks
 from snnrm.app import Daemon
 from snnrm.backends.sim import SimBackend, topology_of
-from snnrm.cluster.remap import LocalStage, NodeReallocator, RemapLedger
+from snnrm.cluster.remap import LocalStage, NodeReallocator, NullReporter, RemapLedger
 from snnrm.config import Config
 from snnrm.core.devices import NEURON_CORE
-from snnrm.core.jobs import StageHealth
 from snnrm.core.placement import StageDemand
 from snnrm.kubelet.protos.deviceplugin.v1beta1 import api_pb2
 from snnrm.kubelet.wire import DEVICE_PLUGIN_SERVICE, REGISTRATION_SERVICE, ListAndWatchEncoder, plugin_socket_name
@@ -127,18 +126,6 @@ async def _floor(message: bytes, sends: int) -> list[float]:
         return latencies
 
 
-class _QuietReporter:
-    """StageReporter with no apiserver: verdicts and events are dropped (their API calls are not measured)."""
-
-    async def report(
-        self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None, moved_at: float | None
-    ) -> None:
-        return None
-
-    async def event(self, stage: LocalStage, *, reason: str, note: str, warning: bool = False) -> None:
-        return None
-
-
 @dataclass(eq=False)
 class _PlacedStages:
     """StageSource: the stages put on the simulator, at the cores their last remap gave them."""
@@ -221,7 +208,7 @@ async def _measure(chips: int, cores: int, faults: int, stages: int = 0) -> tupl
             realloc = NodeReallocator(
                 daemon.node,
                 source,
-                _QuietReporter(),
+                NullReporter(),  # no apiserver here: the verdicts' API calls are not measured
                 ledger,
                 lambda: booked,
                 inter_chip_weight=backend.inter_chip_weight,

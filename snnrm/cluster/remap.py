@@ -116,6 +116,18 @@ class StageReporter(Protocol):
     async def event(self, stage: LocalStage, *, reason: str, note: str, warning: bool = False) -> None: ...
 
 
+class NullReporter:
+    """StageReporter that reports nowhere: a node without a cluster whose verdicts nobody reads (benchmarks)."""
+
+    async def report(
+        self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None, moved_at: float | None
+    ) -> None:
+        return None
+
+    async def event(self, stage: LocalStage, *, reason: str, note: str, warning: bool = False) -> None:
+        return None
+
+
 # -- the remap record and the per-allocation file -----------------------------------------------------------------
 
 
