@@ -217,6 +217,17 @@ def bound(k: KubeClient, pod: str, node: str, *, ns: str = "default", within: fl
     return p
 
 
+async def first_bound(k: KubeClient, pods: list[str], node: str, *, ns: str = "default", within: float = 60) -> str:
+    """The first of ``pods`` the scheduler binds to ``node`` (they compete for the same devices)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while asyncio.get_running_loop().time() < deadline:
+        for pod in pods:
+            if k.get(f"/api/v1/namespaces/{ns}/pods/{pod}")["spec"].get("nodeName") == node:
+                return pod
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"none of {pods} bound to {node} within {within}s")
+
+
 def unschedulable(k: KubeClient, pod: str, *, ns: str = "default", within: float = 60) -> dict[str, Any]:
     def pred(p: dict[str, Any]) -> bool:
         return not p["spec"].get("nodeName") and any(

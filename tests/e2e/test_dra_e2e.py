@@ -31,6 +31,7 @@ from e2e_dra import (
     allocation,
     bound,
     claim_with_pod,
+    first_bound,
     node_slices,
     release,
     request,
@@ -140,7 +141,7 @@ async def test_a_fault_taints_the_device_and_the_scheduler_stops_choosing_it(dra
     # The scheduler refuses the tainted device (and the chip, tainted too) to claims that do not tolerate it...
     refused_claim, refused = claim_with_pod(k, dra_node.name, [request("s", "snnrm-core-group", cel=only_g6)])
     chip1 = 'device.attributes["snnrm.io"].chip == 1'
-    _, refused_chip = claim_with_pod(k, dra_node.name, [request("s", "snnrm-chip", cel=chip1)])
+    refused_chip_claim, refused_chip = claim_with_pod(k, dra_node.name, [request("s", "snnrm-chip", cel=chip1)])
     unschedulable(k, refused)
     unschedulable(k, refused_chip)
     # ...but not to one that tolerates it (so the taint is the reason), nor are the chip's other groups affected.
@@ -162,10 +163,17 @@ async def test_a_fault_taints_the_device_and_the_scheduler_stops_choosing_it(dra
     await dra_node.clear(fault)
     await wait_until(lambda: "taints" not in dra_node.devices()["chip1-g6"], within=30, what="taint cleared")
     assert "taints" not in dra_node.devices()["chip1"]
-    bound(k, refused, dra_node.name, within=60)
-    assert [r["device"] for r in allocation(k, refused_claim)] == ["chip1-g6"]
-    release(k, refused_claim, refused)
-    bound(k, refused_chip, dra_node.name, within=60)
+    # Both waiting pods are schedulable again and compete for chip 1 (the chip and its groups are never allocated
+    # together): whichever the scheduler's queue takes first binds (its backoff decides), and the other waits for it.
+    waiting = {refused: (refused_claim, ["chip1-g6"]), refused_chip: (refused_chip_claim, ["chip1"])}
+    first = await first_bound(k, list(waiting), dra_node.name, within=60)
+    claim, want = waiting.pop(first)
+    assert [r["device"] for r in allocation(k, claim)] == want
+    unschedulable(k, next(iter(waiting)))
+    release(k, claim, first)
+    [(second, (claim, want))] = waiting.items()
+    bound(k, second, dra_node.name, within=60)
+    assert [r["device"] for r in allocation(k, claim)] == want
 
 
 async def test_partitionable_chip_and_its_groups_are_never_allocated_together(dra_node: DraNode) -> None:
