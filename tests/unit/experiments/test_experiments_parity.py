@@ -11,7 +11,7 @@ copy of the decision path in the experiments cannot drift from the product again
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +19,8 @@ import numpy as np
 import sim_hw
 from benchmarks.experiments.policies import DaemonReallocator, RunningJob, RunningStage, pod_name
 from snnrm.backends.sim import SimBackend, frame_of, topology_of
-from snnrm.cluster.remap import LocalStage, NodeReallocator, RemapLedger
+from snnrm.cluster.remap import LocalStage, NodeReallocator, NullReporter, RemapLedger
 from snnrm.core.devices import ThroughputBlocks
-from snnrm.core.jobs import StageHealth
 from snnrm.core.monitor import NodeMonitor
 from snnrm.core.placement import PlacementView, StageDemand, plan_job
 from snnrm.core.reallocation import ReallocationSettings
@@ -39,19 +38,6 @@ JOB = sim_hw.networks.Job(
     input_rate=2e6,
 )
 SETTINGS = ReallocationSettings(dwell=1.0, cooldown=3.0, min_age=0.0)
-
-
-@dataclass
-class _Reports:
-    remaps: list[tuple[int, tuple[int, ...], tuple[str, ...]]] = field(default_factory=list)
-
-    async def report(
-        self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None, moved_at: float | None
-    ) -> None:
-        return None
-
-    async def event(self, stage: LocalStage, *, reason: str, note: str, warning: bool = False) -> None:
-        return None
 
 
 @dataclass
@@ -115,7 +101,7 @@ def test_the_experiment_policy_and_the_daemon_reallocator_decide_alike(tmp_path:
     daemon = NodeReallocator(
         node,
         pods,
-        _Reports(),
+        NullReporter(),
         RemapLedger(tmp_path, topo),
         lambda: admitted,
         settings=SETTINGS,

@@ -408,31 +408,39 @@ def test_an_urgent_move_waits_for_its_own_stage_cooldown_not_the_jobs() -> None:
     assert b.allowance(601.0) == 1  # the first move has left the window
 
 
-def test_the_daemon_moves_a_jobs_stages_in_a_hot_region_together() -> None:
-    """Throttled cores under stages 1 and 2 (a hot region), stage 1 carrying the job's heavy edge: the daemon's
-    reallocator moves both in one pass, to disjoint cores outside the region, and leaves stage 0 where it is."""
-    demands = (StageDemand(4, out_keps=2000.0, in_keps=400.0), StageDemand(4, out_keps=400.0), StageDemand(4))
+def _moves_of_the_first_pass_that_moves(demands: tuple[StageDemand, ...], *, core: int | tuple[int, ...]) -> list[Move]:
+    """The daemon's reallocator over job "a" on :func:`_placement` while ``core`` runs at a quarter of its rate:
+    frames every 0.1 s, a pass every 0.5 s for 6 s; exactly one pass moves, and its moves are returned."""
     m = NodeMonitor(TOPO, ThroughputBlocks.plan(TOPO, block_keps=1000.0))
     clock = [0.0]
     node = DaemonReallocator(TOPO, m, ReallocationSettings(min_age=0.0), WEIGHT, lambda: clock[0])
     job = RunningJob("a", demands, [RunningStage("a", i, p, p.copy(), i + 1, 0.0) for i, p in enumerate(_placement())])
     passes: list[list[Move]] = []
-    for k in range(1, 61):
-        clock[0] = 0.1 * k
-        m.observe(_slow_frame(clock[0], core=(2, 8), fill=0.3, rate_share=0.25))
-        if k % 5 == 0 and not passes:
-            done = node.step({"a": job}, _booked(job))
-            if done:
-                passes.append(done)
+    try:
+        for k in range(1, 61):
+            clock[0] = 0.1 * k
+            m.observe(_slow_frame(clock[0], core=core, fill=0.3, rate_share=0.25))
+            if k % 5 == 0 and not passes:
+                done = node.step({"a": job}, _booked(job))
+                if done:
+                    passes.append(done)
+    finally:
+        node.close()
     assert len(passes) == 1
-    (moves,) = passes
+    return passes[0]
+
+
+def test_the_daemon_moves_a_jobs_stages_in_a_hot_region_together() -> None:
+    """Throttled cores under stages 1 and 2 (a hot region), stage 1 carrying the job's heavy edge: the daemon's
+    reallocator moves both in one pass, to disjoint cores outside the region, and leaves stage 0 where it is."""
+    demands = (StageDemand(4, out_keps=2000.0, in_keps=400.0), StageDemand(4, out_keps=400.0), StageDemand(4))
+    moves = _moves_of_the_first_pass_that_moves(demands, core=(2, 8))
     assert sorted(mv.stage for mv in moves) == [1, 2]
     t = {mv.stage: mv.target for mv in moves}
     assert not np.isin(t[1], t[2]).any()
     for mv in moves:
         assert 2 not in mv.target
         assert 8 not in mv.target
-    node.close()
 
 
 @pytest.mark.parametrize(
@@ -474,23 +482,9 @@ def test_a_stage_on_idle_cores_of_the_hot_region_comes_along_when_the_lone_move_
     too little, and no other stage shows trouble of its own: the pass moves stage 0 with it, out of the region, and
     leaves stage 1 (two hops away) where it is. Without the second tier the stage was reported unavailable."""
     demands = (StageDemand(4, out_keps=2000.0, in_keps=400.0), StageDemand(4, out_keps=50.0), StageDemand(4))
-    m = NodeMonitor(TOPO, ThroughputBlocks.plan(TOPO, block_keps=1000.0))
-    clock = [0.0]
-    node = DaemonReallocator(TOPO, m, ReallocationSettings(min_age=0.0), WEIGHT, lambda: clock[0])
-    job = RunningJob("a", demands, [RunningStage("a", i, p, p.copy(), i + 1, 0.0) for i, p in enumerate(_placement())])
-    passes: list[list[Move]] = []
-    for k in range(1, 61):
-        clock[0] = 0.1 * k
-        m.observe(_slow_frame(clock[0], core=8, fill=0.3, rate_share=0.25))
-        if k % 5 == 0 and not passes:
-            done = node.step({"a": job}, _booked(job))
-            if done:
-                passes.append(done)
-    assert len(passes) == 1
-    (moves,) = passes
+    moves = _moves_of_the_first_pass_that_moves(demands, core=8)
     assert sorted(mv.stage for mv in moves) == [0, 2]
     region = hot_neighbourhood(TOPO, np.array([8]))
     for mv in moves:
         assert not region[mv.target].any()
     assert not np.intersect1d(moves[0].target, moves[1].target).size
-    node.close()

@@ -32,8 +32,8 @@ def test_preset_cites_its_figures(name: str) -> None:
     text = (PRESET_DIR / f"{name}.yaml").read_text()
     assert "[v]" in text
     assert "derived" in text or "assumed" in text
-    assert "/work/" not in text
-    assert "shared/reference" not in text  # cites the papers and vendor documents, not a file outside the repo
+    # Cites the papers and vendor documents, not a file outside the repo or a path on a build machine.
+    assert not any(marker in text for marker in ("/" + "work/", "shared/" + "reference"))
     assert "synapses_per_core:" in text
 
 
