@@ -330,6 +330,7 @@ class NodeReallocator:
     reported: dict[tuple[str, str], str] = field(default_factory=dict)
     remaps: int = 0
     started: float = field(init=False)
+    _pass_left: int = field(init=False, default=0)
     saturated_at: FloatArray = field(init=False)
     """(n_cores,) when each core's queue last read saturated (-inf: never). A hot spot outlives the work that showed
     it: once its stage has left, a throttled core reads idle, and the next saturated stage must not be moved
@@ -407,6 +408,10 @@ class NodeReallocator:
             group.append(s)
             group_sigs.append(sig)
         slice_start = time.perf_counter()
+        # One pass may spend at most half of what the node's move window still allows: a stage that degrades a
+        # moment later (the victim of a hot spot, whose neighbours read its spill-over first) must find some left
+        # (the full hot-spot set, seed 10: one pass spent all 6 moves on two neighbours, the victim waited 120 s).
+        self._pass_left = math.ceil(self.budget.allowance(now) / 2)
         for job, (members, sigs) in by_job.items():  # jobs in order, each job's stages by index
             if time.perf_counter() - slice_start > PASS_SLICE_S:
                 await asyncio.sleep(0)  # a pushed hard fault is applied between jobs, not after the whole pass
@@ -474,6 +479,8 @@ class NodeReallocator:
             )
         else:
             blocked = self.budget.blocked(job, now, last_move=last)
+        if blocked is None and self._pass_left <= 0:
+            blocked = "this pass spent its share of the move window"
         if blocked is not None:
             self._count(s, reason, "blocked")
             await self.reporter.event(s, reason="RemapDeferred", note=f"{reason}: {blocked}")
@@ -527,7 +534,7 @@ class NodeReallocator:
                             is None
                         ),
                         key=lambda x: -x.index,
-                    )[: max(self.budget.allowance(now) - 1, 0)]
+                    )[: max(min(self.budget.allowance(now), self._pass_left) - 1, 0)]
                     with_stages = [lj.position(x.index) for x in others]
                     if not with_stages or with_stages == tried:
                         continue
@@ -603,6 +610,7 @@ class NodeReallocator:
             if not moved:
                 return False
             self.budget.record(job, now, stages=moved)
+            self._pass_left -= len(moved)
             # Every stage of the job starts watching over: a queue that filled behind the stage that left drains
             # now and must not move its stage (it must show its own trouble for a whole dwell).
             for x in members:

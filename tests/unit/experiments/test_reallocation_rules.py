@@ -291,16 +291,18 @@ def test_a_deferred_or_impossible_move_is_counted_with_its_reason() -> None:
     node.close()
 
 
-def _slow_frame(t: float, *, core: int | tuple[int, ...], fill: float, rate_share: float) -> TelemetryFrame:
+def _slow_frame(
+    t: float, *, core: int | tuple[int, ...], fill: float, rate_share: float, topo: Topology = TOPO
+) -> TelemetryFrame:
     """Every core idle but ``core``: its queue ``fill`` full while it processes ``rate_share`` of its nominal rate."""
     slow = list(core) if isinstance(core, tuple) else [core]
-    n = TOPO.n_cores
+    n = topo.n_cores
     c = np.full(n, 100.0 * t)
     processed = c.copy()
-    processed[slow] = rate_share * TOPO.core_nominal_keps[slow] * 1e3 * t
+    processed[slow] = rate_share * topo.core_nominal_keps[slow] * 1e3 * t
     depth = np.zeros(n)
-    depth[slow] = fill * TOPO.core_queue_capacity[slow]
-    links = np.zeros(TOPO.n_links)
+    depth[slow] = fill * topo.core_queue_capacity[slow]
+    links = np.zeros(topo.n_links)
     ok = np.zeros(n, dtype=bool)
     return TelemetryFrame(t, depth, processed.copy(), processed, np.zeros(n), c.copy(), c.copy(), links, ok, links > 1)
 
@@ -488,3 +490,46 @@ def test_a_stage_on_idle_cores_of_the_hot_region_comes_along_when_the_lone_move_
     for mv in moves:
         assert not region[mv.target].any()
     assert not np.intersect1d(moves[0].target, moves[1].target).size
+
+
+def test_one_pass_spends_at_most_half_of_the_move_window_and_leaves_the_rest_for_later_passes() -> None:
+    """Two jobs' stages throttle at the same moment, each with room to move on its own chip, and the window allows
+    two moves: the first pass moves one of them and defers the other, which moves on the next pass. A stage that
+    degrades a moment after its neighbours (the victim of a hot spot, whose neighbours read its spill-over first)
+    must find some of the window left; one pass spending it all on the neighbours kept the victim blocked for
+    120 s (the full hot-spot set, seed 10)."""
+    topo = Topology.grid(chips=2, geometry=ChipGeometry(cols=8, rows=4))  # 32 cores a chip; columns 4..7 free
+    m = NodeMonitor(topo, ThroughputBlocks.plan(topo, block_keps=1000.0))
+    clock = [0.0]
+    node = DaemonReallocator(
+        topo, m, ReallocationSettings(min_age=0.0, max_moves_per_window=2), WEIGHT, lambda: clock[0]
+    )
+    blocks = [np.array([0, 1, 8, 9]), np.array([2, 3, 10, 11]), np.array([16, 17, 24, 25])]
+    jobs = {
+        name: RunningJob(
+            name, DEMANDS, [RunningStage(name, i, p + shift, p + shift, i + 1, 0.0) for i, p in enumerate(blocks)]
+        )
+        for name, shift in (("a", 0), ("b", 32))  # the same pipeline on chip 0 and on chip 1
+    }
+    passes: list[tuple[float, list[Move]]] = []
+    for k in range(1, 101):
+        clock[0] = 0.1 * k
+        m.observe(_slow_frame(clock[0], core=(2, 34), fill=0.3, rate_share=0.25, topo=topo))  # each job's stage 1
+        if k % 5 == 0:
+            booked = np.zeros(topo.n_cores, dtype=bool)
+            for job in jobs.values():
+                for s in job.stages:
+                    booked[s.cores] = True
+            done = node.step(jobs, booked)
+            for mv in done:
+                jobs[mv.job].stages[mv.stage].cores = mv.target
+            if done:
+                passes.append((clock[0], done))
+    assert [[(mv.job, mv.stage) for mv in moves] for _, moves in passes] == [[("a", 1)], [("b", 1)]]
+    first, second = (t for t, _ in passes)
+    assert second == first + 0.5  # the next pass, not the next window
+    assert (first, "b", "blocked") in node.recorder.outcomes
+    for _, (mv,) in passes:
+        assert not np.isin(mv.target, [2, 34]).any()
+        assert len(set(topo.chip_of[mv.target].tolist())) == 1  # each stays on its own chip
+    node.close()
