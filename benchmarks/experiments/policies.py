@@ -308,12 +308,15 @@ class StageRecorder:
     """(time, job, outcome) of evaluations that did not move: ``unavailable`` or ``blocked``."""
     done: dict[tuple[str, int], tuple[str, ...]] = field(default_factory=dict)
     """Reasons of the last remap of each (job, stage)."""
+    last: dict[tuple[str, int], StageHealth] = field(default_factory=dict)
+    """The last report on each (job, stage)."""
     _degraded: set[tuple[str, str]] = field(default_factory=set)
 
     async def report(
         self, stage: LocalStage, health: StageHealth, *, cores: list[str] | None, moved_at: float | None
     ) -> None:
         key = (stage.namespace, stage.pod)
+        self.last[(stage.job, stage.index)] = health
         if health.remap == "done":  # a failed core moves at once, without a "degraded" report first
             self.done[(stage.job, stage.index)] = health.reasons
         if (health.state == "degraded" or health.remap == "done") and key not in self._degraded:

@@ -65,6 +65,7 @@ from snnrm.core.reallocation import (
     own_reasons,
     queue_pressure,
     stage_signals,
+    standing,
     urgency,
 )
 from snnrm.core.topology import BoolArray, FloatArray, IntArray, Topology
@@ -395,6 +396,7 @@ class NodeReallocator:
         view, failed, unhealthy = self._view()
         self.saturated_at[np.nan_to_num(view.queue_fill, nan=0.0) > self.settings.queue_enter] = now
         stages.sort(key=lambda x: (x.job_key, x.index))
+        await asyncio.sleep(0)  # each part of a pass is a slice of its own (see PASS_SLICE_S)
         signals = stage_signals(
             [s.cores for s in stages],
             failed=failed,
@@ -416,7 +418,7 @@ class NodeReallocator:
             if time.perf_counter() - slice_start > PASS_SLICE_S:
                 await asyncio.sleep(0)  # a pushed hard fault is applied between jobs, not after the whole pass
                 slice_start = time.perf_counter()
-            degraded: list[tuple[LocalStage, frozenset[Any], StageWatch]] = []
+            degraded: list[tuple[LocalStage, frozenset[Any], frozenset[Any], StageWatch]] = []
             for k, (s, sig) in enumerate(zip(members, sigs, strict=True)):
                 watch = self.watches.setdefault((s.namespace, s.pod, s.uid), StageWatch())
                 active = watch.observe(sig, now, self.settings)
@@ -426,14 +428,14 @@ class NodeReallocator:
                 if not active:
                     await self._report(s, StageHealth("ok"), cores=None, moved_at=None)
                 else:
-                    degraded.append((s, active, watch))
+                    degraded.append((s, active, standing(active, sig, self.settings), watch))
             # The job may move once per cooldown: the most urgent stage takes it (a stage on a failed core runs
             # nothing; a saturated one drops events), not the first by index. Among equals the last stage goes
             # first: on a flow-controlled mesh (Loihi) a saturated stage stalls every stage before it, whose
             # queues then fill too, so the most downstream one is the bottleneck.
-            degraded.sort(key=lambda d: (urgency(d[1]), -d[0].index))
-            for s, active, watch in degraded:
-                if await self._act(job, members, s, active, watch, view, failed, unhealthy, now):
+            degraded.sort(key=lambda d: (urgency(d[2]), -d[0].index))
+            for s, active, now_reasons, watch in degraded:
+                if await self._act(job, members, s, active, now_reasons, watch, view, failed, unhealthy, now):
                     # The cores just taken are withheld now: the rest of this pass prices other jobs against
                     # the new state, so two stages never receive the same cores.
                     view, failed, unhealthy = self._view()
@@ -444,6 +446,7 @@ class NodeReallocator:
         job: tuple[str, str],
         members: list[LocalStage],
         s: LocalStage,
+        held: frozenset[Any],
         active: frozenset[Any],
         watch: StageWatch,
         view: PlacementView,
@@ -451,7 +454,7 @@ class NodeReallocator:
         unhealthy: BoolArray,
         now: float,
     ) -> bool:
-        reasons = sorted(r.value for r in active)
+        reasons = sorted(r.value for r in (active or held))  # what is there now; what is held, if nothing is
         reason = reasons[0]
         lj = local_job(s.demands, {m.index: m.cores for m in members})
         pos = lj.position(s.index)
@@ -464,6 +467,13 @@ class NodeReallocator:
         if not s.live_remap or not self.remap_allowed:
             await self._report(
                 s, StageHealth("degraded", tuple(reasons), since, "not-opted-in", cost_now()), cores=None, moved_at=None
+            )
+            return False
+        if not active:
+            # Degraded by hysteresis only (its signals read good again, not yet for long enough to clear): reported
+            # as such, and not moved, as a move must answer trouble that is there now (see `standing`).
+            await self._report(
+                s, StageHealth("degraded", tuple(reasons), since, "none", cost_now()), cores=None, moved_at=None
             )
             return False
         # The move budget first: a job that may not move now costs no evaluation (a replan is the expensive part).

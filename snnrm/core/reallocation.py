@@ -247,6 +247,26 @@ def own_reasons(
     return frozenset(own)
 
 
+def standing(active: frozenset[MoveReason], s: StageSignals, settings: ReallocationSettings) -> frozenset[MoveReason]:
+    """The active reasons whose signal is still past its exit threshold now: the ones a move may answer.
+
+    Hysteresis keeps a condition active until its signal has read good for ``clear`` seconds, so a stage's report
+    does not flap; but a move must answer trouble that is there now. A queue that filled behind the next stage
+    (a stall) drains once that stage has left; held active by hysteresis, it moved its stage two seconds later
+    onto other cores with nothing left to gain, and the job's truly slow stage waited out the job's settling
+    time behind that move (the full hot-spot set, seed 19: the victim outside its SLO 4.3 s). An unknown reading
+    (NaN) is not evidence either way: the condition stands.
+    """
+    st = settings
+    still = {
+        MoveReason.FAILED_CORE: s.failed > 0,
+        MoveReason.QUEUE_SATURATED: not s.queue_fill <= st.queue_exit,
+        MoveReason.LOW_EFFICIENCY: not s.efficiency >= st.efficiency_exit,
+        MoveReason.LINK_CONGESTED: not s.link <= st.link_exit,
+    }
+    return frozenset(r for r in active if still.get(r, True))
+
+
 def stage_signals(
     stages: Sequence[IntArray],
     *,

@@ -4,6 +4,8 @@ code (:mod:`snnrm.core.reallocation`) and the daemon's reallocator (:class:`snnr
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
@@ -15,6 +17,7 @@ from snnrm.core.monitor import NodeMonitor
 from snnrm.core.placement import PlacementView, StageDemand
 from snnrm.core.reallocation import (
     MoveBudget,
+    MoveReason,
     ReallocationSettings,
     StageSignals,
     StageWatch,
@@ -23,6 +26,7 @@ from snnrm.core.reallocation import (
     links_to_avoid,
     routes_crossing,
     signals_of,
+    standing,
 )
 from snnrm.core.telemetry import FaultKind, HardFault, TelemetryFrame
 from snnrm.core.topology import ChipGeometry, Topology
@@ -533,3 +537,64 @@ def test_one_pass_spends_at_most_half_of_the_move_window_and_leaves_the_rest_for
         assert not np.isin(mv.target, [2, 34]).any()
         assert len(set(topo.chip_of[mv.target].tolist())) == 1  # each stays on its own chip
     node.close()
+
+
+def _moves_after_a_full_queue(*, drains: bool) -> tuple[list[Move], DaemonReallocator]:
+    """Job "a" whose stage 0 moved at t=0: stage 1's core 2 is full for a second, then (``drains``) empty; four
+    seconds of frames every 0.1 s and a pass every 0.5 s."""
+    m = NodeMonitor(TOPO, ThroughputBlocks.plan(TOPO, block_keps=1000.0))
+    clock = [0.0]
+    node = DaemonReallocator(TOPO, m, ReallocationSettings(min_age=0.0), WEIGHT, lambda: clock[0])
+    job = RunningJob(
+        "a",
+        DEMANDS,
+        [RunningStage("a", i, p, p.copy(), i + 1, 0.0, 0.0 if i == 0 else None) for i, p in enumerate(_placement())],
+    )
+    done: list[Move] = []
+    for k in range(1, 41):
+        clock[0] = 0.1 * k
+        full = clock[0] <= 1.0 or not drains
+        m.observe(_slow_frame(clock[0], core=2, fill=0.99 if full else 0.0, rate_share=0.25 if full else 1.0))
+        if k % 5 == 0:
+            done += node.step({"a": job}, _booked(job))
+    return done, node
+
+
+def test_a_move_answers_trouble_that_is_there_now_not_a_condition_held_by_hysteresis() -> None:
+    """Stage 1's queue is full for a second, while the job may not move (stage 0 moved at t=0: the job settles for
+    `dwell`), then drains. Once the job may move, the condition is still active (it clears after `clear` seconds
+    of good readings) and the stage is still reported degraded, but it is not moved: its queue reads empty.
+    Moving it gained nothing and made the job's truly slow stage wait out another settling time (the full hot-spot
+    set, seed 19). The same queue still full at that moment does move the stage."""
+    s = ReallocationSettings()
+    assert s.clear > 4.0 - 1.0  # the condition is still held when the job may move again
+    done, node = _moves_after_a_full_queue(drains=True)
+    assert done == []
+    assert any(j == "a" and what == "blocked" for _, j, what in node.recorder.outcomes)  # it settled first
+    report = node.recorder.last[("a", 1)]
+    assert (report.state, report.reasons, report.remap) == ("degraded", ("queue-saturated",), "none")
+    node.close()
+    done, node = _moves_after_a_full_queue(drains=False)
+    assert [mv.stage for mv in done] == [1]
+    assert done[0].at >= s.dwell  # after the settling time
+    node.close()
+
+
+Q, L, F = MoveReason.QUEUE_SATURATED, MoveReason.LINK_CONGESTED, MoveReason.FAILED_CORE
+
+
+@pytest.mark.parametrize(
+    ("held", "signals", "expected"),
+    [
+        ({Q, L}, StageSignals(0, 0.9, 1.0, 0.0), {Q}),  # the link reads quiet again
+        ({Q, L}, StageSignals(0, 0.1, 1.0, 0.0), set()),  # every signal back under its exit threshold
+        ({Q}, StageSignals(0, 0.6, 1.0, 0.0), {Q}),  # under the entry threshold, over the exit one: still there
+        ({F, L}, StageSignals(1, 0.1, 1.0, 0.99), {F, L}),
+        ({F}, StageSignals(0, 0.1, 1.0, 0.0), set()),  # the core is back
+        ({Q, L}, StageSignals(0, math.nan, 1.0, math.nan), {Q, L}),  # an unknown reading does not clear anything
+    ],
+)
+def test_standing_keeps_the_held_reasons_whose_signal_is_still_past_its_exit_threshold(
+    held: set[MoveReason], signals: StageSignals, expected: set[MoveReason]
+) -> None:
+    assert standing(frozenset(held), signals, ReallocationSettings()) == expected
