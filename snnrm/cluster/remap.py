@@ -40,7 +40,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import structlog
@@ -52,7 +52,6 @@ from snnrm.core.placement import PlacementView, StageDemand, plan_cost
 from snnrm.core.reallocation import (
     URGENT,
     MoveBudget,
-    MoveOption,
     MoveReason,
     ReallocationSettings,
     StageSignals,
@@ -216,8 +215,15 @@ class RemapLedger:
         return r if r is not None and (not uid or not r.uid or r.uid == uid) else None
 
     def record(self, stage: LocalStage, cores: IntArray, now: float) -> RemapRecord:
+        """Record (on disk, then in memory) that ``stage`` runs on ``cores`` now."""
+        rec = self.next_record(stage, cores, now)
+        self._write(rec)
+        return rec
+
+    def next_record(self, stage: LocalStage, cores: IntArray, now: float) -> RemapRecord:
+        """The record a remap of ``stage`` to ``cores`` makes (nothing is written)."""
         prev = self.records.get((stage.namespace, stage.pod))
-        rec = RemapRecord(
+        return RemapRecord(
             stage.namespace,
             stage.pod,
             stage.uid,
@@ -226,14 +232,16 @@ class RemapLedger:
             (prev.generation if prev is not None else 0) + 1,
             now,
         )
-        self._write(rec)
-        return rec
 
-    def _write(self, rec: RemapRecord) -> None:
+    def save(self, rec: RemapRecord) -> None:
+        """Write ``rec``'s file (atomically by rename); memory is the caller's."""
         self.dir.mkdir(parents=True, exist_ok=True)
         tmp = self._path(rec.namespace, rec.pod).with_suffix(".tmp")
         tmp.write_text(json.dumps(rec.as_json()))
         os.replace(tmp, self._path(rec.namespace, rec.pod))
+
+    def _write(self, rec: RemapRecord) -> None:
+        self.save(rec)
         self.records[(rec.namespace, rec.pod)] = rec
 
     def restore(self, namespace: str, pod: str, rec: RemapRecord | None) -> None:
@@ -277,20 +285,25 @@ PASS_SLICE_S = 0.001
 """Seconds of a pass between two yields to the event loop: at 16,384 cores and 300 stages a pass is ~4.5 ms, and a
 hard fault's path to ListAndWatch has 5 ms."""
 
-Evaluation = Callable[[], "MoveOption | None"]
-Offload = Callable[[Evaluation], Awaitable["MoveOption | None"]]
+_T = TypeVar("_T")
 
 
-async def in_thread(evaluate: Evaluation) -> MoveOption | None:
-    """Run one remap evaluation in a worker thread. A replan at 16,384 cores takes ~25 ms of numpy and Python: on
-    the loop it would hold back the ListAndWatch send of a fault that lands meanwhile (the fault benchmark with
-    300 stages placed: p999 loop lag 28 ms)."""
-    return await asyncio.to_thread(evaluate)
+class Offload(Protocol):
+    """Where the reallocator runs work that must not hold the event loop: evaluations and durable writes."""
+
+    def __call__(self, work: Callable[[], _T]) -> Awaitable[_T]: ...
 
 
-async def inline(evaluate: Evaluation) -> MoveOption | None:
-    """Run the evaluation on the caller's thread (a driver without an event loop: the experiments)."""
-    return evaluate()
+async def in_thread(work: Callable[[], _T]) -> _T:
+    """Run ``work`` in a worker thread. A replan at 16,384 cores takes ~25 ms of numpy and Python, and a remap's
+    allocation file is fsynced (a disk may take milliseconds): on the loop either would hold back the ListAndWatch
+    send of a fault that lands meanwhile (the fault benchmark with 300 stages placed: p999 loop lag 28 ms)."""
+    return await asyncio.to_thread(work)
+
+
+async def inline(work: Callable[[], _T]) -> _T:
+    """Run ``work`` on the caller's thread (a driver without an event loop: the experiments)."""
+    return work()
 
 
 # -- the reallocator --------------------------------------------------------------------------------------------
@@ -393,10 +406,13 @@ class NodeReallocator:
             del self.watches[key]
         if not stages:
             return
+        slice_start = time.perf_counter()
         view, failed, unhealthy = self._view()
         self.saturated_at[np.nan_to_num(view.queue_fill, nan=0.0) > self.settings.queue_enter] = now
         stages.sort(key=lambda x: (x.job_key, x.index))
-        await asyncio.sleep(0)  # each part of a pass is a slice of its own (see PASS_SLICE_S)
+        if time.perf_counter() - slice_start > PASS_SLICE_S:
+            await asyncio.sleep(0)  # the view alone is ~1.5 ms at 16,384 cores
+            slice_start = time.perf_counter()
         signals = stage_signals(
             [s.cores for s in stages],
             failed=failed,
@@ -409,7 +425,6 @@ class NodeReallocator:
             group, group_sigs = by_job.setdefault(s.job_key, ([], []))
             group.append(s)
             group_sigs.append(sig)
-        slice_start = time.perf_counter()
         # One pass may spend at most half of what the node's move window still allows: a stage that degrades a
         # moment later (the victim of a hot spot, whose neighbours read its spill-over first) must find some left
         # (the full hot-spot set, seed 10: one pass spent all 6 moves on two neighbours, the victim waited 120 s).
@@ -587,7 +602,7 @@ class NodeReallocator:
                     await self.reporter.event(x, reason="WouldRemap", note=note)
                     continue
                 try:
-                    self._commit(x, target, now)
+                    await self._commit(x, target, now)
                 except OSError as e:
                     # The runtime never saw new cores: the stage stays where it was, and says why. Stages already
                     # moved in this decision stay moved (each remap stands on its own).
@@ -641,18 +656,25 @@ class NodeReallocator:
         ok = healthy & ((~self.allocated() & ~withheld) | own)
         return all(bool(ok[t].all()) for t in targets)
 
-    def _commit(self, s: LocalStage, target: IntArray, now: float) -> None:
-        """Record the remap, lend its cores and rewrite the stage's allocation file; on an I/O error undo the
-        record and the lending (the allocation file is the last write: if it fails, nothing moved)."""
+    async def _commit(self, s: LocalStage, target: IntArray, now: float) -> None:
+        """Lend the remap's cores, then record it and rewrite the stage's allocation file off the loop; on an I/O
+        error undo the record and the lending (the allocation file is the last write: if it fails, nothing moved).
+
+        The cores are lent in memory first, so the kubelet is told they are taken before the writes, and no pass or
+        Allocate meanwhile can hand them out."""
         prev = self.ledger.current(s.namespace, s.pod, s.uid)
-        rec = self.ledger.record(s, target, now)
+        rec = self.ledger.next_record(s, target, now)
+        body = core_allocation(self.node.topology, target, remap_fields(s.admitted, rec.generation, now))
+        path = self.ledger.allocation_file(s.admitted)
+
+        def write() -> None:
+            self.ledger.save(rec)
+            write_allocation(path, body, in_place=True)
+
+        self.ledger.records[(s.namespace, s.pod)] = rec
         try:
             self.node.withhold(self.ledger.lent())
-            write_allocation(
-                self.ledger.allocation_file(s.admitted),
-                core_allocation(self.node.topology, target, remap_fields(s.admitted, rec.generation, now)),
-                in_place=True,
-            )
+            await self.offload(write)
         except OSError:
             self.ledger.restore(s.namespace, s.pod, prev)
             self.node.withhold(self.ledger.lent())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
@@ -466,9 +467,9 @@ async def test_a_move_whose_target_was_handed_out_while_it_was_evaluated_is_not_
     taken = realloc.allocated()  # the rig's mask of cores the kubelet has handed out (the same array every call)
     raced: list[MoveOption] = []
 
-    async def racing(evaluate: remap.Evaluation) -> MoveOption | None:
-        option = await remap.in_thread(evaluate)  # the product's offload
-        if option is not None and not raced:
+    async def racing(work: Callable[[], Any]) -> Any:
+        option = await remap.in_thread(work)  # the product's offload (evaluations, then the remap's writes)
+        if isinstance(option, MoveOption) and not raced:
             for target in option.targets:
                 taken[target] = True  # a new pod is admitted to exactly those cores while the move is evaluated
             raced.append(option)
@@ -490,3 +491,33 @@ async def test_a_move_whose_target_was_handed_out_while_it_was_evaluated_is_not_
     handed_out = np.setdiff1d(np.concatenate(raced[0].targets), own)  # a target may keep some of the job's cores
     assert handed_out.size
     assert not np.isin(source.placement[2], handed_out).any()
+
+
+async def test_a_remaps_writes_run_off_the_event_loop_after_its_cores_are_lent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The remap's allocation file is fsynced (a disk may take milliseconds): it is written through the
+    reallocator's offload, in a worker thread in the daemon, not on the loop that sends ListAndWatch; and the
+    target cores are lent (withheld from the kubelet) before it is written, so nothing hands them out meanwhile."""
+    import threading
+
+    backend, node, source, realloc, _, clock = await _rig(tmp_path)
+    writes: list[tuple[int, bool]] = []
+    from snnrm.kubelet.allocation_file import write_allocation as write
+
+    def recorded(path: Path, body: Any, *, in_place: bool) -> None:
+        cores = [c["index"] for c in body["cores"]]
+        lent = node.withheld is not None and bool(node.withheld[cores].any())
+        writes.append((threading.get_ident(), lent))
+        write(path, body, in_place=in_place)
+
+    monkeypatch.setattr(remap, "write_allocation", recorded)
+    await _run(backend, node, realloc, clock, 0.5)
+    victim = int(source.placement[2][0])
+    backend.sim.inject(sim_hw.faults.CoreFailure(cores=(victim,)))
+    await _run(backend, node, realloc, clock, 0.2)
+    assert realloc.remaps == 1
+    assert victim not in source.placement[2].tolist()
+    ((thread, lent),) = writes
+    assert thread != threading.get_ident()
+    assert lent
