@@ -281,9 +281,11 @@ class RemapLedger:
         return kept
 
 
-PASS_SLICE_S = 0.001
-"""Seconds of a pass between two yields to the event loop: at 16,384 cores and 300 stages a pass is ~4.5 ms, and a
-hard fault's path to ListAndWatch has 5 ms."""
+PASS_SLICE_S = 0.0005
+"""Seconds of a pass between two yields to the event loop: at 16,384 cores and 300 stages a pass is 1-3 ms, and a
+hard fault's path to ListAndWatch has 5 ms, of which the gRPC send of 16,384 devices to another process takes
+1-2 ms (the fault benchmark's floor). A fault that lands mid-pass waits for the slice and, behind the pass's next
+slice, for its ListAndWatch task's turn: half a millisecond each."""
 
 _T = TypeVar("_T")
 
@@ -436,7 +438,7 @@ class NodeReallocator:
             degraded: list[tuple[LocalStage, frozenset[Any], frozenset[Any], StageWatch]] = []
             for k, (s, sig) in enumerate(zip(members, sigs, strict=True)):
                 watch = self.watches.setdefault((s.namespace, s.pod, s.uid), StageWatch())
-                active = watch.observe(sig, now, self.settings)
+                active = frozenset() if watch.quiet(sig, self.settings) else watch.observe(sig, now, self.settings)
                 nxt = sigs[k + 1] if k + 1 < len(sigs) and members[k + 1].index == s.index + 1 else None
                 # Losses and stalls caused by the next stage are that stage's to answer (it is judged on its own).
                 active = own_reasons(active, nxt, self.settings)

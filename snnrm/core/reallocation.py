@@ -152,6 +152,23 @@ class StageWatch:
         self.since = None
         self.full_since = None
 
+    def quiet(self, s: StageSignals, settings: ReallocationSettings) -> bool:
+        """True when nothing is pending or active and ``s`` raises no condition: :meth:`observe` would change
+        nothing and return none. Most stages are quiet most of the time; the reallocator's pass skips the full fold
+        for them (at 300 stages it was ~1.5 ms a pass on the loop that sends ListAndWatch)."""
+        st = settings
+        return (
+            not self.active
+            and not self.bad_since
+            and not self.good_since
+            and self.full_since is None
+            and not s.failed > 0
+            and not s.queue_fill > st.queue_enter
+            and not s.queue_fill >= st.full_queue
+            and not s.efficiency < st.efficiency_enter
+            and not s.link > st.link_enter
+        )
+
     def observe(self, s: StageSignals, now: float, settings: ReallocationSettings) -> frozenset[MoveReason]:
         """Fold one observation in; returns the active conditions."""
         st = settings

@@ -598,3 +598,36 @@ def test_standing_keeps_the_held_reasons_whose_signal_is_still_past_its_exit_thr
     held: set[MoveReason], signals: StageSignals, expected: set[MoveReason]
 ) -> None:
     assert standing(frozenset(held), signals, ReallocationSettings()) == expected
+
+
+def test_a_quiet_stage_skips_the_fold_without_changing_any_decision() -> None:
+    """The pass's fast path (`StageWatch.quiet`) against the full fold on random signal streams: wherever it says
+    quiet, observing would have returned nothing and changed nothing, so the two watches never differ."""
+    rng = np.random.default_rng(11)
+    s = ReallocationSettings(dwell=0.3, full_dwell=0.1, clear=0.5)
+    for _ in range(200):
+        fast, full = StageWatch(), StageWatch()
+        skipped = 0
+        for k in range(60):
+            bad = rng.random() < 0.15  # mostly quiet streams, with bursts of every kind of trouble
+            sig = StageSignals(
+                int(bad and rng.random() < 0.2),
+                float(rng.uniform(0.0, 1.0) if bad else rng.uniform(0.0, s.queue_exit)),
+                float(rng.uniform(0.0, 1.0) if bad else 1.0),
+                float(rng.uniform(0.0, 1.0) if bad else rng.uniform(0.0, s.link_exit)),
+            )
+            now = 0.1 * k
+            if fast.quiet(sig, s):
+                got = frozenset()
+                skipped += 1
+            else:
+                got = fast.observe(sig, now, s)
+            assert got == full.observe(sig, now, s)
+            assert (fast.active, fast.bad_since, fast.good_since, fast.since, fast.full_since) == (
+                full.active,
+                full.bad_since,
+                full.good_since,
+                full.since,
+                full.full_since,
+            )
+        assert skipped  # the fast path is taken
