@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from snnrm.app import Daemon
+from snnrm.app import LOOP_SWITCH_INTERVAL_S, Daemon
 from snnrm.config import Config
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
 from snnrm.kubelet.standin import KubeletStandIn
@@ -186,6 +186,16 @@ async def test_a_running_daemon_keeps_its_startup_objects_out_of_the_cyclic_gc(r
     running.stop.set()
     await asyncio.wait_for(running.task, 10)
     assert gc.get_freeze_count() == 0
+
+
+async def test_a_running_daemon_takes_the_gil_back_from_worker_threads_within_a_millisecond(running: Running) -> None:
+    """Evaluations, metric rendering and the rates half of each frame run in worker threads; at CPython's default
+    switch interval (5 ms) one of them could hold the GIL for the fault path's whole budget. The daemon shortens
+    it while it runs and puts back what it found at stop."""
+    assert sys.getswitchinterval() == pytest.approx(LOOP_SWITCH_INTERVAL_S)
+    running.stop.set()
+    await asyncio.wait_for(running.task, 10)
+    assert sys.getswitchinterval() == pytest.approx(0.005)
 
 
 def _free_port() -> int:
