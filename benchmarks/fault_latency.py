@@ -286,42 +286,42 @@ async def _measure(
         return latencies, wrong, message
 
 
+def _print_run(title: str, latencies: list[float], other: int) -> np.ndarray:
+    """Print one run's percentiles and verdict; returns its latencies in ms."""
+    ms = np.asarray(latencies) * 1e3
+    p50, p99 = np.percentile(ms, [50, 99])
+    print(f"{title}: {len(ms)} faults ({other} other messages in between)")
+    print(f"  p50 {p50:.2f} ms  p99 {p99:.2f} ms  max {ms.max():.2f} ms")
+    print(f"  target p99 < {TARGET_P99_MS} ms: ratio {p99 / TARGET_P99_MS:.2f} ({verdict(p99 < TARGET_P99_MS)})")
+    return ms
+
+
 def main(chips: int = 128, cores: int = 128, faults: int = 200, stages: int = 300, scrape_every: float = 1.0) -> None:
     """Print fault -> ListAndWatch latency percentiles against the target: alone, with ``stages`` placed, and
     while Prometheus scrapes /metrics every ``scrape_every`` seconds."""
     configure_logging("console", level=40)
     latencies, other, message = asyncio.run(_measure(chips, cores, faults))
     floor_ms = np.asarray(asyncio.run(_floor(message, faults))) * 1e3
-    ms = np.asarray(latencies) * 1e3
-    p50, p99 = np.percentile(ms, [50, 99])
+    ms = _print_run(f"fault -> ListAndWatch at {chips * cores} cores", latencies, other)
     f50, f99 = np.percentile(floor_ms, [50, 99])
-    print(f"fault -> ListAndWatch at {chips * cores} cores, {len(ms)} faults ({other} other messages in between)")
-    print(f"  p50 {p50:.2f} ms  p99 {p99:.2f} ms  max {ms.max():.2f} ms")
     print(
         f"  floor (a trivial server sending the same {len(message) / 1e6:.2f} MB message to the same reader): "
-        f"p50 {f50:.2f} ms  p99 {f99:.2f} ms  max {floor_ms.max():.2f} ms; the daemon adds p50 {p50 - f50:+.2f} ms"
+        f"p50 {f50:.2f} ms  p99 {f99:.2f} ms  max {floor_ms.max():.2f} ms; "
+        f"the daemon adds p50 {np.percentile(ms, 50) - f50:+.2f} ms"
     )
-    print(f"  target p99 < {TARGET_P99_MS} ms: ratio {p99 / TARGET_P99_MS:.2f} ({verdict(p99 < TARGET_P99_MS)})")
     if stages:
         latencies, other, _ = asyncio.run(_measure(chips, cores, faults, stages))
-        ms = np.asarray(latencies) * 1e3
-        p50, p99 = np.percentile(ms, [50, 99])
-        print(
-            f"with {stages} stages placed and the live-remap reallocator's pass on every frame: {len(ms)} faults "
-            f"({other} other messages in between)"
+        _print_run(
+            f"with {stages} stages placed and the live-remap reallocator's pass on every frame", latencies, other
         )
-        print(f"  p50 {p50:.2f} ms  p99 {p99:.2f} ms  max {ms.max():.2f} ms")
-        print(f"  target p99 < {TARGET_P99_MS} ms: ratio {p99 / TARGET_P99_MS:.2f} ({verdict(p99 < TARGET_P99_MS)})")
     if scrape_every:
         latencies, other, _ = asyncio.run(_measure(chips, cores, faults, scrape_every=scrape_every))
-        ms = np.asarray(latencies) * 1e3
-        p50, p99 = np.percentile(ms, [50, 99])
-        print(
+        _print_run(
             f"while /metrics is scraped every {scrape_every:g} s (another process; the exposition renders in a worker "
-            f"thread): {len(ms)} faults ({other} other messages in between)"
+            "thread)",
+            latencies,
+            other,
         )
-        print(f"  p50 {p50:.2f} ms  p99 {p99:.2f} ms  max {ms.max():.2f} ms")
-        print(f"  target p99 < {TARGET_P99_MS} ms: ratio {p99 / TARGET_P99_MS:.2f} ({verdict(p99 < TARGET_P99_MS)})")
 
 
 if __name__ == "__main__":

@@ -200,14 +200,21 @@ async def test_a_stage_that_did_not_opt_in_is_reported_not_moved(tmp_path: Path)
     assert "queue-saturated" in degraded[-1].reasons
 
 
-async def test_a_failed_core_moves_the_stage_without_dwell(tmp_path: Path) -> None:
+async def _fail_a_core_of_stage_2(tmp_path: Path, *, seconds: float, patch: Callable[[NodeService], None]) -> None:
+    """The rig runs 0.5 s, a core of stage 2 fails, the rig runs ``seconds`` more: the stage has moved off it, in
+    one remap. ``patch`` is called with the node before anything runs."""
     backend, node, source, realloc, _, clock = await _rig(tmp_path)
+    patch(node)
     await _run(backend, node, realloc, clock, 0.5)
     victim = int(source.placement[2][0])
     backend.sim.inject(sim_hw.faults.CoreFailure(cores=(victim,)))
-    await _run(backend, node, realloc, clock, 0.5)
+    await _run(backend, node, realloc, clock, seconds)
     assert realloc.remaps == 1
     assert victim not in source.placement[2].tolist()
+
+
+async def test_a_failed_core_moves_the_stage_without_dwell(tmp_path: Path) -> None:
+    await _fail_a_core_of_stage_2(tmp_path, seconds=0.5, patch=lambda node: None)
 
 
 async def test_a_failed_stage_moves_before_a_merely_saturated_one_of_the_same_job(tmp_path: Path) -> None:
@@ -501,23 +508,20 @@ async def test_a_remaps_writes_run_off_the_event_loop_after_its_cores_are_lent(
     target cores are lent (withheld from the kubelet) before it is written, so nothing hands them out meanwhile."""
     import threading
 
-    backend, node, source, realloc, _, clock = await _rig(tmp_path)
-    writes: list[tuple[int, bool]] = []
     from snnrm.kubelet.allocation_file import write_allocation as write
 
-    def recorded(path: Path, body: Any, *, in_place: bool) -> None:
-        cores = [c["index"] for c in body["cores"]]
-        lent = node.withheld is not None and bool(node.withheld[cores].any())
-        writes.append((threading.get_ident(), lent))
-        write(path, body, in_place=in_place)
+    writes: list[tuple[int, bool]] = []
 
-    monkeypatch.setattr(remap, "write_allocation", recorded)
-    await _run(backend, node, realloc, clock, 0.5)
-    victim = int(source.placement[2][0])
-    backend.sim.inject(sim_hw.faults.CoreFailure(cores=(victim,)))
-    await _run(backend, node, realloc, clock, 0.2)
-    assert realloc.remaps == 1
-    assert victim not in source.placement[2].tolist()
+    def watch_writes(node: NodeService) -> None:
+        def recorded(path: Path, body: Any, *, in_place: bool) -> None:
+            cores = [c["index"] for c in body["cores"]]
+            lent = node.withheld is not None and bool(node.withheld[cores].any())
+            writes.append((threading.get_ident(), lent))
+            write(path, body, in_place=in_place)
+
+        monkeypatch.setattr(remap, "write_allocation", recorded)
+
+    await _fail_a_core_of_stage_2(tmp_path, seconds=0.2, patch=watch_writes)
     ((thread, lent),) = writes
     assert thread != threading.get_ident()
     assert lent
