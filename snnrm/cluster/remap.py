@@ -604,7 +604,7 @@ class NodeReallocator:
                     await self.reporter.event(x, reason="WouldRemap", note=note)
                     continue
                 try:
-                    await self._commit(x, target, now)
+                    stands = await self._commit(x, target, now)
                 except OSError as e:
                     # The runtime never saw new cores: the stage stays where it was, and says why. Stages already
                     # moved in this decision stay moved (each remap stands on its own).
@@ -612,6 +612,12 @@ class NodeReallocator:
                     self._count(x, reason, "failed")
                     log.warning("stage_remap_failed", job=x.job, stage=x.index, pod=x.pod, error=repr(e))
                     await self.reporter.event(x, reason="RemapFailed", note=f"{reason}: {e}", warning=True)
+                    if x is s:
+                        return False
+                    continue
+                if not stands:  # the pod ended while its files were written: there is no stage to move
+                    self._count(x, reason, "superseded")
+                    log.info("stage_remap_superseded", job=x.job, stage=x.index, pod=x.pod, why="pod ended")
                     if x is s:
                         return False
                     continue
@@ -658,12 +664,12 @@ class NodeReallocator:
         ok = healthy & ((~self.allocated() & ~withheld) | own)
         return all(bool(ok[t].all()) for t in targets)
 
-    async def _commit(self, s: LocalStage, target: IntArray, now: float) -> None:
+    async def _commit(self, s: LocalStage, target: IntArray, now: float) -> bool:
         """Lend the remap's cores, then record it and rewrite the stage's allocation file off the loop; on an I/O
         error undo the record and the lending (the allocation file is the last write: if it fails, nothing moved).
 
         The cores are lent in memory first, so the kubelet is told they are taken before the writes, and no pass or
-        Allocate meanwhile can hand them out."""
+        Allocate meanwhile can hand them out. False if the pod ended meanwhile (nothing moved)."""
         prev = self.ledger.current(s.namespace, s.pod, s.uid)
         rec = self.ledger.next_record(s, target, now)
         body = core_allocation(self.node.topology, target, remap_fields(s.admitted, rec.generation, now))
@@ -673,14 +679,22 @@ class NodeReallocator:
             self.ledger.save(rec)
             write_allocation(path, body, in_place=True)
 
-        self.ledger.records[(s.namespace, s.pod)] = rec
+        key = (s.namespace, s.pod)
+        self.ledger.records[key] = rec
         try:
             self.node.withhold(self.ledger.lent())
             await self.offload(write)
         except OSError:
-            self.ledger.restore(s.namespace, s.pod, prev)
+            if self.ledger.records.get(key) is rec:
+                self.ledger.restore(s.namespace, s.pod, prev)
             self.node.withhold(self.ledger.lent())
             raise
+        if self.ledger.records.get(key) is not rec:
+            # The pod ended while its files were written (the node agent forgot the record and took the cores
+            # back): what was written describes nothing.
+            self.ledger.forget(s.namespace, s.pod)
+            return False
+        return True
 
     def _count(self, s: LocalStage, reason: str, action: str) -> None:
         if self.metrics is not None:

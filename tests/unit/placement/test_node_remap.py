@@ -525,3 +525,35 @@ async def test_a_remaps_writes_run_off_the_event_loop_after_its_cores_are_lent(
     ((thread, lent),) = writes
     assert thread != threading.get_ident()
     assert lent
+
+
+async def test_a_pod_that_ends_while_its_remap_is_written_leaves_no_record_and_lends_nothing(tmp_path: Path) -> None:
+    """The remap's files are written off the loop; if the node agent forgets the pod's record meanwhile (the pod
+    ended and its cores came back), the written record is removed again, no core stays lent, and the decision is
+    counted as superseded, not as a remap."""
+    from prometheus_client import CollectorRegistry
+
+    from snnrm.cluster.reallocation import ReallocationMetrics
+
+    backend, node, source, realloc, _, clock = await _rig(tmp_path)
+    realloc.metrics = ReallocationMetrics(CollectorRegistry())
+    pod = source.stages()[2].pod
+
+    async def pod_ends_meanwhile(work: Callable[[], Any]) -> Any:
+        if getattr(work, "__name__", "") == "write":  # the remap's durable writes, after the evaluation
+            realloc.ledger.forget(
+                "default", pod
+            )  # what NodeAgent.sync_once does for a pod that no longer holds its cores
+            node.withhold(realloc.ledger.lent())
+        return await remap.in_thread(work)
+
+    realloc.offload = pod_ends_meanwhile
+    await _run(backend, node, realloc, clock, 0.5)
+    victim = int(source.placement[2][0])
+    backend.sim.inject(sim_hw.faults.CoreFailure(cores=(victim,)))
+    await _run(backend, node, realloc, clock, 0.1)
+    assert realloc.remaps == 0
+    assert realloc.metrics.value("failed-core", "superseded") == 1
+    assert realloc.ledger.records == {}
+    assert list(realloc.ledger.dir.glob("*.json")) == []
+    assert node.withheld is None or not node.withheld.any()
