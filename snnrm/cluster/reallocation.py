@@ -139,7 +139,8 @@ class ReallocationController:
             confirmed: list[tuple[int, StageRef]] = []
             for i, ref in sorted(stages.items()):
                 h = ref.health
-                if h is None or not h.degraded or h.remap == "done" or not ref.node or ref.terminating:
+                # "done": the node moved it; "none": nothing to do (its signals read good again).
+                if h is None or not h.degraded or h.remap in ("done", "none") or not ref.node or ref.terminating:
                     continue
                 key = (ref.namespace, ref.pod, ref.uid)
                 live.add(key)

@@ -481,16 +481,17 @@ class NodeReallocator:
             """What the job's placement costs on the degraded node (only for a verdict that reports it)."""
             return plan_cost(degraded_view(view, failed | unhealthy), lj.demands, lj.placement).total
 
+        if not active:
+            # Degraded by hysteresis only (its signals read good again, not yet for long enough to clear): reported
+            # as such, with nothing to do, here or by the cluster's eviction path (which skips "none"), as a move
+            # must answer trouble that is there now (see `standing`).
+            await self._report(
+                s, StageHealth("degraded", tuple(reasons), since, "none", cost_now()), cores=None, moved_at=None
+            )
+            return False
         if not s.live_remap or not self.remap_allowed:
             await self._report(
                 s, StageHealth("degraded", tuple(reasons), since, "not-opted-in", cost_now()), cores=None, moved_at=None
-            )
-            return False
-        if not active:
-            # Degraded by hysteresis only (its signals read good again, not yet for long enough to clear): reported
-            # as such, and not moved, as a move must answer trouble that is there now (see `standing`).
-            await self._report(
-                s, StageHealth("degraded", tuple(reasons), since, "none", cost_now()), cores=None, moved_at=None
             )
             return False
         # The move budget first: a job that may not move now costs no evaluation (a replan is the expensive part).

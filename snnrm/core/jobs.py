@@ -80,7 +80,8 @@ class StageHealth:
     """Unix time the degradation became active (after the node's dwell)."""
     remap: str = "none"
     """What the node did about it: ``done`` (live remap), ``unavailable`` (no better home on the node),
-    ``not-opted-in`` (the runtime does not follow remaps), ``none`` (nothing to do)."""
+    ``not-opted-in`` (the runtime does not follow remaps), ``none`` (nothing to do: for a degraded stage, its
+    condition is only held by hysteresis while its signals read good again, and nobody moves it)."""
     cost: float = 0.0
     """The stage's placement cost now, in the node's degraded view (KEPS x hops)."""
 

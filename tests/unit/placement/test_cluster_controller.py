@@ -364,6 +364,24 @@ async def test_a_report_that_clears_before_confirmation_moves_nothing() -> None:
         assert api.evictions == []
 
 
+@pytest.mark.parametrize(("remap", "evicted"), [("unavailable", True), ("not-opted-in", True), ("none", False)])
+async def test_a_condition_the_node_holds_only_by_hysteresis_is_not_evicted(remap: str, evicted: bool) -> None:
+    """The node reports a stage whose signals read good again as degraded with ``remap: none`` (its condition
+    clears after 5 s of good readings): nothing to do, in the cluster either, however long it stands and however
+    high its reported cost. A stage the node cannot fix itself is evicted."""
+    api = FakeClusterApi()
+    put_node(api, "n1", healthy=30)
+    put_node(api, "n2")
+    placed_job(api, "j", stage1=degraded(("queue-saturated",), remap=remap))
+    clock = [NOW]
+    async with running_cache(api) as cache:
+        ctl = realloc(api, cache, clock)
+        await ctl.reconcile()
+        clock[0] += 4.0
+        await ctl.reconcile()
+        assert api.evictions == ([("default", "j-1", False)] if evicted else [])
+
+
 async def test_cooldown_and_not_worth_it_defer_moves() -> None:
     """A job moved recently waits out its cooldown; a soft degradation whose fix costs more than it saves stays."""
     api = FakeClusterApi()
