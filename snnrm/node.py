@@ -9,6 +9,7 @@ core reaches ListAndWatch without waiting for the next sample.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass, field, replace
 
@@ -46,6 +47,9 @@ class NodeService:
     frames: int = field(init=False, default=0)
     """Frames folded in so far: what the reallocator's pass reads changes only when this does."""
     _folded: asyncio.Event = field(init=False, default_factory=asyncio.Event)
+    fault_published: float = field(init=False, default=-math.inf)
+    """``time.monotonic()`` when a pushed hard fault last changed what ListAndWatch sends: other work on the loop
+    (the reallocator's pass) stands back for a moment after it, so the message goes out first."""
 
     def __post_init__(self) -> None:
         self.monitor = NodeMonitor(self.topology, self.blocks)
@@ -204,6 +208,7 @@ class NodeService:
                 burst.setdefault((fault.kind.value, fault.failed), []).append(fault.index)
                 if self.monitor.fault_health(fault):
                     self._publish({NEURON_CORE: self._core_devices_now()}, quiet=True)
+                    self.fault_published = time.monotonic()
                 if self.monitor.acts_at_once(fault):
                     capacity_at = fault.timestamp if capacity_at is None else max(capacity_at, fault.timestamp)
                 if settle is None:

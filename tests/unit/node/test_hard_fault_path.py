@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -50,6 +51,7 @@ async def test_a_burst_publishes_cores_per_event_and_capacity_once(monkeypatch: 
         assert current is not None
         assert not current.healthy[:16].any()
         assert current.healthy[16:].all()
+        assert time.monotonic() - node.fault_published < BURST_SETTLE_S  # what the reallocator's pass stands back for
         await asyncio.sleep(BURST_SETTLE_S * 3)
         watch.cancel()
     # 16 core publishes, then the one capacity update (whose publish of every resource follows it).

@@ -563,3 +563,29 @@ async def test_a_pod_that_ends_while_its_remap_is_written_leaves_no_record_and_l
     assert realloc.ledger.records == {}
     assert list(realloc.ledger.dir.glob("*.json")) == []
     assert node.withheld is None or not node.withheld.any()
+
+
+async def test_a_pass_stands_back_while_a_just_published_hard_fault_is_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hard fault's ListAndWatch message takes a few loop turns to go out; a pass that starts (or reaches a slice
+    boundary) within FAULT_SEND_S of the fault's publication sleeps out the rest of that time first, and one that
+    does not, does not wait."""
+    import time
+
+    backend, node, _, realloc, _, _ = await _rig(tmp_path)
+    node.monitor.observe(await backend.read_frame())
+    waits: list[float] = []
+    sleep = asyncio.sleep
+
+    async def recorded(delay: float) -> None:
+        waits.append(delay)
+        await sleep(delay)
+
+    monkeypatch.setattr(asyncio, "sleep", recorded)  # what the pass awaits
+    await realloc.step()
+    assert waits == []
+    node.fault_published = time.monotonic()
+    await realloc.step()
+    assert len(waits) == 1
+    assert 0 < waits[0] <= remap.FAULT_SEND_S
