@@ -618,7 +618,7 @@ def test_a_quiet_stage_skips_the_fold_without_changing_any_decision() -> None:
             )
             now = 0.1 * k
             if fast.quiet(sig, s):
-                got = frozenset()
+                got: frozenset[MoveReason] = frozenset()
                 skipped += 1
             else:
                 got = fast.observe(sig, now, s)
