@@ -293,6 +293,21 @@ def count(ctl: ReallocationController, reason: str, action: str) -> float:
     return ctl.metrics.value(reason, action)
 
 
+@contextlib.asynccontextmanager
+async def reconciled(
+    api: FakeClusterApi, *, wait: float, **kw: Any
+) -> AsyncIterator[tuple[ReallocationController, ClusterCache]]:
+    """A controller that has seen the cluster once, then again ``wait`` seconds later (past the 1 s confirm window
+    when ``wait`` > 1)."""
+    clock = [NOW]
+    async with running_cache(api) as cache:
+        ctl = realloc(api, cache, clock, **kw)
+        await ctl.reconcile()
+        clock[0] += wait
+        await ctl.reconcile()
+        yield ctl, cache
+
+
 async def test_a_failed_stage_is_evicted_after_the_confirm_window() -> None:
     api = FakeClusterApi()
     put_node(api, "n1", healthy=30)
@@ -318,12 +333,7 @@ async def test_a_pdb_refusal_is_recorded_and_nothing_moves() -> None:
     put_node(api, "n1", healthy=30)
     placed_job(api, "j", stage1=degraded(("failed-core",)))
     api.blocked_evictions.add(("default", "j-1"))
-    clock = [NOW]
-    async with running_cache(api) as cache:
-        ctl = realloc(api, cache, clock)
-        await ctl.reconcile()
-        clock[0] += 2
-        await ctl.reconcile()
+    async with reconciled(api, wait=2) as (ctl, cache):
         assert api.get_obj(PODS, "j-1") is not None
         assert count(ctl, "failed-core", "blocked") == 1
         assert any(e["reason"] == "EvictionBlocked" for e in api.events_for("j-1"))
@@ -337,12 +347,7 @@ async def test_dry_run_evicts_nothing() -> None:
     api = FakeClusterApi()
     put_node(api, "n1", healthy=30)
     placed_job(api, "j", stage1=degraded(("failed-core",)))
-    clock = [NOW]
-    async with running_cache(api) as cache:
-        ctl = realloc(api, cache, clock, dry_run=True)
-        await ctl.reconcile()
-        clock[0] += 2
-        await ctl.reconcile()
+    async with reconciled(api, wait=2, dry_run=True) as (ctl, _):
         assert api.evictions == []
         assert count(ctl, "failed-core", "dry-run") == 1
         assert any(e["reason"] == "WouldEvict" for e in api.events_for("j-1"))
@@ -373,12 +378,7 @@ async def test_a_condition_the_node_holds_only_by_hysteresis_is_not_evicted(rema
     put_node(api, "n1", healthy=30)
     put_node(api, "n2")
     placed_job(api, "j", stage1=degraded(("queue-saturated",), remap=remap))
-    clock = [NOW]
-    async with running_cache(api) as cache:
-        ctl = realloc(api, cache, clock)
-        await ctl.reconcile()
-        clock[0] += 4.0
-        await ctl.reconcile()
+    async with reconciled(api, wait=4.0):
         assert api.evictions == ([("default", "j-1", False)] if evicted else [])
 
 
