@@ -11,6 +11,12 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+# A C compiler for snnrm's one extension (GetPreferredAllocation's ID lookup, setup.py), and Python's headers when
+# the base has none (Debian's python3; python:3.11-slim ships them). Only this stage has them.
+RUN headers="$(python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev $([ -f "$headers" ] || echo python3-dev) \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Dependency layer first: it only changes when pyproject.toml does.
 COPY pyproject.toml README.md ./
@@ -18,11 +24,14 @@ RUN python -m venv /opt/snnrm \
  && /opt/snnrm/bin/pip install --upgrade pip \
  && python -c "import tomllib; d = tomllib.load(open('pyproject.toml', 'rb')); print('\n'.join(d['project']['dependencies']))" > /tmp/requirements.txt \
  && /opt/snnrm/bin/pip install -r /tmp/requirements.txt
+COPY setup.py ./
 COPY snnrm ./snnrm
 COPY sim_hw ./sim_hw
+# The extension is optional for pip; the image must not ship without it (the check fails the build instead).
 RUN /opt/snnrm/bin/pip install --no-deps . \
  && /opt/snnrm/bin/pip uninstall -y pip \
  && /opt/snnrm/bin/python -m compileall -q /opt/snnrm \
+ && /opt/snnrm/bin/python -c "from snnrm.kubelet.id_index import NATIVE; assert NATIVE, 'C extension not built'" \
  && /opt/snnrm/bin/snnrm --version
 
 FROM ${PYTHON_IMAGE}

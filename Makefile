@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
 BENCH_STAMP := $(VENV)/.bench-installed
+# The C extension (setup.py): a change to it reinstalls, which rebuilds it.
+NATIVE_SRC := setup.py snnrm/kubelet/_id_index.c
 # Heavy Go-built tools (kubelet device manager harness, etcd, kube-apiserver, ...) are cached outside the repo,
 # keyed by version, so a warm `make test` does not rebuild them.
 export SNNRM_TOOLS_CACHE ?= $(HOME)/.cache/snnrm-tools
@@ -16,7 +18,7 @@ help:
 	@echo "make demo   run the daemon on simulated chips with an embedded kubelet stand-in (Ctrl-C to stop)"
 	@echo "make test   install everything the tests need and run lint + the whole suite"
 	@echo "make bench  run the benchmarks and print numbers against the targets"
-	@echo "make lint   ruff, mypy --strict, import-linter, generated-stub freshness"
+	@echo "make lint   ruff, mypy --strict, import-linter, generated-stub freshness, the C extension's warnings"
 	@echo "make cluster       a real single-node Kubernetes here (root): kubelet, containerd, snnrm by its chart"
 	@echo "make cluster-down  stop it and remove everything it created"
 
@@ -24,16 +26,16 @@ $(VENV)/bin/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(RUNTIME_STAMP): pyproject.toml | $(VENV)/bin/python
+$(RUNTIME_STAMP): pyproject.toml $(NATIVE_SRC) | $(VENV)/bin/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
-$(DEV_STAMP): pyproject.toml | $(VENV)/bin/python
+$(DEV_STAMP): pyproject.toml $(NATIVE_SRC) | $(VENV)/bin/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@ $(RUNTIME_STAMP)
 
 # The experiments' PNG plots need matplotlib (the 'bench' extra).
-$(BENCH_STAMP): pyproject.toml | $(VENV)/bin/python
+$(BENCH_STAMP): pyproject.toml $(NATIVE_SRC) | $(VENV)/bin/python
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	touch $@ $(DEV_STAMP) $(RUNTIME_STAMP)
 
@@ -52,6 +54,8 @@ lint: $(DEV_STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/python scripts/gen_protos.py --check
+	gcc -fsyntax-only -std=c11 -Wall -Wextra -Wpedantic -Werror \
+	  -I"$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" snnrm/kubelet/_id_index.c
 	@test -z "$$(gofmt -l tests/e2e)" || { echo "gofmt needed:"; gofmt -l tests/e2e; exit 1; }
 
 fmt: $(DEV_STAMP)

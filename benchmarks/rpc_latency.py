@@ -32,6 +32,7 @@ from snnrm.app import freeze_long_lived
 from snnrm.core.devices import NEURON_CORE, ThroughputBlocks, neuron_core_devices
 from snnrm.core.topology import ChipGeometry, Topology
 from snnrm.kubelet.feed import DeviceFeed
+from snnrm.kubelet.id_index import NATIVE
 from snnrm.kubelet.plugin import DevicePlugin
 from snnrm.kubelet.protos.deviceplugin.v1beta1 import api_pb2
 from snnrm.kubelet.standin import KubeletStandIn
@@ -206,6 +207,8 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
     targets = {"Allocate": ALLOCATE_P99_TARGET_MS, "GetPreferredAllocation": PREFERRED_P99_TARGET_MS}
     print(f"RPC round trips over a unix socket, {CHIPS * GEOMETRY.cores} cores, {CALLS} calls each after warm-up")
+    decoder = "the C extension (snnrm.kubelet._id_index)" if NATIVE else "protobuf (the C extension is not built)"
+    print(f"GetPreferredAllocation's device IDs decoded by {decoder}")
     print(f"{'rpc':<24}{'server':<9}{'p50 ms':>9}{'p99 ms':>9}   target")
     for rpc, by_server in results.items():
         ours, floor = by_server["snnrm"], by_server["trivial"]

@@ -219,7 +219,7 @@ pause_image() {
 
 image_tag() {
   # Content-addressed: the image changes exactly when what the Dockerfile copies changes.
-  (cd "$ROOT" && git ls-files -co --exclude-standard Dockerfile pyproject.toml README.md snnrm sim_hw |
+  (cd "$ROOT" && git ls-files -co --exclude-standard Dockerfile pyproject.toml setup.py README.md snnrm sim_hw |
     LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-12)
 }
 

@@ -9,12 +9,13 @@ a compact region of the mesh on one chip (inter-chip links are slower), away fro
 already deep. The search is vectorised and O(cores):
 
 1. cores that cannot be chosen are masked out (unavailable, unhealthy, duplicates, already must-included);
-2. a *seed window* is picked: for every router position on every chip, a summed-area table gives how many free
+2. a *seed window* is picked: for every router position on every chip, a box filter gives how many free
    cores a window just big enough for the request holds and their total queue fill; the first window (lowest
    chip, row, column) with enough room and the least queue fill wins, restricted to chips that can hold the
    whole request when any can (with must-include cores, the region is anchored on them instead);
 3. the region grows from the window centre: cores are ranked by hop distance + queue-fill penalty + a penalty
-   for leaving the anchor chip, with the core index breaking ties, and the nearest ones are taken.
+   for leaving the anchor chip, with the core index breaking ties, and the nearest ones are taken (only the anchor
+   chip's cores are ranked when it can hold the request: the penalty puts every other core behind them).
 
 Event-throughput blocks have no mesh position: they are packed onto one chip, preferring the chip with most
 measured headroom, so a stage's promised throughput sits behind one set of routers.
@@ -107,8 +108,8 @@ def validate_allocation(index_of: Mapping[str, int], ids: Sequence[str], healthy
     return idx
 
 
-def _selectable(n: int, available: IntArray, must: IntArray, healthy: BoolArray) -> tuple[IntArray, IntArray]:
-    """(must-include indices deduplicated in range, sorted candidate indices outside them)."""
+def _selectable(n: int, available: IntArray, must: IntArray, healthy: BoolArray) -> tuple[IntArray, BoolArray]:
+    """(must-include indices deduplicated in range, mask of the candidates outside them)."""
     available = np.asarray(available, dtype=np.int64)
     must = np.asarray(must, dtype=np.int64)
     must = must[(must >= 0) & (must < n)]
@@ -120,7 +121,7 @@ def _selectable(n: int, available: IntArray, must: IntArray, healthy: BoolArray)
     mask[available[(available >= 0) & (available < n)]] = True
     mask &= np.asarray(healthy, dtype=np.bool_)
     mask[must] = False
-    return must, np.flatnonzero(mask)
+    return must, mask
 
 
 def lowest_k(cost: FloatArray, cands: IntArray, k: int) -> IntArray:
@@ -155,29 +156,39 @@ def preferred_cores(
     fewer than ``size`` when the candidates cannot cover it (the kubelet fills the shortfall itself).
     """
     n = topology.n_cores
-    must, cands = _selectable(n, available, must_include, healthy)
+    must, mask = _selectable(n, available, must_include, healthy)
     need = size - len(must)
-    if need <= 0 or len(cands) == 0:
+    if need <= 0 or not mask.any():
         return np.sort(must)
-    cand_fill = _clean_fill(np.asarray(queue_fill, dtype=np.float64)[cands])
+    fill = _clean_fill(np.asarray(queue_fill, dtype=np.float64)[:n])
     if len(must):
         anchor_chip, cx, cy = _anchor_on(topology, must)
     else:
-        anchor_chip, cx, cy = _seed_window(topology, cands, cand_fill, need)
+        anchor_chip, cx, cy = _seed_window(topology, mask, fill, need)
     g = topology.geometry
+    # Any core on the anchor chip costs less than any core off it: within a chip a core is at most
+    # cols + rows - 2 hops from the centre plus the queue penalty, and leaving the chip adds more than that. So when
+    # the anchor chip can hold the request, only its cores are ranked (1/chips of the work, the same answer).
+    first = anchor_chip * g.cores
+    on_chip = np.flatnonzero(mask[first : first + g.cores]) + first
+    if len(on_chip) >= need:
+        hops = np.abs(topology.gx[on_chip] - cx) + np.abs(topology.gy[on_chip] - cy)
+        cost = hops + QUEUE_PENALTY_HOPS * fill[on_chip]
+        return np.sort(np.concatenate([must, lowest_k(cost, on_chip, need)]))
+    cands = np.flatnonzero(mask)
     chip_penalty = 2.0 * (g.cols + g.rows) + QUEUE_PENALTY_HOPS  # beyond any on-chip detour
     cost = (
         _hops_from(topology, cands, anchor_chip, cx, cy)
-        + QUEUE_PENALTY_HOPS * cand_fill
+        + QUEUE_PENALTY_HOPS * fill[cands]
         + chip_penalty * (topology.chip_of[cands] != anchor_chip)
     )
-    picked = lowest_k(cost, cands, need)
-    return np.sort(np.concatenate([must, picked]))
+    return np.sort(np.concatenate([must, lowest_k(cost, cands, need)]))
 
 
 def _clean_fill(fill: FloatArray) -> FloatArray:
     """Queue fill clipped to 0..1, NaN (untrusted telemetry) counted as a full queue."""
-    return np.clip(np.where(np.isnan(fill), 1.0, fill), 0.0, 1.0)
+    clean = np.fmin(fill, 1.0)  # fmin takes the number over NaN: NaN -> 1.0
+    return np.fmax(clean, 0.0, out=clean)
 
 
 def _hops_from(
@@ -200,19 +211,22 @@ def _anchor_on(topology: Topology, must: IntArray) -> tuple[int, float, float]:
     return anchor_chip, float(np.median(topology.gx[on])), float(np.median(topology.gy[on]))
 
 
-def _seed_window(topology: Topology, cands: IntArray, cand_fill: FloatArray, need: int) -> tuple[int, float, float]:
-    """Pick the chip and centre (global mesh x, y) of the best window just large enough for ``need`` cores."""
+def _seed_window(topology: Topology, mask: BoolArray, fill: FloatArray, need: int) -> tuple[int, float, float]:
+    """Pick the chip and centre (global mesh x, y) of the best window just large enough for ``need`` cores.
+
+    ``mask`` marks the candidate cores and ``fill`` is every core's clean queue fill, both indexed by core.
+    """
     g = topology.geometry
     n_chips, rows, cols, cpr = topology.n_chips, g.rows, g.cols, g.cores_per_router
-    # Free-core count and queue fill per router, as (chip, row, col) grids.
-    router_local = topology.local[cands] // cpr
-    flat = topology.chip_of[cands] * (rows * cols) + router_local
-    count = np.bincount(flat, minlength=n_chips * rows * cols).reshape(n_chips, rows, cols)
-    pen = np.bincount(flat, weights=cand_fill, minlength=n_chips * rows * cols).reshape(n_chips, rows, cols)
+    # Free-core count and queue fill per router, as (chip, row, col) grids: a core's index is chip, router row,
+    # router column, slot behind the router (Topology's layout), so the grids are reshapes, not scatters.
+    free = mask.reshape(n_chips, rows, cols, cpr)
+    count = free.sum(axis=3, dtype=np.float64)
+    pen = np.where(free, fill.reshape(n_chips, rows, cols, cpr), 0.0).sum(axis=3)
     per_chip = count.reshape(n_chips, -1).sum(axis=1)
     wx = min(int(np.ceil(np.sqrt(need / cpr))), cols)
     wy = min(int(np.ceil(need / (cpr * wx))), rows)
-    win_count, win_pen = _window_sums(np.concatenate([count.astype(np.float64), pen]), wy, wx).reshape(
+    win_count, win_pen = _window_sums(np.concatenate([count, pen]), wy, wx).reshape(
         2, n_chips, rows - wy + 1, cols - wx + 1
     )
     # Only chips that can hold the whole request, when there are any: the region should not straddle chips.
@@ -266,7 +280,8 @@ def preferred_blocks(
     further chips in headroom order. Must-include blocks are kept; others are available, healthy, distinct.
     """
     n = len(blocks.ids)
-    must, cands = _selectable(n, available, must_include, healthy)
+    must, mask = _selectable(n, available, must_include, healthy)
+    cands = np.flatnonzero(mask)
     need = size - len(must)
     if need <= 0 or len(cands) == 0:
         return np.sort(must)

@@ -1,7 +1,8 @@
 """Per-resource answers to GetPreferredAllocation and Allocate, on top of the pure policy.
 
 The servicer is resource-agnostic; each resource supplies a :class:`ResourceAllocator` that maps device IDs to
-indices, asks :mod:`snnrm.core.allocation`, and describes an allocation to the container: environment
+indices (:class:`~snnrm.kubelet.id_index.IdIndex`, which also decodes GetPreferredAllocation's request straight
+into them), asks :mod:`snnrm.core.allocation`, and describes an allocation to the container: environment
 variables, a read-only JSON file describing the devices, and the CDI names of the chips touched.
 
 The Allocate path stays cheap: IDs are resolved with C-level dict lookups, the JSON file is written once per
@@ -34,6 +35,7 @@ from snnrm.kubelet.allocation_file import (
     write_allocation,
 )
 from snnrm.kubelet.cdi import CdiSpecWriter, qualified_name
+from snnrm.kubelet.id_index import IdIndex
 from snnrm.kubelet.protos.deviceplugin.v1beta1 import api_pb2
 from snnrm.kubelet.state import AllocationState
 
@@ -56,12 +58,17 @@ class ResourceAllocator(Protocol):
 
     resource: str
 
-    async def settle(self, available: Sequence[str], size: int) -> None:
+    @property
+    def id_index(self) -> IdIndex:
+        """The advertised IDs' indices (what :meth:`settle` and :meth:`preferred` take)."""
+        ...
+
+    async def settle(self, available: IntArray, size: int) -> None:
         """Called before :meth:`preferred`: wait (briefly) for whatever the choice depends on to be current."""
         ...
 
-    def preferred(self, available: Sequence[str], must: Sequence[str], size: int, healthy: BoolArray) -> list[str]:
-        """Advisory choice of ``size`` IDs in total among ``available``, keeping ``must``."""
+    def preferred(self, available: IntArray, must: IntArray, size: int, healthy: BoolArray) -> list[str]:
+        """Advisory choice of ``size`` IDs in total among ``available`` (indices), keeping ``must``."""
         ...
 
     def validate(self, ids: Sequence[str], healthy: BoolArray) -> None:
@@ -241,39 +248,32 @@ class CoreAllocator:
         self._files = files
         self._cdi = cdi
         self._hints = hints
-        # The servicer passes the same request field to settle and then preferred: its lookup (4,096 IDs hashed,
-        # ~0.4 ms, the largest part of a GetPreferredAllocation) is done once. Held by identity, for one call.
-        self._looked_up: tuple[Sequence[str], IntArray] | None = None
+        self._index: tuple[object, IdIndex] | None = None
 
-    def _available(self, available: Sequence[str]) -> IntArray:
-        last = self._looked_up
-        if last is not None and last[0] is available:
-            return last[1]
-        avail = allocation.lookup(self._state.topology.index_of, available)
-        self._looked_up = (available, avail)
-        return avail
+    @property
+    def id_index(self) -> IdIndex:
+        topo = self._state.topology
+        if self._index is None or self._index[0] is not topo:  # built once per topology (the table is ~0.6 MB)
+            self._index = (topo, IdIndex(topo.ids, index_of=topo.index_of))
+        return self._index[1]
 
-    async def settle(self, available: Sequence[str], size: int) -> None:
+    async def settle(self, available: IntArray, size: int) -> None:
         if self._hints is None:
             return
-        avail = self._available(available)
         # Wait for a refresh that brings this admission's plan, not merely the next refresh: another pod's change can
         # refresh the plans first (a 4-stage job admitted in one kubelet batch did, under load in CI).
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(PLAN_SETTLE_S):
-                while not self._hints.matches(avail, size):
+                while not self._hints.matches(available, size):
                     await self._hints.refreshed()
 
-    def preferred(self, available: Sequence[str], must: Sequence[str], size: int, healthy: BoolArray) -> list[str]:
+    def preferred(self, available: IntArray, must: IntArray, size: int, healthy: BoolArray) -> list[str]:
         topo = self._state.topology
-        avail = self._available(available)
-        self._looked_up = None  # the request is answered: do not keep it alive
-        must_idx = allocation.lookup(topo.index_of, must)
-        planned = self._hints.planned(avail, size) if self._hints is not None else None
+        planned = self._hints.planned(available, size) if self._hints is not None else None
         if planned is not None:  # a planned stage pod: follow the plan's cores
-            idx = follow_plan(topo, avail, must_idx, size, planned, self._state.queue_fill(), healthy)
+            idx = follow_plan(topo, available, must, size, planned, self._state.queue_fill(), healthy)
         else:
-            idx = allocation.preferred_cores(topo, avail, must_idx, size, self._state.queue_fill(), healthy)
+            idx = allocation.preferred_cores(topo, available, must, size, self._state.queue_fill(), healthy)
         ids = topo.ids
         return [ids[i] for i in idx.tolist()]
 
@@ -304,37 +304,34 @@ class ThroughputAllocator:
         self._files = files
         self._cdi = cdi
         self._blocks: ThroughputBlocks | None = None
-        self._index_of: dict[str, int] = {}
+        self._id_index = IdIndex(())
 
-    def _index(self) -> tuple[ThroughputBlocks, dict[str, int]]:
+    def _index(self) -> tuple[ThroughputBlocks, IdIndex]:
         blocks = self._state.blocks
         if blocks is not self._blocks:  # the layout changes only if the app re-plans it
-            self._index_of = {b: i for i, b in enumerate(blocks.ids)}
+            self._id_index = IdIndex(blocks.ids)
             self._blocks = blocks
-        return blocks, self._index_of
+        return blocks, self._id_index
 
-    async def settle(self, available: Sequence[str], size: int) -> None:
+    @property
+    def id_index(self) -> IdIndex:
+        return self._index()[1]
+
+    async def settle(self, available: IntArray, size: int) -> None:
         return  # blocks are interchangeable within a chip: nothing to wait for
 
-    def preferred(self, available: Sequence[str], must: Sequence[str], size: int, healthy: BoolArray) -> list[str]:
-        blocks, index_of = self._index()
-        idx = allocation.preferred_blocks(
-            blocks,
-            allocation.lookup(index_of, available),
-            allocation.lookup(index_of, must),
-            size,
-            healthy,
-            self._state.chip_headroom_keps(),
-        )
+    def preferred(self, available: IntArray, must: IntArray, size: int, healthy: BoolArray) -> list[str]:
+        blocks = self._index()[0]
+        idx = allocation.preferred_blocks(blocks, available, must, size, healthy, self._state.chip_headroom_keps())
         ids = blocks.ids
         return [ids[i] for i in idx.tolist()]
 
     def validate(self, ids: Sequence[str], healthy: BoolArray) -> None:
-        allocation.validate_allocation(self._index()[1], ids, healthy)
+        allocation.validate_allocation(self._index()[1].index_of, ids, healthy)
 
     def allocate(self, ids: Sequence[str], healthy: BoolArray) -> api_pb2.ContainerAllocateResponse:
-        blocks, index_of = self._index()
-        idx = np.sort(allocation.validate_allocation(index_of, ids, healthy))
+        blocks, index = self._index()
+        idx = np.sort(allocation.validate_allocation(index.index_of, ids, healthy))
         all_ids = blocks.ids
         sorted_ids = [all_ids[i] for i in idx.tolist()]
         chips = _chips(blocks.chip_of_block[idx])

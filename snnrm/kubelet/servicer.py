@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import grpc
 import structlog
@@ -23,12 +23,11 @@ from snnrm.core.allocation import AllocationError, UnknownDeviceError
 from snnrm.core.topology import BoolArray
 from snnrm.kubelet.allocator import ResourceAllocator
 from snnrm.kubelet.feed import DeviceFeed
+from snnrm.kubelet.id_index import PreferredRequest
 from snnrm.kubelet.protos.deviceplugin.v1beta1 import api_pb2
 from snnrm.kubelet.wire import DEVICE_PLUGIN_SERVICE, ListAndWatchEncoder, lenient, refuse_malformed
 
 log = structlog.get_logger(__name__)
-
-R = TypeVar("R", api_pb2.AllocateRequest, api_pb2.PreferredAllocationRequest)
 
 MAX_CONTAINERS = 64
 """Container requests one Allocate or GetPreferredAllocation may carry. The kubelet sends one per call; a request
@@ -100,7 +99,7 @@ class DevicePluginServicer:
                 "ListAndWatch": grpc.unary_stream_rpc_method_handler(self._list_and_watch, request_deserializer=empty),
                 "GetPreferredAllocation": grpc.unary_unary_rpc_method_handler(
                     self._get_preferred_allocation,
-                    request_deserializer=lenient(api_pb2.PreferredAllocationRequest.FromString),
+                    request_deserializer=self._decode_preferred,
                     response_serializer=api_pb2.PreferredAllocationResponse.SerializeToString,
                 ),
                 "Allocate": grpc.unary_unary_rpc_method_handler(
@@ -164,39 +163,44 @@ class DevicePluginServicer:
         current = self._feed.current
         return None if current is None else current.healthy
 
-    async def _usable(self, request: R | None, context: Any, rpc: str) -> R:
-        """``request`` if it parsed and lists at most :data:`MAX_CONTAINERS` containers; else INVALID_ARGUMENT."""
-        if request is None:
-            await refuse_malformed(context, rpc)
-        if len(request.container_requests) > MAX_CONTAINERS:
-            n = len(request.container_requests)
-            log.warning("request refused", resource=self.resource, rpc=rpc, containers=n)
+    def _decode_preferred(self, raw: bytes) -> PreferredRequest | None:
+        # Straight into device indices (the C path reads the bytes without a str per ID); None: not a message.
+        return self._allocator.id_index.preferred_request(raw, MAX_CONTAINERS)
+
+    async def _refuse_over_limit(self, context: Any, rpc: str, containers: int) -> None:
+        """INVALID_ARGUMENT when a request lists more than :data:`MAX_CONTAINERS` containers."""
+        if containers > MAX_CONTAINERS:
+            log.warning("request refused", resource=self.resource, rpc=rpc, containers=containers)
             await _abort(
                 context,
                 grpc.StatusCode.INVALID_ARGUMENT,
-                f"{rpc}: {n} container requests in one call, at most {MAX_CONTAINERS} (the kubelet sends one)",
+                f"{rpc}: {containers} container requests in one call, at most {MAX_CONTAINERS} (the kubelet sends one)",
             )
-        return request
 
     async def _get_preferred_allocation(
-        self, request: api_pb2.PreferredAllocationRequest | None, context: Any
+        self, request: PreferredRequest | None, context: Any
     ) -> api_pb2.PreferredAllocationResponse:
-        request = await self._usable(request, context, "GetPreferredAllocation")
+        if request is None:
+            await refuse_malformed(context, "GetPreferredAllocation")
+        await self._refuse_over_limit(context, "GetPreferredAllocation", request.containers)
         healthy = self._healthy()
         if healthy is None:
             await _abort(context, grpc.StatusCode.UNAVAILABLE, f"no {self.resource} devices published yet")
+        if request.asks:  # one wait per call, however many containers a (possibly hostile) request lists
+            await self._allocator.settle(request.asks[0].available, request.asks[0].size)
+        # Decoded before the call ran: if the devices were renumbered since (a re-plan of the blocks), the indices
+        # are moved onto the numbering the answer is computed in.
+        request = request.onto(self._allocator.id_index)
         response = api_pb2.PreferredAllocationResponse()
-        for i, req in enumerate(request.container_requests):
-            if i == 0:  # one wait per call, however many containers a (possibly hostile) request lists
-                await self._allocator.settle(req.available_deviceIDs, req.allocation_size)
-            ids = self._allocator.preferred(
-                req.available_deviceIDs, req.must_include_deviceIDs, req.allocation_size, healthy
-            )
+        for ask in request.asks:
+            ids = self._allocator.preferred(ask.available, ask.must_include, ask.size, healthy)
             response.container_responses.add().deviceIDs.extend(ids)
         return response
 
     async def _allocate(self, request: api_pb2.AllocateRequest | None, context: Any) -> api_pb2.AllocateResponse:
-        request = await self._usable(request, context, "Allocate")
+        if request is None:
+            await refuse_malformed(context, "Allocate")
+        await self._refuse_over_limit(context, "Allocate", len(request.container_requests))
         if any(not c.devices_ids for c in request.container_requests):
             # The kubelet calls Allocate only for containers that get devices; an empty one would be handed a
             # zero-device allocation file shared by both resources (the hash of no IDs).

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence, Sized
 from typing import Any, Protocol
 
 import grpc
@@ -82,18 +82,22 @@ class _AllocateRequest(Protocol):
     def container_requests(self) -> Sequence[_ContainerAllocateRequest]: ...
 
 
-class _ContainerPreferredAllocationRequest(Protocol):
+class _PreferredAsk(Protocol):
     @property
-    def available_deviceIDs(self) -> Sequence[str]: ...
+    def available(self) -> Sized: ...
     @property
-    def must_include_deviceIDs(self) -> Sequence[str]: ...
+    def must_include(self) -> Sized: ...
     @property
-    def allocation_size(self) -> int: ...
+    def size(self) -> int: ...
 
 
 class _PreferredAllocationRequest(Protocol):
+    """A GetPreferredAllocation request as the device plugin decodes it (snnrm.kubelet.id_index.PreferredRequest)."""
+
     @property
-    def container_requests(self) -> Sequence[_ContainerPreferredAllocationRequest]: ...
+    def containers(self) -> int: ...
+    @property
+    def asks(self) -> Sequence[_PreferredAsk]: ...
 
 
 class _ContainerPreferredAllocationResponse(Protocol):
@@ -299,11 +303,12 @@ def _preferred_allocation_attributes(
 ) -> dict[str, AttributeValue]:
     if request is None:  # did not parse
         return _rpc_attributes("GetPreferredAllocation", resource, 0)
-    reqs = request.container_requests
-    attrs = _rpc_attributes("GetPreferredAllocation", resource, len(reqs))
-    attrs["snnrm.allocation_size"] = sum(c.allocation_size for c in reqs)
-    attrs["snnrm.available"] = sum(len(c.available_deviceIDs) for c in reqs)
-    attrs["snnrm.must_include"] = sum(len(c.must_include_deviceIDs) for c in reqs)
+    # Devices the plugin knows: the request is decoded into indices, unknown IDs dropped.
+    asks = request.asks
+    attrs = _rpc_attributes("GetPreferredAllocation", resource, request.containers)
+    attrs["snnrm.allocation_size"] = sum(a.size for a in asks)
+    attrs["snnrm.available"] = sum(len(a.available) for a in asks)
+    attrs["snnrm.must_include"] = sum(len(a.must_include) for a in asks)
     return attrs
 
 
