@@ -27,11 +27,12 @@ RUN python -m venv /opt/snnrm \
 COPY setup.py ./
 COPY snnrm ./snnrm
 COPY sim_hw ./sim_hw
-# The extension is optional for pip; the image must not ship without it (the check fails the build instead).
+# The extension is optional for pip; the image must not ship without it (the check fails the build instead; it runs
+# outside /src, where the sources without the built extension would shadow the installed package).
 RUN /opt/snnrm/bin/pip install --no-deps . \
  && /opt/snnrm/bin/pip uninstall -y pip \
  && /opt/snnrm/bin/python -m compileall -q /opt/snnrm \
- && /opt/snnrm/bin/python -c "from snnrm.kubelet.id_index import NATIVE; assert NATIVE, 'C extension not built'" \
+ && cd / && /opt/snnrm/bin/python -c "from snnrm.kubelet.id_index import NATIVE; assert NATIVE, 'C extension not built'" \
  && /opt/snnrm/bin/snnrm --version
 
 FROM ${PYTHON_IMAGE}

@@ -11,7 +11,13 @@ from snnrm.core.allocation import (
     AllocationError,
     UnhealthyDeviceError,
     UnknownDeviceError,
+    _anchor_on,
+    _clean_fill,
+    _core_cost,
+    _seed_window,
+    _selectable,
     lookup,
+    lowest_k,
     preferred_blocks,
     preferred_cores,
     validate_allocation,
@@ -54,6 +60,47 @@ def test_preferred_cores_respects_candidates_and_must_include(req: CoreRequest) 
     assert len(out) == expected
     again = preferred_cores(TOPO, available, must, size, fill, healthy)
     assert np.array_equal(out, again)
+
+
+@settings(max_examples=300, deadline=None)
+@given(core_requests(), st.lists(st.sampled_from([0.0, 0.25, 1.0, float("nan"), -1.0, 7.0]), min_size=N, max_size=N))
+def test_ranking_only_the_anchor_chip_gives_the_answer_of_ranking_every_candidate(
+    req: CoreRequest, odd_fill: list[float]
+) -> None:
+    """preferred_cores ranks only the anchor chip's cores when that chip can hold the request: every core off it
+    must cost more than every core on it, so the answer is the one ranking all candidates by _core_cost gives
+    (with fill that ties, is NaN or out of range too)."""
+    available, must_in, size, fill, healthy = req
+    for f in (fill, np.array(odd_fill)):
+        must, mask = _selectable(N, available, must_in, healthy)
+        need = size - len(must)
+        cands = np.flatnonzero(mask)
+        if need <= 0 or len(cands) == 0:
+            continue
+        clean = _clean_fill(f)
+        chip, cx, cy = _anchor_on(TOPO, must) if len(must) else _seed_window(TOPO, mask, clean, need)
+        every = lowest_k(_core_cost(TOPO, cands, chip, cx, cy, clean), cands, need)
+        expected = np.sort(np.concatenate([must, every]))
+        assert np.array_equal(preferred_cores(TOPO, available, must_in, size, f, healthy), expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(0, TOPO.n_chips - 1),
+    st.floats(0, 1),
+    st.floats(0, 1),
+    st.lists(st.sampled_from([0.0, 1.0, float("nan")]) | st.floats(-1, 2), min_size=N, max_size=N),
+)
+def test_every_core_off_the_anchor_chip_costs_more_than_every_core_on_it(
+    chip: int, fx: float, fy: float, fill: list[float]
+) -> None:
+    """The invariant the anchor-chip shortcut above rests on, for any centre on the chip and any queue fill."""
+    g = TOPO.geometry
+    cx = float(TOPO.chip_pos[chip, 0] * g.cols) + fx * (g.cols - 1)
+    cy = float(TOPO.chip_pos[chip, 1] * g.rows) + fy * (g.rows - 1)
+    cost = _core_cost(TOPO, np.arange(N), chip, cx, cy, _clean_fill(np.array(fill)))
+    on = TOPO.chip_of == chip
+    assert cost[on].max() < cost[~on].min()
 
 
 @settings(max_examples=100, deadline=None)
