@@ -18,6 +18,27 @@
 #include <stdint.h>
 #include <string.h>
 
+/* A growable array of indices, kept between calls (it grows to the largest request seen, no further). */
+typedef struct {
+    int64_t *at;
+    Py_ssize_t len, cap;
+} Indices;
+
+static int push(Indices *a, int64_t value) {
+    if (a->len == a->cap) {
+        Py_ssize_t cap = a->cap ? 2 * a->cap : 1024;
+        int64_t *grown = PyMem_Realloc(a->at, sizeof(int64_t) * (size_t)cap);
+        if (grown == NULL) {
+            PyErr_NoMemory();
+            return 0;
+        }
+        a->at = grown;
+        a->cap = cap;
+    }
+    a->at[a->len++] = value;
+    return 1;
+}
+
 typedef struct {
     PyObject_HEAD
     Py_ssize_t n;
@@ -25,8 +46,8 @@ typedef struct {
     Py_ssize_t *offset;  /* n + 1 offsets into keys */
     int32_t *slots;      /* index + 1 of the ID hashed to each slot; 0: empty (linear probing) */
     uint64_t mask;       /* number of slots - 1, a power of two at least twice n */
-    int64_t *scratch;    /* indices of the container being decoded (available, then must-include from the end) */
-    Py_ssize_t scratch_len;
+    Indices avail;       /* the container being decoded: its available IDs' indices */
+    Indices must;        /* and its must-include IDs' */
 } IdIndex;
 
 /* A 64-bit mix of p[0:len], eight bytes at a time (IDs are short: chip12-core255 is two words). The table holds
@@ -72,7 +93,8 @@ static void IdIndex_dealloc(IdIndex *self) {
     PyMem_Free(self->keys);
     PyMem_Free(self->offset);
     PyMem_Free(self->slots);
-    PyMem_Free(self->scratch);
+    PyMem_Free(self->avail.at);
+    PyMem_Free(self->must.at);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -177,17 +199,7 @@ static int delimited(const unsigned char **p, const unsigned char *end, Py_ssize
 /* One ContainerPreferredAllocationRequest, as (available, must_include, allocation_size); NULL with no error
  * set when it is outside the plain encoding. */
 static PyObject *container(IdIndex *self, const unsigned char *p, const unsigned char *end) {
-    /* Each ID takes at least two bytes on the wire: a tag and a length. */
-    Py_ssize_t most = (end - p) / 2 + 1;
-    if (most > self->scratch_len) {
-        int64_t *grown = PyMem_Realloc(self->scratch, sizeof(int64_t) * (size_t)most);
-        if (grown == NULL) {
-            return PyErr_NoMemory();
-        }
-        self->scratch = grown;
-        self->scratch_len = most;
-    }
-    Py_ssize_t n_avail = 0, n_must = 0;
+    self->avail.len = self->must.len = 0;
     int64_t size = 0;
     while (p < end) {
         unsigned char tag = *p++;
@@ -201,10 +213,8 @@ static PyObject *container(IdIndex *self, const unsigned char *p, const unsigned
                 return NULL;
             }
             p += len;
-            if (tag == 0x0a) {
-                self->scratch[n_avail++] = i;
-            } else {
-                self->scratch[self->scratch_len - 1 - n_must++] = i;
+            if (!push(tag == 0x0a ? &self->avail : &self->must, i)) {
+                return NULL;
             }
         } else if (tag == 0x18) { /* allocation_size = 3: int32; the last one counts, as in protobuf */
             uint64_t v;
@@ -216,18 +226,11 @@ static PyObject *container(IdIndex *self, const unsigned char *p, const unsigned
             return NULL;
         }
     }
-    PyObject *avail = PyBytes_FromStringAndSize((const char *)self->scratch, (Py_ssize_t)sizeof(int64_t) * n_avail);
-    PyObject *must = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)sizeof(int64_t) * n_must);
-    if (avail == NULL || must == NULL) {
-        Py_XDECREF(avail);
-        Py_XDECREF(must);
-        return NULL;
-    }
-    int64_t *out = (int64_t *)PyBytes_AS_STRING(must);
-    for (Py_ssize_t k = 0; k < n_must; k++) {
-        out[k] = self->scratch[self->scratch_len - 1 - k];
-    }
-    return Py_BuildValue("(NNL)", avail, must, (long long)size);
+    /* An array never grown has no buffer yet: "" then, as y# would make None of NULL. */
+    const char *avail = self->avail.at ? (const char *)self->avail.at : "";
+    const char *must = self->must.at ? (const char *)self->must.at : "";
+    return Py_BuildValue("(y#y#L)", avail, (Py_ssize_t)sizeof(int64_t) * self->avail.len, must,
+                         (Py_ssize_t)sizeof(int64_t) * self->must.len, (long long)size);
 }
 
 PyDoc_STRVAR(decode_preferred_doc,

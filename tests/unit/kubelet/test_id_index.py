@@ -71,6 +71,17 @@ def test_the_c_path_decodes_what_the_kubelet_sends(native: IdIndex) -> None:
     assert as_plain(got) == as_plain(PURE.preferred_request(raw, LIMIT))
 
 
+def test_a_fresh_index_decodes_requests_without_must_include_or_any_id() -> None:
+    """Its arrays have no buffer until an ID needs one (the first request the daemon gets looks like these)."""
+    if not NATIVE:
+        missing("the C extension snnrm.kubelet._id_index is not built (pip install needs a C compiler)")
+    for raw in (request((list(IDS[:3]), [], 2)), request(([], [], 0)), request(([], [IDS[1]], 1))):
+        fresh = IdIndex(IDS)
+        assert fresh._native is not None
+        assert fresh._native.decode_preferred(raw, LIMIT) is not None
+        assert as_plain(fresh.preferred_request(raw, LIMIT)) == as_plain(PURE.preferred_request(raw, LIMIT))
+
+
 @pytest.mark.parametrize(
     ("case", "raw"),
     [
