@@ -172,13 +172,26 @@ def _place_stages(backend: SimBackend, want: int) -> list[LocalStage]:
     return placed
 
 
+PROMETHEUS_SCRAPE_HEADERS = {
+    # What Prometheus 3 sends by default (prometheus/prometheus scrape/scrape.go: its Accept header, and gzip): the
+    # body is OpenMetrics, gzip-compressed by the daemon (0.5 MB at 16,384 cores instead of 10.5 MB of text).
+    "Accept": (
+        "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,"
+        "application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,"
+        "text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+    ),
+    "Accept-Encoding": "gzip",
+}
+
+
 def _scrape_forever(url: str, every: float) -> None:
     """Child process: GET ``url`` (the daemon's /metrics, as Prometheus does) every ``every`` seconds."""
     import urllib.request
 
+    request = urllib.request.Request(url, headers=PROMETHEUS_SCRAPE_HEADERS)
     while True:
         t = time.monotonic()
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=30) as r:
+        with contextlib.suppress(OSError), urllib.request.urlopen(request, timeout=30) as r:
             r.read()
         time.sleep(max(0.0, every - (time.monotonic() - t)))
 
