@@ -41,6 +41,8 @@ class NodeService:
     ready: asyncio.Event = field(init=False, default_factory=asyncio.Event)
     """Set once the first frame has been folded in (so what we advertise is measured, not assumed)."""
     frame_errors: int = field(init=False, default=0)
+    stale_health_plans: int = field(init=False, default=0)
+    """Frames whose health, computed off the loop, was folded again on it because a hard fault came meanwhile."""
     withheld: BoolArray | None = field(init=False, default=None)
     """Neuron cores advertised Unhealthy because a live remap lent them to a running stage (see :meth:`withhold`)."""
     last_sample_wall: float = field(init=False, default=float("nan"))
@@ -134,14 +136,19 @@ class NodeService:
                 self.frame_errors += 1
                 log.warning("telemetry_read_failed", error=repr(e), errors=self.frame_errors)
             else:
-                # The rates half runs in a worker thread (numpy releases the GIL): at 16,384 cores a frame is
-                # ~2 x 1-2 ms of work, and a pushed hard fault must not wait behind it (5 ms to ListAndWatch).
-                if await asyncio.to_thread(self.monitor.fold_rates, frame):
-                    # The rest stays on the loop (it shares state with hard faults) in ~1 ms parts; a hard fault
-                    # that became ready meanwhile goes first.
-                    await asyncio.sleep(0)
-                    changed = self.monitor.fold_health(frame)
-                    await asyncio.sleep(0)
+                # The rates and the health decisions are computed in a worker thread (numpy releases the GIL): at
+                # 16,384 cores that is ~1.5 + ~1 ms (up to 3.6) of work, and a pushed hard fault must not wait
+                # behind it (5 ms to ListAndWatch). The health plan only reads what hard faults write; it is applied
+                # here, on the loop, unless a fault was applied meanwhile: then the frame's health is folded again
+                # here (rare: a fault and a frame within the same millisecond or two), never over the fault.
+                plan = await asyncio.to_thread(self.monitor.prepare, frame)
+                if plan is not None:
+                    await asyncio.sleep(0)  # a hard fault that became ready meanwhile goes first
+                    changed = self.monitor.apply_health(plan)
+                    if changed is None:
+                        self.stale_health_plans += 1
+                        changed = self.monitor.fold_health(frame)
+                        await asyncio.sleep(0)
                     if self.monitor.fold_capacity(frame) or changed:
                         self._publish()
                     self._frame_folded()

@@ -73,9 +73,32 @@ class Observation:
     """Highest utilisation of the links leaving each core's router (0 when none)."""
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class HealthStep:
+    """One tick computed from the state as it was (:meth:`HealthMachine.propose`), not yet applied."""
+
+    version: int
+    """:attr:`HealthMachine.version` it was computed at: a pushed fault applied since makes it stale."""
+    state: IntArray
+    reasons: IntArray
+    bad_since: FloatArray
+    good_since: FloatArray
+    pushed: FloatArray
+    changed: BoolArray
+    """Cores whose state the step changes."""
+    healthy_changed: bool
+    """Whether any core turns Healthy or stops being Healthy."""
+
+
 @dataclass(slots=True, eq=False)
 class HealthMachine:
-    """Holds per-core state between ticks; :meth:`step` is pure apart from that state."""
+    """Holds per-core state between ticks; :meth:`step` is pure apart from that state.
+
+    A tick can be computed away from where faults are applied (:meth:`propose` reads the state and changes
+    nothing; the shell runs it in a worker thread) and applied later (:meth:`commit`), unless a pushed fault was
+    applied in between (:attr:`version`): then it is computed again, so a fault is never undone by a tick computed
+    before it.
+    """
 
     n_cores: int
     settings: HealthSettings = field(default_factory=HealthSettings)
@@ -85,6 +108,8 @@ class HealthMachine:
     _good_since: FloatArray = field(init=False)
     _pushed: FloatArray = field(init=False)
     """Backend time of a pushed hard failure per core (NaN: none); frames newer than it take over."""
+    version: int = field(init=False, default=0)
+    """Pushed faults applied so far (:meth:`fail`)."""
 
     def __post_init__(self) -> None:
         self.state = np.full(self.n_cores, int(Health.HEALTHY), dtype=np.int64)
@@ -100,6 +125,7 @@ class HealthMachine:
 
     def fail(self, cores: IntArray, *, failed: bool, now: float) -> None:
         """Apply a pushed hard fault at once (no dwell): the kubelet must stop placing work there now."""
+        self.version += 1
         if failed:
             self.state[cores] = Health.UNHEALTHY
             self.reasons[cores] |= HealthReason.FAILED
@@ -113,6 +139,22 @@ class HealthMachine:
 
     def step(self, obs: Observation) -> BoolArray:
         """Advance one tick; returns the mask of cores whose state changed."""
+        changed = self.commit(self.propose(obs))
+        assert changed is not None  # nothing ran between the two
+        return changed
+
+    def commit(self, step: HealthStep) -> BoolArray | None:
+        """Apply ``step``; None (and nothing changed) when a pushed fault was applied since it was proposed."""
+        if step.version != self.version:
+            return None
+        self.state, self.reasons = step.state, step.reasons
+        self._bad_since, self._good_since, self._pushed = step.bad_since, step.good_since, step.pushed
+        return step.changed
+
+    def propose(self, obs: Observation) -> HealthStep:
+        """The tick ``obs`` makes, from the state now; changes nothing (safe beside :meth:`fail`: see
+        :meth:`commit`)."""
+        version = self.version  # first: a fault applied while the arrays are read makes the step stale
         s = self.settings
         age = obs.now - obs.last_valid
         # NaN (untrusted telemetry) as the harmless value; where(isnan) is a third of nan_to_num's work, and
@@ -136,17 +178,17 @@ class HealthMachine:
         stale = age > s.stale_unknown
         # A pushed failure holds until a frame sampled after it says otherwise (a frame read before the event
         # but folded in after it must not undo it).
-        self._pushed = np.where(~obs.failed & (obs.now > self._pushed), np.nan, self._pushed)
-        hard = obs.failed | ~np.isnan(self._pushed)
+        pushed = np.where(~obs.failed & (obs.now > self._pushed), np.nan, self._pushed)
+        hard = obs.failed | ~np.isnan(pushed)
 
         any_soft = soft != 0
-        self._bad_since = np.where(any_soft, np.where(np.isnan(self._bad_since), obs.now, self._bad_since), np.nan)
-        bad_long = any_soft & (obs.now - self._bad_since >= s.enter_dwell)
+        bad_since = np.where(any_soft, np.where(np.isnan(self._bad_since), obs.now, self._bad_since), np.nan)
+        bad_long = any_soft & (obs.now - bad_since >= s.enter_dwell)
         good_now = ~any_soft & ~stale & ~hard
-        self._good_since = np.where(good_now, np.where(np.isnan(self._good_since), obs.now, self._good_since), np.nan)
-        good_long = good_now & (obs.now - self._good_since >= s.recover_dwell)
+        good_since = np.where(good_now, np.where(np.isnan(self._good_since), obs.now, self._good_since), np.nan)
+        good_long = good_now & (obs.now - good_since >= s.recover_dwell)
 
-        old = self.state.copy()
+        old = self.state
         new = old.copy()
         unhealthy = hard | (age > s.stale_unhealthy) | bad_long
         new[unhealthy] = Health.UNHEALTHY
@@ -154,11 +196,11 @@ class HealthMachine:
         new[unknown & (old != Health.UNHEALTHY)] = Health.UNKNOWN
         new[good_long] = Health.HEALTHY
         # A soft condition that has not lasted enter_dwell leaves a healthy core healthy (no flapping).
-        self.state = new
         reasons = soft | (stale * int(HealthReason.STALE)) | (hard * int(HealthReason.FAILED))
         # Keep a soft reason flagged while its exit threshold is not yet met, even if the core is still healthy.
         reasons = np.where(any_soft | stale | hard | (previously_bad != 0), reasons, 0)
         # An Unhealthy core keeps the reasons that put it there until it has recovered.
-        self.reasons = np.where((new != Health.HEALTHY) & (reasons == 0), self.reasons, reasons).astype(np.int64)
+        reasons = np.where((new != Health.HEALTHY) & (reasons == 0), self.reasons, reasons).astype(np.int64)
         changed: BoolArray = new != old
-        return changed
+        healthy_changed = bool(((old == Health.HEALTHY) != (new == Health.HEALTHY)).any())
+        return HealthStep(version, new, reasons, bad_since, good_since, pushed, changed, healthy_changed)

@@ -19,10 +19,22 @@ from snnrm.core.devices import (
     event_throughput_devices,
     neuron_core_devices,
 )
-from snnrm.core.health import Health, HealthMachine, HealthSettings, Observation
+from snnrm.core.health import HealthMachine, HealthSettings, HealthStep, Observation
 from snnrm.core.rates import RateSettings, RateTracker
 from snnrm.core.telemetry import FaultKind, HardFault, TelemetryFrame
 from snnrm.core.topology import BoolArray, FloatArray, Topology
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class HealthPlan:
+    """A frame's link and health decisions computed (:meth:`NodeMonitor.plan_health`), not yet applied."""
+
+    faults: int
+    """:attr:`NodeMonitor.faults_applied` when computed: a pushed fault applied since makes the plan stale."""
+    link_utilization: FloatArray
+    link_failed: BoolArray
+    step: HealthStep
+    timestamp: float
 
 
 @dataclass(slots=True, eq=False)
@@ -41,6 +53,8 @@ class NodeMonitor:
     last_frame_time: float = field(init=False, default=float("nan"))
     frames: int = field(init=False, default=0)
     rejected_frames: int = field(init=False, default=0)
+    faults_applied: int = field(init=False, default=0)
+    """Pushed hard faults applied so far (:meth:`fault_health`)."""
 
     def __post_init__(self) -> None:
         t = self.topology
@@ -92,15 +106,26 @@ class NodeMonitor:
     def fold_health(self, frame: TelemetryFrame) -> bool:
         """Second part of :meth:`observe`: links and the health state machine; True if any core changed health.
         Call :meth:`fold_capacity` next."""
+        changed = self.apply_health(self.plan_health(frame))
+        assert changed is not None  # nothing ran between the two
+        return changed
+
+    def prepare(self, frame: TelemetryFrame) -> HealthPlan | None:
+        """:meth:`fold_rates` then :meth:`plan_health`: what the shell runs off the event loop (None: a frame of
+        the wrong shape, nothing changed). Only the rate tracker is written; a hard fault applied meanwhile makes
+        the plan stale, and :meth:`apply_health` says so instead of undoing the fault."""
+        return self.plan_health(frame) if self.fold_rates(frame) else None
+
+    def plan_health(self, frame: TelemetryFrame) -> HealthPlan:
+        """:meth:`fold_health`'s decisions from the state now, changing nothing (safe beside the fault path)."""
+        faults = self.faults_applied  # first: a fault applied while the state is read makes the plan stale
         util = np.nan_to_num(np.asarray(frame.link_utilization, dtype=np.float64), nan=0.0).clip(0.0, None)
-        self.link_utilization = util
-        self.link_failed = np.asarray(frame.link_failed, dtype=np.bool_)
+        link_failed = np.asarray(frame.link_failed, dtype=np.bool_)
         # A failed link is as bad as a fully congested one for the cores whose router it leaves.
-        eff_util = np.where(self.link_failed, np.inf, util)
+        eff_util = np.where(link_failed, np.inf, util)
         router_util = np.zeros(self.topology.n_routers)
         np.maximum.at(router_util, self.topology.link_src, eff_util)
-        before = self.health.state.copy()
-        self.health.step(
+        step = self.health.propose(
             Observation(
                 now=frame.timestamp,
                 failed=np.asarray(frame.core_failed, dtype=np.bool_),
@@ -110,9 +135,18 @@ class NodeMonitor:
                 router_link_utilization=router_util[self.topology.router],
             )
         )
-        self.last_frame_time = frame.timestamp
+        return HealthPlan(faults, util, link_failed, step, frame.timestamp)
+
+    def apply_health(self, plan: HealthPlan) -> bool | None:
+        """Apply ``plan``: True if any core changed health; None (nothing changed) when a pushed fault was
+        applied since it was planned (then :meth:`fold_health` the frame again)."""
+        if plan.faults != self.faults_applied or self.health.commit(plan.step) is None:
+            return None
+        self.link_utilization = plan.link_utilization
+        self.link_failed = plan.link_failed
+        self.last_frame_time = plan.timestamp
         self.frames += 1
-        return bool(((before == Health.HEALTHY) != self.health.healthy).any())
+        return plan.step.healthy_changed
 
     def fold_capacity(self, frame: TelemetryFrame) -> bool:
         """Last part of :meth:`observe`: effective capacity from the new health and rates; True if the
@@ -132,6 +166,7 @@ class NodeMonitor:
         The shell publishes the cores before :meth:`fault_capacity` (the kubelet must stop placing work on a
         failed core first; the event-throughput side follows a moment later).
         """
+        self.faults_applied += 1
         if fault.kind is FaultKind.LINK and 0 <= fault.index < self.topology.n_links:
             self.link_failed[fault.index] = fault.failed
         if not self.acts_at_once(fault):

@@ -86,3 +86,48 @@ def test_a_frame_of_the_wrong_shape_is_rejected(monitor: NodeMonitor) -> None:
     )
     assert not monitor.observe(bad)
     assert monitor.rejected_frames == 1
+
+
+def test_a_health_plan_made_before_a_pushed_fault_is_not_applied_over_it(monitor: NodeMonitor) -> None:
+    """The shell computes a frame's health off the event loop while hard faults are applied on it: a plan that
+    predates a fault is refused (applied, it would restore the core the fault took away), and the frame folded
+    again keeps the fault (it was sampled before it)."""
+    monitor.observe(frame(monitor, 0.0))
+    plan = monitor.prepare(frame(monitor, 0.1))
+    assert plan is not None
+    assert monitor.hard_fault(HardFault(FaultKind.CORE, 3, failed=True, timestamp=0.15))
+    assert monitor.apply_health(plan) is None
+    assert not monitor.core_healthy[3]
+    monitor.fold_health(frame(monitor, 0.1))
+    assert not monitor.core_healthy[3]
+    assert monitor.devices()[NEURON_CORE].healthy_count == 15
+
+
+def test_a_link_recovery_pushed_meanwhile_makes_a_plan_stale_too(monitor: NodeMonitor) -> None:
+    monitor.observe(frame(monitor, 0.0))
+    plan = monitor.prepare(frame(monitor, 0.1))
+    assert plan is not None
+    monitor.hard_fault(HardFault(FaultKind.LINK, 2, failed=False, timestamp=0.15))  # changes no core at once
+    assert monitor.apply_health(plan) is None
+
+
+def test_plans_applied_in_turn_decide_exactly_as_observe() -> None:
+    """Off the loop or on it, a frame makes the same decisions (queues saturating and recovering, a core the
+    frames report failed, a link congested, telemetry going stale)."""
+    t = Topology.grid(chips=2, geometry=ChipGeometry(cols=4, rows=2), nominal_keps=1000.0, queue_capacity=100.0)
+    on_loop, off_loop = (NodeMonitor(t, ThroughputBlocks.plan(t, block_keps=1000.0)) for _ in range(2))
+    rng = np.random.default_rng(5)
+    for k in range(60):
+        depth = 95.0 if 10 <= k < 30 else float(rng.uniform(0, 40))
+        f = frame(on_loop, 0.1 * k, depth=depth, failed=[2] if 20 <= k < 25 else (), link=0.99 * (k % 7 == 0))
+        if 40 <= k < 50:
+            f = frame(on_loop, 0.1 * k, count=float(k))  # counters that stop moving: the rates go stale
+        expected = on_loop.observe(f)
+        plan = off_loop.prepare(f)
+        assert plan is not None
+        changed = off_loop.apply_health(plan)
+        assert changed is not None
+        assert (off_loop.fold_capacity(f) or changed) == expected
+        assert np.array_equal(on_loop.health.state, off_loop.health.state)
+        assert np.array_equal(on_loop.health.reasons, off_loop.health.reasons)
+        assert np.array_equal(on_loop.link_utilization, off_loop.link_utilization)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import numpy as np
@@ -10,7 +11,8 @@ import pytest
 
 from snnrm.backends.sim import SimBackend
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
-from snnrm.core.monitor import NodeMonitor
+from snnrm.core.monitor import HealthPlan, NodeMonitor
+from snnrm.core.telemetry import TelemetryFrame
 from snnrm.node import BURST_SETTLE_S, NodeService
 
 
@@ -75,3 +77,45 @@ async def test_shutdown_mid_burst_still_applies_the_capacity() -> None:
     with pytest.raises(asyncio.CancelledError):
         await watch
     assert blocks_feed.version > before
+
+
+async def test_a_fault_while_a_frames_health_is_computed_off_the_loop_is_not_undone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A frame's health is computed in a worker thread; a core failing meanwhile is published at once, and the
+    frame, sampled before the failure, does not bring the core back when it is applied (it is folded again)."""
+    backend, node = await _node()
+    planned, go = threading.Event(), threading.Event()
+    real_prepare = NodeMonitor.prepare
+
+    def held(self: NodeMonitor, frame: TelemetryFrame) -> HealthPlan | None:
+        plan = real_prepare(self, frame)
+        planned.set()
+        go.wait(10)  # until the test has applied the fault on the loop
+        return plan
+
+    monkeypatch.setattr(NodeMonitor, "prepare", held)
+    cores = node.feeds[NEURON_CORE]
+    async with asyncio.TaskGroup() as tg:
+        watch = tg.create_task(node.watch_hard_faults())
+        sampler = tg.create_task(node.sample_forever())
+        assert await asyncio.to_thread(planned.wait, 10)
+        frames = node.frames
+        backend.inject({"kind": "core_failure", "cores": [5]})
+        for _ in range(50):
+            await asyncio.sleep(0)
+        current = cores.current
+        assert current is not None
+        assert not current.healthy[5]  # published while the frame's plan was still being computed
+        monkeypatch.setattr(NodeMonitor, "prepare", real_prepare)
+        go.set()
+        async with asyncio.timeout(10):
+            while node.frames == frames:  # noqa: ASYNC110 - the frame counter has no event of its own here
+                await asyncio.sleep(0.005)
+        watch.cancel()
+        sampler.cancel()
+    assert node.stale_health_plans == 1
+    assert not node.monitor.core_healthy[5]
+    current = cores.current
+    assert current is not None
+    assert not current.healthy[5]
