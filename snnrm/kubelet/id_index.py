@@ -5,7 +5,7 @@ node. Parsing that with protobuf makes a ``str`` per ID (~0.14 ms) and a dict lo
 (~0.2 ms), which together cost more than half of a trivial device plugin server's whole round trip (PRODUCT.md
 asks for 1.5x of it). The C extension ``snnrm.kubelet._id_index`` (snnrm/kubelet/_id_index.c, built by
 ``pip install`` through setup.py) reads the request's wire bytes and looks every ID up in a table built once,
-in ~0.03 ms, without a Python object per ID.
+in ~0.04 ms, without a Python object per ID.
 
 The extension decodes only the plain encoding an encoder writes (the kubelet's Go protobuf does) of a request
 that names advertised IDs only; for any other bytes it declines and the request is parsed with protobuf here.
