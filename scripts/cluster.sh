@@ -228,16 +228,38 @@ snnrm_image() {
   IMAGE_TAG="dev-$(image_tag)"
   local ref="docker.io/library/snnrm:$IMAGE_TAG"
   if ! "${BUILDAH[@]}" inspect --type image "$ref" >/dev/null 2>&1; then
+    prune_images "$ref" /dev/null  # room first: other source trees' images and a failed build's leftovers
     say "building $ref from the Dockerfile (base $BASE_IMAGE) ..."
     # RUN steps fetch wheels from PyPI: they trust what this host trusts (a TLS-intercepting proxy's CA, say).
-    local trust=()
+    local trust=() log
     [[ -f /etc/ssl/certs/ca-certificates.crt ]] &&
       trust=(-v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro)
-    "${BUILDAH[@]}" build --quiet --layers --isolation chroot --network host --pull-never "${trust[@]}" \
-      --build-arg "PYTHON_IMAGE=$BASE_IMAGE" -t "$ref" -f "$ROOT/Dockerfile" "$ROOT" >>"$CL/logs/image-build.log" 2>&1 ||
-      die "building the image failed (log: $CL/logs/image-build.log)"
+    log="$(mktemp)"
+    "${BUILDAH[@]}" build --layers --isolation chroot --network host --pull-never "${trust[@]}" \
+      --build-arg "PYTHON_IMAGE=$BASE_IMAGE" -t "$ref" -f "$ROOT/Dockerfile" "$ROOT" >"$log" 2>&1 ||
+      { cat "$log" >>"$CL/logs/image-build.log"; rm -f "$log"; die "building the image failed (log: $CL/logs/image-build.log)"; }
+    cat "$log" >>"$CL/logs/image-build.log"
+    prune_images "$ref" "$log"
+    rm -f "$log"
   fi
   import_image "$ref"
+}
+
+prune_images() { # keep_ref build_log
+  # The vfs storage copies every layer: each source change used to leave 1-2 GB behind (55 GB after two days
+  # here, and a build then failed with no space left). Keep the image being used and the layer images its build
+  # made or took from the cache (the next build's cache); drop other snnrm images, stale working containers and
+  # every other dangling layer image.
+  local keep="$1" log="$2" keep_ids ref id
+  "${BUILDAH[@]}" rm --all >/dev/null 2>&1 || true
+  for ref in $("${BUILDAH[@]}" images --format '{{.Name}}:{{.Tag}}' 2>/dev/null | grep '^docker.io/library/snnrm:dev-' || true); do
+    [[ "$ref" == "$keep" ]] || "${BUILDAH[@]}" rmi -f "$ref" >/dev/null 2>&1 || true
+  done
+  [[ "$log" == /dev/null ]] && return 0
+  keep_ids="$(grep -oE -- '--> (Using cache )?[0-9a-f]{12,}' "$log" | grep -oE '[0-9a-f]{12,}$' | cut -c1-12 | sort -u || true)"
+  for id in $("${BUILDAH[@]}" images --filter dangling=true --format '{{.ID}}' 2>/dev/null); do
+    grep -qx "${id:0:12}" <<<"$keep_ids" || "${BUILDAH[@]}" rmi -f "$id" >/dev/null 2>&1 || true
+  done
 }
 
 import_image() { # ref
