@@ -256,9 +256,10 @@ prune_images() { # keep_ref build_log
     [[ "$ref" == "$keep" ]] || "${BUILDAH[@]}" rmi -f "$ref" >/dev/null 2>&1 || true
   done
   [[ "$log" == /dev/null ]] && return 0
-  keep_ids="$(grep -oE -- '--> (Using cache )?[0-9a-f]{12,}' "$log" | grep -oE '[0-9a-f]{12,}$' | cut -c1-12 | sort -u || true)"
+  # buildah prints each step's image as "--> <11 hex>" and a cache hit as "--> Using cache <64 hex>".
+  keep_ids="$(grep -oE -- '--> (Using cache )?[0-9a-f]{11,}' "$log" | grep -oE '[0-9a-f]{11,}$' | cut -c1-11 | sort -u || true)"
   for id in $("${BUILDAH[@]}" images --filter dangling=true --format '{{.ID}}' 2>/dev/null); do
-    grep -qx "${id:0:12}" <<<"$keep_ids" || "${BUILDAH[@]}" rmi -f "$id" >/dev/null 2>&1 || true
+    grep -qx "${id:0:11}" <<<"$keep_ids" || "${BUILDAH[@]}" rmi -f "$id" >/dev/null 2>&1 || true
   done
 }
 

@@ -23,9 +23,11 @@ def node() -> Iterator[Node]:
     if os.geteuid() != 0:
         missing("the real-node tier needs root (a kubelet and containerd run here): run `make test` as root")
     was_up = cluster_running()
-    # Always run `up`: it is idempotent, and rebuilds and reinstalls the image when the sources changed.
-    subprocess.run(["bash", str(SCRIPT), "up"], check=True, timeout=2400)
     try:
+        # Always run `up`: it is idempotent, and rebuilds and reinstalls the image when the sources changed. A
+        # failing `up` is taken down too: what it had started (etcd, the apiserver on its port) made every later
+        # run fail to start its own.
+        subprocess.run(["bash", str(SCRIPT), "up"], check=True, timeout=2400)
         yield Node()
     finally:
         if not was_up:
