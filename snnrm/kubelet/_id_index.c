@@ -41,7 +41,6 @@ static int push(Indices *a, int64_t value) {
 
 typedef struct {
     PyObject_HEAD
-    Py_ssize_t n;
     char *keys;          /* every ID's UTF-8 bytes, back to back */
     Py_ssize_t *offset;  /* n + 1 offsets into keys */
     int32_t *slots;      /* index + 1 of the ID hashed to each slot; 0: empty (linear probing) */
@@ -144,7 +143,6 @@ static int IdIndex_init(IdIndex *self, PyObject *args, PyObject *kwds) {
         return -1;
     }
     self->mask = n_slots - 1;
-    self->n = n;
     Py_ssize_t at = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_ssize_t len;
@@ -287,11 +285,8 @@ error:
     return NULL;
 }
 
-static PyObject *IdIndex_len(IdIndex *self, PyObject *Py_UNUSED(ignored)) { return PyLong_FromSsize_t(self->n); }
-
 static PyMethodDef IdIndex_methods[] = {
     {"decode_preferred", (PyCFunction)IdIndex_decode_preferred, METH_VARARGS, decode_preferred_doc},
-    {"size", (PyCFunction)IdIndex_len, METH_NOARGS, "size()\n--\n\nHow many IDs the index holds."},
     {NULL, NULL, 0, NULL},
 };
 

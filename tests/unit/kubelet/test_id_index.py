@@ -23,10 +23,14 @@ IDS = TOPOLOGY.ids
 LIMIT = 4  # containers decoded per request (the servicer's is 64)
 
 
-@pytest.fixture(scope="module")
-def native() -> IdIndex:
+def require_native() -> None:
     if not NATIVE:
         missing("the C extension snnrm.kubelet._id_index is not built (pip install needs a C compiler)")
+
+
+@pytest.fixture(scope="module")
+def native() -> IdIndex:
+    require_native()
     index = IdIndex(IDS, index_of=TOPOLOGY.index_of)
     assert index.native
     return index
@@ -73,8 +77,7 @@ def test_the_c_path_decodes_what_the_kubelet_sends(native: IdIndex) -> None:
 
 def test_a_fresh_index_decodes_requests_without_must_include_or_any_id() -> None:
     """Its arrays have no buffer until an ID needs one (the first request the daemon gets looks like these)."""
-    if not NATIVE:
-        missing("the C extension snnrm.kubelet._id_index is not built (pip install needs a C compiler)")
+    require_native()
     for raw in (request((list(IDS[:3]), [], 2)), request(([], [], 0)), request(([], [IDS[1]], 1))):
         fresh = IdIndex(IDS)
         assert fresh._native is not None
