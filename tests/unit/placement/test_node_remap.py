@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -570,22 +571,39 @@ async def test_a_pass_stands_back_while_a_just_published_hard_fault_is_sent(
 ) -> None:
     """A hard fault's ListAndWatch message takes a few loop turns to go out; a pass that starts (or reaches a slice
     boundary) within FAULT_SEND_S of the fault's publication sleeps out the rest of that time first, and one that
-    does not, does not wait."""
+    does not, does not wait. Slices are pinned (never / always over) so the count of waits does not depend on how
+    fast this machine runs a pass (a loaded CI host crossed a 0.5 ms slice and yielded once more)."""
     import time
 
     backend, node, _, realloc, _, _ = await _rig(tmp_path)
     node.monitor.observe(await backend.read_frame())
     waits: list[float] = []
     sleep = asyncio.sleep
+    publish_at_first_yield = False
 
     async def recorded(delay: float) -> None:
+        nonlocal publish_at_first_yield
         waits.append(delay)
+        if publish_at_first_yield:  # a fault pushed while the pass yields at a slice boundary
+            publish_at_first_yield = False
+            node.fault_published = time.monotonic()
         await sleep(delay)
 
     monkeypatch.setattr(asyncio, "sleep", recorded)  # what the pass awaits
+    monkeypatch.setattr(remap, "PASS_SLICE_S", 3600.0)  # one slice: only the stand-back at the start can wait
     await realloc.step()
     assert waits == []
     node.fault_published = time.monotonic()
     await realloc.step()
     assert len(waits) == 1
     assert 0 < waits[0] <= remap.FAULT_SEND_S
+
+    # Every boundary yields; the fault lands at the first yield, so the next boundary stands back for it.
+    monkeypatch.setattr(remap, "PASS_SLICE_S", -1.0)
+    node.fault_published = -math.inf
+    waits.clear()
+    publish_at_first_yield = True
+    await realloc.step()
+    assert len(waits) >= 2
+    assert waits[0] == 0.0  # no fault yet: a plain yield
+    assert 0 < waits[1] <= remap.FAULT_SEND_S
