@@ -287,16 +287,6 @@ hard fault's path to ListAndWatch has 5 ms, of which the gRPC send of 16,384 dev
 1-2 ms (the fault benchmark's floor). A fault that lands mid-pass waits for the slice and, behind the pass's next
 slice, for its ListAndWatch task's turn: half a millisecond each."""
 
-FAULT_SEND_S = 0.004
-"""Seconds a pass stands back after a pushed hard fault changed what ListAndWatch sends: the send of 16,384 devices
-takes 1-2 ms of loop turns, and a pass slice in between each turn pushed it past the 5 ms budget."""
-
-
-def _stand_back(node: NodeService) -> float:
-    """Seconds a pass still gives the loop after a hard fault was published (0 when none was just now)."""
-    return max(node.fault_published + FAULT_SEND_S - time.monotonic(), 0.0)
-
-
 _T = TypeVar("_T")
 
 
@@ -419,14 +409,14 @@ class NodeReallocator:
             del self.watches[key]
         if not stages:
             return
-        if wait := _stand_back(self.node):
+        if wait := self.node.stand_back():
             await asyncio.sleep(wait)  # a hard fault was just published: its ListAndWatch message goes first
         slice_start = time.perf_counter()
         view, failed, unhealthy = self._view()
         self.saturated_at[np.nan_to_num(view.queue_fill, nan=0.0) > self.settings.queue_enter] = now
         stages.sort(key=lambda x: (x.job_key, x.index))
         if time.perf_counter() - slice_start > PASS_SLICE_S:
-            await asyncio.sleep(_stand_back(self.node))  # listing the stages and the view: 0.5-1.5 ms here
+            await asyncio.sleep(self.node.stand_back())  # listing the stages and the view: 0.5-1.5 ms here
             slice_start = time.perf_counter()
         signals = stage_signals(
             [s.cores for s in stages],
@@ -446,7 +436,7 @@ class NodeReallocator:
         self._pass_left = math.ceil(self.budget.allowance(now) / 2)
         for job, (members, sigs) in by_job.items():  # jobs in order, each job's stages by index
             if time.perf_counter() - slice_start > PASS_SLICE_S:
-                await asyncio.sleep(_stand_back(self.node))  # a pushed hard fault goes first, not after the pass
+                await asyncio.sleep(self.node.stand_back())  # a pushed hard fault goes first, not after the pass
                 slice_start = time.perf_counter()
             degraded: list[tuple[LocalStage, frozenset[Any], frozenset[Any], StageWatch]] = []
             for k, (s, sig) in enumerate(zip(members, sigs, strict=True)):

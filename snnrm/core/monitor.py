@@ -8,6 +8,7 @@ what it returns.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,10 @@ from snnrm.core.health import HealthMachine, HealthSettings, HealthStep, Observa
 from snnrm.core.rates import RateSettings, RateTracker
 from snnrm.core.telemetry import FaultKind, HardFault, TelemetryFrame
 from snnrm.core.topology import BoolArray, FloatArray, Topology
+
+
+def _no_pause() -> None:
+    """:meth:`NodeMonitor.prepare`'s default: run the steps back to back."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -110,11 +115,18 @@ class NodeMonitor:
         assert changed is not None  # nothing ran between the two
         return changed
 
-    def prepare(self, frame: TelemetryFrame) -> HealthPlan | None:
+    def prepare(self, frame: TelemetryFrame, pause: Callable[[], None] = _no_pause) -> HealthPlan | None:
         """:meth:`fold_rates` then :meth:`plan_health`: what the shell runs off the event loop (None: a frame of
         the wrong shape, nothing changed). Only the rate tracker is written; a hard fault applied meanwhile makes
-        the plan stale, and :meth:`apply_health` says so instead of undoing the fault."""
-        return self.plan_health(frame) if self.fold_rates(frame) else None
+        the plan stale, and :meth:`apply_health` says so instead of undoing the fault.
+
+        ``pause`` is called before each step: where the shell's worker waits while a pushed hard fault's message
+        is sent, rather than share the CPU and the GIL with it."""
+        pause()
+        if not self.fold_rates(frame):
+            return None
+        pause()
+        return self.plan_health(frame)
 
     def plan_health(self, frame: TelemetryFrame) -> HealthPlan:
         """:meth:`fold_health`'s decisions from the state now, changing nothing (safe beside the fault path)."""

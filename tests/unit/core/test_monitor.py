@@ -1,6 +1,7 @@
 """NodeMonitor: frames and pushed faults become device lists."""
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -131,3 +132,16 @@ def test_plans_applied_in_turn_decide_exactly_as_observe() -> None:
         assert np.array_equal(on_loop.health.state, off_loop.health.state)
         assert np.array_equal(on_loop.health.reasons, off_loop.health.reasons)
         assert np.array_equal(on_loop.link_utilization, off_loop.link_utilization)
+
+
+def test_prepare_pauses_before_each_step(monitor: NodeMonitor) -> None:
+    """The shell's pause hook runs before the rates and again before the health plan (where its worker waits
+    while a pushed fault's message is sent), and not at all for a frame of the wrong shape past the first."""
+    f = frame(monitor, 0.1)
+    seen: list[float] = []
+    monitor.prepare(f, lambda: seen.append(float(monitor.rates.rates.last_valid.max())))
+    assert seen == [-np.inf, 0.1]  # before the rates were folded, then after
+    bad = replace(f, queue_depth=f.queue_depth[:-1])
+    seen.clear()
+    assert monitor.prepare(bad, lambda: seen.append(0.0)) is None
+    assert seen == [0.0]

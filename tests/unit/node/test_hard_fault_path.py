@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from snnrm.backends.sim import SimBackend
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
 from snnrm.core.monitor import HealthPlan, NodeMonitor
 from snnrm.core.telemetry import TelemetryFrame
-from snnrm.node import BURST_SETTLE_S, NodeService
+from snnrm.node import BURST_SETTLE_S, FAULT_SEND_S, NodeService
 
 
 async def _node() -> tuple[SimBackend, NodeService]:
@@ -89,8 +91,8 @@ async def test_a_fault_while_a_frames_health_is_computed_off_the_loop_is_not_und
     planned, go = threading.Event(), threading.Event()
     real_prepare = NodeMonitor.prepare
 
-    def held(self: NodeMonitor, frame: TelemetryFrame) -> HealthPlan | None:
-        plan = real_prepare(self, frame)
+    def held(self: NodeMonitor, frame: TelemetryFrame, pause: Callable[[], None]) -> HealthPlan | None:
+        plan = real_prepare(self, frame, pause)
         planned.set()
         go.wait(10)  # until the test has applied the fault on the loop
         return plan
@@ -120,3 +122,42 @@ async def test_a_fault_while_a_frames_health_is_computed_off_the_loop_is_not_und
     current = cores.current
     assert current is not None
     assert not current.healthy[5]
+
+
+async def test_a_frames_worker_stands_back_while_a_pushed_fault_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The frame's rates and health run in a worker thread; right after a pushed hard fault was published, the
+    worker sleeps out the rest of FAULT_SEND_S before its work (it would share the CPU and the GIL with the
+    fault's ListAndWatch send), and with no fault just now it does not sleep at all."""
+    backend, node = await _node()
+    sleeps: list[tuple[str, float]] = []
+    real_sleep = time.sleep
+
+    def recorded(seconds: float) -> None:
+        sleeps.append((threading.current_thread().name, seconds))
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", recorded)
+
+    async def one_frame() -> None:
+        frames = node.frames
+        async with asyncio.TaskGroup() as tg:
+            sampler = tg.create_task(node.sample_forever())
+            async with asyncio.timeout(10):
+                await node.next_frame(frames)
+            sampler.cancel()
+
+    await one_frame()
+    assert sleeps == []
+    async with asyncio.TaskGroup() as tg:
+        watch = tg.create_task(node.watch_hard_faults())
+        await asyncio.sleep(0)  # subscribed
+        backend.inject({"kind": "core_failure", "cores": [3]})
+        async with asyncio.timeout(10):
+            while node.fault_published == -math.inf:  # noqa: ASYNC110 - the publication has no event of its own
+                await asyncio.sleep(0)
+        await one_frame()
+        watch.cancel()
+    assert sleeps, "the worker did not stand back for the fault"
+    assert all(name != threading.main_thread().name for name, _ in sleeps)  # in the worker, not on the loop
+    assert 0 < sleeps[0][1] <= FAULT_SEND_S
+    assert not node.monitor.core_healthy[3]  # the frame after it did not undo the fault

@@ -27,7 +27,7 @@ from snnrm.core.placement import PlacementView, StageDemand, plan_cost, plan_job
 from snnrm.core.reallocation import MoveOption, ReallocationSettings, evaluate_remap, hot_neighbourhood
 from snnrm.kubelet.allocation_file import CoreAllocationFile
 from snnrm.kubelet.allocator import AllocationFiles
-from snnrm.node import NodeService
+from snnrm.node import FAULT_SEND_S, NodeService
 
 DEMANDS = (StageDemand(4, out_keps=2000), StageDemand(4, out_keps=2000), StageDemand(4))
 JOB = sim_hw.networks.Job(
@@ -596,7 +596,7 @@ async def test_a_pass_stands_back_while_a_just_published_hard_fault_is_sent(
     node.fault_published = time.monotonic()
     await realloc.step()
     assert len(waits) == 1
-    assert 0 < waits[0] <= remap.FAULT_SEND_S
+    assert 0 < waits[0] <= FAULT_SEND_S
 
     # Every boundary yields; the fault lands at the first yield, so the next boundary stands back for it.
     monkeypatch.setattr(remap, "PASS_SLICE_S", -1.0)
@@ -606,4 +606,4 @@ async def test_a_pass_stands_back_while_a_just_published_hard_fault_is_sent(
     await realloc.step()
     assert len(waits) >= 2
     assert waits[0] == 0.0  # no fault yet: a plain yield
-    assert 0 < waits[1] <= remap.FAULT_SEND_S
+    assert 0 < waits[1] <= FAULT_SEND_S
