@@ -182,7 +182,7 @@ class Daemon:
             raise ConfigError(f"--block-keps {config.block_keps:g}: {e}") from None
         node_name = socket.gethostname()
         tracing = setup_tracing(node=node_name)  # off unless OTEL_* asks; then nothing of OpenTelemetry is imported
-        registry = MetricsRegistry()
+        registry = MetricsRegistry(pause=node.yield_to_faults)  # a scrape's render stands back for a fault's send
         rpc = RpcInstrumentation(registry=registry, node=node_name, tracer=tracing.tracer)
         if hints is None and config.placement.enabled:
             hints = PlanHints()  # GetPreferredAllocation follows stage plans (the demo brings its own)

@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from snnrm import node as node_module
 from snnrm.app import LOOP_SWITCH_INTERVAL_S, Daemon
 from snnrm.config import Config
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
@@ -147,6 +149,40 @@ async def test_metrics_parse_and_follow_health(running: Running) -> None:
     assert healthy["chip0-core0"] == 0
     assert healthy["chip0-core2"] == 1
     assert len(healthy) == 32
+
+
+async def test_a_scrape_renders_behind_a_just_published_hard_fault(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Right after a pushed hard fault changed what ListAndWatch sends, the daemon's /metrics render (a worker
+    thread, ~50 ms of GIL-holding string work at 16,384 cores) sleeps until the fault's send window has passed
+    instead of competing with it; the scrape then answers in full. (The window is widened to 2 s here so the
+    scrape surely lands in it.)"""
+    monkeypatch.setattr(node_module, "FAULT_SEND_S", 2.0)
+    sleepers: list[tuple[str, float]] = []
+    real_sleep = time.sleep
+
+    def recorded(seconds: float) -> None:
+        sleepers.append((sys._getframe(2).f_code.co_name, seconds))  # who called yield_to_faults
+        real_sleep(seconds)
+
+    monkeypatch.setattr(time, "sleep", recorded)
+    running.daemon.backend.inject({"kind": "core_failure", "cores": [4]})  # type: ignore[attr-defined]
+    await running.kubelet.wait_until(lambda: running.kubelet.allocatable(NEURON_CORE) == 31, within=5)
+    async with aiohttp.ClientSession() as http, http.get(running.base + "/metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+    rendered = [s for who, s in sleepers if who == "rendered"]
+    assert rendered, f"the scrape did not stand back: {sleepers}"
+    assert all(0 < s <= 2.0 for s in rendered)
+    healthy = {
+        s.labels["core"]: s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "snnrm_core_healthy"
+    }
+    assert len(healthy) == 32
+    assert healthy["chip0-core4"] == 0
 
 
 async def test_the_daemon_counts_its_own_http_requests(running: Running) -> None:

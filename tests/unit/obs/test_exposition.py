@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import math
+import threading
 import zlib
 from collections.abc import Callable, Iterable
 
@@ -210,3 +211,22 @@ async def test_streamed_chunks_make_the_same_body(fmt: Format, monkeypatch: pyte
     z = zlib.compressobj(1, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     packed = [c async for c in registry.chunks(families, fmt, encode=z.compress)]
     assert gzip.decompress(b"".join(packed) + z.flush()) == whole
+
+
+@pytest.mark.parametrize("fmt", list(Format))
+async def test_rendering_pauses_before_each_family_off_the_loop(fmt: Format, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry's pause hook (the daemon's: wait while a hard fault's message is sent) runs before every
+    family, whole or streamed, and when streamed in the worker thread, not on the event loop; the body is the same."""
+    monkeypatch.setattr(exposition, "CHUNK_SAMPLES", 2)
+    calls: list[int] = []
+    registry = MetricsRegistry(pause=lambda: calls.append(threading.get_ident()))
+    families = _families()
+    registry.register(_Static(families))
+    snapshot = await registry.prepare()
+    whole = registry.render(snapshot, fmt)
+    assert calls == [threading.get_ident()] * len(families)  # render() is called where the caller runs it
+    calls.clear()
+    assert b"".join([c async for c in registry.chunks(snapshot, fmt)]) == whole
+    assert len(calls) == len(families)
+    assert threading.get_ident() not in calls
+    assert MetricsRegistry().render(snapshot, fmt) == whole  # the default pause changes nothing
