@@ -214,19 +214,32 @@ async def test_streamed_chunks_make_the_same_body(fmt: Format, monkeypatch: pyte
 
 
 @pytest.mark.parametrize("fmt", list(Format))
-async def test_rendering_pauses_before_each_family_off_the_loop(fmt: Format, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The registry's pause hook (the daemon's: wait while a hard fault's message is sent) runs before every
-    family, whole or streamed, and when streamed in the worker thread, not on the event loop; the body is the same."""
-    monkeypatch.setattr(exposition, "CHUNK_SAMPLES", 2)
-    calls: list[int] = []
-    registry = MetricsRegistry(pause=lambda: calls.append(threading.get_ident()))
-    families = _families()
+async def test_rendering_pauses_before_each_slice_off_the_loop(fmt: Format, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry's pause hook (the daemon's: wait while a hard fault's message is sent) runs before every slice
+    of RENDER_SLICE_SAMPLES samples, whole or streamed, and when streamed in the worker thread, not on the event
+    loop; the body is the same whatever the slice (a family's integer spelling is decided over all its values)."""
+    families = [
+        *_families(),
+        Family("snnrm_test_mixed", "counter", "Integral first, then not.", _labels(5), np.array([1, 2, 3, 4.5, 6.0])),
+        Family("snnrm_test_gauge", "gauge", "Mixed finite.", _labels(5), np.array([1.0, np.inf, 0.25, np.nan, -3])),
+    ]
+    registry = MetricsRegistry()
     registry.register(_Static(families))
     snapshot = await registry.prepare()
     whole = registry.render(snapshot, fmt)
-    assert calls == [threading.get_ident()] * len(families)  # render() is called where the caller runs it
+    monkeypatch.setattr(exposition, "CHUNK_SAMPLES", 2)
+    monkeypatch.setattr(exposition, "RENDER_SLICE_SAMPLES", 2)
+    calls: list[int] = []
+    registry.pause = lambda: calls.append(threading.get_ident())
+    slices = sum(math.ceil(len(f.values) / 2) for f in families)
+    assert registry.render(snapshot, fmt) == whole
+    assert calls == [threading.get_ident()] * slices  # render() pauses where its caller runs it
     calls.clear()
     assert b"".join([c async for c in registry.chunks(snapshot, fmt)]) == whole
-    assert len(calls) == len(families)
+    assert len(calls) == slices
     assert threading.get_ident() not in calls
-    assert MetricsRegistry().render(snapshot, fmt) == whole  # the default pause changes nothing
+    assert 'snnrm_test_mixed_total{i="0"} 1.0\n' in whole.decode()  # not "1": the family has a 4.5
+
+
+def _labels(n: int) -> Labels:
+    return Labels.build(("i",), [(str(i),) for i in range(n)])
