@@ -172,7 +172,7 @@ async def test_a_scrape_renders_behind_a_just_published_hard_fault(
     async with aiohttp.ClientSession() as http, http.get(running.base + "/metrics") as r:
         assert r.status == 200
         text = await r.text()
-    rendered = [s for who, s in sleepers if who == "rendered"]
+    rendered = [s for who, s in sleepers if who == "render_parts"]
     assert rendered, f"the scrape did not stand back: {sleepers}"
     assert all(0 < s <= 2.0 for s in rendered)
     healthy = {
