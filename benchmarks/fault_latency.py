@@ -304,12 +304,23 @@ def _print_run(title: str, latencies: list[float], other: int) -> np.ndarray:
     ms = np.asarray(latencies) * 1e3
     p50, p99 = np.percentile(ms, [50, 99])
     print(f"{title}: {len(ms)} faults ({other} other messages in between)")
-    print(f"  p50 {p50:.2f} ms  p99 {p99:.2f} ms  max {ms.max():.2f} ms")
+    print(
+        f"  p50 {p50:.2f} ms  p99 {p99:.2f} ms  max {ms.max():.2f} ms; "
+        f"{np.mean(ms >= TARGET_P99_MS):.2%} of faults at or over {TARGET_P99_MS:g} ms"
+    )
     print(f"  target p99 < {TARGET_P99_MS} ms: ratio {p99 / TARGET_P99_MS:.2f} ({verdict(p99 < TARGET_P99_MS)})")
     return ms
 
 
-def main(chips: int = 128, cores: int = 128, faults: int = 200, stages: int = 300, scrape_every: float = 1.0) -> None:
+FAULTS = 600
+"""Faults per part. A p99 over 200 is the third-worst fault, which one hiccup of a shared 2-core host moves by
+milliseconds (the floor's own max reached 6.6-11.7 ms in runs whose p99 was 1.7-2.3 ms); over 600 it is the
+sixth-worst."""
+
+
+def main(
+    chips: int = 128, cores: int = 128, faults: int = FAULTS, stages: int = 300, scrape_every: float = 1.0
+) -> None:
     """Print fault -> ListAndWatch latency percentiles against the target: alone, with ``stages`` placed, and
     while Prometheus scrapes /metrics every ``scrape_every`` seconds."""
     configure_logging("console", level=40)

@@ -216,8 +216,9 @@ async def test_streamed_chunks_make_the_same_body(fmt: Format, monkeypatch: pyte
 @pytest.mark.parametrize("fmt", list(Format))
 async def test_rendering_pauses_before_each_slice_off_the_loop(fmt: Format, monkeypatch: pytest.MonkeyPatch) -> None:
     """The registry's pause hook (the daemon's: wait while a hard fault's message is sent) runs before every slice
-    of RENDER_SLICE_SAMPLES samples, whole or streamed, and when streamed in the worker thread, not on the event
-    loop; the body is the same whatever the slice (a family's integer spelling is decided over all its values)."""
+    of RENDER_SLICE_SAMPLES samples, whole or streamed (then also before each chunk is encoded), and when streamed
+    in the worker thread, not on the event loop; the body is the same whatever the slice (a family's integer
+    spelling is decided over all its values)."""
     families = [
         *_families(),
         Family("snnrm_test_mixed", "counter", "Integral first, then not.", _labels(5), np.array([1, 2, 3, 4.5, 6.0])),
@@ -235,8 +236,9 @@ async def test_rendering_pauses_before_each_slice_off_the_loop(fmt: Format, monk
     assert registry.render(snapshot, fmt) == whole
     assert calls == [threading.get_ident()] * slices  # render() pauses where its caller runs it
     calls.clear()
-    assert b"".join([c async for c in registry.chunks(snapshot, fmt)]) == whole
-    assert len(calls) == slices
+    chunks = [c async for c in registry.chunks(snapshot, fmt)]
+    assert b"".join(chunks) == whole
+    assert len(calls) == slices + len(chunks)  # and once before each chunk's compression
     assert threading.get_ident() not in calls
     assert 'snnrm_test_mixed_total{i="0"} 1.0\n' in whole.decode()  # not "1": the family has a 4.5
 
