@@ -4,7 +4,7 @@ The controller's index holds 5,000 node summaries (4 Loihi-2-like chips, 512 cor
 queue fill and link load) and a 4-stage job whose stages 0 and 2 already run, so scoring stage 1 exercises the
 traffic term as well as headroom. A client on the same host posts ``ExtenderArgs`` with ``NodeNames`` (the
 ``nodeCacheCapable: true`` form the chart configures) to the aiohttp server, as kube-scheduler would. The
-target is prioritize p99 < 50 ms (PRODUCT.md); the ratio printed is p99 / target.
+target is prioritize p99 < 50 ms; the ratio printed is p99 / target.
 """
 
 from __future__ import annotations

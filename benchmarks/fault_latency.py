@@ -4,7 +4,8 @@ The daemon runs in process on a 128-chip x 128-core simulated node (real gRPC se
 telemetry sampler and the simulator clock running as usual). A client in another process (as the kubelet is)
 holds ListAndWatch open and timestamps each message on arrival; the benchmark fails one core at a time through
 the simulator and measures from the fault to the first message in which that core is Unhealthy.
-Target (PRODUCT.md): p99 < 5 ms.
+Target (README, Results): p99 < 5 ms. Each part pools ``ROUNDS`` daemons of ``FAULTS`` faults (600 in all), so its p99
+is not one host hiccup.
 
 Beside it, the floor: a trivial ListAndWatch server in the same process hands the daemon's last message (the same
 bytes, ~0.7 MB at 16,384 cores) to the same reader, at the same pace, and the time from handing it over to its
@@ -312,20 +313,41 @@ def _print_run(title: str, latencies: list[float], other: int) -> np.ndarray:
     return ms
 
 
-FAULTS = 600
-"""Faults per part. A p99 over 200 is the third-worst fault, which one hiccup of a shared 2-core host moves by
-milliseconds (the floor's own max reached 6.6-11.7 ms in runs whose p99 was 1.7-2.3 ms); over 600 it is the
-sixth-worst."""
+FAULTS = 200
+"""Faults per daemon: each fails a core for good, and the simulator takes at most 256 live faults."""
+ROUNDS = 3
+"""Daemons per part, their faults pooled. A p99 over 200 faults is the third-worst, which one hiccup of a shared
+2-core host moves by milliseconds (the floor's own max reached 6.6-11.7 ms in runs whose p99 was 1.7-2.3 ms);
+over 600 it is the sixth-worst."""
+
+
+def _rounds(
+    rounds: int, chips: int, cores: int, faults: int, stages: int = 0, scrape_every: float = 0.0
+) -> tuple[list[float], int, bytes]:
+    """``_measure`` ``rounds`` times, each with a fresh daemon; latencies pooled, other messages summed."""
+    pooled: list[float] = []
+    others = 0
+    message = b""
+    for _ in range(rounds):
+        latencies, other, message = asyncio.run(_measure(chips, cores, faults, stages, scrape_every))
+        pooled += latencies
+        others += other
+    return pooled, others, message
 
 
 def main(
-    chips: int = 128, cores: int = 128, faults: int = FAULTS, stages: int = 300, scrape_every: float = 1.0
+    chips: int = 128,
+    cores: int = 128,
+    faults: int = FAULTS,
+    stages: int = 300,
+    scrape_every: float = 1.0,
+    rounds: int = ROUNDS,
 ) -> None:
     """Print fault -> ListAndWatch latency percentiles against the target: alone, with ``stages`` placed, and
-    while Prometheus scrapes /metrics every ``scrape_every`` seconds."""
+    while Prometheus scrapes /metrics every ``scrape_every`` seconds (each part ``rounds`` daemons of ``faults``)."""
     configure_logging("console", level=40)
-    latencies, other, message = asyncio.run(_measure(chips, cores, faults))
-    floor_ms = np.asarray(asyncio.run(_floor(message, faults))) * 1e3
+    latencies, other, message = _rounds(rounds, chips, cores, faults)
+    floor_ms = np.asarray(asyncio.run(_floor(message, faults * rounds))) * 1e3
     ms = _print_run(f"fault -> ListAndWatch at {chips * cores} cores", latencies, other)
     f50, f99 = np.percentile(floor_ms, [50, 99])
     print(
@@ -334,12 +356,12 @@ def main(
         f"the daemon adds p50 {np.percentile(ms, 50) - f50:+.2f} ms"
     )
     if stages:
-        latencies, other, _ = asyncio.run(_measure(chips, cores, faults, stages))
+        latencies, other, _ = _rounds(rounds, chips, cores, faults, stages)
         _print_run(
             f"with {stages} stages placed and the live-remap reallocator's pass on every frame", latencies, other
         )
     if scrape_every:
-        latencies, other, _ = asyncio.run(_measure(chips, cores, faults, scrape_every=scrape_every))
+        latencies, other, _ = _rounds(rounds, chips, cores, faults, scrape_every=scrape_every)
         _print_run(
             f"while /metrics is scraped every {scrape_every:g} s (another process; the exposition renders in a worker "
             "thread)",

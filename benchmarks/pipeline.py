@@ -1,4 +1,4 @@
-"""The telemetry pipeline's three size-and-speed targets (PRODUCT.md), measured, printed against the targets.
+"""The telemetry pipeline's three size-and-speed targets, measured, printed against the targets.
 
 1. **Ingest**: realistic frames of a 16,384-core node (128 Loihi 2-like chips x 128 cores, three quarters of the
    cores running split SNN jobs, background load, a hot spot, a congested link, a queue burst, telemetry glitches

@@ -6,7 +6,7 @@ response, GetPreferredAllocation takes the first N candidates; both parse the re
 ours). The parent is the client, as the kubelet is another process: it sends pre-serialized requests and
 times each round trip. Rounds alternate between the two servers so machine noise hits both alike.
 
-Targets (PRODUCT.md): Allocate p99 < 1.5 ms, GetPreferredAllocation p99 < 4 ms, each <= 1.5x the trivial
+Targets (README, Results): Allocate p99 < 1.5 ms, GetPreferredAllocation p99 < 4 ms, each <= 1.5x the trivial
 server's p99 measured in the same run. Printing only.
 """
 

@@ -18,7 +18,7 @@ from benchmarks.verdict import verdict
 from sim_hw import HotSpot, LinkCongestion, QueueSaturation, Simulator, load_preset, networks
 
 TARGET_X_REAL_TIME = 50.0
-"""PRODUCT.md: the simulator runs >= 50x faster than real time at 10 ms resolution on 16,384 cores."""
+"""The target (README, Results): the simulator runs >= 50x faster than real time at 10 ms resolution on 16,384 cores."""
 
 
 def build(*, chips: int = 128, cores_per_chip: int = 128, fill: float = 0.75, seed: int = 0) -> Simulator:

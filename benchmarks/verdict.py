@@ -1,7 +1,8 @@
 """The one way a benchmark states a target's outcome: ``OK`` or ``MISSED``.
 
 ``python -m benchmarks`` collects every line that states a target with its ratio into its closing summary, and that
-summary's contract (PRODUCT.md) is that each such line says OK or MISSED; every benchmark words it with this.
+summary's contract (the README's ``make bench`` line) is that each such line says OK or MISSED; every benchmark
+words it with this.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 The kubelet lists every free device of the resource in each GetPreferredAllocation: 4,096 IDs on a 4,096-core
 node. Parsing that with protobuf makes a ``str`` per ID (~0.14 ms) and a dict lookup hashes each one again
-(~0.2 ms), which together cost more than half of a trivial device plugin server's whole round trip (PRODUCT.md
-asks for 1.5x of it). The C extension ``snnrm.kubelet._id_index`` (snnrm/kubelet/_id_index.c, built by
+(~0.2 ms), which together cost more than half of a trivial device plugin server's whole round trip (the target
+in the README's Results is 1.5x of it). The C extension ``snnrm.kubelet._id_index`` (snnrm/kubelet/_id_index.c, built by
 ``pip install`` through setup.py) reads the request's wire bytes and looks every ID up in a table built once,
 in ~0.04 ms, without a Python object per ID.
 
