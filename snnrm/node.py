@@ -160,7 +160,9 @@ class NodeService:
                 # the same millisecond or two), never over the fault.
                 plan = await asyncio.to_thread(self.monitor.prepare, frame, self.yield_to_faults)
                 if plan is not None:
-                    await asyncio.sleep(0)  # a hard fault that became ready meanwhile goes first
+                    # A hard fault that became ready meanwhile goes first, and one just published is sent before
+                    # this frame's ~1-2 ms of loop work (applying the plan, capacity, the publish of both resources).
+                    await asyncio.sleep(self.stand_back())
                     changed = self.monitor.apply_health(plan)
                     if changed is None:
                         self.stale_health_plans += 1

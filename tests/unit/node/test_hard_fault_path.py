@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -11,6 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from snnrm import node as node_module
 from snnrm.backends.sim import SimBackend
 from snnrm.core.devices import EVENT_THROUGHPUT, NEURON_CORE
 from snnrm.core.monitor import HealthPlan, NodeMonitor
@@ -161,3 +163,49 @@ async def test_a_frames_worker_stands_back_while_a_pushed_fault_is_sent(monkeypa
     assert all(name != threading.main_thread().name for name, _ in sleeps)  # in the worker, not on the loop
     assert 0 < sleeps[0][1] <= FAULT_SEND_S
     assert not node.monitor.core_healthy[3]  # the frame after it did not undo the fault
+
+
+async def test_a_frames_loop_work_waits_for_a_fault_published_while_it_was_computed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fault published while the frame's rates and health were computed in the worker: the frame's work on the
+    loop (applying the plan, capacity, publishing both resources) waits until the fault's send window has passed.
+    (The window is widened so the check does not depend on this machine's speed.)"""
+    monkeypatch.setattr(node_module, "FAULT_SEND_S", 2.0)
+    backend, node = await _node()
+    planned, go = threading.Event(), threading.Event()
+    real_prepare = NodeMonitor.prepare
+
+    def held(self: NodeMonitor, frame: TelemetryFrame, pause: Callable[[], None]) -> HealthPlan | None:
+        plan = real_prepare(self, frame, pause)
+        planned.set()
+        go.wait(10)
+        return plan
+
+    waits: list[float] = []
+    real_sleep = asyncio.sleep
+
+    async def recorded(delay: float) -> None:
+        if sys._getframe(1).f_code.co_name == "sample_forever":
+            waits.append(delay)
+        await real_sleep(delay)
+
+    monkeypatch.setattr(NodeMonitor, "prepare", held)
+    monkeypatch.setattr(asyncio, "sleep", recorded)
+    async with asyncio.TaskGroup() as tg:
+        watch = tg.create_task(node.watch_hard_faults())
+        sampler = tg.create_task(node.sample_forever())
+        assert await asyncio.to_thread(planned.wait, 10)
+        backend.inject({"kind": "core_failure", "cores": [7]})
+        async with asyncio.timeout(10):
+            while node.fault_published == -math.inf:
+                await real_sleep(0)
+        frames = node.frames
+        go.set()
+        async with asyncio.timeout(10):
+            await node.next_frame(frames)
+        watch.cancel()
+        sampler.cancel()
+    assert waits
+    assert 0 < waits[0] <= 2.0  # the first await after the worker: the stand-back, not a bare yield
+    assert not node.monitor.core_healthy[7]
