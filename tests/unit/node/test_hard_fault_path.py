@@ -26,6 +26,25 @@ async def _node() -> tuple[SimBackend, NodeService]:
     return backend, node
 
 
+Prepare = Callable[[NodeMonitor, TelemetryFrame, Callable[[], None]], HealthPlan | None]
+
+
+def _hold_prepare(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event, Prepare]:
+    """Hold each frame's prepare in its worker thread: it sets ``planned`` when computed, then waits for ``go``
+    (while the test applies a fault on the loop). Returns (planned, go, the real prepare)."""
+    planned, go = threading.Event(), threading.Event()
+    real_prepare = NodeMonitor.prepare
+
+    def held(self: NodeMonitor, frame: TelemetryFrame, pause: Callable[[], None]) -> HealthPlan | None:
+        plan = real_prepare(self, frame, pause)
+        planned.set()
+        go.wait(10)
+        return plan
+
+    monkeypatch.setattr(NodeMonitor, "prepare", held)
+    return planned, go, real_prepare
+
+
 async def test_a_burst_publishes_cores_per_event_and_capacity_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """A failed chip's 16 cores reach the neuron-core feed before any capacity work; capacity runs once."""
     backend, node = await _node()
@@ -90,16 +109,7 @@ async def test_a_fault_while_a_frames_health_is_computed_off_the_loop_is_not_und
     """A frame's health is computed in a worker thread; a core failing meanwhile is published at once, and the
     frame, sampled before the failure, does not bring the core back when it is applied (it is folded again)."""
     backend, node = await _node()
-    planned, go = threading.Event(), threading.Event()
-    real_prepare = NodeMonitor.prepare
-
-    def held(self: NodeMonitor, frame: TelemetryFrame, pause: Callable[[], None]) -> HealthPlan | None:
-        plan = real_prepare(self, frame, pause)
-        planned.set()
-        go.wait(10)  # until the test has applied the fault on the loop
-        return plan
-
-    monkeypatch.setattr(NodeMonitor, "prepare", held)
+    planned, go, real_prepare = _hold_prepare(monkeypatch)
     cores = node.feeds[NEURON_CORE]
     async with asyncio.TaskGroup() as tg:
         watch = tg.create_task(node.watch_hard_faults())
@@ -173,15 +183,7 @@ async def test_a_frames_loop_work_waits_for_a_fault_published_while_it_was_compu
     (The window is widened so the check does not depend on this machine's speed.)"""
     monkeypatch.setattr(node_module, "FAULT_SEND_S", 2.0)
     backend, node = await _node()
-    planned, go = threading.Event(), threading.Event()
-    real_prepare = NodeMonitor.prepare
-
-    def held(self: NodeMonitor, frame: TelemetryFrame, pause: Callable[[], None]) -> HealthPlan | None:
-        plan = real_prepare(self, frame, pause)
-        planned.set()
-        go.wait(10)
-        return plan
-
+    planned, go, _ = _hold_prepare(monkeypatch)
     waits: list[float] = []
     real_sleep = asyncio.sleep
 
@@ -190,7 +192,6 @@ async def test_a_frames_loop_work_waits_for_a_fault_published_while_it_was_compu
             waits.append(delay)
         await real_sleep(delay)
 
-    monkeypatch.setattr(NodeMonitor, "prepare", held)
     monkeypatch.setattr(asyncio, "sleep", recorded)
     async with asyncio.TaskGroup() as tg:
         watch = tg.create_task(node.watch_hard_faults())
